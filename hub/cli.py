@@ -1,0 +1,121 @@
+"""The `hub` command. Exit status: 0 success, 1 failure with a message, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from hub import __version__
+from hub.config import Settings, load_settings, resolve_config_path
+from hub.errors import ConfigError, HubError
+from hub.logs import add_secrets, configure_logging, secret_filter
+
+__all__ = ["main"]
+
+log = logging.getLogger("hub")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hub", description="Cohort Hub: virtual mentoring on Matrix and email.")
+    p.add_argument("--version", action="version", version=f"cohort-hub {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the service")
+    run.add_argument("-c", "--config", help="config file (default: $HUB_CONFIG or ./config.toml)")
+    run.add_argument("--new-session", action="store_true",
+                     help="forget the saved Matrix session and log in again with the password")
+
+    check = sub.add_parser("check", help="validate config and content; test the homeserver and SMTP")
+    check.add_argument("-c", "--config")
+    check.add_argument("--offline", action="store_true", help="do not contact the homeserver or SMTP")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging(args.log_level)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            return asyncio.run(_check(args))
+    except ConfigError as e:
+        for problem in e.problems:
+            print(secret_filter.redact(problem), file=sys.stderr)
+        return 1
+    except HubError as e:
+        print(f"hub: {secret_filter.redact(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    parser.print_help()
+    return 2
+
+
+def _load(config: str | None) -> Settings:
+    path = resolve_config_path(config)
+    settings = load_settings(path)
+    add_secrets(settings.secrets)
+    return settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+
+    async def go() -> None:
+        from hub.service import Hub
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        hub = Hub(settings)
+        if args.new_session:
+            from hub.matrix.session import MatrixSession
+            from hub.storage.db import open_database
+
+            db = await open_database(settings.database.url)
+            await MatrixSession(settings.matrix, db, settings.hub.data_dir).forget()
+            await db.close()
+        await hub.run(stop)
+        log.info("stopped cleanly")
+
+    asyncio.run(go())
+    return 0
+
+
+async def _check(args: argparse.Namespace) -> int:
+    from hub.checks import run_checks
+
+    path = resolve_config_path(args.config)
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        settings = load_settings(path)
+        add_secrets(settings.secrets)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(secret_filter.redact(problem), file=sys.stderr)
+        return 1
+    await run_checks(settings, offline=args.offline, problems=problems, notes=notes)
+    for note in notes:
+        print(secret_filter.redact(note))
+    for problem in problems:
+        print(secret_filter.redact(problem), file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Room commands declared with their arguments; the parser and help come from the declarations.
+
+A command is a `CommandSpec`: its words (``"cohort create"``), typed
+arguments, who may run it and in which kinds of room. `CommandRegistry.parse`
+turns ``!hub cohort create x "X Y"`` into a `ParsedCommand` or raises a
+`UsageError` whose message carries the usage line; nothing runs until the
+whole line has parsed, so bad input never changes anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.errors import PermissionDenied, UsageError
+
+__all__ = [
+    "Arg",
+    "CommandContext",
+    "CommandRegistry",
+    "CommandSpec",
+    "ParsedCommand",
+    "Reply",
+    "RoomKind",
+    "split_command_line",
+]
+
+
+class RoomKind(enum.Enum):
+    CONTROL = "control room"
+    LOUNGE = "lounge"
+    PAIR = "pair room"
+    DIRECT = "direct room"
+    OTHER = "room"
+
+
+ANYWHERE: frozenset[RoomKind] = frozenset(RoomKind)
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str = "word"  # word | int | choice | rest (the remaining text, joined)
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def usage(self) -> str:
+        label = "|".join(self.choices) if self.kind == "choice" else self.name.upper()
+        if self.kind == "rest":
+            label += "..."
+        return f"[{label}]" if self.optional else label
+
+    def convert(self, value: str) -> Any:
+        if self.kind == "int":
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"{self.name} must be a whole number, not {value!r}") from None
+            if self.minimum is not None and number < self.minimum:
+                raise ValueError(f"{self.name} must be at least {self.minimum}")
+            if self.maximum is not None and number > self.maximum:
+                raise ValueError(f"{self.name} must be at most {self.maximum}")
+            return number
+        if self.kind == "choice" and value.lower() not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {value!r}")
+        return value.lower() if self.kind == "choice" else value
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the hub answers: Markdown-free plain text plus optional HTML."""
+
+    text: str
+    html: str | None = None
+
+
+@dataclass
+class CommandContext:
+    sender: str
+    room_id: str
+    room_kind: RoomKind
+    is_moderator: bool
+    event_id: str
+    args: dict[str, Any] = field(default_factory=dict)
+    services: Any = None  # the wiring's ports; handlers reach adapters only through it
+
+
+Handler = Callable[[CommandContext], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    summary: str
+    handler: Handler
+    args: tuple[Arg, ...] = ()
+    moderator_only: bool = False
+    where: frozenset[RoomKind] = ANYWHERE
+
+    def usage(self, prefix: str) -> str:
+        parts = [prefix, self.name, *(a.usage() for a in self.args)]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    spec: CommandSpec
+    args: dict[str, Any]
+
+
+def split_command_line(text: str) -> list[str]:
+    """Split like a shell: quotes group words. Raises UsageError on an unclosed quote."""
+    try:
+        return shlex.split(text, posix=True)
+    except ValueError as e:
+        raise UsageError(f"could not read the command: {e} (close your quotes)") from None
+
+
+class CommandRegistry:
+    def __init__(self, prefix: str = "!hub") -> None:
+        self.prefix = prefix
+        self._specs: dict[str, CommandSpec] = {}
+
+    def add(self, spec: CommandSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"command {spec.name!r} declared twice")
+        self._specs[spec.name] = spec
+
+    def command(
+        self,
+        name: str,
+        summary: str,
+        *args: Arg,
+        moderator_only: bool = False,
+        where: frozenset[RoomKind] = ANYWHERE,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.add(CommandSpec(name, summary, handler, tuple(args), moderator_only, where))
+            return handler
+
+        return register
+
+    @property
+    def specs(self) -> Sequence[CommandSpec]:
+        return list(self._specs.values())
+
+    def get(self, name: str) -> CommandSpec | None:
+        return self._specs.get(name)
+
+    def addressed(self, body: str) -> str | None:
+        """The text after the prefix, or None if the message is not for the hub."""
+        stripped = body.strip()
+        if stripped == self.prefix:
+            return ""
+        if stripped.startswith(self.prefix + " ") or stripped.startswith(self.prefix + "\n"):
+            return stripped[len(self.prefix) :].strip()
+        return None
+
+    def parse(self, rest: str) -> ParsedCommand:
+        words = split_command_line(rest)
+        if not words:
+            words = ["help"]
+        # Longest declared name first, so "cohort create" wins over "cohort".
+        for n in (2, 1):
+            name = " ".join(words[:n]).lower()
+            if len(words) >= n and name in self._specs:
+                spec = self._specs[name]
+                return ParsedCommand(spec, self._bind(spec, words[n:]))
+        raise UsageError(self._unknown(words))
+
+    def _unknown(self, words: list[str]) -> str:
+        attempt = " ".join(words[:2]).lower()
+        names = list(self._specs)
+        close = difflib.get_close_matches(attempt, names, n=1, cutoff=0.5) or difflib.get_close_matches(
+            words[0].lower(), names, n=1, cutoff=0.5
+        )
+        hint = f" Did you mean `{self.prefix} {close[0]}`?" if close else ""
+        return f"Unknown command `{words[0]}`.{hint} Send `{self.prefix} help` for the list."
+
+    def _bind(self, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        i = 0
+        for arg in spec.args:
+            if arg.kind == "rest":
+                text = " ".join(words[i:]).strip()
+                if not text and not arg.optional:
+                    raise self._usage(spec, f"{arg.name} is missing")
+                values[arg.name] = text or None
+                i = len(words)
+                break
+            if i >= len(words):
+                if not arg.optional:
+                    raise self._usage(spec, f"{arg.name} is missing")
+                values[arg.name] = None
+                continue
+            try:
+                values[arg.name] = arg.convert(words[i])
+            except ValueError as e:
+                raise self._usage(spec, str(e)) from None
+            i += 1
+        if i < len(words):
+            raise self._usage(spec, f"unexpected {words[i]!r}")
+        return values
+
+    def _usage(self, spec: CommandSpec, problem: str) -> UsageError:
+        return UsageError(f"{problem}. Usage: `{spec.usage(self.prefix)}`")
+
+    def authorize(self, spec: CommandSpec, ctx: CommandContext) -> None:
+        if spec.moderator_only and not ctx.is_moderator:
+            raise PermissionDenied(
+                f"`{self.prefix} {spec.name}` is for moderators only; nothing was changed."
+            )
+        if ctx.room_kind not in spec.where:
+            places = ", ".join(sorted(k.value for k in spec.where))
+            raise PermissionDenied(
+                f"`{self.prefix} {spec.name}` works in: {places}; this is a {ctx.room_kind.value}."
+            )
+
+    def available(self, ctx: CommandContext) -> list[CommandSpec]:
+        return [
+            s
+            for s in self._specs.values()
+            if ctx.room_kind in s.where and (ctx.is_moderator or not s.moderator_only)
+        ]
+
+    def help(self, ctx: CommandContext, topic: str | None) -> Reply:
+        if topic:
+            spec = self._specs.get(topic.lower())
+            if spec is None:
+                raise UsageError(self._unknown(topic.split()))
+            who = "moderators" if spec.moderator_only else "everyone"
+            places = ", ".join(sorted(k.value for k in spec.where))
+            text = f"{spec.usage(self.prefix)}\n{spec.summary}\nFor {who}; works in: {places}."
+            return Reply(text)
+        lines = [f"{s.usage(self.prefix)} — {s.summary}" for s in self.available(ctx)]
+        header = f"Commands you can use in this {ctx.room_kind.value}:"
+        return Reply("\n".join([header, *lines]))

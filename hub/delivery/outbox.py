@@ -1,0 +1,167 @@
+"""The durable outbox: every outgoing side effect is a row, written with the change that causes it.
+
+Features call `Outbox.enqueue(session, ...)` inside their own transaction, so
+the message exists exactly when the change does. The row's `dedupe_key` is
+the logical message's natural key: enqueueing it again is a no-op, which is
+what makes "each scheduled item goes to each target at most once, ever" hold
+across restarts, catch-ups and several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.storage.db import Database
+from hub.storage.models import OutboxRow, outbox_table
+
+__all__ = ["EMAIL", "MATRIX", "Outbox", "OutboxStats"]
+
+T = outbox_table
+MATRIX = "matrix"
+EMAIL = "email"
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    queued: dict[str, int]
+    sending: dict[str, int]
+    sent: dict[str, int]
+    failed: dict[str, int]
+    oldest_queued_age: float  # seconds; 0 when nothing is waiting
+
+
+class Outbox:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_enqueue(self, listener: Callable[[], None]) -> None:
+        """Called after a transaction that enqueued rows may have committed (wakes the dispatcher)."""
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def enqueue(
+        self,
+        session: AsyncSession,
+        *,
+        channel: str,
+        kind: str,
+        lane: str,
+        payload: dict[str, Any],
+        dedupe_key: str,
+        not_before: float | None = None,
+    ) -> bool:
+        """Queue one row in the caller's transaction; False if `dedupe_key` was queued before."""
+        now = self.clock.now().timestamp()
+        values = dict(
+            txn_id=uuid.uuid4().hex,
+            dedupe_key=dedupe_key[:400],
+            channel=channel,
+            kind=kind,
+            lane=lane,
+            payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            status="queued",
+            attempts=0,
+            not_before=now if not_before is None else not_before,
+            created_at=now,
+        )
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(OutboxRow).values(**values).on_conflict_do_nothing(
+                index_elements=["dedupe_key"]
+            )
+        else:
+            stmt = sqlite.insert(OutboxRow).values(**values).on_conflict_do_nothing(
+                index_elements=["dedupe_key"]
+            )
+        result = await session.execute(stmt)
+        # Wake after commit would be ideal; waking early only makes the dispatcher look once more.
+        self.notify()
+        return bool(getattr(result, "rowcount", 0))
+
+    async def enqueue_many(
+        self, session: AsyncSession, rows: list[dict[str, Any]]
+    ) -> int:
+        """Bulk enqueue (fan-out); rows whose dedupe_key exists are skipped. Returns how many were new."""
+        if not rows:
+            return 0
+        keys = [r["dedupe_key"] for r in rows]
+        existing = set(
+            (await session.execute(select(T.c.dedupe_key).where(T.c.dedupe_key.in_(keys))))
+            .scalars()
+            .all()
+        )
+        now = self.clock.now().timestamp()
+        fresh = [
+            dict(
+                txn_id=uuid.uuid4().hex,
+                dedupe_key=r["dedupe_key"],
+                channel=r["channel"],
+                kind=r["kind"],
+                lane=r["lane"],
+                payload=json.dumps(r["payload"], separators=(",", ":"), ensure_ascii=False),
+                status="queued",
+                attempts=0,
+                not_before=r.get("not_before", now),
+                created_at=now,
+            )
+            for r in rows
+            if r["dedupe_key"] not in existing
+        ]
+        if fresh:
+            await session.execute(insert(OutboxRow), fresh)
+        self.notify()
+        return len(fresh)
+
+    async def stats(self) -> OutboxStats:
+        now = self.clock.now().timestamp()
+        counts: dict[str, dict[str, int]] = {s: {} for s in ("queued", "sending", "sent", "failed")}
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(T.c.status, T.c.channel, func.count()).group_by(T.c.status, T.c.channel)
+            )
+            for status, channel, n in rows.all():
+                counts.setdefault(status, {})[channel] = int(n)
+            oldest = (
+                await s.execute(
+                    select(func.min(T.c.created_at)).where(T.c.status.in_(("queued", "sending")))
+                )
+            ).scalar()
+        return OutboxStats(
+            queued=counts["queued"],
+            sending=counts["sending"],
+            sent=counts["sent"],
+            failed=counts["failed"],
+            oldest_queued_age=max(0.0, now - oldest) if oldest is not None else 0.0,
+        )
+
+    async def release_stale_claims(self, *, all_claims: bool) -> int:
+        """Put rows left `sending` by a crashed process back in the queue.
+
+        With one process (SQLite) every claim at start-up is stale; with several
+        processes only expired leases are, since another process may be mid-send.
+        The row keeps its txn_id, so the resend is deduplicated by the homeserver.
+        """
+        now = self.clock.now().timestamp()
+        cond = T.c.status == "sending"
+        if not all_claims:
+            cond = cond & (T.c.claimed_until < now)
+        async with self.db.transaction() as s:
+            result = await s.execute(
+                update(T).where(cond).values(status="queued", claimed_until=None)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)

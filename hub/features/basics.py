@@ -1,0 +1,45 @@
+"""Commands every room has: help, ping; and the moderators' audit log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
+from hub.inbound import Ports
+from hub.storage.models import AuditEntry, audit_table
+
+__all__ = ["register_basics"]
+
+
+def register_basics(registry: CommandRegistry) -> None:
+    @registry.command("help", "what you may use here", Arg("command", kind="rest", optional=True))
+    async def help_(ctx: CommandContext) -> Reply:
+        return registry.help(ctx, ctx.args.get("command"))
+
+    @registry.command("ping", "check that the hub is listening")
+    async def ping(ctx: CommandContext) -> Reply:
+        return Reply("pong")
+
+    @registry.command(
+        "audit",
+        "the last N moderator actions",
+        Arg("n", kind="int", optional=True, minimum=1, maximum=200),
+        moderator_only=True,
+    )
+    async def audit(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        n = ctx.args.get("n") or 20
+        rows = (
+            await ports.session.execute(
+                select(AuditEntry).order_by(audit_table.c.id.desc()).limit(n)
+            )
+        ).scalars().all()
+        if not rows:
+            return Reply("No moderator actions recorded yet.")
+        lines = [f"Last {len(rows)} moderator actions, newest first:"]
+        for r in rows:
+            when = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(f"- {when} {r.actor}: `{r.command[:200]}` ({r.outcome})")
+        return Reply("\n".join(lines))

@@ -1,0 +1,151 @@
+"""Inbound events: run each command once, answer it through the outbox.
+
+For every message addressed to the hub, one transaction records the event id
+as handled, applies the command's changes and queues the reply. A replay of
+the same sync batch (after a crash) finds the id and does nothing, so a
+command is never run or answered twice; a crash before the commit leaves no
+trace, so the command is run once after the restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.core.commands import CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.markup import markdown_to_matrix
+from hub.delivery.outbox import MATRIX, Outbox
+from hub.errors import CommandError, PermissionDenied, UsageError
+from hub.matrix.events import IncomingMessage, notice_content
+from hub.storage.db import Database
+from hub.storage.models import AuditEntry, HandledEvent
+
+__all__ = ["CommandRunner", "Ports"]
+
+log = logging.getLogger(__name__)
+
+_OOPS = (
+    "Sorry, something went wrong on my side and nothing was changed. "
+    "The hub's log has the details for the operators."
+)
+
+
+@dataclass
+class Ports:
+    """What command handlers may use: the transaction they run in and the hub's services."""
+
+    session: AsyncSession
+    outbox: Outbox
+    db: Database
+    clock: Clock
+    control_room: str | None
+    extra: object = None
+
+
+class CommandRunner:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        clock: Clock,
+        registry: CommandRegistry,
+        *,
+        room_kind: Callable[[str], Awaitable[RoomKind]],
+        is_moderator: Callable[[str], Awaitable[bool]],
+        control_room: Callable[[], str | None],
+        extra: object = None,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.clock = clock
+        self.registry = registry
+        self.room_kind = room_kind
+        self.is_moderator = is_moderator
+        self.control_room = control_room
+        self.extra = extra
+
+    async def handle(self, msg: IncomingMessage) -> bool:
+        """Handle one message; True if it was a command handled now (False: not for us, or seen)."""
+        if msg.msgtype != "m.text":
+            return False  # never answer notices: that is how bots end up talking to each other
+        rest = self.registry.addressed(msg.body)
+        if rest is None:
+            return False
+        kind = await self.room_kind(msg.room_id)
+        moderator = await self.is_moderator(msg.sender)
+        try:
+            async with self.db.transaction() as s:
+                if await s.get(HandledEvent, msg.event_id) is not None:
+                    return False
+                s.add(HandledEvent(event_id=msg.event_id, room_id=msg.room_id,
+                                   handled_at=self.clock.now().timestamp()))
+                await s.flush()
+                reply, audited = await self._run(s, msg, rest, kind, moderator)
+                body, html = markdown_to_matrix(reply.text)
+                await self.outbox.enqueue(
+                    s,
+                    channel=MATRIX,
+                    kind="reply",
+                    lane=msg.room_id,
+                    payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message",
+                             "content": notice_content(body, reply.html or html,
+                                                       reply_to=msg.event_id,
+                                                       thread_root=msg.thread_root)},
+                    dedupe_key=f"reply:{msg.event_id}",
+                )
+                if audited is not None:
+                    await self._audit(s, msg, audited)
+        except IntegrityError:
+            return False  # another process handled the same event first
+        return True
+
+    async def _run(
+        self, s: AsyncSession, msg: IncomingMessage, rest: str, kind: RoomKind, moderator: bool
+    ) -> tuple[Reply, str | None]:
+        """Run the command inside a savepoint, so a refusal or a crash changes nothing."""
+        ctx = CommandContext(
+            sender=msg.sender, room_id=msg.room_id, room_kind=kind, is_moderator=moderator,
+            event_id=msg.event_id,
+            services=Ports(s, self.outbox, self.db, self.clock, self.control_room(), self.extra),
+        )
+        spec = None
+        try:
+            parsed = self.registry.parse(rest)
+            spec = parsed.spec
+            ctx.args = parsed.args
+            self.registry.authorize(spec, ctx)
+            async with s.begin_nested():
+                reply = await spec.handler(ctx)
+        except PermissionDenied as e:
+            log.info("refused %s from %s in %s: %s", spec.name if spec else "?", msg.sender,
+                     msg.room_id, e)
+            # A refusal changes nothing, the audit log included; it is only logged.
+            return Reply(str(e)), None
+        except UsageError as e:
+            return Reply(str(e)), None
+        except CommandError as e:
+            return Reply(str(e)), ("error" if spec and spec.moderator_only else None)
+        except Exception:
+            log.exception("command %r from %s failed", rest[:80], msg.sender)
+            return Reply(_OOPS), ("crashed" if spec and spec.moderator_only else None)
+        return reply, ("ok" if spec.moderator_only else None)
+
+    async def _audit(self, s: AsyncSession, msg: IncomingMessage, outcome: str) -> None:
+        command = f"{self.registry.prefix} {self.registry.addressed(msg.body) or ''}".strip()
+        s.add(AuditEntry(at=self.clock.now().timestamp(), actor=msg.sender, room_id=msg.room_id,
+                         command=command[:1000], outcome=outcome))
+        control = self.control_room()
+        if control and control != msg.room_id:
+            text = f"{msg.sender} ran `{command[:300]}` ({outcome})"
+            body, html = markdown_to_matrix(text)
+            await self.outbox.enqueue(
+                s, channel=MATRIX, kind="audit", lane=control,
+                payload={"op": "message", "room_id": control, "type": "m.room.message",
+                         "content": notice_content(body, html)},
+                dedupe_key=f"audit:{msg.event_id}",
+            )

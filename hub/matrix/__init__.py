@@ -1,0 +1,1 @@
+"""Everything the hub does on Matrix: the client, encryption housekeeping, rooms."""

@@ -1,0 +1,131 @@
+"""Turn nio's sync responses into the plain facts the hub acts on, and build message content.
+
+Only this module and its siblings know nio's event classes; the handlers see
+`IncomingMessage` and `InviteSeen`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nio import (
+    InviteMemberEvent,
+    MegolmEvent,
+    RoomCreateEvent,
+    RoomMessageNotice,
+    RoomMessageText,
+    SyncResponse,
+)
+
+__all__ = [
+    "IncomingMessage",
+    "InviteSeen",
+    "SyncFacts",
+    "extract",
+    "notice_content",
+]
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    room_id: str
+    event_id: str
+    sender: str
+    body: str
+    msgtype: str
+    thread_root: str | None
+    origin_server_ts: int
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class InviteSeen:
+    room_id: str
+    inviter: str
+
+
+@dataclass
+class SyncFacts:
+    messages: list[IncomingMessage] = field(default_factory=list)
+    invites: list[InviteSeen] = field(default_factory=list)
+    undecryptable: list[tuple[str, MegolmEvent]] = field(default_factory=list)
+    # room id -> users with unlimited power (room v12 creators), from m.room.create
+    creators: dict[str, frozenset[str]] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)
+
+
+def _thread_root(source: dict[str, Any]) -> str | None:
+    rel = source.get("content", {}).get("m.relates_to") or {}
+    if isinstance(rel, dict) and rel.get("rel_type") == "m.thread":
+        root = rel.get("event_id")
+        return root if isinstance(root, str) else None
+    return None
+
+
+def message_from_event(room_id: str, event: Any) -> IncomingMessage | None:
+    if not isinstance(event, (RoomMessageText, RoomMessageNotice)):
+        return None
+    return IncomingMessage(
+        room_id=room_id,
+        event_id=event.event_id,
+        sender=event.sender,
+        body=event.body or "",
+        msgtype="m.notice" if isinstance(event, RoomMessageNotice) else "m.text",
+        thread_root=_thread_root(event.source),
+        origin_server_ts=event.server_timestamp,
+        encrypted=bool(getattr(event, "decrypted", False)),
+    )
+
+
+def creators_from_create(event: RoomCreateEvent) -> frozenset[str]:
+    content = event.source.get("content", {})
+    extra = content.get("additional_creators") or []
+    users = {event.sender, *[u for u in extra if isinstance(u, str)]}
+    return frozenset(users)
+
+
+def extract(resp: SyncResponse, own_user_id: str) -> SyncFacts:
+    facts = SyncFacts()
+    for room_id, info in resp.rooms.invite.items():
+        for ev in info.invite_state:
+            if isinstance(ev, InviteMemberEvent) and ev.state_key == own_user_id:
+                if ev.membership == "invite":
+                    facts.invites.append(InviteSeen(room_id, ev.sender))
+    for room_id, joined in resp.rooms.join.items():
+        for ev in list(joined.state) + list(joined.timeline.events):
+            if isinstance(ev, RoomCreateEvent):
+                facts.creators[room_id] = creators_from_create(ev)
+        for ev in joined.timeline.events:
+            if isinstance(ev, MegolmEvent):
+                facts.undecryptable.append((room_id, ev))
+                continue
+            msg = message_from_event(room_id, ev)
+            if msg is not None and msg.sender != own_user_id:
+                facts.messages.append(msg)
+    facts.left.extend(resp.rooms.leave.keys())
+    return facts
+
+
+def notice_content(
+    body: str,
+    html: str | None = None,
+    *,
+    reply_to: str | None = None,
+    thread_root: str | None = None,
+) -> dict[str, Any]:
+    """An m.notice; a reply (inside the thread when the command came from one)."""
+    content: dict[str, Any] = {"msgtype": "m.notice", "body": body}
+    if html:
+        content["format"] = "org.matrix.custom.html"
+        content["formatted_body"] = html
+    if reply_to and thread_root:
+        content["m.relates_to"] = {
+            "rel_type": "m.thread",
+            "event_id": thread_root,
+            "is_falling_back": False,
+            "m.in_reply_to": {"event_id": reply_to},
+        }
+    elif reply_to:
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+    return content

@@ -1,0 +1,304 @@
+"""The one place that wires the hub together: config, storage, Matrix, outbox, web.
+
+Everything else receives what it needs as arguments; this module decides
+which concrete adapters run and in which order they start and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nio import AsyncClient, MegolmEvent, SyncResponse
+
+from hub.clock import Clock, SystemClock
+from hub.config import Settings
+from hub.core.commands import CommandRegistry, RoomKind
+from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
+from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.ratelimit import SharedPause
+from hub.features.basics import register_basics
+from hub.inbound import CommandRunner
+from hub.logs import add_secrets
+from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
+from hub.matrix.rooms import ensure_control_room
+from hub.matrix.sender import MatrixSender
+from hub.matrix.session import MatrixSession
+from hub.matrix.sync import SyncLoop
+from hub.storage.db import Database, open_database
+from hub.web import HealthSource, WebServer
+
+__all__ = ["Hub", "build_registry"]
+
+log = logging.getLogger(__name__)
+_PARKED_LIMIT = 2000
+
+
+def build_registry(prefix: str) -> CommandRegistry:
+    registry = CommandRegistry(prefix)
+    register_basics(registry)
+    return registry
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.shutdown_grace = shutdown_grace
+        self.registry = build_registry(settings.matrix.command_prefix)
+        self.db: Database | None = None
+        self.session: MatrixSession | None = None
+        self.client: AsyncClient | None = None
+        self.outbox: Outbox | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.sync: SyncLoop | None = None
+        self.web: WebServer | None = None
+        self.runner: CommandRunner | None = None
+        self.control_room_id: str | None = None
+        self.creators: dict[str, frozenset[str]] = {}
+        self._parked: dict[str, tuple[str, MegolmEvent]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._joining: set[str] = set()
+        self.ready = asyncio.Event()
+        self.extra_senders: dict[str, Sender] = {}
+        self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        add_secrets(s.secrets)
+        s.hub.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = await open_database(s.database.url)
+        self.outbox = Outbox(self.db, self.clock)
+        self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
+        self.client = await self.session.open()
+        await self._cross_sign()
+        released = await self.outbox.release_stale_claims(all_claims=not self.db.is_postgres)
+        if released:
+            log.info("requeued %d rows left in flight by the previous run", released)
+        pause = SharedPause(self.clock, "the homeserver")
+        senders: dict[str, Sender] = {MATRIX: MatrixSender(self.client, pause)}
+        senders.update(self.extra_senders)
+        self.dispatcher = Dispatcher(self.db, self.outbox, self.clock, senders,
+                                     on_failed=self._report_failure)
+        self.runner = CommandRunner(
+            self.db, self.outbox, self.clock, self.registry,
+            room_kind=self.room_kind, is_moderator=self.is_moderator,
+            control_room=lambda: self.control_room_id,
+        )
+        self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
+        self.web = WebServer(
+            s.web.host, s.web.port,
+            HealthSource(
+                sync_ok=lambda: bool(self.sync and self.sync.healthy),
+                database_ok=self.db.ping,
+                smtp_ok=lambda: True,
+                outbox=self.outbox,
+            ),
+        )
+        await self.web.start()
+        self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
+
+    async def _cross_sign(self) -> None:
+        from hub.matrix.crosssign import ensure_cross_signing
+
+        assert self.client is not None
+        c = self.client
+        # The device's keys must be on the server before they can be signed.
+        if c.should_upload_keys:
+            await c.keys_upload()
+        await ensure_cross_signing(
+            self.settings.matrix.homeserver,
+            c.access_token,
+            c.user_id,
+            c.device_id,
+            c.olm.account.identity_keys["ed25519"] if c.olm else "",
+            None,
+            self.settings.hub.data_dir / "cross-signing.json",
+            password=self.settings.matrix.password,
+            reset=self.settings.matrix.reset_cross_signing,
+        )
+
+    async def _after_first_sync(self) -> None:
+        assert self.sync is not None and self.client is not None
+        await self.sync.first_done.wait()
+        self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
+        for hook in self.after_start:
+            await hook(self)
+        self.ready.set()
+        log.info("hub ready as %s (device %s)", self.client.user_id, self.client.device_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, then run until `stop` is set or a component fails for good."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            pending: set[asyncio.Task[None]] = {waiter, *self._tasks}
+            while not waiter.done():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    # The set-up task finishes normally; any task failing stops the hub.
+                    if task is not waiter and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                    if task is not waiter and task.get_name() != "setup":
+                        raise RuntimeError(f"{task.get_name()} stopped unexpectedly")
+        finally:
+            waiter.cancel()
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop syncing, let in-flight sends finish (bounded), save state, close."""
+        if self.sync is not None:
+            self.sync.stop()
+        for task in self._tasks:
+            if task.get_name() != "dispatcher":
+                task.cancel()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(self.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.web is not None:
+            await self.web.stop()
+        if self.session is not None:
+            await self.session.close()
+        if self.db is not None:
+            await self.db.close()
+
+    # -- inbound -------------------------------------------------------------------
+
+    async def _on_sync(self, resp: SyncResponse, first: bool) -> None:
+        assert self.client is not None and self.runner is not None
+        facts = extract(resp, self.client.user_id)
+        self.creators.update(facts.creators)
+        for invite in facts.invites:
+            await self._consider_invite(invite.room_id, invite.inviter)
+        if first:
+            # The very first start does not replay room history.
+            return
+        for msg in facts.messages:
+            await self.runner.handle(msg)
+        for room_id, event in facts.undecryptable:
+            self._park(room_id, event)
+        await self._retry_parked()
+
+    def _park(self, room_id: str, event: MegolmEvent) -> None:
+        """Keep an undecryptable event and ask for its key; never answer it with noise."""
+        assert self.client is not None
+        if len(self._parked) >= _PARKED_LIMIT:
+            self._parked.pop(next(iter(self._parked)))
+        self._parked[event.event_id] = (room_id, event)
+        task = asyncio.create_task(self._request_key(event))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _request_key(self, event: MegolmEvent) -> None:
+        assert self.client is not None
+        try:
+            await self.client.request_room_key(event)
+        except Exception as e:  # nio raises if a request for this session is already out
+            log.debug("room key request for %s not sent: %s", event.event_id, e)
+
+    async def _retry_parked(self) -> None:
+        assert self.client is not None and self.runner is not None
+        for event_id, (room_id, event) in list(self._parked.items()):
+            try:
+                decrypted = self.client.decrypt_event(event)
+            except Exception:
+                continue
+            self._parked.pop(event_id, None)
+            msg = message_from_event(room_id, decrypted)
+            if msg is not None and msg.sender != self.client.user_id:
+                await self.runner.handle(IncomingMessage(**{**msg.__dict__, "encrypted": True}))
+
+    async def _consider_invite(self, room_id: str, inviter: str) -> None:
+        assert self.client is not None
+        if room_id in self._joining:
+            return
+        if await self.may_invite(inviter):
+            self._joining.add(room_id)
+            # Joining is network work: never inside the sync handler itself.
+            task = asyncio.create_task(self._join(room_id, inviter))
+            task.add_done_callback(lambda t: self._joining.discard(room_id))
+        else:
+            log.info("declining invite to %s from %s (not a moderator or participant)",
+                     room_id, inviter)
+            task = asyncio.create_task(self._decline(room_id))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _join(self, room_id: str, inviter: str) -> None:
+        assert self.client is not None
+        for attempt in range(6):
+            try:
+                resp = await self.client.join(room_id)
+                if getattr(resp, "room_id", None):
+                    log.info("joined %s on invite from %s", room_id, inviter)
+                    return
+                log.warning("joining %s failed: %s", room_id, resp)
+            except Exception as e:
+                log.warning("joining %s failed: %s", room_id, e)
+            await asyncio.sleep(min(30, 2 ** attempt))
+
+    async def _decline(self, room_id: str) -> None:
+        assert self.client is not None
+        await self.client.room_leave(room_id)
+
+    async def may_invite(self, user_id: str) -> bool:
+        """Invites are accepted from moderators (participants join this list with the roster)."""
+        return await self.is_moderator(user_id)
+
+    # -- policy --------------------------------------------------------------------
+
+    async def is_moderator(self, user_id: str) -> bool:
+        if user_id in self.settings.matrix.moderators:
+            return True
+        room_id = self.control_room_id
+        if not room_id or self.client is None:
+            return False
+        if user_id in self.creators.get(room_id, frozenset()):
+            return True  # room v12: creators have unlimited power
+        room = self.client.rooms.get(room_id)
+        if room is None or user_id not in room.users:
+            return False
+        return bool(room.power_levels.get_user_level(user_id) >= 50)
+
+    async def room_kind(self, room_id: str) -> RoomKind:
+        if room_id == self.control_room_id:
+            return RoomKind.CONTROL
+        return RoomKind.OTHER
+
+    async def _report_failure(self, row: Claimed, reason: str) -> None:
+        """Nothing is dropped silently: a row that failed for good is reported to moderators."""
+        if self.outbox is None or self.db is None or not self.control_room_id:
+            return
+        if row.kind == "alert" or row.lane == self.control_room_id:
+            return  # an alert about the control room itself would fail the same way
+        text = (f"Delivery failed for good ({row.channel}, {row.kind}, to {row.lane}): {reason}. "
+                "Nothing will retry it; check the target and resend if needed.")
+        payload: dict[str, Any] = {
+            "op": "message", "room_id": self.control_room_id, "type": "m.room.message",
+            "content": notice_content(text),
+        }
+        async with self.db.transaction() as s:
+            await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
+                                      payload=payload, dedupe_key=f"alert:failed:{row.txn_id}")
+
+
+def default_data_path(settings: Settings) -> Path:
+    return settings.hub.data_dir

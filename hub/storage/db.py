@@ -1,0 +1,161 @@
+"""The database: an async engine, migrations applied on open, small state helpers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from hub.errors import SchemaTooNewError, StorageError
+from hub.storage.models import KeyValue
+
+__all__ = ["Database", "async_url", "open_database"]
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """Map the config's URL to the async driver SQLAlchemy needs."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def _script() -> ScriptDirectory:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg)
+
+
+def _upgrade(connection: Connection) -> str | None:
+    """Apply pending migrations; refuse a database migrated by a newer hub."""
+    from alembic import command
+
+    script = _script()
+    known = {rev.revision for rev in script.walk_revisions()}
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and current not in known:
+        raise SchemaTooNewError(
+            f"the database is at schema revision {current}, which this version of the hub "
+            f"does not know (newest known: {script.get_current_head()}); it was upgraded by a "
+            "newer hub. Run that version, or restore a backup taken before the upgrade."
+        )
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+class Database:
+    def __init__(self, url: str, engine: AsyncEngine) -> None:
+        self.url = url
+        self.engine = engine
+        self.session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    async def migrate(self) -> str | None:
+        try:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(_upgrade)
+        except SchemaTooNewError:
+            raise
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot migrate the database: {e.__class__.__name__}: {e}") from e
+
+    async def revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except (SQLAlchemyError, OSError):
+            return False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose work commits together or not at all."""
+        async with self.session() as s, s.begin():
+            yield s
+
+    async def get_state(self, key: str) -> str | None:
+        async with self.session() as s:
+            row = await s.get(KeyValue, key)
+            return row.value if row else None
+
+    async def set_state(self, key: str, value: str, session: AsyncSession | None = None) -> None:
+        if session is not None:
+            await _put(session, key, value)
+            return
+        async with self.transaction() as s:
+            await _put(s, key, value)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def _put(session: AsyncSession, key: str, value: str) -> None:
+    row = await session.get(KeyValue, key)
+    if row is None:
+        session.add(KeyValue(key=key, value=value))
+    else:
+        row.value = value
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the web endpoint and the dispatcher read while the sync loop writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+async def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Open (creating the SQLite file's folder if needed) and migrate to the newest schema."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(async_url(url), **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    db = Database(url, engine)
+    if migrate:
+        try:
+            await db.migrate()
+        except Exception:
+            await engine.dispose()
+            raise
+    return db

@@ -1,0 +1,99 @@
+"""The small web endpoint: /healthz and /metrics (unsubscribe arrives with the digest)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hub.delivery.outbox import Outbox
+
+__all__ = ["HealthSource", "WebServer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HealthSource:
+    sync_ok: Callable[[], bool]
+    database_ok: Callable[[], Awaitable[bool]]
+    smtp_ok: Callable[[], bool]
+    outbox: Outbox
+    max_queue_age: float = 900.0  # seconds a row may wait before the hub counts as unhealthy
+
+
+class WebServer:
+    def __init__(self, host: str, port: int, health: HealthSource) -> None:
+        self.host = host
+        self.port = port
+        self.health = health
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/metrics", self.metrics)
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        self.app.router.add_routes(routes)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        log.info("web endpoint listening on %s:%s", self.host, self.bound_port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        db_ok = await self.health.database_ok()
+        stats = await self.health.outbox.stats() if db_ok else None
+        checks = {
+            "sync": "ok" if self.health.sync_ok() else "failing",
+            "database": "ok" if db_ok else "failing",
+            "smtp": "ok" if self.health.smtp_ok() else "failing",
+        }
+        if stats is not None:
+            stale = stats.oldest_queued_age > self.health.max_queue_age
+            checks["outbox"] = "stale" if stale else "ok"
+        body = {
+            "status": "ok" if all(v == "ok" for v in checks.values()) else "failing",
+            "checks": checks,
+            "oldest_queued_seconds": round(stats.oldest_queued_age, 1) if stats else None,
+        }
+        return web.Response(
+            status=200 if body["status"] == "ok" else 503,
+            text=json.dumps(body),
+            content_type="application/json",
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        stats = await self.health.outbox.stats()
+        lines = [
+            "# HELP hub_outbox_rows Outbox rows by channel and status.",
+            "# TYPE hub_outbox_rows gauge",
+        ]
+        for status, by_channel in (("queued", stats.queued), ("sending", stats.sending),
+                                   ("sent", stats.sent), ("failed", stats.failed)):
+            for channel in ("matrix", "email"):
+                lines.append(
+                    f'hub_outbox_rows{{channel="{channel}",status="{status}"}} '
+                    f"{by_channel.get(channel, 0)}"
+                )
+        lines += [
+            "# HELP hub_outbox_oldest_queued_seconds Age of the oldest unsent row.",
+            "# TYPE hub_outbox_oldest_queued_seconds gauge",
+            f"hub_outbox_oldest_queued_seconds {stats.oldest_queued_age:.3f}",
+            "# HELP hub_sync_up 1 when the last sync succeeded.",
+            "# TYPE hub_sync_up gauge",
+            f"hub_sync_up {1 if self.health.sync_ok() else 0}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
