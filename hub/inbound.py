@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,7 +45,7 @@ class Ports:
     db: Database
     clock: Clock
     control_room: str | None
-    extra: object = None
+    app: Any = None  # the running Hub (settings, client state); handlers read, the outbox writes
 
 
 class CommandRunner:
@@ -58,7 +59,7 @@ class CommandRunner:
         room_kind: Callable[[str], Awaitable[RoomKind]],
         is_moderator: Callable[[str], Awaitable[bool]],
         control_room: Callable[[], str | None],
-        extra: object = None,
+        app: Any = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -67,7 +68,7 @@ class CommandRunner:
         self.room_kind = room_kind
         self.is_moderator = is_moderator
         self.control_room = control_room
-        self.extra = extra
+        self.app = app
 
     async def handle(self, msg: IncomingMessage) -> bool:
         """Handle one message; True if it was a command handled now (False: not for us, or seen)."""
@@ -111,7 +112,7 @@ class CommandRunner:
         ctx = CommandContext(
             sender=msg.sender, room_id=msg.room_id, room_kind=kind, is_moderator=moderator,
             event_id=msg.event_id,
-            services=Ports(s, self.outbox, self.db, self.clock, self.control_room(), self.extra),
+            services=Ports(s, self.outbox, self.db, self.clock, self.control_room(), self.app),
         )
         spec = None
         try:

@@ -95,6 +95,7 @@ class Hub:
             self.db, self.outbox, self.clock, self.registry,
             room_kind=self.room_kind, is_moderator=self.is_moderator,
             control_room=lambda: self.control_room_id,
+            app=self,
         )
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
         self.web = WebServer(

@@ -104,7 +104,9 @@ class SyncLoop:
                 if self._filter_id is None:
                     self._filter_id = await self._upload_filter()
                 resp = await self.client.sync(
-                    timeout=self.timeout_ms,
+                    # The first sync of a run returns at once, so start-up
+                    # does not wait a whole long-poll for a quiet account.
+                    timeout=self.timeout_ms if self.first_done.is_set() else 0,
                     sync_filter=self._filter_id,
                     since=since,
                     full_state=since is None,

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"; .ci/run runs exactly this).
+# Installs everything it needs into ./.venv and tests/js/node_modules, then runs
+# ruff, mypy and the whole pytest suite (real Synapse, real SMTP, SQLite and
+# PostgreSQL). Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+# The Element-stack client (matrix-js-sdk + Rust crypto) used by the cross-signing tests.
+if command -v npm >/dev/null 2>&1; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+elif [ -n "${CI:-}" ]; then
+  echo "npm is required in CI for the Element-stack tests" >&2
+  exit 1
+fi
+
+# PostgreSQL: CI machines run it on 127.0.0.1:5432 (trust auth, database `test`).
+if [ -z "${HUB_TEST_DATABASE_URL:-}" ]; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+      for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+    fi
+  fi
+  if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    export HUB_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test"
+  fi
+fi
+
+.venv/bin/ruff check hub tests bench
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
