@@ -148,9 +148,9 @@ class Hub:
         except BaseException:
             await self.stop()
             raise
-        waiter = asyncio.create_task(stop.wait())
+        waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
         try:
-            pending: set[asyncio.Task[None]] = {waiter, *self._tasks}
+            pending: set[asyncio.Task[Any]] = {waiter, *self._tasks}
             while not waiter.done():
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
