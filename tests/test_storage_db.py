@@ -1,0 +1,69 @@
+"""Storage: migrations on SQLite and PostgreSQL, refusal of a newer schema, state helpers."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, text
+
+from conftest import backends
+from hub.errors import SchemaTooNewError
+from hub.storage.db import _script, open_database
+from hub.storage.models import metadata
+
+HEAD = _script().get_current_head()
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_migrations_upgrade_an_empty_database(backend: str, database_urls: dict[str, str]) -> None:
+    db = await open_database(database_urls[backend])
+    try:
+        assert await db.revision() == HEAD
+        async with db.engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        # Every table the models declare exists with the columns they declare.
+        assert set(metadata.tables) <= tables
+        for name, table in metadata.tables.items():
+            async with db.engine.connect() as conn:
+                cols = await conn.run_sync(
+                    lambda c, n=name: {col["name"] for col in inspect(c).get_columns(n)}
+                )
+            assert {c.name for c in table.columns} <= cols, name
+        # Opening again is a no-op, not an error.
+        await db.close()
+        db = await open_database(database_urls[backend])
+        assert await db.revision() == HEAD
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_newer_database_is_refused(backend: str, database_urls: dict[str, str]) -> None:
+    db = await open_database(database_urls[backend])
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    await db.close()
+    with pytest.raises(SchemaTooNewError, match="9999.*newer hub"):
+        await open_database(database_urls[backend])
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_state_round_trip_and_ping(backend: str, database_urls: dict[str, str]) -> None:
+    db = await open_database(database_urls[backend])
+    try:
+        assert await db.get_state("sync.next_batch") is None
+        await db.set_state("sync.next_batch", "s1")
+        await db.set_state("sync.next_batch", "s2")
+        assert await db.get_state("sync.next_batch") == "s2"
+        assert await db.ping()
+    finally:
+        await db.close()
+
+
+async def test_sqlite_runs_in_wal_mode(database_urls: dict[str, str]) -> None:
+    db = await open_database(database_urls["sqlite"])
+    try:
+        async with db.engine.connect() as conn:
+            mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        assert mode == "wal"
+    finally:
+        await db.close()
