@@ -1,0 +1,167 @@
+"""`hub run` as an operator runs it: a process, SIGTERM, restart, logs without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.devserver import free_port
+from hub.devserver.synapse import SynapseServer
+
+pytestmark = pytest.mark.synapse
+
+SMTP_PASSWORD = "smtp-secret-Quokka-77"
+WEB_SECRET = "web-secret-Wombat-42"
+
+
+def _config(tmp: Path, homeserver: str, bot_id: str, moderator: str, web_port: int) -> Path:
+    path = tmp / "config.toml"
+    path.write_text(
+        f"""
+[hub]
+data_dir = "./data"
+[matrix]
+homeserver = "{homeserver}"
+user_id = "{bot_id}"
+password = "${{HUB_MATRIX_PASSWORD}}"
+control_room = "#mods-{os.getpid()}-{web_port}:localhost"
+moderators = ["{moderator}"]
+[email]
+enabled = false
+password = "${{HUB_SMTP_PASSWORD}}"
+[web]
+listen = "127.0.0.1:{web_port}"
+secret = "${{HUB_SECRET}}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class HubProcess:
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.config = config
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "--log-level", "DEBUG", "run", "-c", str(self.config)],
+            stdout=out, stderr=subprocess.STDOUT, env=self.env,
+        )
+        out.close()
+
+    async def wait_ready(self, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if text.count("hub ready as") >= self.starts:
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hub exited {self.proc.returncode}:\n{text[-3000:]}")
+            await asyncio.sleep(0.1)
+        raise TimeoutError("hub not ready")
+
+    starts = 0
+
+    async def run(self) -> None:
+        self.starts += 1
+        self.start()
+        await self.wait_ready()
+
+    async def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+
+async def test_restart_answers_once_and_logs_no_secrets(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    bot = await register("hubproc", password="matrix-secret-Numbat-13")
+    user = await participant("lead")
+    port = free_port()
+    config = _config(tmp_path, synapse.url, bot.user_id, user.user_id, port)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HUB_MATRIX_PASSWORD": bot.password,
+        "HUB_SMTP_PASSWORD": SMTP_PASSWORD,
+        "HUB_SECRET": WEB_SECRET,
+    }
+    log = tmp_path / "hub.log"
+    hub = HubProcess(config, env, log)
+    await hub.run()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                health = json.loads(await resp.text())
+                assert resp.status == 200, health
+                assert health["checks"]["sync"] == "ok" and health["checks"]["database"] == "ok"
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert 'hub_outbox_rows{channel="matrix",status="queued"}' in await resp.text()
+
+        room = await user.create_room(invite=[bot.user_id])
+        await user.wait_joined(room, bot.user_id)
+        first = await user.send(room, "!hub ping")
+        await user.wait_for_reply(room, first)
+
+        assert await hub.terminate() == 0, log.read_text()[-2000:]
+        assert "stopped cleanly" in log.read_text()
+        while_down = await user.send(room, "!hub ping")
+        await asyncio.sleep(0.5)
+        assert user.replies_to(room, while_down) == []
+
+        await hub.run()
+        await user.wait_for_reply(room, while_down, timeout=15)
+        # Give a duplicate every chance to show up before counting.
+        marker = await user.send(room, "!hub ping")
+        await user.wait_for_reply(room, marker)
+        await asyncio.sleep(1.0)
+        assert len(user.replies_to(room, while_down)) == 1
+        assert len(user.replies_to(room, first)) == 1
+        assert await hub.terminate() == 0
+    finally:
+        if hub.proc and hub.proc.poll() is None:
+            hub.proc.kill()
+
+    # Secrets from config and the access token the homeserver issued never reach the log.
+    db = sqlite3.connect(tmp_path / "data" / "hub.db")
+    token = db.execute("SELECT value FROM kv WHERE key = 'matrix.access_token'").fetchone()[0]
+    device = db.execute("SELECT value FROM kv WHERE key = 'matrix.device_id'").fetchone()[0]
+    db.close()
+    text = log.read_text(errors="replace")
+    assert text.count("hub ready as") == 2
+    # The same device both times: the session was reused, not a new login.
+    assert text.count(f"device {device}") >= 2 and text.count("with new device") == 1
+    for secret in (bot.password, SMTP_PASSWORD, WEB_SECRET, token):
+        assert secret not in text, "a secret reached the log"
+    assert "Traceback" not in text
+
+    # A revoked token stops the hub with a clear message and exit status 1.
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{synapse.url}/_matrix/client/v3/logout",
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hub", "run", "-c", str(config)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no longer accepts" in result.stderr and "--new-session" in result.stderr
+    assert token not in result.stderr and "Traceback" not in result.stderr
