@@ -15,6 +15,7 @@ import pytest
 from hub.config import Settings, settings_from_dict
 from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.service import Hub
+
 from matrix_user import Participant
 
 PG_URL = os.environ.get("HUB_TEST_DATABASE_URL")

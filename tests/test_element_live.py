@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from conftest import hub_settings, running_hub
 from hub.devserver.synapse import SynapseServer
+
+from conftest import hub_settings, running_hub
 from test_crosssign import _node_or_skip, run_element_client
 
 pytestmark = pytest.mark.synapse

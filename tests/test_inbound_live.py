@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from nio import RoomMessageNotice
 
-from conftest import hub_settings, running_hub
 from hub.devserver.synapse import SynapseServer
 from hub.storage.models import AuditEntry
+
+from conftest import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from conftest import backends
 from hub.errors import SchemaTooNewError
 from hub.storage.db import _script, open_database
 from hub.storage.models import metadata
+
+from conftest import backends
 
 HEAD = _script().get_current_head()
 
@@ -42,7 +43,7 @@ async def test_newer_database_is_refused(backend: str, database_urls: dict[str, 
     async with db.engine.begin() as conn:
         await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     await db.close()
-    with pytest.raises(SchemaTooNewError, match="9999.*newer hub"):
+    with pytest.raises(SchemaTooNewError, match=r"9999.*newer hub"):
         await open_database(database_urls[backend])
 
 
