@@ -10,9 +10,12 @@
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
-    └── CommandError           a room command was malformed or refused
-        ├── UsageError
-        └── PermissionDenied
+    ├── CommandError           a room command was malformed or refused
+    │   ├── UsageError
+    │   └── PermissionDenied
+    ├── RosterError            a roster CSV has problems (carries each as "line N: reason")
+    ├── ContentError           the content library is invalid or an item cannot render ("file:line: reason")
+    └── InvalidToken           a signed web token (unsubscribe link) is forged, damaged or stale
 
 Callers catch the narrowest class they can act on; `HubError` is what the CLI
 turns into a one-line message and exit status 1.
@@ -23,13 +26,16 @@ from __future__ import annotations
 __all__ = [
     "CommandError",
     "ConfigError",
+    "ContentError",
     "DeliveryError",
     "HubError",
+    "InvalidToken",
     "InvalidTokenError",
     "LoginError",
     "MatrixError",
     "PermanentDeliveryError",
     "PermissionDenied",
+    "RosterError",
     "SchemaTooNewError",
     "StorageError",
     "TemporaryDeliveryError",
@@ -70,11 +76,19 @@ class InvalidTokenError(MatrixError):
 
 
 class DeliveryError(HubError):
-    """Sending one outbox row failed."""
+    """Sending one outbox row failed.
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    `reported` is True when the moderators were already told about the cause
+    (e.g. an address was suppressed and an alert queued with it), so the
+    dispatcher does not raise a second alert for each row it affects.
+    """
+
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, reported: bool = False
+    ) -> None:
         self.reason = reason
         self.retry_after = retry_after
+        self.reported = reported
         super().__init__(reason)
 
 
@@ -96,3 +110,36 @@ class UsageError(CommandError):
 
 class PermissionDenied(CommandError):
     """The sender may not run this command here."""
+
+
+class RosterError(HubError):
+    """A roster import was refused; `problems` lists each as ``line N: reason``, nothing applied."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ContentError(HubError):
+    """The content library has problems, or an item cannot be rendered.
+
+    `problems` lists each as ``file:line: reason`` (or one plain reason when no
+    file is involved, e.g. a bad link passed in by a caller).
+    """
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class InvalidToken(HubError):
+    """A signed token from a link (unsubscribe, confirm address) did not verify.
+
+    Not to be confused with `InvalidTokenError`, the homeserver rejecting the
+    hub's Matrix access token. `reason` is for logs; people only ever see a
+    generic "this link is not valid" page, so a forger learns nothing.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid token: {reason}")

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from nio import AsyncClient, MegolmEvent, SyncResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
 from hub.core.commands import CommandRegistry, RoomKind
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.delivery.ratelimit import SharedPause
+from hub.email.pool import SmtpPool
+from hub.email.sender import EmailSender, Suppressed
+from hub.errors import TemporaryDeliveryError
 from hub.features.basics import register_basics
 from hub.inbound import CommandRunner
 from hub.logs import add_secrets
@@ -70,6 +74,7 @@ class Hub:
         self._joining: set[str] = set()
         self.ready = asyncio.Event()
         self.extra_senders: dict[str, Sender] = {}
+        self.smtp_pool: SmtpPool | None = None
         self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------
@@ -83,14 +88,19 @@ class Hub:
         self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
         self.client = await self.session.open()
         await self._cross_sign()
-        released = await self.outbox.release_stale_claims(all_claims=not self.db.is_postgres)
-        if released:
-            log.info("requeued %d rows left in flight by the previous run", released)
         pause = SharedPause(self.clock, "the homeserver")
         senders: dict[str, Sender] = {MATRIX: MatrixSender(self.client, pause)}
+        if s.email.enabled:
+            self.smtp_pool = SmtpPool(s.email, self.clock)
+            senders[EMAIL] = EmailSender(self.db, self.smtp_pool, self.clock,
+                                         from_header=s.email.sender,
+                                         on_suppressed=self._alert_suppressed)
         senders.update(self.extra_senders)
         self.dispatcher = Dispatcher(self.db, self.outbox, self.clock, senders,
                                      on_failed=self._report_failure)
+        released = await self.dispatcher.open()
+        if released:
+            log.info("requeued %d rows left in flight by the previous run", released)
         self.runner = CommandRunner(
             self.db, self.outbox, self.clock, self.registry,
             room_kind=self.room_kind, is_moderator=self.is_moderator,
@@ -103,13 +113,15 @@ class Hub:
             HealthSource(
                 sync_ok=lambda: bool(self.sync and self.sync.healthy),
                 database_ok=self.db.ping,
-                smtp_ok=lambda: True,
+                smtp_ok=lambda: self.smtp_pool is None or self.smtp_pool.healthy is not False,
                 outbox=self.outbox,
             ),
         )
         await self.web.start()
         self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        if self.smtp_pool is not None:
+            self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
 
     async def _cross_sign(self) -> None:
@@ -172,6 +184,8 @@ class Hub:
                 task.cancel()
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.shutdown_grace)
+        if self.smtp_pool is not None:
+            await self.smtp_pool.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -299,6 +313,30 @@ class Hub:
         async with self.db.transaction() as s:
             await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
                                       payload=payload, dedupe_key=f"alert:failed:{row.txn_id}")
+
+
+    async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
+        """Keep /healthz's SMTP check true to life while no mail is flowing."""
+        while True:
+            await pool.probe()
+            await asyncio.sleep(every)
+
+    async def _alert_suppressed(self, session: AsyncSession, event: Suppressed) -> None:
+        """Tell moderators an address bounced for good, in the suppression's transaction."""
+        room = self.control_room_id
+        if self.outbox is None or not room:
+            # Suppressing without telling anyone would be a silent drop: wait for the room.
+            raise TemporaryDeliveryError("permanent SMTP failure seen; waiting for the control "
+                                         "room to report it", retry_after=5.0)
+        text = (f"Email to {event.address} bounced permanently ({event.reason}). "
+                f"The address is suppressed: the hub sends it no more mail "
+                f"(this one was a {event.kind}). Ask the person for a working address.")
+        await self.outbox.enqueue(
+            session, channel=MATRIX, kind="alert", lane=room,
+            payload={"op": "message", "room_id": room, "type": "m.room.message",
+                     "content": notice_content(text)},
+            dedupe_key=f"alert:suppressed:{event.txn_id}",
+        )
 
 
 def default_data_path(settings: Settings) -> Path:

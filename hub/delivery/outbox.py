@@ -162,6 +162,6 @@ class Outbox:
             cond = cond & (T.c.claimed_until < now)
         async with self.db.transaction() as s:
             result = await s.execute(
-                update(T).where(cond).values(status="queued", claimed_until=None)
+                update(T).where(cond).values(status="queued", claimed_until=None, claimed_by=None)
             )
         return int(getattr(result, "rowcount", 0) or 0)

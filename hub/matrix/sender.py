@@ -9,6 +9,7 @@ instead of posting a second copy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
-__all__ = ["MatrixSender", "classify_error"]
+__all__ = ["MatrixSender", "OpHandler", "classify_error"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ _PERMANENT = {
 }
 
 
-def classify_error(resp: ErrorResponse, pause: SharedPause) -> Exception:
+def classify_error(resp: ErrorResponse, pause: SharedPause, epoch: int | None = None) -> Exception:
     code = resp.status_code or ""
     http = getattr(getattr(resp, "transport_response", None), "status", None)
     reason = f"{code or http or 'error'}: {resp.message or ''}".strip()
@@ -50,7 +51,14 @@ def classify_error(resp: ErrorResponse, pause: SharedPause) -> Exception:
         return TemporaryDeliveryError(reason, retry_after=retry)
     if code in _PERMANENT or (http is not None and 400 <= http < 500 and code != "M_UNKNOWN_TOKEN"):
         return PermanentDeliveryError(reason)
+    if http is not None and http >= 500 and epoch is not None:
+        # 502/503/504 from a proxy in front of a stopped homeserver: an outage, not this row.
+        return TemporaryDeliveryError(reason, retry_after=pause.failure(epoch, reason))
     return TemporaryDeliveryError(reason)
+
+
+# A further op (e.g. "create_room", hub.features.rooms): gets the row and its payload.
+OpHandler = Callable[[Claimed, dict[str, Any]], Awaitable[str]]
 
 
 class MatrixSender:
@@ -58,22 +66,42 @@ class MatrixSender:
         self.client = client
         self.pause = pause
         self.max_room_unknown = max_room_unknown
+        # Extension points for the rooms the hub owns (hub.features.rooms): more ops;
+        # rows naming a room by its stable key, resolved to its id at send time
+        # (the id does not exist yet when such rows are queued); and loading a room
+        # nio has not seen in this run (after a restart nio knows no rooms, nio #279).
+        self.ops: dict[str, OpHandler] = {}
+        self.resolve_room_key: Callable[[str], Awaitable[str]] | None = None
+        self.load_room: Callable[[str], Awaitable[bool]] | None = None
 
     async def send(self, row: Claimed) -> str:
         await self.pause.wait()
         p = row.payload
         op = p.get("op", "message")
+        epoch = self.pause.epoch
         try:
+            if p.get("room_key") and op in ("message", "state") and self.resolve_room_key is not None:
+                p = {**p, "room_id": await self.resolve_room_key(str(p["room_key"]))}
             if op == "message":
-                return await self._message(row, p)
-            if op == "state":
-                return await self._state(p)
+                result = await self._message(row, p, epoch)
+            elif op == "state":
+                result = await self._state(p, epoch)
+            elif op in self.ops:
+                result = await self.ops[op](row, p)
+            else:
+                raise PermanentDeliveryError(f"unknown matrix outbox op {op!r}")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise TemporaryDeliveryError(f"homeserver unreachable: {e.__class__.__name__}: {e}") from e
-        raise PermanentDeliveryError(f"unknown matrix outbox op {op!r}")
+            reason = f"{e.__class__.__name__}: {e}"
+            raise TemporaryDeliveryError(
+                f"homeserver unreachable: {reason}", retry_after=self.pause.failure(epoch, reason)
+            ) from e
+        self.pause.success()
+        return result
 
-    async def _message(self, row: Claimed, p: dict[str, Any]) -> str:
+    async def _message(self, row: Claimed, p: dict[str, Any], epoch: int) -> str:
         room_id = p["room_id"]
+        if room_id not in self.client.rooms and self.load_room is not None:
+            await self.load_room(room_id)
         try:
             resp = await self.client.room_send(
                 room_id,
@@ -93,13 +121,13 @@ class MatrixSender:
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
         assert isinstance(resp, ErrorResponse)
-        raise classify_error(resp, self.pause)
+        raise classify_error(resp, self.pause, epoch)
 
-    async def _state(self, p: dict[str, Any]) -> str:
+    async def _state(self, p: dict[str, Any], epoch: int) -> str:
         resp = await self.client.room_put_state(
             p["room_id"], p["type"], p["content"], state_key=p.get("state_key", "")
         )
         if isinstance(resp, RoomPutStateResponse):
             return str(resp.event_id)
         assert isinstance(resp, ErrorResponse)
-        raise classify_error(resp, self.pause)
+        raise classify_error(resp, self.pause, epoch)

@@ -6,17 +6,23 @@ these classes must match them (a test compares the two).
 
 from __future__ import annotations
 
-from sqlalchemy import Table
+from sqlalchemy import Index, Table, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "AuditEntry",
+    "EmailSuppression",
     "HandledEvent",
     "KeyValue",
     "OutboxRow",
+    "ProgramSkipped",
+    "ProgramTick",
     "audit_table",
+    "email_suppression_table",
     "metadata",
     "outbox_table",
+    "program_skipped_table",
+    "program_tick_table",
 ]
 
 
@@ -58,6 +64,9 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = 0
     not_before: float = 0.0
     claimed_until: float | None = None
+    # The dispatcher instance holding the claim: on PostgreSQL its advisory lock
+    # tells the living from the dead, so a crashed process's rows are freed at once.
+    claimed_by: str | None = Field(default=None, max_length=32)
     created_at: float
     sent_at: float | None = None
     last_error: str | None = None
@@ -76,9 +85,159 @@ class AuditEntry(SQLModel, table=True):
     outcome: str = Field(max_length=32)
 
 
+class EmailSuppression(SQLModel, table=True):
+    """An address that bounced permanently (SMTP 5xx): no more mail goes to it.
+
+    `address` is normalised (trimmed, lower case). Removing the row lifts the
+    suppression, e.g. when a participant gives a corrected address.
+    """
+
+    __tablename__ = "email_suppression"
+    address: str = Field(primary_key=True, max_length=320)
+    code: int  # the SMTP reply code, e.g. 550
+    reason: str  # the server's reply text
+    txn_id: str | None = Field(default=None, max_length=64)  # the message that bounced
+    created_at: float
+
+
+class ProgramTick(SQLModel, table=True):
+    """Calendar bookkeeping: per cohort, the instant up to which due items were handled."""
+
+    __tablename__ = "program_tick"
+    cohort: str = Field(primary_key=True, max_length=63)
+    last_tick: float
+
+
+class ProgramSkipped(SQLModel, table=True):
+    """A calendar item missed by `catch_up_hours` or more, not sent; listed in `!hub report`."""
+
+    __tablename__ = "program_skipped"
+    item_key: str = Field(primary_key=True, max_length=200)
+    cohort: str = Field(index=True, max_length=63)
+    kind: str = Field(max_length=32)
+    week: int | None = None
+    due_at: float
+    skipped_at: float
+
+
+# -- cohorts, people, pairs and the rooms the hub owns (migration 0003) ----------------
+
+
+class Cohort(SQLModel, table=True):
+    """A cohort, from `[[cohort]]` in the config or `!hub cohort create` (`source`)."""
+
+    __tablename__ = "cohort"
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(unique=True, max_length=63)
+    name: str = Field(max_length=200)
+    timezone: str = Field(max_length=64)
+    start_date: str = Field(max_length=10)  # YYYY-MM-DD, a day in the cohort's time zone
+    weeks: int
+    source: str = Field(max_length=16)  # config | command
+    created_at: float
+
+
+class Member(SQLModel, table=True):
+    """A person's place in one cohort. Email-only people (no matrix_id) are members too.
+
+    A removed member keeps the row (status `removed`) so history and counts
+    stay intact; adding them again reactivates it.
+    """
+
+    __tablename__ = "member"
+    __table_args__ = (
+        UniqueConstraint("cohort_id", "matrix_id", name="uq_member_cohort_matrix_id"),
+        UniqueConstraint("cohort_id", "email", name="uq_member_cohort_email"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int = Field(foreign_key="cohort.id", index=True)
+    role: str = Field(max_length=16)  # mentor | mentee | moderator
+    name: str = Field(max_length=200)
+    email: str | None = Field(default=None, max_length=254)  # stored lower-case
+    matrix_id: str | None = Field(default=None, max_length=255, index=True)
+    timezone: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="active", max_length=16)  # active | removed
+    created_at: float
+    removed_at: float | None = None
+    reminded_at: float | None = None  # the one "you have not joined yet" email
+
+
+class Pair(SQLModel, table=True):
+    """A mentor and a mentee in one cohort; `closed` pairs are kept for history."""
+
+    __tablename__ = "pair"
+    __table_args__ = (
+        # A mentee has at most one open pair; a mentor may have several.
+        Index(
+            "uq_pair_open_mentee",
+            "mentee_id",
+            unique=True,
+            sqlite_where=text("status != 'closed'"),
+            postgresql_where=text("status != 'closed'"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int = Field(foreign_key="cohort.id", index=True)
+    mentor_id: int = Field(foreign_key="member.id", index=True)
+    mentee_id: int = Field(foreign_key="member.id")
+    status: str = Field(default="active", max_length=16)  # active | paused | closed
+    video_name: str = Field(max_length=64)  # unguessable, fixed when the pair is made
+    created_at: float
+    paused_at: float | None = None
+    closed_at: float | None = None
+
+
+class HubRoom(SQLModel, table=True):
+    """A room the hub owns: a cohort's space or lounge, a pair room, a direct room.
+
+    `key` is the stable local name ("pair:17"); the room is tagged with it
+    (state event `org.cohorthub.room`) so a room created just before a crash
+    is found again instead of created twice. `generation` grows when a room
+    that was lost (deleted, or the hub removed) is replaced.
+    """
+
+    __tablename__ = "hub_room"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=200)
+    kind: str = Field(max_length=16)  # space | lounge | pair | direct
+    generation: int = 1
+    room_id: str | None = Field(default=None, unique=True, max_length=255)
+    status: str = Field(default="pending", max_length=16)  # pending|creating|ready|closing|closed
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id", index=True)
+    pair_id: int | None = Field(default=None, foreign_key="pair.id", index=True)
+    user_id: str | None = Field(default=None, max_length=255, index=True)  # direct rooms
+    room_version: str | None = Field(default=None, max_length=32)
+    created_at: float
+    ready_at: float | None = None
+    problem: str | None = None  # the last thing reconcile could not repair
+
+
+class RoomMember(SQLModel, table=True):
+    """Who should be in a hub room, and what the homeserver last said about them."""
+
+    __tablename__ = "room_member"
+    __table_args__ = (UniqueConstraint("room_pk", "user_id", name="uq_room_member"),)
+    id: int | None = Field(default=None, primary_key=True)
+    room_pk: int = Field(foreign_key="hub_room.id", index=True)
+    user_id: str = Field(max_length=255, index=True)
+    # pending (invite queued) | invited | joined | left | banned | removed (kick queued)
+    state: str = Field(default="pending", max_length=16)
+    invited_at: float | None = None
+    joined_at: float | None = None
+    updated_at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
 # look like plain values to mypy).
 outbox_table: Table = OutboxRow.__table__  # type: ignore[attr-defined]
 audit_table: Table = AuditEntry.__table__  # type: ignore[attr-defined]
+email_suppression_table: Table = EmailSuppression.__table__  # type: ignore[attr-defined]
+cohort_table: Table = Cohort.__table__  # type: ignore[attr-defined]
+member_table: Table = Member.__table__  # type: ignore[attr-defined]
+pair_table: Table = Pair.__table__  # type: ignore[attr-defined]
+hub_room_table: Table = HubRoom.__table__  # type: ignore[attr-defined]
+room_member_table: Table = RoomMember.__table__  # type: ignore[attr-defined]
+program_tick_table: Table = ProgramTick.__table__  # type: ignore[attr-defined]
+program_skipped_table: Table = ProgramSkipped.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,535 @@
+"""The weekly digest: one lounge post per cohort and one email per recipient.
+
+Pure rendering: the caller gathers plain data (`DigestIssue` for the cohort,
+`Recipient` for each person) and gets text back. No database, no Matrix client,
+no clock: `DigestIssue.generated_at` is "now", so rendering the same inputs twice
+gives byte-identical output (handy for previews, dedupe and tests).
+
+Privacy is built into the types. The only personal section, "your pair", is
+fed by `PairCounts`, which holds an int and a bool and refuses anything else at
+runtime; `DigestBuilder` also refuses subclasses of it (a subclass could smuggle
+in a text field). Lounge posts must come from the cohort's lounge room id.
+Nothing else from a pair room or a direct room has a way in.
+
+Everything people typed (names, lounge excerpts, titles) is treated as hostile:
+the HTML templates autoescape, the Matrix HTML is additionally sanitised to the
+spec's subset, and every short string is flattened to one line without control
+or bidi-override characters, so it cannot fake a section in the plain text.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlparse
+from zoneinfo import ZoneInfo
+
+import css_inline
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from hub.core.markup import sanitize_matrix_html
+from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers, unsubscribe_url
+
+__all__ = [
+    "EXCERPT_LENGTH",
+    "TOP_POSTS",
+    "CohortInfo",
+    "CohortPulse",
+    "DigestBuilder",
+    "DigestEmail",
+    "DigestIssue",
+    "LoungePost",
+    "MatrixMessage",
+    "PairCounts",
+    "Prompt",
+    "Recipient",
+    "Tip",
+    "Webinar",
+    "excerpt",
+    "format_when",
+    "matrix_to",
+]
+
+TOP_POSTS = 3
+EXCERPT_LENGTH = 140
+QUIET_DAYS = 14  # the moderators' report calls a pair "quiet" from 14 days on (PRODUCT.md)
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class CohortInfo:
+    slug: str
+    name: str
+    timezone: ZoneInfo  # the lounge post shows times here
+    lounge_room_id: str  # posts in `CohortPulse.posts` must come from this room
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One of this week's prompts from the content library, as plain text."""
+
+    kind: str  # label shown to people: "Icebreaker", "Check-in", "Reflection"
+    title: str
+    summary: str  # one or two sentences; blank lines separate paragraphs
+
+
+@dataclass(frozen=True, slots=True)
+class Webinar:
+    title: str
+    starts_at: datetime  # timezone-aware
+    url: str | None = None  # shown as a link only when http(s)
+
+
+@dataclass(frozen=True, slots=True)
+class LoungePost:
+    """A lounge message the sync saw, with its reaction count."""
+
+    room_id: str
+    event_id: str
+    sender_name: str
+    text: str  # the message body; the builder shortens it
+    reactions: int
+
+
+@dataclass(frozen=True, slots=True)
+class CohortPulse:
+    new_members: int = 0  # joined since the last digest
+    lounge_messages: int = 0  # in the last 7 days
+    posts: tuple[LoungePost, ...] = ()  # candidates; the builder picks the most-reacted
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    title: str
+    body: str  # plain text; blank lines separate paragraphs
+
+
+@dataclass(frozen=True, slots=True)
+class DigestIssue:
+    """Everything about one cohort's digest for one week; shared by all recipients."""
+
+    cohort: CohortInfo
+    week: int
+    weeks: int
+    generated_at: datetime  # timezone-aware "now": filters past webinars, dates tokens
+    prompts: tuple[Prompt, ...] = ()
+    webinars: tuple[Webinar, ...] = ()
+    pulse: CohortPulse = field(default_factory=CohortPulse)
+    tip: Tip | None = None
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; `True` days must not pass as 1.
+    return type(value) is int
+
+
+@dataclass(frozen=True, slots=True)
+class PairCounts:
+    """One pair, as the digest may see it: numbers only, never words.
+
+    This is the privacy boundary for pair rooms. It has no field that can hold
+    text, and `__post_init__` rejects anything but the declared types, so a
+    caller cannot pass a message, a plan or a topic here even by mistake.
+    """
+
+    days_since_active: int | None  # None: nothing said in the pair room yet
+    backup_plan_set: bool
+
+    def __post_init__(self) -> None:
+        days = self.days_since_active
+        if not (days is None or (_is_int(days) and days >= 0)):
+            raise TypeError(f"days_since_active must be an int >= 0 or None, not {type(days).__name__}")
+        if type(self.backup_plan_set) is not bool:
+            raise TypeError(
+                f"backup_plan_set must be a bool, not {type(self.backup_plan_set).__name__}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    handle: str  # opaque subscriber reference (`tokens.new_handle`), signed into the links
+    name: str
+    timezone: ZoneInfo  # webinar times are shown here
+    pairs: tuple[PairCounts, ...] = ()  # one per pair; a mentor may have several
+    on_matrix: bool = False  # email-only readers get no Matrix links or `!hub` hints
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixMessage:
+    body: str
+    formatted_body: str
+
+    def content(self) -> dict[str, Any]:
+        """An `m.notice` event content.
+
+        `m.mentions: {}` says "this pings nobody": a quoted display name or an
+        "@room" inside an excerpt must not notify anyone (MSC3952 turns off the
+        legacy body-matching push rules when the key is present).
+        """
+        return {
+            "msgtype": "m.notice",
+            "body": self.body,
+            "format": "org.matrix.custom.html",
+            "formatted_body": self.formatted_body,
+            "m.mentions": {},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEmail:
+    subject: str
+    text: str
+    html: str
+    headers: dict[str, str]  # List-Unsubscribe, List-Unsubscribe-Post: for `EmailPayload.headers`
+    unsubscribe_url: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Bidi overrides and isolates can make an excerpt display as something it is not.
+_BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+_SPACE = re.compile(r"\s+")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def _strip_controls(text: str) -> str:
+    text = text.translate(_BIDI)
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+
+
+def _line(text: str) -> str:
+    """One clean line: no control characters, no line breaks, single spaces."""
+    return _SPACE.sub(" ", _strip_controls(text)).strip()
+
+
+def _paragraphs(text: str) -> list[str]:
+    text = _strip_controls(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return [p for p in (_line(chunk) for chunk in _BLANK_LINE.split(text)) if p]
+
+
+def _drop_reply_fallback(text: str) -> str:
+    # A Matrix reply's body starts with "> <@user> quoted..." lines and a blank
+    # line; the excerpt should show what this post says, not what it quotes.
+    lines = text.split("\n")
+    if lines and lines[0].startswith("> <"):
+        i = 0
+        while i < len(lines) and lines[i].startswith(">"):
+            i += 1
+        return "\n".join(lines[i:])
+    return text
+
+
+def excerpt(text: str, limit: int = EXCERPT_LENGTH) -> str:
+    """A one-line excerpt of at most `limit` characters, cut at a word if possible."""
+    flat = _line(_drop_reply_fallback(text))
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+def matrix_to(room_id: str, event_id: str | None = None) -> str:
+    """A matrix.to permalink; ids are percent-encoded where they need it.
+
+    Old event ids are standard base64 and may contain "/" or "+", which would
+    otherwise break the path; "!", "$", ":" and "@" stay readable.
+    """
+    link = "https://matrix.to/#/" + quote(room_id, safe="!$:@")
+    if event_id is not None:
+        link += "/" + quote(event_id, safe="!$:@")
+    return link
+
+
+def _zone_label(moment: datetime) -> str:
+    name = moment.tzname() or ""
+    if name.isalpha():
+        return name
+    # Zones without a letter abbreviation (tzdata writes "-03", "+0530") read
+    # better as an explicit UTC offset.
+    offset = moment.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    hours, mins = divmod(abs(minutes), 60)
+    return f"UTC{sign}{hours:02d}" + (f":{mins:02d}" if mins else "")
+
+
+def format_when(moment: datetime, zone: ZoneInfo) -> str:
+    """`Mon 11 Jan, 18:00 CET`: English names regardless of the server's locale."""
+    if moment.tzinfo is None:
+        raise ValueError("webinar times must be timezone-aware")
+    local = moment.astimezone(zone)
+    return (
+        f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month - 1]}, "
+        f"{local:%H:%M} {_zone_label(local)}"
+    )
+
+
+def _count(value: int, what: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{what} must be an int >= 0, not {value!r}")
+    return value
+
+
+def _http_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    url = url.strip()
+    parsed = urlparse(url)
+    return url if parsed.scheme in ("http", "https") and parsed.netloc else None
+
+
+# --------------------------------------------------------------------------- view models
+
+
+@dataclass(frozen=True, slots=True)
+class _PromptView:
+    kind: str
+    title: str
+    paragraphs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _PostView:
+    who: str
+    excerpt: str
+    reactions: int
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
+class _PairView:
+    number: int
+    active: str  # a sentence built from the count only
+    quiet: bool
+    never: bool
+    plan_set: bool
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _pair_view(number: int, pair: PairCounts) -> _PairView:
+    days = pair.days_since_active
+    if days is None:
+        active = "No messages in your pair room yet."
+    elif days == 0:
+        active = "Your pair room was active today."
+    elif days == 1:
+        active = "Your pair room was last active yesterday."
+    else:
+        active = f"Your pair room was last active {days} days ago."
+    return _PairView(
+        number=number,
+        active=active,
+        quiet=days is not None and days >= QUIET_DAYS,
+        never=days is None,
+        plan_set=pair.backup_plan_set,
+    )
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _wrap(text: str, first: str = "", rest: str = "", width: int = 72) -> str:
+    """Fold plain text for the text/plain part; URLs and long words stay whole."""
+    return textwrap.fill(
+        text, width=width, initial_indent=first, subsequent_indent=rest,
+        break_long_words=False, break_on_hyphens=False,
+    )
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("hub", "templates"),
+        # .html templates escape every value; .txt ones are plain text on purpose.
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+        undefined=StrictUndefined,  # a typo in a template fails loudly, never renders blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["wrap"] = _wrap
+    return env
+
+
+class DigestBuilder:
+    """Renders digests. One instance per process; it holds compiled templates.
+
+    `public_url` is `web.public_url` exactly as configured (links are built on
+    it), `signer` signs the unsubscribe links, and `hub_user_id` (the hub's
+    Matrix id) lets Matrix users open a chat with the hub to change preferences;
+    `command_prefix` is `matrix.command_prefix`, used in the `!hub email` hints.
+    """
+
+    def __init__(
+        self,
+        *,
+        public_url: str,
+        signer: TokenSigner,
+        hub_user_id: str | None = None,
+        command_prefix: str = "!hub",
+    ) -> None:
+        self.public_url = public_url.rstrip("/")
+        self.signer = signer
+        self.hub_user_id = hub_user_id
+        self.command_prefix = command_prefix
+        env = _environment()
+        self._email_html = env.get_template("digest_email.html")
+        self._email_text = env.get_template("digest_email.txt")
+        self._lounge_html = env.get_template("digest_lounge.html")
+        self._lounge_text = env.get_template("digest_lounge.txt")
+        # No remote stylesheets, ever (rendering must not touch the network);
+        # at-rules stay in a <style> block because the dark-mode @media query
+        # cannot be inlined; everything else lands in style attributes.
+        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+    # ----------------------------------------------------------------- shared parts
+
+    @staticmethod
+    def subject(issue: DigestIssue) -> str:
+        return f"{_line(issue.cohort.name)} · week {issue.week} of {issue.weeks} digest"
+
+    def _shared(self, issue: DigestIssue) -> dict[str, Any]:
+        if not (_is_int(issue.weeks) and issue.weeks >= 1):
+            raise ValueError(f"weeks must be an int >= 1, not {issue.weeks!r}")
+        if not (_is_int(issue.week) and 1 <= issue.week <= issue.weeks):
+            raise ValueError(f"week must be between 1 and {issue.weeks}, not {issue.week!r}")
+        if issue.generated_at.tzinfo is None:
+            raise ValueError("generated_at must be timezone-aware")
+        pulse = issue.pulse
+        lounge = issue.cohort.lounge_room_id
+        for post in pulse.posts:
+            # The one place lounge text enters the digest; a post from any other
+            # room (a pair room, a direct room) is a caller bug, not a filter case.
+            if post.room_id != lounge:
+                raise ValueError(
+                    f"pulse post {post.event_id} is from {post.room_id}, not the lounge {lounge}"
+                )
+            _count(post.reactions, "reactions")
+        ranked = sorted(
+            (p for p in pulse.posts if p.reactions > 0), key=lambda p: p.reactions, reverse=True
+        )[:TOP_POSTS]
+        posts = [
+            _PostView(
+                who=_line(p.sender_name) or "Someone",
+                excerpt=excerpt(p.text) or "(no text)",
+                reactions=p.reactions,
+                link=matrix_to(p.room_id, p.event_id),
+            )
+            for p in ranked
+        ]
+        prompts = [
+            _PromptView(kind=_line(p.kind), title=_line(p.title), paragraphs=_paragraphs(p.summary))
+            for p in issue.prompts
+        ]
+        for w in issue.webinars:
+            if w.starts_at.tzinfo is None:
+                raise ValueError(f"webinar {w.title!r} has a naive start time")
+        webinars = sorted(
+            (w for w in issue.webinars if w.starts_at >= issue.generated_at), key=lambda w: w.starts_at
+        )
+        tip = None
+        if issue.tip is not None:
+            tip = {"title": _line(issue.tip.title), "paragraphs": _paragraphs(issue.tip.body)}
+        return {
+            "cohort_name": _line(issue.cohort.name),
+            "week": issue.week,
+            "weeks": issue.weeks,
+            "prompts": prompts,
+            "new_members": _count(pulse.new_members, "new_members"),
+            "lounge_messages": _count(pulse.lounge_messages, "lounge_messages"),
+            "posts": posts,
+            "lounge_link": matrix_to(lounge),
+            "tip": tip,
+            "plural": _plural,
+            "command_prefix": self.command_prefix,
+            "_webinars": webinars,
+        }
+
+    @staticmethod
+    def _webinar_views(webinars: list[Webinar], zone: ZoneInfo) -> list[dict[str, str | None]]:
+        return [
+            {"when": format_when(w.starts_at, zone), "title": _line(w.title), "url": _http_url(w.url)}
+            for w in webinars
+        ]
+
+    # ----------------------------------------------------------------- outputs
+
+    def lounge_post(self, issue: DigestIssue) -> MatrixMessage:
+        """The cohort-wide digest for the lounge: no greeting, no pairs, no links to anyone's settings."""
+        ctx = self._shared(issue)
+        zone = issue.cohort.timezone
+        ctx["webinars"] = self._webinar_views(ctx.pop("_webinars"), zone)
+        ctx["zone_name"] = zone.key
+        ctx["subject"] = self.subject(issue)
+        body = self._lounge_text.render(ctx).strip()
+        html = sanitize_matrix_html(self._lounge_html.render(ctx)).strip()
+        return MatrixMessage(body=body, formatted_body=html)
+
+    def email(self, issue: DigestIssue, recipient: Recipient) -> DigestEmail:
+        """One person's digest email: subject, plain text, HTML with inlined CSS, headers."""
+        return self._email(issue, self._shared(issue), recipient)
+
+    def emails(
+        self, issue: DigestIssue, recipients: Iterable[Recipient]
+    ) -> Iterator[tuple[Recipient, DigestEmail]]:
+        """`email` for many people; the cohort-wide part is prepared once, not per person."""
+        shared = self._shared(issue)
+        for recipient in recipients:
+            yield recipient, self._email(issue, shared, recipient)
+
+    def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
+        for pair in recipient.pairs:
+            # Exact type, not isinstance: a subclass could add a text field and
+            # the template would never know the difference.
+            if type(pair) is not PairCounts:
+                raise TypeError(f"pairs must be PairCounts, not {type(pair).__name__}")
+        ctx = dict(shared)
+        ctx["webinars"] = self._webinar_views(ctx.pop("_webinars"), recipient.timezone)
+        ctx["zone_name"] = recipient.timezone.key
+        token = self.signer.sign(recipient.handle, Purpose.UNSUBSCRIBE, issued_at=issue.generated_at)
+        unsubscribe = unsubscribe_url(self.public_url, token)
+        subject = self.subject(issue)
+        ctx.update(
+            subject=subject,
+            name=_line(recipient.name),
+            pairs=[_pair_view(i, p) for i, p in enumerate(recipient.pairs, start=1)],
+            on_matrix=recipient.on_matrix,
+            hub_link=matrix_to(self.hub_user_id) if recipient.on_matrix and self.hub_user_id else None,
+            unsubscribe_url=unsubscribe,
+        )
+        ctx["preheader"] = self._preheader(ctx)
+        text = self._email_text.render(ctx)
+        html = self._inliner.inline(self._email_html.render(ctx))
+        return DigestEmail(
+            subject=subject,
+            text=text,
+            html=html,
+            headers=list_unsubscribe_headers(self.public_url, token),
+            unsubscribe_url=unsubscribe,
+        )
+
+    @staticmethod
+    def _preheader(ctx: dict[str, Any]) -> str:
+        # The grey line mail clients show after the subject in the inbox list.
+        parts = [_plural(len(ctx["prompts"]), "prompt")]
+        if ctx["webinars"]:
+            parts.append(_plural(len(ctx["webinars"]), "upcoming webinar"))
+        if ctx["lounge_messages"]:
+            parts.append(_plural(ctx["lounge_messages"], "lounge message"))
+        return f"Week {ctx['week']} of {ctx['weeks']}: " + ", ".join(parts)

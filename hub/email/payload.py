@@ -1,0 +1,158 @@
+"""The email outbox row's payload: the one definition every feature enqueues against.
+
+A feature that sends mail (digest, announcements, webinar invites, the backup
+plan after `!hub dropped`) builds an :class:`EmailPayload` with
+:func:`email_payload` and queues it with :func:`enqueue_email`, in the same
+transaction as the change that causes it. One row is one recipient: each
+recipient is retried, marked sent or failed on its own, so one bad address
+never holds back or duplicates mail to the others.
+
+Payload shape (JSON in ``outbox.payload``)::
+
+    {
+      "to": "ada@example.org",              # exactly one recipient (required)
+      "to_name": "Ada Lovelace",            # display name in the To header (optional)
+      "subject": "Week 3 at Winter 2027",   # required, one line
+      "text": "plain text body",            # required: every reader can read it
+      "html": "<p>HTML body</p>",           # optional: makes it multipart/alternative
+      "headers": {                          # optional extra headers, a fixed allow-list:
+        "List-Id": "Winter 2027 <winter-2027.hub.example.org>",
+        "List-Unsubscribe": "<https://hub.example.org/unsubscribe/TOKEN>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "Reply-To": "...", "In-Reply-To": "...", "References": "...", "X-...": "..."
+      },
+      "attachments": [                      # optional
+        {"filename": "kickoff.ics",
+         "content_type": "text/calendar; method=REQUEST",
+         "text": "BEGIN:VCALENDAR..."}      # "text" (UTF-8) or "base64" (binary data)
+      ]
+    }
+
+``From``, ``Date``, ``Message-ID`` (derived from the row's stable ``txn_id``),
+``MIME-Version`` and ``Auto-Submitted: auto-generated`` are set by the sender
+and may not be given here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, NotRequired, TypedDict
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.delivery.outbox import EMAIL, Outbox
+
+__all__ = [
+    "ALLOWED_HEADERS",
+    "Attachment",
+    "EmailPayload",
+    "email_payload",
+    "enqueue_email",
+    "normalize_address",
+]
+
+
+class Attachment(TypedDict):
+    filename: str
+    content_type: str
+    text: NotRequired[str]
+    base64: NotRequired[str]
+
+
+class EmailPayload(TypedDict):
+    to: str
+    subject: str
+    text: str
+    to_name: NotRequired[str]
+    html: NotRequired[str]
+    headers: NotRequired[dict[str, str]]
+    attachments: NotRequired[list[Attachment]]
+
+
+# Headers a feature may set. The rest are the sender's to set (From, Message-ID, ...)
+# or would break the MIME structure (Content-*).
+ALLOWED_HEADERS = frozenset(
+    {"list-id", "list-unsubscribe", "list-unsubscribe-post", "list-help", "list-archive",
+     "reply-to", "in-reply-to", "references", "precedence"}
+)
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+\.[^@\s<>(),;:\"\[\]\\]+$")
+_CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+(\s*;\s*[a-z0-9_.-]+=[^;\r\n]+)*$", re.I)
+
+
+def normalize_address(address: str) -> str:
+    """The form addresses are compared, suppressed and laned in: trimmed, lower case."""
+    return address.strip().lower()
+
+
+def _one_line(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"email {name} must be a single line (no CR/LF): {value[:60]!r}")
+    return value
+
+
+def email_payload(
+    *,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    to_name: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[Attachment] | None = None,
+) -> EmailPayload:
+    """Validate and build a payload; raises ValueError on a programming mistake.
+
+    Validation happens here, when the row is queued, so a malformed message
+    fails in the feature's transaction instead of as a delivery failure later.
+    """
+    to = to.strip()
+    if not _ADDRESS.match(to):
+        raise ValueError(f"{to!r} is not an email address")
+    payload: EmailPayload = {"to": to, "subject": _one_line("subject", subject), "text": text}
+    if to_name:
+        payload["to_name"] = _one_line("to_name", to_name)
+    if html:
+        payload["html"] = html
+    if headers:
+        for name, value in headers.items():
+            if name.lower() not in ALLOWED_HEADERS and not name.lower().startswith("x-"):
+                raise ValueError(f"email header {name!r} may not be set by a feature")
+            _one_line(name, value)
+        payload["headers"] = dict(headers)
+    if attachments:
+        for a in attachments:
+            _one_line("attachment filename", a["filename"])
+            if not _CONTENT_TYPE.match(a["content_type"]):
+                raise ValueError(f"{a['content_type']!r} is not a MIME content type")
+            if ("text" in a) == ("base64" in a):
+                raise ValueError(f"attachment {a['filename']!r} needs exactly one of text, base64")
+            if "base64" in a:
+                try:
+                    base64.b64decode(a["base64"], validate=True)
+                except binascii.Error as e:
+                    raise ValueError(f"attachment {a['filename']!r}: bad base64: {e}") from None
+        payload["attachments"] = [dict(a) for a in attachments]  # type: ignore[misc]
+    return payload
+
+
+async def enqueue_email(
+    outbox: Outbox,
+    session: AsyncSession,
+    payload: EmailPayload,
+    *,
+    kind: str,
+    dedupe_key: str,
+    not_before: float | None = None,
+) -> bool:
+    """Queue one email in the caller's transaction; False if `dedupe_key` was queued before.
+
+    The lane is the recipient's address, so mails to one person keep their order
+    and a retried one does not overtake the next.
+    """
+    data: dict[str, Any] = dict(payload)
+    return await outbox.enqueue(
+        session, channel=EMAIL, kind=kind, lane=normalize_address(payload["to"]),
+        payload=data, dedupe_key=dedupe_key, not_before=not_before,
+    )

@@ -1,0 +1,215 @@
+"""A pool of long-lived SMTP connections (aiosmtplib), shared by every email row.
+
+`email.connections` connections are opened lazily and reused: the TCP, TLS
+and AUTH handshakes cost far more than one message. A connection is closed
+and replaced after `recycle_after` messages (servers cap messages per
+session) and after any error, since its state is then unknown. An optional
+`max_per_second` cap paces sends across all connections.
+
+Outcomes are classified here, where the SMTP reply is known:
+
+- connection refused/lost, timeouts, 4xx: :class:`TemporaryDeliveryError`
+  (and the shared outage pause: a dead server is probed, not hammered);
+- 5xx to the recipient (RCPT, or DATA, which is per recipient because each
+  row has one): :class:`RecipientRejectedError`, the caller suppresses it;
+- 5xx to our own session (MAIL FROM, AUTH, EHLO): a problem with the hub's
+  account or config, not the address: temporary, so it is retried (and
+  reported after 24 h) rather than suppressing every address it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from hub.clock import Clock
+from hub.config import EmailSettings
+from hub.delivery.ratelimit import SharedPause
+from hub.email.message import BuiltMessage
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+
+__all__ = ["RecipientRejectedError", "SmtpPool"]
+
+log = logging.getLogger(__name__)
+
+
+class RecipientRejectedError(PermanentDeliveryError):
+    """The server refused the recipient for good (5xx): the address is to be suppressed."""
+
+    def __init__(self, reason: str, *, code: int) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass
+class _Slot:
+    smtp: aiosmtplib.SMTP | None = None
+    sent: int = 0
+
+
+class SmtpPool:
+    def __init__(
+        self,
+        settings: EmailSettings,
+        clock: Clock,
+        *,
+        recycle_after: int = 500,
+        timeout: float = 60.0,
+        pause: SharedPause | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.recycle_after = recycle_after
+        self.timeout = timeout
+        self.pause = pause or SharedPause(clock, "the SMTP server")
+        self._idle: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
+        for _ in range(settings.connections):
+            self._idle.put_nowait(_Slot())
+        self._interval = 1.0 / settings.max_per_second if settings.max_per_second > 0 else 0.0
+        self._next_slot = 0.0
+        self.healthy: bool | None = None  # None until the first attempt says otherwise
+        self.connects = 0  # connections opened (tests and /metrics read it)
+
+    @property
+    def size(self) -> int:
+        return self.settings.connections
+
+    async def _pace(self) -> None:
+        """Reserve the next send slot under `max_per_second` and wait for it."""
+        if not self._interval:
+            return
+        now = self.clock.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        tls_context = ssl.create_default_context() if s.security != "none" else None
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            use_tls=s.security == "tls",
+            # False, not None: "none" must never upgrade (None means "if offered").
+            start_tls=s.security == "starttls",
+            tls_context=tls_context,
+            timeout=self.timeout,
+        )
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = self._client()
+        await smtp.connect()
+        if self.settings.username:
+            await smtp.login(self.settings.username, self.settings.password)
+        self.connects += 1
+        return smtp
+
+    @staticmethod
+    async def _close(slot: _Slot, *, polite: bool) -> None:
+        smtp, slot.smtp, slot.sent = slot.smtp, None, 0
+        if smtp is None:
+            return
+        if polite:
+            try:
+                await smtp.quit()
+                return
+            except (aiosmtplib.SMTPException, OSError):
+                pass
+        smtp.close()
+
+    async def send(self, message: BuiltMessage) -> str:
+        """Send one message to its one recipient; return the server's reply."""
+        await self.pause.wait()
+        await self._pace()
+        slot = await self._idle.get()
+        epoch = self.pause.epoch
+        try:
+            if slot.smtp is None or not slot.smtp.is_connected:
+                slot.smtp = None
+                slot.smtp = await self._connect()
+                slot.sent = 0
+            options = ["SMTPUTF8"] if message.smtputf8 else None
+            _, reply = await slot.smtp.sendmail(
+                message.envelope_from, [message.recipient], message.data, mail_options=options
+            )
+        except aiosmtplib.SMTPRecipientsRefused as e:
+            refused = e.recipients[0] if e.recipients else None
+            code = refused.code if refused is not None else 550
+            text = refused.message if refused is not None else str(e)
+            self._ok()
+            raise self._classify(code, text, stage="RCPT") from e
+        except aiosmtplib.SMTPResponseException as e:
+            stage = "DATA" if isinstance(e, aiosmtplib.SMTPDataError) else "session"
+            if stage == "session" or e.code == 421:
+                # The session itself is in doubt (AUTH, MAIL FROM, 421 closing): start afresh.
+                await self._close(slot, polite=False)
+            raise self._classify(e.code, e.message, stage=stage) from e
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            # Connection refused or lost, timeouts, TLS failures: the server, not the address.
+            await self._close(slot, polite=False)
+            self.healthy = False
+            delay = self.pause.failure(epoch, f"{e.__class__.__name__}: {e}")
+            raise TemporaryDeliveryError(
+                f"SMTP {self.settings.smtp_host}:{self.settings.smtp_port} unreachable: "
+                f"{e.__class__.__name__}: {e}",
+                retry_after=delay,
+            ) from e
+        except BaseException:
+            await self._close(slot, polite=False)  # cancelled mid-exchange: state unknown
+            raise
+        else:
+            self._ok()
+            slot.sent += 1
+            if slot.sent >= self.recycle_after:
+                await self._close(slot, polite=True)
+            return reply
+        finally:
+            self._idle.put_nowait(slot)
+
+    def _ok(self) -> None:
+        self.healthy = True
+        self.pause.success()
+
+    def _classify(self, code: int, text: str, *, stage: str) -> Exception:
+        reason = f"SMTP {code} at {stage}: {text}".strip()
+        if 500 <= code < 600 and stage in ("RCPT", "DATA"):
+            return RecipientRejectedError(reason, code=code)
+        if 500 <= code < 600:
+            log.error("the SMTP server refused the hub's own session (%s); check the email "
+                      "settings. Mail stays queued and is retried.", reason)
+            return TemporaryDeliveryError(reason, retry_after=300.0)
+        return TemporaryDeliveryError(reason)
+
+    async def probe(self) -> bool:
+        """Check the server answers (for /healthz when idle): borrow a slot and NOOP or connect."""
+        if self._idle.empty():
+            return bool(self.healthy)  # every connection is busy sending: that is an answer
+        slot = await self._idle.get()
+        try:
+            if slot.smtp is not None and slot.smtp.is_connected:
+                await slot.smtp.noop()
+            else:
+                slot.smtp = await self._connect()
+                slot.sent = 0
+            self.healthy = True
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            log.warning("SMTP health check failed: %s: %s", e.__class__.__name__, e)
+            await self._close(slot, polite=False)
+            self.healthy = False
+        finally:
+            self._idle.put_nowait(slot)
+        return self.healthy
+
+    async def close(self) -> None:
+        """QUIT every idle connection (in-flight ones are closed by their senders)."""
+        slots: list[_Slot] = []
+        while not self._idle.empty():
+            slots.append(self._idle.get_nowait())
+        await asyncio.gather(*(self._close(s, polite=True) for s in slots), return_exceptions=True)
+        for s in slots:
+            self._idle.put_nowait(s)

@@ -1,0 +1,126 @@
+"""The outbox's email channel: one row, one recipient, one SMTP transaction.
+
+Email is delivered at least once: a crash after the server accepted a
+message but before the outcome was committed sends it again (with the same
+Message-ID, so mail clients that thread or de-duplicate by it show one).
+
+A permanent refusal (5xx) suppresses the address: the suppression row and the
+moderators' alert (a control-room notice, queued through the outbox) are
+written in one transaction, and every later row to that address fails at
+send time with the suppression's reason instead of being sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.delivery.dispatcher import Claimed
+from hub.email.message import build_message
+from hub.email.payload import EmailPayload, normalize_address
+from hub.email.pool import RecipientRejectedError, SmtpPool
+from hub.errors import PermanentDeliveryError
+from hub.storage.db import Database
+from hub.storage.models import EmailSuppression
+from hub.storage.models import email_suppression_table as S
+
+__all__ = ["EmailSender", "Suppressed", "SuppressionHook"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """What the moderators are told when an address is suppressed."""
+
+    address: str
+    code: int
+    reason: str
+    kind: str  # the outbox kind of the message that bounced (digest, announcement, ...)
+    txn_id: str
+
+
+SuppressionHook = Callable[[AsyncSession, Suppressed], Awaitable[None]]
+"""Queues the moderators' alert in the suppression's own transaction. It may raise
+TemporaryDeliveryError (e.g. the control room is not known yet): nothing is then
+suppressed, and the row is retried."""
+
+
+class EmailSender:
+    def __init__(
+        self,
+        db: Database,
+        pool: SmtpPool,
+        clock: Clock,
+        *,
+        from_header: str,
+        on_suppressed: SuppressionHook | None = None,
+        refresh_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.pool = pool
+        self.clock = clock
+        self.from_header = from_header
+        self.on_suppressed = on_suppressed
+        self.refresh_seconds = refresh_seconds
+        # Addresses known to be suppressed. Only a hint that saves a query per
+        # row: a hit is confirmed in the database before a row is failed (the
+        # suppression may have been lifted), and rows from other processes'
+        # suppressions are picked up every `refresh_seconds`.
+        self._known: set[str] = set()
+        self._refreshed_at: float | None = None
+
+    async def _refresh(self) -> None:
+        now = self.clock.monotonic()
+        if self._refreshed_at is not None and now - self._refreshed_at < self.refresh_seconds:
+            return
+        self._refreshed_at = now
+        async with self.db.session() as s:
+            self._known = set((await s.execute(select(S.c.address))).scalars().all())
+
+    async def suppression(self, address: str) -> EmailSuppression | None:
+        async with self.db.session() as s:
+            return await s.get(EmailSuppression, normalize_address(address))
+
+    async def send(self, row: Claimed) -> str:
+        payload = cast(EmailPayload, row.payload)
+        address = normalize_address(payload["to"])
+        await self._refresh()
+        if address in self._known:
+            found = await self.suppression(address)
+            if found is not None:
+                raise PermanentDeliveryError(
+                    f"not sent: {address} is suppressed since SMTP {found.code}: {found.reason}",
+                    reported=True,  # the moderators were told when it was suppressed
+                )
+            self._known.discard(address)
+        message = build_message(payload, txn_id=row.txn_id, from_header=self.from_header,
+                                date=self.clock.now())
+        try:
+            return await self.pool.send(message)
+        except RecipientRejectedError as e:
+            await self._suppress(address, e, row)
+            raise PermanentDeliveryError(
+                f"{e.reason}; {address} is now suppressed", reported=self.on_suppressed is not None
+            ) from e
+
+    async def _suppress(self, address: str, e: RecipientRejectedError, row: Claimed) -> None:
+        values: dict[str, Any] = dict(address=address, code=e.code, reason=e.reason[:2000],
+                                      txn_id=row.txn_id, created_at=self.clock.now().timestamp())
+        async with self.db.transaction() as s:
+            insert = postgresql.insert if self.db.is_postgres else sqlite.insert
+            await s.execute(insert(S).values(**values).on_conflict_do_nothing(
+                index_elements=["address"]))
+            if self.on_suppressed is not None:
+                await self.on_suppressed(
+                    s, Suppressed(address, e.code, e.reason, row.kind, row.txn_id)
+                )
+        self._known.add(address)
+        log.warning("suppressed %s after a permanent SMTP failure: %s", address, e.reason)

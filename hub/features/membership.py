@@ -1,0 +1,662 @@
+"""Cohorts, members, pairs and their rooms in the database, with the outbox rows they cause.
+
+Every function here runs inside the caller's transaction: the change and the
+outbox rows it causes (room creation, invites, welcomes, emails) commit
+together or not at all. Nothing here talks to the homeserver; the rows are
+carried out by the Matrix sender's room ops (hub.features.rooms).
+
+Rows for a room the hub owns name it by its stable key (`room_key`). While
+the room does not exist yet they queue on the lane ``room:<key>`` behind its
+creation; once it exists they queue on its room id, like every other message
+to that room, so messages to one room keep their order.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.config import Settings
+from hub.core.cohorts import (
+    MODERATOR_LEVEL,
+    RoomSpec,
+    Who,
+    direct_spec,
+    display_name,
+    goodbye_text,
+    lounge_spec,
+    pair_spec,
+    pair_welcome,
+    room_tag,
+    space_spec,
+    video_name,
+    video_url,
+    welcome_email,
+)
+from hub.core.markup import markdown_to_matrix
+from hub.delivery.outbox import EMAIL, MATRIX, Outbox
+from hub.errors import CommandError
+from hub.matrix.events import notice_content
+from hub.storage.models import (
+    Cohort,
+    HubRoom,
+    KeyValue,
+    Member,
+    Pair,
+    RoomMember,
+    hub_room_table,
+    outbox_table,
+    room_member_table,
+)
+
+__all__ = [
+    "ACTIVE_PAIR",
+    "Env",
+    "add_member",
+    "build_spec",
+    "close_pair",
+    "cohort_rooms",
+    "create_cohort",
+    "desired_members",
+    "ensure_direct_room",
+    "ensure_pair_room",
+    "find_member",
+    "find_open_pair",
+    "is_participant",
+    "load_env",
+    "make_pair",
+    "member_label",
+    "queue_room_message",
+    "queue_room_op",
+    "remove_member",
+    "require_cohort",
+    "room_lane",
+    "set_pair_status",
+    "sync_config",
+]
+
+OPEN = ("active", "paused")
+ACTIVE_PAIR = "active"
+_INSTALL_KEY = "cohorts.install"
+_SECRET_KEY = "cohorts.video_secret"
+_CONFIG_MODS_KEY = "cohorts.config_moderators"
+
+
+@dataclass(frozen=True)
+class Env:
+    """What the operations need besides the transaction: settings, time, the outbox, identity."""
+
+    outbox: Outbox
+    clock: Clock
+    settings: Settings
+    install: str  # random id of this hub's database: tags its rooms, so another install's are ignored
+    secret: bytes  # keys the video-link HMAC
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.matrix.command_prefix
+
+    @property
+    def hub_user(self) -> str:
+        return self.settings.matrix.user_id
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+
+async def _kv_get_or_create(s: AsyncSession, key: str, make: Callable[[], str]) -> str:
+    row = await s.get(KeyValue, key)
+    if row is not None and row.value:
+        return row.value
+    # Two processes starting together must agree on one value: insert-if-absent, then read.
+    values = {"key": key, "value": make()}
+    stmt: Any
+    if s.bind is not None and s.bind.dialect.name == "postgresql":
+        stmt = postgresql.insert(KeyValue).values(**values).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(KeyValue).values(**values).on_conflict_do_nothing()
+    await s.execute(stmt)
+    row = await s.get(KeyValue, key, populate_existing=True)
+    assert row is not None
+    return row.value
+
+
+async def load_env(s: AsyncSession, outbox: Outbox, clock: Clock, settings: Settings) -> Env:
+    install = await _kv_get_or_create(s, _INSTALL_KEY, lambda: uuid.uuid4().hex)
+    secret = await _kv_get_or_create(s, _SECRET_KEY, lambda: secrets.token_hex(32))
+    return Env(outbox, clock, settings, install, bytes.fromhex(secret))
+
+
+# -- rooms and their outbox rows -----------------------------------------------------------
+
+
+def room_lane(room: HubRoom) -> str:
+    return room.room_id or f"room:{room.key}"
+
+
+async def queue_room_op(
+    s: AsyncSession, env: Env, room: HubRoom, op: str, payload: dict[str, Any], *,
+    kind: str, dedupe_key: str,
+) -> bool:
+    return await env.outbox.enqueue(
+        s, channel=MATRIX, kind=kind, lane=room_lane(room),
+        payload={"op": op, "room_key": room.key, **payload}, dedupe_key=dedupe_key,
+    )
+
+
+async def queue_room_message(
+    s: AsyncSession, env: Env, room: HubRoom, markdown: str, *, kind: str, dedupe_key: str,
+) -> bool:
+    """An m.notice (Markdown rendered to plain + HTML) to a hub room, existing yet or not."""
+    body, html = markdown_to_matrix(markdown)
+    return await queue_room_op(
+        s, env, room, "message",
+        {"type": "m.room.message", "content": notice_content(body, html)},
+        kind=kind, dedupe_key=dedupe_key,
+    )
+
+
+async def _queue_email(s: AsyncSession, env: Env, to: str, subject: str, markdown: str,
+                       *, kind: str, dedupe_key: str) -> bool:
+    if not env.settings.email.enabled:
+        return False
+    text, html = markdown_to_matrix(markdown)
+    return await env.outbox.enqueue(
+        s, channel=EMAIL, kind=kind, lane=to,
+        payload={"to": to, "subject": subject, "text": text, "html": html},
+        dedupe_key=dedupe_key,
+    )
+
+
+async def _new_room(
+    s: AsyncSession, env: Env, *, key: str, kind: str, cohort_id: int | None = None,
+    pair_id: int | None = None, user_id: str | None = None,
+) -> HubRoom:
+    room = HubRoom(key=key, kind=kind, cohort_id=cohort_id, pair_id=pair_id, user_id=user_id,
+                   status="pending", created_at=env.now())
+    s.add(room)
+    await s.flush()
+    await queue_create(s, env, room)
+    return room
+
+
+async def queue_create(s: AsyncSession, env: Env, room: HubRoom) -> bool:
+    # First on the room's key lane: whatever else is queued for the room waits for it.
+    return await env.outbox.enqueue(
+        s, channel=MATRIX, kind="room-create", lane=f"room:{room.key}",
+        payload={"op": "create_room", "room_key": room.key, "generation": room.generation},
+        dedupe_key=f"create:{room.key}:{room.generation}",
+    )
+
+
+async def _room(s: AsyncSession, key: str) -> HubRoom | None:
+    return (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
+
+
+async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str) -> bool:
+    """Make `user_id` a wanted member of `room`; queue the invite if they are not in it already."""
+    rm = (await s.execute(select(RoomMember).where(
+        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
+    ))).scalar_one_or_none()
+    now = env.now()
+    if rm is None:
+        s.add(RoomMember(room_pk=room.id, user_id=user_id, state="pending", updated_at=now))
+    elif rm.state in ("removed", "left"):
+        rm.state, rm.updated_at = "pending", now
+    else:
+        return False  # pending, invited, joined, banned: nothing to send
+    await queue_room_op(s, env, room, "invite", {"users": [user_id]}, kind="room-invite",
+                        dedupe_key=f"invite:{room.key}:{user_id}:{uuid.uuid4().hex}")
+    return True
+
+
+async def _unwant(s: AsyncSession, env: Env, room: HubRoom, user_id: str, reason: str) -> bool:
+    rm = (await s.execute(select(RoomMember).where(
+        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
+    ))).scalar_one_or_none()
+    if rm is None or rm.state in ("removed",):
+        return False
+    was = rm.state
+    rm.state, rm.updated_at = "removed", env.now()
+    if was in ("pending", "invited", "joined"):
+        await queue_room_op(s, env, room, "kick", {"user": user_id, "reason": reason},
+                            kind="room-kick", dedupe_key=f"kick:{room.key}:{user_id}:{uuid.uuid4().hex}")
+    return True
+
+
+async def _queue_fix(s: AsyncSession, env: Env, room: HubRoom, *, demote: Sequence[str] = ()) -> None:
+    """Bring the room's state (name, power levels, links) in line with the database, at send time."""
+    await queue_room_op(s, env, room, "room_fix", {"demote": list(demote)}, kind="room-fix",
+                        dedupe_key=f"fix:{room.key}:{uuid.uuid4().hex}")
+
+
+# -- cohorts --------------------------------------------------------------------------------
+
+
+async def get_cohort(s: AsyncSession, slug: str) -> Cohort | None:
+    return (await s.execute(select(Cohort).where(Cohort.slug == slug))).scalar_one_or_none()  # type: ignore[arg-type]
+
+
+async def require_cohort(s: AsyncSession, env: Env, slug: str) -> Cohort:
+    cohort = await get_cohort(s, slug.lower())
+    if cohort is None:
+        raise CommandError(f"There is no cohort `{slug}`. `{env.prefix} cohort list` shows them.")
+    return cohort
+
+
+async def cohort_rooms(s: AsyncSession, cohort_id: int) -> tuple[HubRoom | None, HubRoom | None]:
+    return await _room(s, f"space:{cohort_id}"), await _room(s, f"lounge:{cohort_id}")
+
+
+def config_moderators(env: Env) -> list[str]:
+    return list(env.settings.matrix.moderators)
+
+
+async def create_cohort(
+    s: AsyncSession, env: Env, *, slug: str, name: str, timezone: str, start: date | None,
+    weeks: int, source: str,
+) -> Cohort:
+    """A new cohort with its space and lounge queued for creation (the caller checked the slug)."""
+    tz = ZoneInfo(timezone)
+    first = start or env.clock.now().astimezone(tz).date()
+    cohort = Cohort(slug=slug, name=name, timezone=timezone, start_date=first.isoformat(),
+                    weeks=weeks, source=source, created_at=env.now())
+    s.add(cohort)
+    await s.flush()
+    assert cohort.id is not None
+    # The space first: the lounge names it in its join rule and parent link.
+    space = await _new_room(s, env, key=f"space:{cohort.id}", kind="space", cohort_id=cohort.id)
+    lounge = await _new_room(s, env, key=f"lounge:{cohort.id}", kind="lounge", cohort_id=cohort.id)
+    for room in (space, lounge):
+        for mod in config_moderators(env):
+            await _want(s, env, room, mod)
+    return cohort
+
+
+async def sync_config(s: AsyncSession, env: Env) -> list[str]:
+    """Apply `[[cohort]]` and `matrix.moderators` from the config; returns what changed, for the log."""
+    changes: list[str] = []
+    for c in env.settings.cohorts:
+        cohort = await get_cohort(s, c.slug)
+        if cohort is None:
+            await create_cohort(s, env, slug=c.slug, name=c.name, timezone=c.timezone.key,
+                                start=c.start, weeks=c.weeks, source="config")
+            changes.append(f"cohort {c.slug} created from the config")
+            continue
+        if cohort.source != "config":
+            continue  # made with `cohort create`; the config only adds, never takes over
+        renamed = cohort.name != c.name
+        cohort.name, cohort.timezone, cohort.weeks = c.name, c.timezone.key, c.weeks
+        if c.start is not None:
+            cohort.start_date = c.start.isoformat()
+        if renamed:
+            assert cohort.id is not None
+            for room in await cohort_rooms(s, cohort.id):
+                if room is not None:
+                    await _queue_fix(s, env, room)
+            changes.append(f"cohort {c.slug} renamed to {c.name!r}")
+    # Moderators: invited to every cohort's space and lounge at power 50; the
+    # previous list is remembered so that removing one from the config is acted on too.
+    kv = await s.get(KeyValue, _CONFIG_MODS_KEY)
+    before = set(json.loads(kv.value)) if kv is not None and kv.value else set()
+    now_mods = set(config_moderators(env))
+    added, dropped = now_mods - before, before - now_mods
+    if added or dropped:
+        for room in (await s.execute(select(HubRoom).where(
+            hub_room_table.c.kind.in_(("space", "lounge")) & (hub_room_table.c.status != "closed")
+        ))).scalars():
+            assert room.cohort_id is not None
+            for mod in sorted(added):
+                await _want(s, env, room, mod)
+            gone = [m for m in sorted(dropped)
+                    if await find_member(s, room.cohort_id, Who(matrix_id=m)) is None]
+            for mod in gone:
+                await _unwant(s, env, room, mod, "no longer a moderator")
+            await _queue_fix(s, env, room, demote=sorted(dropped))
+        changes.append(f"moderators: added {sorted(added) or 'none'}, removed {sorted(dropped) or 'none'}")
+    value = json.dumps(sorted(now_mods))
+    if kv is None:
+        s.add(KeyValue(key=_CONFIG_MODS_KEY, value=value))
+    else:
+        kv.value = value
+    return changes
+
+
+# -- members --------------------------------------------------------------------------------
+
+
+async def find_member(s: AsyncSession, cohort_id: int, who: Who, *, active_only: bool = True) -> Member | None:
+    conds = []
+    if who.matrix_id:
+        conds.append(Member.matrix_id == who.matrix_id)  # type: ignore[arg-type]
+    if who.email:
+        conds.append(Member.email == who.email.lower())  # type: ignore[arg-type]
+    if not conds:
+        return None
+    q = select(Member).where((Member.cohort_id == cohort_id) & or_(*conds))  # type: ignore[arg-type]
+    if active_only:
+        q = q.where(Member.status == "active")  # type: ignore[arg-type]
+    rows = (await s.execute(q.order_by(Member.id))).scalars().all()  # type: ignore[arg-type]
+    return rows[0] if rows else None
+
+
+def member_label(m: Member) -> str:
+    return display_name(m.name, m.matrix_id, m.email)
+
+
+async def is_participant(s: AsyncSession, user_id: str) -> bool:
+    row = (await s.execute(select(Member.id).where(  # type: ignore[call-overload]
+        (Member.matrix_id == user_id) & (Member.status == "active")  # type: ignore[arg-type]
+    ).limit(1))).first()
+    return row is not None
+
+
+async def add_member(
+    s: AsyncSession, env: Env, cohort: Cohort, role: str, who: Who, *, name: str = "",
+    email: str | None = None, matrix_id: str | None = None, timezone: str | None = None,
+) -> tuple[Member, str]:
+    """Add (or reactivate, or update) a member; returns it and "added" | "updated" | "unchanged".
+
+    `who` finds an existing member; `email`/`matrix_id` complete a person named
+    by the other one (a roster row with both).
+    """
+    assert cohort.id is not None
+    mx = who.matrix_id or matrix_id
+    mail = (who.email or email or "").lower() or None
+    existing = await find_member(s, cohort.id, Who(matrix_id=mx, email=mail), active_only=False)
+    outcome = "unchanged"
+    if existing is not None and existing.status == "active" and existing.role != role:
+        raise CommandError(
+            f"{who} is already a {existing.role} in {cohort.slug}; "
+            f"`{env.prefix} remove {cohort.slug} {who}` first to change their role."
+        )
+    fresh_email = False
+    if existing is None:
+        member = Member(cohort_id=cohort.id, role=role, name=name.strip()[:200], email=mail,
+                        matrix_id=mx, timezone=timezone, status="active", created_at=env.now())
+        s.add(member)
+        await s.flush()
+        outcome, gained_matrix, fresh_email = "added", mx is not None, True
+    else:
+        member = existing
+        gained_matrix = False
+        if member.status != "active":
+            member.status, member.removed_at, member.role = "active", None, role
+            outcome, gained_matrix, fresh_email = "added", member.matrix_id is not None, True
+        for attr, value in (("name", name.strip()[:200] or None), ("timezone", timezone)):
+            if value and getattr(member, attr) != value:
+                setattr(member, attr, value)
+                outcome = "updated" if outcome == "unchanged" else outcome
+        if mail and member.email is None:
+            member.email, outcome = mail, ("updated" if outcome == "unchanged" else outcome)
+        if mx and member.matrix_id is None:
+            member.matrix_id, gained_matrix = mx, True
+            outcome = "updated" if outcome == "unchanged" else outcome
+        await s.flush()
+    if gained_matrix and member.matrix_id:
+        for room in await cohort_rooms(s, cohort.id):
+            if room is not None:
+                await _want(s, env, room, member.matrix_id)
+                if role == "moderator":
+                    await _queue_fix(s, env, room)
+        # Someone who only had email may now be reachable in their pair room.
+        for pair in await _open_pairs_of(s, member):
+            await ensure_pair_room(s, env, pair)
+    if fresh_email and member.matrix_id is None and member.email:
+        subject, body = welcome_email(name=member_label(member), cohort=cohort.name)
+        await _queue_email(s, env, member.email, subject, body, kind="welcome-email",
+                           dedupe_key=f"welcome-email:{member.id}:{uuid.uuid4().hex}")
+    return member, outcome
+
+
+async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> tuple[Member, int]:
+    """Remove a member: their open pairs close, they leave the space and lounge. Returns (member, pairs closed)."""
+    assert cohort.id is not None
+    member = await find_member(s, cohort.id, who)
+    if member is None:
+        raise CommandError(f"{who} is not a member of {cohort.slug}.")
+    member.status, member.removed_at = "removed", env.now()
+    closed = 0
+    for pair in await _open_pairs_of(s, member):
+        await close_pair(s, env, pair)
+        closed += 1
+    if member.matrix_id and member.matrix_id not in config_moderators(env):
+        for room in await cohort_rooms(s, cohort.id):
+            if room is not None:
+                await _unwant(s, env, room, member.matrix_id, f"removed from {cohort.name}")
+                if member.role == "moderator":
+                    await _queue_fix(s, env, room, demote=[member.matrix_id])
+    return member, closed
+
+
+# -- pairs ------------------------------------------------------------------------------------
+
+
+async def _open_pairs_of(s: AsyncSession, member: Member) -> list[Pair]:
+    q = select(Pair).where(
+        ((Pair.mentor_id == member.id) | (Pair.mentee_id == member.id))  # type: ignore[arg-type]
+        & Pair.status.in_(OPEN)  # type: ignore[attr-defined]
+    ).order_by(Pair.id)  # type: ignore[arg-type]
+    return list((await s.execute(q)).scalars().all())
+
+
+async def find_open_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, mentee: Who) -> Pair:
+    assert cohort.id is not None
+    a = await find_member(s, cohort.id, mentor)
+    b = await find_member(s, cohort.id, mentee)
+    if a is None or b is None:
+        missing = mentor if a is None else mentee
+        raise CommandError(f"{missing} is not a member of {cohort.slug}.")
+    pair = (await s.execute(select(Pair).where(
+        (Pair.mentor_id == a.id) & (Pair.mentee_id == b.id)  # type: ignore[arg-type]
+        & Pair.status.in_(OPEN)  # type: ignore[attr-defined]
+    ))).scalar_one_or_none()
+    if pair is None:
+        raise CommandError(f"{mentor} and {mentee} are not a pair in {cohort.slug}.")
+    return pair
+
+
+async def make_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, mentee: Who) -> tuple[Pair, bool]:
+    """Pair a mentor with a mentee; (pair, False) if exactly this pair exists already."""
+    assert cohort.id is not None
+    a = await find_member(s, cohort.id, mentor)
+    b = await find_member(s, cohort.id, mentee)
+    add = f"`{env.prefix} add {cohort.slug} ROLE WHO` first"
+    if a is None:
+        raise CommandError(f"{mentor} is not a member of {cohort.slug}; {add}.")
+    if b is None:
+        raise CommandError(f"{mentee} is not a member of {cohort.slug}; {add}.")
+    if a.role != "mentor":
+        raise CommandError(f"{mentor} is a {a.role} in {cohort.slug}, not a mentor.")
+    if b.role != "mentee":
+        raise CommandError(f"{mentee} is a {b.role} in {cohort.slug}, not a mentee.")
+    current = (await s.execute(select(Pair).where(
+        (Pair.mentee_id == b.id) & Pair.status.in_(OPEN)  # type: ignore[arg-type,attr-defined]
+    ))).scalar_one_or_none()
+    if current is not None:
+        if current.mentor_id == a.id:
+            return current, False
+        other = await s.get(Member, current.mentor_id)
+        raise CommandError(
+            f"{mentee} is already paired with {member_label(other) if other else 'another mentor'}; "
+            f"`{env.prefix} unpair` them first."
+        )
+    assert a.id is not None and b.id is not None
+    pair = Pair(cohort_id=cohort.id, mentor_id=a.id, mentee_id=b.id, status=ACTIVE_PAIR,
+                video_name=video_name(env.secret, secrets.token_hex(16)), created_at=env.now())
+    s.add(pair)
+    await s.flush()
+    await ensure_pair_room(s, env, pair)
+    link = video_url(env.settings.video.base_url, pair.video_name)
+    for me, partner in ((a, b), (b, a)):
+        if me.matrix_id is None and me.email:
+            subject, body = welcome_email(name=member_label(me), cohort=cohort.name,
+                                          partner=member_label(partner), link=link)
+            await _queue_email(s, env, me.email, subject, body, kind="pair-email",
+                               dedupe_key=f"pair-email:{pair.id}:{me.id}")
+    return pair, True
+
+
+async def _pair_people(s: AsyncSession, pair: Pair) -> tuple[Member, Member, Cohort]:
+    mentor = await s.get(Member, pair.mentor_id)
+    mentee = await s.get(Member, pair.mentee_id)
+    cohort = await s.get(Cohort, pair.cohort_id)
+    assert mentor is not None and mentee is not None and cohort is not None
+    return mentor, mentee, cohort
+
+
+async def ensure_pair_room(s: AsyncSession, env: Env, pair: Pair) -> HubRoom | None:
+    """The pair's room (queued for creation if new), with its members wanted and its welcome queued.
+
+    No room for a pair where neither person has a Matrix id: they meet by the
+    emailed link. The room appears as soon as one of them gets a Matrix id.
+    """
+    mentor, mentee, cohort = await _pair_people(s, pair)
+    people = [m.matrix_id for m in (mentor, mentee) if m.matrix_id]
+    if not people or pair.status not in OPEN:
+        return None
+    key = f"pair:{pair.id}"
+    room = await _room(s, key)
+    if room is None:
+        room = await _new_room(s, env, key=key, kind="pair", cohort_id=cohort.id, pair_id=pair.id)
+    for user in people:
+        await _want(s, env, room, user)
+    link = video_url(env.settings.video.base_url, pair.video_name)
+    text = pair_welcome(mentor=member_label(mentor), mentee=member_label(mentee), cohort=cohort.name,
+                        link=link, prefix=env.prefix)
+    await queue_room_message(s, env, room, text, kind="pair-welcome",
+                             dedupe_key=f"welcome:{key}:{room.generation}")
+    return room
+
+
+async def close_pair(s: AsyncSession, env: Env, pair: Pair) -> None:
+    """Close a pair: goodbye in its room, then the hub leaves; the people keep the history."""
+    pair.status, pair.closed_at = "closed", env.now()
+    room = await _room(s, f"pair:{pair.id}")
+    if room is None or room.status in ("closing", "closed"):
+        return
+    _, _, cohort = await _pair_people(s, pair)
+    if room.status == "pending" and room.room_id is None:
+        # Not created yet: make sure it never is (its create row finds it closed).
+        room.status = "closed"
+        return
+    await queue_room_message(s, env, room, goodbye_text(cohort.name), kind="pair-goodbye",
+                             dedupe_key=f"goodbye:{room.key}:{room.generation}")
+    await queue_room_op(s, env, room, "leave", {}, kind="room-leave",
+                        dedupe_key=f"leave:{room.key}:{room.generation}")
+    room.status = "closing"
+
+
+async def set_pair_status(s: AsyncSession, env: Env, pair: Pair, status: str) -> bool:
+    """Pause or resume scheduled content for a pair; False if it already was so."""
+    if pair.status == status:
+        return False
+    pair.status = status
+    pair.paused_at = env.now() if status == "paused" else None
+    return True
+
+
+# -- direct rooms -------------------------------------------------------------------------------
+
+
+async def ensure_direct_room(s: AsyncSession, env: Env, user_id: str) -> HubRoom:
+    """The hub's encrypted 1:1 room with a participant, queued for creation the first time it is needed.
+
+    Messages for it may be queued right away with `queue_room_message`: they
+    wait for the room.
+    """
+    key = f"direct:{user_id}"
+    room = await _room(s, key)
+    if room is None:
+        room = await _new_room(s, env, key=key, kind="direct", user_id=user_id)
+        await _want(s, env, room, user_id)
+    return room
+
+
+# -- what a room should be ------------------------------------------------------------------------
+
+
+async def moderators_of(s: AsyncSession, env: Env, cohort_id: int) -> dict[str, int]:
+    mods = {m: MODERATOR_LEVEL for m in config_moderators(env)}
+    rows = (await s.execute(select(Member.matrix_id).where(  # type: ignore[call-overload]
+        (Member.cohort_id == cohort_id) & (Member.role == "moderator")  # type: ignore[arg-type]
+        & (Member.status == "active") & Member.matrix_id.is_not(None)  # type: ignore[union-attr]
+    ))).scalars().all()
+    mods.update({m: MODERATOR_LEVEL for m in rows if m})
+    mods.pop(env.hub_user, None)
+    return mods
+
+
+async def desired_members(s: AsyncSession, env: Env, room: HubRoom) -> set[str]:
+    """Who should be in the room (besides the hub) according to the database."""
+    wanted: set[str] = set()
+    if room.kind in ("space", "lounge") and room.cohort_id is not None:
+        rows = (await s.execute(select(Member.matrix_id).where(  # type: ignore[call-overload]
+            (Member.cohort_id == room.cohort_id) & (Member.status == "active")  # type: ignore[arg-type]
+            & Member.matrix_id.is_not(None)  # type: ignore[union-attr]
+        ))).scalars().all()
+        wanted = {r for r in rows if r} | set(config_moderators(env))
+    elif room.kind == "pair" and room.pair_id is not None:
+        pair = await s.get(Pair, room.pair_id)
+        if pair is not None and pair.status in OPEN:
+            mentor, mentee, _ = await _pair_people(s, pair)
+            wanted = {m.matrix_id for m in (mentor, mentee) if m.matrix_id}
+    elif room.kind == "direct" and room.user_id:
+        wanted = {room.user_id}
+    wanted.discard(env.hub_user)
+    return wanted
+
+
+async def build_spec(s: AsyncSession, env: Env, room: HubRoom) -> tuple[RoomSpec, dict[str, list[str]]]:
+    """The room as the database says it should be, and (for a space) its children with their via."""
+    tag = room_tag(env.install, room.key, room.generation)
+    server = env.hub_user.split(":", 1)[1]
+    children: dict[str, list[str]] = {}
+    if room.kind in ("space", "lounge"):
+        assert room.cohort_id is not None
+        cohort = await s.get(Cohort, room.cohort_id)
+        assert cohort is not None
+        mods = await moderators_of(s, env, room.cohort_id)
+        space, lounge = await cohort_rooms(s, room.cohort_id)
+        if room.kind == "space":
+            if lounge is not None and lounge.room_id and lounge.status != "closed":
+                children[lounge.room_id] = [server]
+            return space_spec(room.key, cohort.name, mods, tag), children
+        parent = space.room_id if space is not None else None
+        return lounge_spec(room.key, cohort.name, parent, mods, tag, env.prefix), children
+    if room.kind == "pair":
+        assert room.pair_id is not None
+        pair = await s.get(Pair, room.pair_id)
+        assert pair is not None
+        mentor, mentee, _ = await _pair_people(s, pair)
+        link = video_url(env.settings.video.base_url, pair.video_name)
+        return pair_spec(room.key, member_label(mentor), member_label(mentee), link,
+                         encrypted=env.settings.matrix.encrypt_pair_rooms, tag=tag,
+                         prefix=env.prefix), children
+    return direct_spec(room.key, tag), children
+
+
+async def relane(s: AsyncSession, room: HubRoom) -> int:
+    """Move rows waiting on the room's key lane to its room-id lane, keeping their order."""
+    assert room.room_id is not None
+    result = await s.execute(
+        update(outbox_table)
+        .where((outbox_table.c.lane == f"room:{room.key}") & (outbox_table.c.status == "queued"))
+        .values(lane=room.room_id)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def users_in(rows: Iterable[RoomMember], *states: str) -> list[str]:
+    return sorted(r.user_id for r in rows if r.state in states)

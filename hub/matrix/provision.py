@@ -1,0 +1,310 @@
+"""Room provisioning on the homeserver: create, find again, invite, kick, leave, read state.
+
+The only module (with its siblings) that makes these nio calls. Failures are
+raised as the delivery errors the dispatcher understands, so each step is an
+outbox row that is retried or failed like any message.
+
+Rooms are created with a tag state event (`org.cohorthub.room`, naming this
+install, the room's key and generation). `find_tagged` looks for it among
+the rooms the hub has joined, which is how a room created just before a crash
+(the room exists, the database never heard of it) is adopted instead of
+created a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    ErrorResponse,
+    Event,
+    JoinedRoomsResponse,
+    JoinResponse,
+    MatrixRoom,
+    RoomCreateResponse,
+    RoomEncryptionEvent,
+    RoomGetStateEventResponse,
+    RoomGetStateResponse,
+    RoomInviteResponse,
+    RoomKickResponse,
+    RoomLeaveResponse,
+    RoomMemberEvent,
+    RoomPutStateResponse,
+)
+
+from hub.core.cohorts import CREATOR_POWER_VERSIONS, RESTRICTED_VERSIONS, ROOM_TAG, RoomSpec, join_rule_content
+from hub.delivery.ratelimit import SharedPause
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.matrix.rooms import default_room_version, power_levels_users
+from hub.matrix.sender import classify_error
+
+__all__ = ["Provision", "RoomSnapshot"]
+
+log = logging.getLogger(__name__)
+
+# Refusals that mean "already as wanted": inviting someone who is in the room,
+# kicking someone who is not, leaving a room the hub has left.
+_ALREADY = ("already in the room", "already joined", "is already invited", "not in the room",
+            "not in room", "user is not in the room", "not a member")
+
+
+@dataclass(frozen=True)
+class RoomSnapshot:
+    """A room's current state as the homeserver reports it."""
+
+    room_id: str
+    state: dict[tuple[str, str], dict[str, Any]]
+    members: dict[str, str]  # user id -> membership (invite, join, leave, ban, knock)
+    room_version: str
+    creators: frozenset[str]
+
+
+def _already(resp: ErrorResponse) -> bool:
+    message = (resp.message or "").lower()
+    return any(phrase in message for phrase in _ALREADY)
+
+
+class Provision:
+    def __init__(self, client: AsyncClient, pause: SharedPause) -> None:
+        self.client = client
+        self.pause = pause
+        self._version: str | None = None
+        self._versions: set[str] = set()
+        self._tags: dict[str, dict[str, Any] | None] = {}  # room id -> its tag (None: untagged)
+        self._scan_lock = asyncio.Lock()
+        self._direct_lock = asyncio.Lock()
+
+    @property
+    def user_id(self) -> str:
+        return str(self.client.user_id)
+
+    def _error(self, resp: Any) -> Exception:
+        if isinstance(resp, ErrorResponse):
+            return classify_error(resp, self.pause)
+        return TemporaryDeliveryError(f"unexpected answer from the homeserver: {resp!r}"[:300])
+
+    async def room_version(self, spec: RoomSpec) -> str:
+        """The homeserver's default, unless the room needs what that version cannot do."""
+        if self._version is None:
+            self._version = await default_room_version(self.client)
+            try:
+                resp = await self.client.send(
+                    "GET", "/_matrix/client/v3/capabilities",
+                    headers={"Authorization": f"Bearer {self.client.access_token}"},
+                )
+                data = await resp.json()
+                self._versions = set(data["capabilities"]["m.room_versions"]["available"])
+            except Exception:  # an old server without capabilities: keep the default
+                self._versions = {self._version}
+        version = self._version
+        if spec.join_rule == "restricted" and version not in RESTRICTED_VERSIONS:
+            for candidate in ("12", "11", "10", "9", "8"):
+                if candidate in self._versions:
+                    return candidate
+        return version
+
+    # -- create and find again ---------------------------------------------------------------
+
+    async def create(self, spec: RoomSpec, version: str) -> str:
+        """createRoom with the spec's whole state; the hub is the creator. Returns the room id."""
+        hub = self.user_id
+        state: list[dict[str, Any]] = [
+            {"type": ROOM_TAG, "state_key": "", "content": dict(spec.tag)},
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": spec.history_visibility}},
+            {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
+            {"type": "m.room.join_rules", "state_key": "", "content": join_rule_content(spec, version)},
+        ]
+        if spec.encrypted:
+            state.append({"type": "m.room.encryption", "state_key": "",
+                          "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
+        if spec.parent_space:
+            state.append({"type": "m.space.parent", "state_key": spec.parent_space,
+                          "content": {"via": [hub.split(":", 1)[1]], "canonical": True}})
+        power: dict[str, Any] = {
+            "users": power_levels_users(version, hub, dict(spec.moderators)),
+            "invite": spec.invite_level,
+            "events_default": spec.events_level,
+        }
+        resp = await self.client.room_create(
+            name=spec.name, topic=spec.topic, room_version=version, is_direct=spec.is_direct,
+            space=spec.is_space, initial_state=state, power_level_override=power,
+        )
+        if not isinstance(resp, RoomCreateResponse):
+            raise self._error(resp)
+        room_id = str(resp.room_id)
+        self._tags[room_id] = dict(spec.tag)
+        # nio learns of a room from sync only (nio #279); the hub posts at once,
+        # so it tells nio what it just made.
+        self._remember(room_id, encrypted=spec.encrypted)
+        log.info("created %s room %s for %s", spec.kind, room_id, spec.key)
+        return room_id
+
+    def _remember(self, room_id: str, *, encrypted: bool) -> None:
+        if room_id in self.client.rooms:
+            return
+        room = MatrixRoom(room_id, self.user_id, encrypted)
+        room.add_member(self.user_id, None, None)
+        self.client.rooms[room_id] = room
+        if encrypted:
+            self.client.encrypted_rooms.add(room_id)
+
+    async def find_tagged(self, tag: Mapping[str, Any], skip: Collection[str]) -> str | None:
+        """A joined room carrying exactly `tag`, looked for among rooms not in `skip` (known ones)."""
+        async with self._scan_lock:
+            for room_id, seen in self._tags.items():
+                if seen is not None and dict(seen) == dict(tag) and room_id not in skip:
+                    return room_id
+            resp = await self.client.joined_rooms()
+            if not isinstance(resp, JoinedRoomsResponse):
+                raise self._error(resp)
+            unknown = [r for r in resp.rooms if r not in skip and r not in self._tags]
+            sem = asyncio.Semaphore(8)
+
+            async def read(room_id: str) -> None:
+                async with sem:
+                    got = await self.client.room_get_state_event(room_id, ROOM_TAG, "")
+                self._tags[room_id] = (dict(got.content) if isinstance(got, RoomGetStateEventResponse)
+                                       else None)
+
+            await asyncio.gather(*(read(r) for r in unknown))
+            for room_id in resp.rooms:
+                seen = self._tags.get(room_id)
+                if seen is not None and dict(seen) == dict(tag) and room_id not in skip:
+                    return room_id
+        return None
+
+    # -- membership ------------------------------------------------------------------------------
+
+    async def invite(self, room_id: str, user_id: str) -> str:
+        """Invite; "ok", "already" (in the room or invited) or raises."""
+        resp = await self.client.room_invite(room_id, user_id)
+        if isinstance(resp, RoomInviteResponse):
+            room = self.client.rooms.get(room_id)
+            if room is not None:
+                # Share the room's encryption keys with the invitee's devices too:
+                # the welcome follows right after, before any sync shows the invite.
+                room.add_member(user_id, None, None, invited=True)
+                if room.encrypted and self.client.olm is not None:
+                    self.client.olm.update_tracked_users(room)
+            return "ok"
+        if isinstance(resp, ErrorResponse) and _already(resp):
+            return "already"
+        raise self._error(resp)
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        resp = await self.client.room_kick(room_id, user_id, reason)
+        if isinstance(resp, RoomKickResponse) or (isinstance(resp, ErrorResponse) and _already(resp)):
+            return
+        raise self._error(resp)
+
+    async def leave(self, room_id: str) -> None:
+        resp = await self.client.room_leave(room_id)
+        if isinstance(resp, RoomLeaveResponse) or (isinstance(resp, ErrorResponse) and _already(resp)):
+            self.client.rooms.pop(room_id, None)
+            return
+        raise self._error(resp)
+
+    async def join(self, room_id: str) -> bool:
+        resp = await self.client.join(room_id)
+        return isinstance(resp, JoinResponse)
+
+    async def put_state(self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]) -> str:
+        resp = await self.client.room_put_state(room_id, event_type, content, state_key=state_key)
+        if isinstance(resp, RoomPutStateResponse):
+            if event_type == ROOM_TAG:
+                self._tags[room_id] = dict(content)
+            return str(resp.event_id)
+        raise self._error(resp)
+
+    async def set_direct(self, user_id: str, room_id: str) -> None:
+        """Record the room as the hub's direct chat with `user_id` (`m.direct` account data)."""
+        path = f"/_matrix/client/v3/user/{self.user_id}/account_data/m.direct"
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        async with self._direct_lock:  # read-modify-write of one shared document
+            resp = await self.client.send("GET", path, headers=headers)
+            data: dict[str, Any] = {}
+            if resp.status == 200:
+                body = await resp.json()
+                data = body if isinstance(body, dict) else {}
+            elif resp.status != 404:
+                raise TemporaryDeliveryError(f"reading m.direct failed: HTTP {resp.status}")
+            rooms = [r for r in data.get(user_id, []) if isinstance(r, str)]
+            if room_id in rooms:
+                return
+            data[user_id] = [*rooms, room_id]
+            import json
+
+            put = await self.client.send("PUT", path, json.dumps(data), headers=headers)
+            if put.status != 200:
+                raise TemporaryDeliveryError(f"writing m.direct failed: HTTP {put.status}")
+
+    # -- reading rooms -------------------------------------------------------------------------------
+
+    async def snapshot(self, room_id: str) -> RoomSnapshot | None:
+        """The room's full state, or None when the hub cannot see it (not in it, or it is gone)."""
+        resp = await self.client.room_get_state(room_id)
+        if isinstance(resp, RoomGetStateResponse):
+            return _snapshot(room_id, resp.events)
+        if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
+            return None
+        raise self._error(resp)
+
+    async def load_room(self, room_id: str) -> bool:
+        """Teach nio a room it has not seen in this run, from the room's state (False if none)."""
+        if room_id in self.client.rooms:
+            return True
+        resp = await self.client.room_get_state(room_id)
+        if not isinstance(resp, RoomGetStateResponse):
+            return False
+        self.feed(room_id, resp.events)
+        return True
+
+    def feed(self, room_id: str, events: list[dict[str, Any]]) -> None:
+        if room_id in self.client.rooms:
+            return  # a sync got there first; its view is newer
+        encrypted = any(e.get("type") == "m.room.encryption" for e in events)
+        room = MatrixRoom(room_id, self.user_id, encrypted)
+        for raw in events:
+            event = Event.parse_event(raw)
+            if isinstance(event, RoomMemberEvent):
+                room.handle_membership(event)
+            elif isinstance(event, Event):
+                if isinstance(event, RoomEncryptionEvent):
+                    encrypted = True
+                room.handle_event(event)
+        self.client.rooms[room_id] = room
+        if encrypted:
+            self.client.encrypted_rooms.add(room_id)
+            if self.client.olm is not None:
+                self.client.olm.update_tracked_users(room)
+
+
+def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
+    state: dict[tuple[str, str], dict[str, Any]] = {}
+    members: dict[str, str] = {}
+    version = "1"
+    creators: set[str] = set()
+    for e in events:
+        kind, key = str(e.get("type", "")), str(e.get("state_key", ""))
+        content = e.get("content") if isinstance(e.get("content"), dict) else {}
+        state[(kind, key)] = content
+        if kind == "m.room.member":
+            members[key] = str(content.get("membership", ""))
+        elif kind == "m.room.create":
+            version = str(content.get("room_version", "1"))
+            creators.add(str(e.get("sender", "")))
+            extra = content.get("additional_creators") or []
+            creators.update(u for u in extra if isinstance(u, str))
+    if version not in CREATOR_POWER_VERSIONS:
+        creators.clear()
+    return RoomSnapshot(room_id, state, members, version, frozenset(creators))
+
+
+# Raised by callers when a room the database knows is gone for the hub.
+RoomGone = PermanentDeliveryError

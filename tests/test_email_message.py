@@ -1,0 +1,131 @@
+"""MIME building: what a mail client parses out of the bytes the hub sends."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from hub.email.message import build_message, message_id
+from hub.email.payload import email_payload
+
+FROM = "Mentoring Hub <hub@example.org>"
+NOW = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
+
+
+def _parse(data: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _content(part: EmailMessage | None) -> str:
+    assert part is not None
+    text = part.get_content()
+    assert isinstance(text, str)
+    return text.replace("\r\n", "\n")
+
+
+def test_digest_is_multipart_alternative_with_list_headers() -> None:
+    text = "Week 3 — héllo Ada\n\nThis week's prompt: what surprised you?\n" * 20
+    html = "<h1>Week 3 — héllo</h1>\n" + "<p style=\"color:#333\">" + "x" * 2000 + "</p>\n"
+    payload = email_payload(
+        to="ada@example.org", to_name="Ada Lövelace", subject="Winter 2027 — week 3 digest",
+        text=text, html=html,
+        headers={
+            "List-Id": "Winter 2027 <winter-2027.hub.example.org>",
+            "List-Unsubscribe": "<https://hub.example.org/unsubscribe/t0k3n>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )
+    built = build_message(payload, txn_id="abc123", from_header=FROM, date=NOW)
+    assert built.envelope_from == "hub@example.org"
+    assert built.recipient == "ada@example.org"
+    assert not built.smtputf8
+    assert b"\r\n" in built.data and b"\n" not in built.data.replace(b"\r\n", b"")
+    assert all(len(line) <= 998 for line in built.data.split(b"\r\n"))
+    msg = _parse(built.data)
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg["Message-ID"] == "<abc123@example.org>"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["List-Id"] == "Winter 2027 <winter-2027.hub.example.org>"
+    assert msg["List-Unsubscribe"] == "<https://hub.example.org/unsubscribe/t0k3n>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert str(msg["Subject"]) == "Winter 2027 — week 3 digest"
+    assert msg["To"].addresses[0].display_name == "Ada Lövelace"
+    assert msg["To"].addresses[0].addr_spec == "ada@example.org"
+    assert msg["From"].addresses[0].addr_spec == "hub@example.org"
+    assert msg["Date"].datetime == NOW
+    assert _content(msg.get_body(("plain",))) == text
+    assert _content(msg.get_body(("html",))) == html
+    assert not msg.defects and all(not p.defects for p in msg.walk())
+
+
+def test_message_id_is_stable_per_row_and_unique_across_rows() -> None:
+    payload = email_payload(to="b@example.org", subject="s", text="t")
+    first = _parse(build_message(payload, txn_id="row1", from_header=FROM, date=NOW).data)
+    retry = _parse(build_message(payload, txn_id="row1", from_header=FROM,
+                                 date=datetime(2027, 1, 12, tzinfo=UTC)).data)
+    other = _parse(build_message(payload, txn_id="row2", from_header=FROM, date=NOW).data)
+    assert first["Message-ID"] == retry["Message-ID"] == message_id("row1", FROM)
+    assert other["Message-ID"] != first["Message-ID"]
+
+
+def test_text_only_ascii_is_a_single_7bit_part() -> None:
+    payload = email_payload(to="c@example.org", subject="Plan", text="Switch to mobile.\n")
+    msg = _parse(build_message(payload, txn_id="t", from_header=FROM, date=NOW).data)
+    assert msg.get_content_type() == "text/plain"
+    assert msg["Content-Transfer-Encoding"] == "7bit"
+    assert _content(msg) == "Switch to mobile.\n"
+
+
+def test_ics_attachment_in_multipart_mixed() -> None:
+    ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n"
+    payload = email_payload(
+        to="d@example.org", subject="Kick-off webinar", text="See the invite.", html="<p>See</p>",
+        attachments=[
+            {"filename": "kick-off.ics", "content_type": "text/calendar; method=REQUEST", "text": ics},
+            {"filename": "résumé.bin", "content_type": "application/octet-stream",
+             "base64": "AAEC/w=="},
+        ],
+    )
+    msg = _parse(build_message(payload, txn_id="t2", from_header=FROM, date=NOW).data)
+    assert msg.get_content_type() == "multipart/mixed"
+    assert msg.get_body(("plain",)) is not None and msg.get_body(("html",)) is not None
+    attachments = list(msg.iter_attachments())
+    assert [a.get_filename() for a in attachments] == ["kick-off.ics", "résumé.bin"]
+    cal = attachments[0]
+    assert cal.get_content_type() == "text/calendar"
+    assert cal.get_param("method") == "REQUEST"
+    assert cal.get_content() == ics
+    assert attachments[1].get_content() == b"\x00\x01\x02\xff"
+
+
+def test_non_ascii_address_needs_smtputf8() -> None:
+    payload = email_payload(to="zoë@exämple.org", subject="s", text="t")
+    built = build_message(payload, txn_id="t3", from_header=FROM, date=NOW)
+    assert built.smtputf8
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"to": "not-an-address"},
+        {"to": "a@example.org, b@example.org"},
+        {"subject": "two\r\nBcc: victim@example.org"},
+        {"headers": {"Bcc": "victim@example.org"}},
+        {"headers": {"From": "ceo@example.org"}},
+        {"headers": {"List-Id": "x\nBcc: v@example.org"}},
+        {"attachments": [{"filename": "a.ics", "content_type": "not a type", "text": "x"}]},
+        {"attachments": [{"filename": "a.bin", "content_type": "application/pdf", "base64": "%%%"}]},
+        {"attachments": [{"filename": "a.bin", "content_type": "application/pdf"}]},
+    ],
+)
+def test_payload_rejects_injection_and_malformed_input(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {"to": "a@example.org", "subject": "s", "text": "t"}
+    base.update(kwargs)
+    with pytest.raises(ValueError):
+        email_payload(**base)  # type: ignore[arg-type]

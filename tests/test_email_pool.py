@@ -1,0 +1,107 @@
+"""The SMTP pool against a real SMTP server (aiosmtpd): reuse, recycling, pacing, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from hub.clock import SystemClock
+from hub.config import EmailSettings
+from hub.devserver.smtp import SmtpSink
+from hub.email.message import BuiltMessage, build_message
+from hub.email.payload import email_payload
+from hub.email.pool import RecipientRejectedError, SmtpPool
+from hub.errors import TemporaryDeliveryError
+
+FROM = "Hub <hub@example.org>"
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as s:
+        yield s
+
+
+def _settings(sink: SmtpSink, **kw: object) -> EmailSettings:
+    base: dict[str, object] = dict(enabled=True, sender=FROM, smtp_host=sink.hostname,
+                                   smtp_port=sink.port, security="none", connections=2)
+    base.update(kw)
+    return EmailSettings(**base)  # type: ignore[arg-type]
+
+
+def _msg(to: str, n: int = 0) -> BuiltMessage:
+    return build_message(email_payload(to=to, subject=f"hello {n}", text=f"body {n}\n"),
+                         txn_id=f"t{n}", from_header=FROM, date=datetime.now(UTC))
+
+
+async def test_connections_are_reused_then_recycled(sink: SmtpSink) -> None:
+    pool = SmtpPool(_settings(sink), SystemClock(), recycle_after=10)
+    await asyncio.gather(*(pool.send(_msg(f"u{i}@example.org", i)) for i in range(40)))
+    mails = await sink.wait_for(40)
+    assert sorted(m.rcpt_tos[0] for m in mails) == sorted(f"u{i}@example.org" for i in range(40))
+    # 2 connections, each replaced after 10 messages: 40 messages need 4 connects, not 40.
+    assert pool.connects == 4
+    assert pool.healthy is True
+    await pool.close()
+
+
+async def test_auth_when_username_is_set() -> None:
+    with SmtpSink(credentials=("hub", "s3cret-pass")) as sink:
+        pool = SmtpPool(_settings(sink, username="hub", password="s3cret-pass"), SystemClock())
+        await pool.send(_msg("a@example.org"))
+        assert (await sink.wait_for(1))[0].rcpt_tos == ("a@example.org",)
+        await pool.close()
+        wrong = SmtpPool(_settings(sink, username="hub", password="wrong"), SystemClock())
+        with pytest.raises(TemporaryDeliveryError, match="535"):
+            await wrong.send(_msg("b@example.org"))
+        await wrong.close()
+
+
+async def test_max_per_second_paces_all_connections(sink: SmtpSink) -> None:
+    pool = SmtpPool(_settings(sink, connections=4, max_per_second=20.0), SystemClock())
+    began = time.monotonic()
+    await asyncio.gather(*(pool.send(_msg(f"p{i}@example.org", i)) for i in range(11)))
+    # 11 sends at 20/s: the last may start 0.5 s after the first, not sooner.
+    assert time.monotonic() - began >= 0.48
+    await pool.close()
+
+
+async def test_4xx_is_temporary_5xx_is_a_rejected_recipient(sink: SmtpSink) -> None:
+    sink.fault = lambda rcpt, attempt: (
+        "451 4.3.0 try later" if rcpt.startswith("busy") else
+        "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    )
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    with pytest.raises(TemporaryDeliveryError, match="451"):
+        await pool.send(_msg("busy@example.org"))
+    with pytest.raises(RecipientRejectedError, match="550") as info:
+        await pool.send(_msg("gone@example.org"))
+    assert info.value.code == 550
+    # The connection survived both refusals (RSET) and still delivers.
+    await pool.send(_msg("fine@example.org"))
+    assert [m.rcpt_tos for m in await sink.wait_for(1)] == [("fine@example.org",)]
+    assert pool.connects == 1
+    await pool.close()
+
+
+async def test_server_down_is_temporary_pauses_and_recovers(sink: SmtpSink) -> None:
+    pool = SmtpPool(_settings(sink), SystemClock())
+    await pool.send(_msg("before@example.org"))
+    sink.stop()
+    results = await asyncio.gather(*(pool.send(_msg(f"d{i}@example.org", i)) for i in range(2)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, TemporaryDeliveryError) for r in results), results
+    assert all(r.retry_after is not None and r.retry_after > 0 for r in results
+               if isinstance(r, TemporaryDeliveryError))
+    assert pool.healthy is False and pool.pause.down
+    assert await pool.probe() is False
+    sink.start()
+    await pool.pause.wait()
+    await pool.send(_msg("after@example.org"))
+    assert pool.healthy is True and not pool.pause.down
+    assert await pool.probe() is True
+    await pool.close()
