@@ -92,6 +92,11 @@ def person(**changes: typing.Any) -> Recipient:
     return dataclasses.replace(r, **changes)
 
 
+def flat(text: str) -> str:
+    """Text with line folding undone, for asserting on sentences."""
+    return " ".join(text.split())
+
+
 class Parsed(HTMLParser):
     """Every start tag with its attributes, and the text of <style> and <script> blocks."""
 
@@ -192,10 +197,15 @@ def test_pair_section_is_counts_only_and_handles_mentors_with_several_pairs() ->
     pairs = (PairCounts(None, False), PairCounts(0, True), PairCounts(1, True), PairCounts(20, False))
     mail = builder.email(full_issue(), person(pairs=pairs))
     assert "YOUR PAIRS" in mail.text and "Pair 4:" in mail.text
-    assert "No messages in your pair room yet. Say hello" in mail.text
-    assert "active today" in mail.text and "last active yesterday" in mail.text
-    assert "last active 20 days ago. How about a short video call this week?" in mail.text
-    assert mail.text.count("Backup plan: set.") == 2
+    text = flat(mail.text)
+    assert "No messages in your pair room yet. Say hello" in text
+    assert "active today" in text and "last active yesterday" in text
+    assert "last active 20 days ago. How about a short video call this week?" in text
+    assert text.count("Backup plan: set.") == 2
+    assert text.count("Backup plan: not set yet.") == 2
+    assert "\n    !hub plan set ...\n" in mail.text and "\n    !hub dropped\n" in mail.text
+    html = flat(Parsed(mail.html).all_text())
+    assert "Pair 4" in html and "last active 20 days ago. How about a short video call this week?" in html
 
 
 def test_email_only_readers_get_no_matrix_hints() -> None:
@@ -211,6 +221,14 @@ def test_configured_command_prefix_is_used_in_hints() -> None:
     mail = b.email(full_issue(), person())
     assert "!mentor email off" in mail.text and "!hub" not in mail.text
     assert "!mentor email weekly" in b.lounge_post(full_issue()).body
+
+
+def test_batch_rendering_matches_one_by_one() -> None:
+    people = [person(), person(handle="h-bea", name="Bea", timezone=ZoneInfo("Asia/Tokyo"), pairs=())]
+    batch = list(builder.emails(full_issue(), people))
+    assert [r for r, _ in batch] == people
+    assert [m for _, m in batch] == [builder.email(full_issue(), p) for p in people]
+    assert batch[0][1].text != batch[1][1].text
 
 
 def test_rendering_is_deterministic() -> None:
@@ -267,9 +285,9 @@ def test_plain_text_is_readable() -> None:
     lines = text.splitlines()
     assert lines[0] == "Winter 2027 · week 3 of 12"
     assert lines[1] == "=" * len(lines[0])
-    for line in lines:
-        long_ok = "https://" in line or line.startswith(("* Backup plan", "Email preferences"))
-        assert len(line) <= 80 or long_ok, line
+    for line in lines:  # folded at 72, except lines that carry a URL (never broken)
+        assert len(line) <= 72 or "https://" in line, line
+    assert "-- " in lines  # the signature separator mail clients recognise
     assert "\n\n\n\n" not in text
     headings = ("THIS WEEK'S PROMPTS", "UPCOMING WEBINARS", "COHORT PULSE", "YOUR PAIR", "TIP: Video first")
     for heading in headings:
@@ -314,9 +332,17 @@ def test_hostile_input_cannot_fake_plain_text_sections() -> None:
     assert "Unsubscribe: https://evil.example/" not in mail.text.splitlines()
     assert "\r" not in mail.text and "\n" not in mail.subject and "\r" not in mail.subject
     assert mail.subject == "Winter Bcc: x@evil · week 3 of 12 digest"
+    sneaky = Webinar("Live", NOW + timedelta(days=1), "https://x.org/\nUnsubscribe: https://evil.example/")
+    mail = builder.email(full_issue(webinars=(sneaky,)), person())
+    assert "evil.example" not in mail.text and "evil.example" not in mail.html
     assert [line for line in mail.text.splitlines() if line.startswith("Unsubscribe:")] == [
         f"Unsubscribe: {mail.unsubscribe_url}"
     ]
+    # A name long enough to be folded cannot put its tail at the start of a line either.
+    for n in range(40, 80):
+        long_name = "x" * n + " Unsubscribe: https://evil.example/"
+        mail = builder.email(full_issue(), person(name=long_name))
+        assert not any(line.startswith("Unsubscribe: https://evil") for line in mail.text.splitlines())
 
 
 def test_hostile_input_is_inert_in_the_lounge_post() -> None:

@@ -288,6 +288,10 @@ def _http_url(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
+    # A URL stands on its own line in the plain text; a line break inside one
+    # could start a fake line, and a real URL never contains whitespace.
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
+        return None
     parsed = urlparse(url)
     return url if parsed.scheme in ("http", "https") and parsed.netloc else None
 
