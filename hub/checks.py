@@ -19,12 +19,29 @@ async def run_checks(settings: Settings, *, offline: bool, problems: list[str], 
     where = str(settings.path or "config")
     if settings.content.path is not None and not settings.content.path.is_dir():
         problems.append(f"{where}: content.path: {settings.content.path} is not a folder")
+    else:
+        _check_content(settings, problems, notes)
     if offline:
         return
     await _check_database(settings, where, problems, notes)
     await _check_matrix(settings, where, problems, notes)
     if settings.email.enabled:
         await _check_smtp(settings, where, problems, notes)
+
+
+def _check_content(settings: Settings, problems: list[str], notes: list[str]) -> None:
+    """The same lint as `hub content check`, on the library `hub run` would load."""
+    from hub.core.content import check_library, default_library_path
+
+    try:
+        folder = settings.content.path or default_library_path()
+    except HubError as e:
+        problems.append(f"content: {e}")
+        return
+    report = check_library(folder, command_prefix=settings.matrix.command_prefix)
+    problems.extend(str(p) for p in report.problems)
+    if report.ok:
+        notes.append(f"content: {report.summary()}")
 
 
 async def _check_database(settings: Settings, where: str, problems: list[str], notes: list[str]) -> None:

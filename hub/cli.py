@@ -33,6 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate config and content; test the homeserver and SMTP")
     check.add_argument("-c", "--config")
     check.add_argument("--offline", action="store_true", help="do not contact the homeserver or SMTP")
+
+    roster = sub.add_parser("roster", help="participants and pairs from a CSV")
+    roster_sub = roster.add_subparsers(dest="roster_command", metavar="COMMAND")
+    imp = roster_sub.add_parser("import", help="add participants and pairs from a CSV (idempotent)")
+    imp.add_argument("file", metavar="FILE.csv")
+    imp.add_argument("-c", "--config")
+    imp.add_argument("--dry-run", action="store_true", help="check and report; change nothing")
+
+    content = sub.add_parser("content", help="the content library")
+    content_sub = content.add_subparsers(dest="content_command", metavar="COMMAND")
+    lint = content_sub.add_parser("check", help="lint a content library: front matter, variables, rendering")
+    lint.add_argument("dir", nargs="?", metavar="DIR",
+                      help="library folder (default: content.path from the config if one is found, "
+                           "else the library shipped with the hub)")
+    lint.add_argument("-c", "--config")
     return p
 
 
@@ -48,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return asyncio.run(_check(args))
+        if args.command == "roster" and args.roster_command == "import":
+            return asyncio.run(_roster_import(args))
+        if args.command == "content" and args.content_command == "check":
+            return _content_check(args)
     except ConfigError as e:
         for problem in e.problems:
             print(secret_filter.redact(problem), file=sys.stderr)
@@ -115,6 +134,42 @@ async def _check(args: argparse.Namespace) -> int:
         return 1
     print(f"{path}: OK")
     return 0
+
+
+async def _roster_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.errors import RosterError
+    from hub.features.roster import import_file
+
+    settings = _load(args.config)
+    try:
+        report = await import_file(settings, Path(args.file), dry_run=args.dry_run)
+    except RosterError as e:
+        print(f"{args.file}: nothing was imported:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"{args.file}: {secret_filter.redact(problem)}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _content_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.core.content import check_library, default_library_path
+
+    if args.dir:
+        folder = Path(args.dir)
+    else:
+        config = resolve_config_path(args.config)
+        found = args.config is not None or config.is_file()
+        folder = (_load(args.config).content.path if found else None) or default_library_path()
+    report = check_library(folder)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(report.summary(), file=sys.stderr if report.problems else sys.stdout)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,9 +25,16 @@ from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Suppressed
 from hub.errors import TemporaryDeliveryError
 from hub.features.basics import register_basics
+from hub.features.cohorts import register_cohorts
+from hub.features.pair_commands import register_pair_commands
+from hub.features.person_commands import register_person_commands
+from hub.features.program import ProgramService
+from hub.features.program_commands import register_program_commands
+from hub.features.rooms import RoomKeeper
 from hub.inbound import CommandRunner
 from hub.logs import add_secrets
 from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
+from hub.matrix.provision import Provision
 from hub.matrix.rooms import ensure_control_room
 from hub.matrix.sender import MatrixSender
 from hub.matrix.session import MatrixSession
@@ -44,6 +51,10 @@ _PARKED_LIMIT = 2000
 def build_registry(prefix: str) -> CommandRegistry:
     registry = CommandRegistry(prefix)
     register_basics(registry)
+    register_cohorts(registry)
+    register_pair_commands(registry)
+    register_person_commands(registry)
+    register_program_commands(registry)
     return registry
 
 
@@ -67,6 +78,8 @@ class Hub:
         self.sync: SyncLoop | None = None
         self.web: WebServer | None = None
         self.runner: CommandRunner | None = None
+        self.rooms: RoomKeeper | None = None  # cohorts' rooms: provisioning, reconcile, membership
+        self.program: ProgramService | None = None  # the calendar, its emitter and scheduler
         self.control_room_id: str | None = None
         self.creators: dict[str, frozenset[str]] = {}
         self._parked: dict[str, tuple[str, MegolmEvent]] = {}
@@ -89,7 +102,20 @@ class Hub:
         self.client = await self.session.open()
         await self._cross_sign()
         pause = SharedPause(self.clock, "the homeserver")
-        senders: dict[str, Sender] = {MATRIX: MatrixSender(self.client, pause)}
+        matrix_sender = MatrixSender(self.client, pause)
+        senders: dict[str, Sender] = {MATRIX: matrix_sender}
+        self.rooms = RoomKeeper(
+            db=self.db, outbox=self.outbox, clock=self.clock, provision=Provision(self.client, pause),
+            settings=lambda: self.settings, control_room=lambda: self.control_room_id,
+            on_settings=self._apply_settings,
+        )
+        self.rooms.install(matrix_sender)
+        self.program = ProgramService(db=self.db, outbox=self.outbox, clock=self.clock,
+                                      settings=lambda: self.settings)
+        # The op must exist before the dispatcher runs: a pin row may be left from the last run.
+        self.program.install(matrix_sender, self.client)
+        # Ticks start after the first sync and the rooms' reconcile (`after_start` runs then).
+        self.after_start.insert(0, _start_program)
         if s.email.enabled:
             self.smtp_pool = SmtpPool(s.email, self.clock)
             senders[EMAIL] = EmailSender(self.db, self.smtp_pool, self.clock,
@@ -108,6 +134,7 @@ class Hub:
             app=self,
         )
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
+        matrix_sender.ready = self.sync.first_done
         self.web = WebServer(
             s.web.host, s.web.port,
             HealthSource(
@@ -148,6 +175,8 @@ class Hub:
         assert self.sync is not None and self.client is not None
         await self.sync.first_done.wait()
         self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
+        if self.rooms is not None:
+            await self.rooms.start()
         for hook in self.after_start:
             await hook(self)
         self.ready.set()
@@ -179,6 +208,10 @@ class Hub:
         """Stop syncing, let in-flight sends finish (bounded), save state, close."""
         if self.sync is not None:
             self.sync.stop()
+        if self.rooms is not None:
+            await self.rooms.stop()
+        if self.program is not None:
+            await self.program.stop()
         for task in self._tasks:
             if task.get_name() != "dispatcher":
                 task.cancel()
@@ -205,6 +238,8 @@ class Hub:
         self.creators.update(facts.creators)
         for invite in facts.invites:
             await self._consider_invite(invite.room_id, invite.inviter)
+        if self.rooms is not None:
+            await self.rooms.on_sync(resp, first)
         if first:
             # The very first start does not replay room history.
             return
@@ -275,8 +310,15 @@ class Hub:
         await self.client.room_leave(room_id)
 
     async def may_invite(self, user_id: str) -> bool:
-        """Invites are accepted from moderators (participants join this list with the roster)."""
-        return await self.is_moderator(user_id)
+        """Invites are accepted from moderators and from the cohorts' participants."""
+        if await self.is_moderator(user_id):
+            return True
+        return self.rooms is not None and await self.rooms.is_participant(user_id)
+
+    def _apply_settings(self, settings: Settings) -> None:
+        """A changed config file (hub.features.rooms watches it): cohorts and moderators apply live."""
+        add_secrets(settings.secrets)
+        self.settings = settings
 
     # -- policy --------------------------------------------------------------------
 
@@ -296,7 +338,8 @@ class Hub:
     async def room_kind(self, room_id: str) -> RoomKind:
         if room_id == self.control_room_id:
             return RoomKind.CONTROL
-        return RoomKind.OTHER
+        kind = await self.rooms.kind_of(room_id) if self.rooms is not None else None
+        return kind or RoomKind.OTHER
 
     async def _report_failure(self, row: Claimed, reason: str) -> None:
         """Nothing is dropped silently: a row that failed for good is reported to moderators."""
@@ -337,6 +380,11 @@ class Hub:
                      "content": notice_content(text)},
             dedupe_key=f"alert:suppressed:{event.txn_id}",
         )
+
+
+async def _start_program(hub: Hub) -> None:
+    if hub.program is not None:
+        await hub.program.start()
 
 
 def default_data_path(settings: Settings) -> Path:

@@ -95,5 +95,8 @@ class WebServer:
             "# HELP hub_sync_up 1 when the last sync succeeded.",
             "# TYPE hub_sync_up gauge",
             f"hub_sync_up {1 if self.health.sync_ok() else 0}",
+            "# HELP hub_smtp_up 1 when the SMTP server answered the last attempt (1 if email is off).",
+            "# TYPE hub_smtp_up gauge",
+            f"hub_smtp_up {1 if self.health.smtp_ok() else 0}",
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from conftest import backends
 from hub.clock import SystemClock
 from hub.delivery.dispatcher import Claimed, Dispatcher
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.storage.db import Database, open_database
 from hub.storage.models import outbox_table as T
+
+from conftest import backends
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 
@@ -194,6 +195,7 @@ async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
     assert await d.claim(10) == []  # the head is in flight: the lane waits
     async with db.transaction() as s:
         await s.execute(update(T).where(T.c.seq == first[0].seq).values(claimed_until=0))
+    assert await d.release_expired() == 1
     again = await d.claim(10)
     assert [r.seq for r in again] == [first[0].seq]
     await db.close()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import select
 
-from conftest import backends
 from hub.clock import SystemClock
 from hub.config import EmailSettings
 from hub.delivery.dispatcher import Dispatcher
@@ -22,6 +21,8 @@ from hub.email.sender import EmailSender, Suppressed
 from hub.storage.db import Database, open_database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import outbox_table as T
+
+from conftest import backends
 
 FROM = "Mentoring Hub <hub@example.org>"
 
@@ -90,7 +91,7 @@ async def test_451_then_delivered_on_retry(rig: Rig) -> None:
     rig.sink.fault = lambda rcpt, attempt: "451 4.7.1 greylisted, come back" if attempt == 0 else None
     await _queue(rig, "grey@example.org", "k1")
     await _until_status(rig, "k1", "sent")
-    status, attempts, last_error = await _row(rig, "k1")
+    _, attempts, last_error = await _row(rig, "k1")
     assert attempts == 2 and last_error is not None and "451" in last_error
     assert [m.rcpt_tos for m in rig.sink.messages] == [("grey@example.org",)]
     assert rig.sink.attempts("grey@example.org") == 2
@@ -98,7 +99,8 @@ async def test_451_then_delivered_on_retry(rig: Rig) -> None:
 
 @pytest.mark.parametrize("rig", backends(), indirect=True)
 async def test_550_suppresses_alerts_once_and_stops_mail(rig: Rig) -> None:
-    rig.sink.fault = lambda rcpt, attempt: "550 5.1.1 no such user" if rcpt.lower().startswith("gone") else None
+    rig.sink.fault = lambda rcpt, attempt: (
+        "550 5.1.1 no such user" if rcpt.lower().startswith("gone") else None)
     await _queue(rig, "Gone@Example.org", "first")
     await _queue(rig, "ok@example.org", "other")
     await _until_status(rig, "first", "failed")

@@ -180,7 +180,8 @@ def lounge_spec(
         # which end-to-end encryption would deny them.
         encrypted=False,
         join_rule="restricted" if space_room_id else "invite",
-        parent_space=space_room_id, moderators=moderators, tag=tag,
+        # Space members join by themselves; only moderators invite anyone else in.
+        parent_space=space_room_id, moderators=moderators, invite_level=MODERATOR_LEVEL, tag=tag,
     )
 
 

@@ -60,8 +60,18 @@ Public API::
         render(item_or_id, variables: Variables) -> Rendered          # cached per (item, variables)
         counts() -> Counter[tuple[Kind, Audience, str]]
 
+    Variables(cohort, week=0, person=None, partner=None, pair=None, webinar=None)   # frozen, hashable
+    Webinar.in_zone(title, at, zone, *, url=None, starts_in="") -> Webinar          # local_time in `zone`
+
     Rendered: item_id, kind, audience, use, subject, summary,
               body, formatted_body (Matrix), email_html, email_text; matrix_content()
+    ContentItem: id, kind, audience, use, week, title, summary, tags, body, path, *_line
+    CheckReport: root, files, items, problems (Problem: path, line, message; str() is
+                 "file:line: message"); ok, counts(), summary()
+    SLOTS: every (kind, audience, use) the hub sends -> when; SAMPLES: the check's sample Variables
+
+Errors are `hub.errors.ContentError`, whose `problems` are ``file:line: reason``
+lines. Email wrapping and escaping helpers live in `hub.core.content_format`.
 
 Rotation (`rotate`, `Library.pick`): candidates are ordered (items for the
 requested week first, then items without a week, each by id); the first one
@@ -340,7 +350,8 @@ def _fields(cls: type) -> dict[str, type | None]:
 
 # Sample values for `check_library`: once with every optional value present,
 # once with every optional value missing, once at the program's last week.
-_ADA = Person("Ada Example", "mentor", "Europe/Berlin")
+# The mentor's hyphen shows whether a value landed inside `code`, where escaping would show.
+_ADA = Person("Ada-Marie Example", "mentor", "Europe/Berlin")
 _SAM = Person("Sam Sample", "mentee", "America/Toronto")
 _WHEN = datetime(2027, 1, 11, 17, 0, tzinfo=ZoneInfo("Europe/Berlin"))
 SAMPLES: tuple[tuple[str, Variables], ...] = (
@@ -391,6 +402,19 @@ class ContentItem:
     @property
     def where(self) -> str:
         return f"{self.path}:{self.id_line}"
+
+    @property
+    def text_line(self) -> int:
+        """File line of the body's first non-blank line."""
+        skipped = self.body[: len(self.body) - len(self.body.lstrip())]
+        return self.body_line + skipped.count("\n")
+
+    def line_of(self, pattern: re.Pattern[str]) -> int:
+        """File line of the first body line matching `pattern`, else of the first text."""
+        for n, text in enumerate(self.body.split("\n")):
+            if pattern.search(text):
+                return self.body_line + n
+        return self.text_line
 
 
 @dataclass(frozen=True)
@@ -457,10 +481,47 @@ def _finalize_plain(value: object) -> str:
 
 
 def _environment(finalize: Any) -> _Sandbox:
+    # No trim_blocks: it also eats the newline after a tag that ends a line of
+    # text ("… different.{% endif %}"), silently merging lines. Tag-only lines
+    # are handled by `_tidy_tag_lines` instead.
     return _Sandbox(
         undefined=StrictUndefined, finalize=finalize, autoescape=False,
-        trim_blocks=True, lstrip_blocks=True, auto_reload=False,
+        lstrip_blocks=True, auto_reload=False,
     )
+
+
+_TAG_ONLY_LINE = re.compile(r"^[ \t]*(?:\{%(?:(?!%\}).)*%\}[ \t]*)+$")
+_RAW = re.compile(r"\{%-?\s*(?:end)?raw\s*-?%\}")
+_COMMENT_OR_RAW = re.compile(r"\{#|#\}|\{%-?\s*(?:end)?raw\s*-?%\}")
+
+
+def _tidy_tag_lines(source: str) -> str:
+    """Make a line holding only ``{% ... %}`` tags vanish from the output, newline included.
+
+    That is what authors expect of ``{% if %}`` / ``{% endif %}`` on their own
+    lines, while a tag inside a line of text leaves that line alone. The
+    newline is moved into a Jinja comment rather than deleted, so template
+    line numbers still match the file for error messages. A tag that already
+    uses whitespace control (``-%}``) is left to do exactly what it says.
+    """
+    lines = source.split("\n")
+    out: list[str] = []
+    inside: str | None = None  # "comment" or "raw" while a line starts inside one
+    for n, line in enumerate(lines):
+        last = n == len(lines) - 1
+        tidy = (inside is None and not last and _TAG_ONLY_LINE.match(line) is not None
+                and not line.rstrip().endswith("-%}") and not _RAW.search(line))
+        out.append(line.strip() + "{#\n#}" if tidy else line if last else line + "\n")
+        for token in _COMMENT_OR_RAW.findall(line):
+            if inside is None and token == "{#":
+                inside = "comment"
+            elif inside == "comment" and token == "#}":
+                inside = None
+            elif inside is None and _RAW.fullmatch(token) and "endraw" not in token:
+                inside = "raw"
+            elif inside == "raw" and "endraw" in token:
+                inside = None
+    return "".join(out)
 
 
 _MARKDOWN_ENV = _environment(_finalize_markdown)
@@ -484,7 +545,11 @@ def _template_line(tb: TracebackType | None, filename: str) -> int | None:
     return line
 
 
-_RENDER_ERRORS = (TemplateError, ContentError, TypeError, ValueError, ArithmeticError, LookupError)
+# What a template can raise at render time: Jinja's own errors (undefined, sandbox), ours
+# (None or an object printed), and plain Python errors from expressions such as
+# `{{ week / 0 }}` or a macro that recurses forever.
+_RENDER_ERRORS = (TemplateError, ContentError, TypeError, ValueError, ArithmeticError, LookupError,
+                  RecursionError)
 
 
 @dataclass(frozen=True)
@@ -529,7 +594,7 @@ class Library:
 
     def __init__(
         self, items: Iterable[ContentItem], *, root: Path | None = None,
-        command_prefix: str = "!hub", cache_size: int = 4096,
+        command_prefix: str = "!hub", cache_size: int = 512,
     ) -> None:
         self.items: tuple[ContentItem, ...] = tuple(sorted(items, key=lambda i: i.id))
         self.root = root
@@ -636,7 +701,7 @@ class Library:
 
         def build(env: _Sandbox, source: str, name: str, line: int) -> Template:
             try:
-                code = env.compile(self._source(source), name=name, filename=name)
+                code = env.compile(_tidy_tag_lines(self._source(source)), name=name, filename=name)
             except TemplateSyntaxError as e:
                 raise _RenderFailure(line + (e.lineno or 1) - 1, f"template syntax: {e.message}") from None
             return env.template_class.from_code(env, code, env.make_globals(None))
@@ -732,7 +797,7 @@ class CheckReport:
         for kind in Kind:
             by_audience = Counter(i.audience for i in self.items if i.kind is kind)
             if by_audience:
-                parts = " + ".join(f"{n} {a}" for a, n in sorted(by_audience.items()))
+                parts = " + ".join(f"{by_audience[a]} {a}" for a in Audience if by_audience[a])
                 per_kind.append(f"{kind} {parts}")
         return f"{self.root}: {len(self.items)} items in {self.files} files, OK ({'; '.join(per_kind)})"
 
@@ -763,7 +828,7 @@ def _library_files(root: Path) -> list[Path]:
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -832,10 +897,11 @@ class _FileParser:
         for key in REQUIRED_KEYS:
             if key not in data:
                 self.problem(opening_line, f"missing required front-matter key {key!r}")
-        return self._item(data, lines, text[end.end():], body_line, yaml_line)
+        closing_line = text.count("\n", 0, end.start()) + 1
+        return self._item(data, lines, text[end.end():], body_line, yaml_line, closing_line)
 
     def _item(self, data: dict[Any, Any], lines: dict[str, int], body: str, body_line: int,
-              yaml_line: int) -> ContentItem | None:
+              yaml_line: int, closing_line: int) -> ContentItem | None:
         def at(key: str) -> int:
             return lines.get(key, yaml_line)
 
@@ -891,7 +957,7 @@ class _FileParser:
             self.problem(at("tags"), "tags must be a list of words, e.g. [video, light]")
             tags = []
         if not body.strip():
-            self.problem(body_line, "the body is empty: write the message under the front matter")
+            self.problem(closing_line, "the body is empty: write the message under the front matter")
             ok = False
         if not ok or not isinstance(item_id, str) or kind is None or audience is None or use is None:
             return None
@@ -905,7 +971,7 @@ class _FileParser:
 def _lint_template(item: ContentItem, source: str, first_line: int, problems: list[Problem]) -> bool:
     """Static checks of one template: syntax, variables, fields. False when it does not even parse."""
     try:
-        ast = _MARKDOWN_ENV.parse(source)
+        ast = _MARKDOWN_ENV.parse(_tidy_tag_lines(source))
     except TemplateSyntaxError as e:
         problems.append(Problem(item.path, first_line + (e.lineno or 1) - 1, f"template syntax: {e.message}"))
         return False
@@ -961,6 +1027,10 @@ def _lint_template(item: ContentItem, source: str, first_line: int, problems: li
     return True
 
 
+_IMAGE = re.compile(r"!\[|<img", re.IGNORECASE)
+_CODE_VARIABLE = re.compile(r"`[^`]*\{\{|^( {4}|\t)")
+
+
 def _sample_check(library: Library, item: ContentItem, problems: list[Problem]) -> None:
     for label, variables in SAMPLES:
         try:
@@ -970,17 +1040,21 @@ def _sample_check(library: Library, item: ContentItem, problems: list[Problem]) 
                                     f"does not render with the sample variables ({label}): {e.reason}"))
             return
         if not rendered.body.strip():
-            problems.append(Problem(item.path, item.body_line, f"renders to nothing ({label})"))
+            problems.append(Problem(item.path, item.text_line, f"renders to nothing ({label})"))
             return
         if "<img" in rendered.formatted_body:
-            line = next((item.body_line + n for n, text in enumerate(item.body.split("\n"))
-                         if "![" in text or "<img" in text.lower()), item.body_line)
-            problems.append(Problem(item.path, line, "images are not supported: emails load nothing remote "
-                                                     "and Matrix needs uploaded (mxc://) images"))
+            problems.append(Problem(item.path, item.line_of(_IMAGE),
+                                    "images are not supported: emails load nothing remote "
+                                    "and Matrix needs uploaded (mxc://) images"))
+            return
+        if "Ada\\-Marie" in rendered.body:
+            problems.append(Problem(item.path, item.line_of(_CODE_VARIABLE),
+                                    "a variable is printed inside `code` or a code block, where its escaping "
+                                    "shows (Ada\\-Marie); move it out of the backticks"))
             return
         size = len(rendered.body.encode()) + len(rendered.formatted_body.encode())
         if size > _MAX_EVENT_BYTES:
-            problems.append(Problem(item.path, item.body_line,
+            problems.append(Problem(item.path, item.text_line,
                                     f"too long for one Matrix message ({size} bytes; keep it under "
                                     f"{_MAX_EVENT_BYTES})"))
             return

@@ -224,8 +224,8 @@ class _TextMaker(HTMLParser):
             return
         if not self.pre:
             data = re.sub(r"\s+", " ", data)
-            if not self.out or self._tail().endswith(("\n", "> ", "- ", ". ")):
-                data = data.lstrip()
+            if not self.out or self._tail()[-1:].isspace():
+                data = data.lstrip()  # never two spaces in a row, nor one at a line start
         if data:
             self.fresh_item = False
         self._write(data)
@@ -309,6 +309,7 @@ $content
 </html>
 """)
 
+_CHARSET = '<meta charset="utf-8">'
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 
 
@@ -328,8 +329,11 @@ def email_document(subject: str, content_html: str, *, footer_html: str = "") ->
         footer=footer,
     )
     inlined: str = _INLINER.inline(document)
-    # css-inline re-serialises the document and drops the doctype, which some
-    # clients need to leave standards mode on.
+    # css-inline puts the kept at-rules first in <head>; the charset must stay
+    # within the first 1024 bytes, so it goes back to the top.
+    if inlined.count(_CHARSET) == 1:
+        inlined = inlined.replace(_CHARSET, "", 1).replace("<head>", "<head>" + _CHARSET, 1)
+    # It also drops the doctype, which some clients need to stay in standards mode.
     if not inlined.lstrip().lower().startswith("<!doctype"):
         inlined = "<!DOCTYPE html>\n" + inlined
     return inlined

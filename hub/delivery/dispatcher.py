@@ -80,9 +80,12 @@ def backoff_seconds(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> 
     return random.uniform(ceiling / 2, ceiling)
 
 
+# `status = 'queued'` alone (expired leases are requeued separately), so the scan
+# walks the status index in seq order instead of the whole table and its history
+# of sent rows; the NOT EXISTS probe is two lookups in (status, lane, seq).
 _CLAIM = """
 SELECT o.seq FROM outbox o
-WHERE (o.status = 'queued' OR (o.status = 'sending' AND o.claimed_until < :now))
+WHERE o.status = 'queued'
   AND o.not_before <= :now
   AND o.channel IN ({channels})
   AND NOT EXISTS (
@@ -139,6 +142,8 @@ class Dispatcher:
         self._commit_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
+        self.linger_after = 4
+        self.linger_seconds = 0.03
         self.sent_count = 0
         outbox.on_enqueue(self.wake)
 
@@ -164,11 +169,29 @@ class Dispatcher:
         self._lock_conn = conn
         return conn
 
+    async def release_expired(self) -> int:
+        """Requeue `sending` rows whose lease ran out (a send that hung, a lost process)."""
+        self._last_orphan_check = self.clock.monotonic()
+        try:
+            async with self.db.engine.begin() as conn:
+                result = await conn.execute(
+                    update(T).where((T.c.status == "sending")
+                                    & (T.c.claimed_until < self.clock.now().timestamp()))
+                    .values(status="queued", claimed_until=None, claimed_by=None)
+                )
+        except Exception:
+            log.exception("requeueing rows with expired leases failed; will retry")
+            return 0
+        released = int(getattr(result, "rowcount", 0) or 0)
+        if released:
+            log.warning("requeued %d rows whose lease expired", released)
+        return released
+
     async def release_orphans(self) -> int:
         """Requeue `sending` rows whose dispatcher is gone (its advisory lock is free)."""
+        self._last_orphan_check = self.clock.monotonic()
         if not self.db.is_postgres:
             return 0
-        self._last_orphan_check = self.clock.monotonic()
         try:
             conn = await self._hold_lock()
             owners = (await conn.execute(text(
@@ -210,9 +233,9 @@ class Dispatcher:
         self._writer = asyncio.create_task(self._write_outcomes(), name="outbox-writer")
         try:
             while not self._stopping:
-                if (self.db.is_postgres
-                        and self.clock.monotonic() - self._last_orphan_check > self.lease_seconds / 4):
+                if self.clock.monotonic() - self._last_orphan_check > self.lease_seconds / 4:
                     await self.release_orphans()
+                    await self.release_expired()
                 if not self._buffer and len(self._in_flight) < self.concurrency:
                     self._wake.clear()
                     try:
@@ -292,7 +315,9 @@ class Dispatcher:
             sql += " FOR UPDATE SKIP LOCKED"
         params: dict[str, Any] = {"now": now, "limit": limit}
         params.update({f"ch{i}": c for i, c in enumerate(channels)})
-        async with self.db.transaction() as s:
+        # Core connections, not ORM sessions, on the hot path: the session's
+        # bookkeeping costs more than these statements.
+        async with self.db.engine.begin() as s:
             seqs = [r[0] for r in (await s.execute(text(sql), params)).all()]
             if not seqs:
                 return []
@@ -366,12 +391,19 @@ class Dispatcher:
     async def _write_outcomes(self) -> None:
         while True:
             await self._pending.wait()
+            batch = len(self._sent) + len(self._other)
             try:
                 await self._commit_outcomes()
             except Exception:
                 # Kept in memory and retried: losing an outcome would resend the row.
                 log.exception("recording outbox outcomes failed; retrying")
                 await asyncio.sleep(0.5)
+                continue
+            if batch >= self.linger_after:
+                # Busy: let outcomes gather for a moment, so a fan-out costs a few
+                # dozen commits rather than one per row. A lone outcome (a reply,
+                # the next message of a room) is committed at once.
+                await asyncio.sleep(self.linger_seconds)
 
     async def _commit_outcomes(self) -> None:
         async with self._commit_lock:
@@ -384,7 +416,7 @@ class Dispatcher:
         if not sent and not other:
             return
         try:
-            async with self.db.transaction() as s:
+            async with self.db.engine.begin() as s:
                 if sent:
                     await s.execute(_SENT, sent)  # one executemany for the whole batch
                 for seq, values in other:

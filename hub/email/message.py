@@ -44,6 +44,7 @@ class BuiltMessage:
     smtputf8: bool  # a non-ASCII address needs the SMTPUTF8 extension
 
 
+@lru_cache(maxsize=64)
 def sender_address(from_header: str) -> str:
     """The bare address in `email.from` ("Hub <hub@example.org>" -> "hub@example.org")."""
     return parseaddr(from_header)[1]

@@ -55,8 +55,11 @@ from hub.storage.models import (
     Member,
     Pair,
     RoomMember,
+    cohort_table,
     hub_room_table,
+    member_table,
     outbox_table,
+    pair_table,
     room_member_table,
 )
 
@@ -211,6 +214,7 @@ async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str) -> bool:
     ))).scalar_one_or_none()
     now = env.now()
     if rm is None:
+        assert room.id is not None
         s.add(RoomMember(room_pk=room.id, user_id=user_id, state="pending", updated_at=now))
     elif rm.state in ("removed", "left"):
         rm.state, rm.updated_at = "pending", now
@@ -245,7 +249,7 @@ async def _queue_fix(s: AsyncSession, env: Env, room: HubRoom, *, demote: Sequen
 
 
 async def get_cohort(s: AsyncSession, slug: str) -> Cohort | None:
-    return (await s.execute(select(Cohort).where(Cohort.slug == slug))).scalar_one_or_none()  # type: ignore[arg-type]
+    return (await s.execute(select(Cohort).where(cohort_table.c.slug == slug))).scalar_one_or_none()
 
 
 async def require_cohort(s: AsyncSession, env: Env, slug: str) -> Cohort:
@@ -313,18 +317,22 @@ async def sync_config(s: AsyncSession, env: Env) -> list[str]:
     now_mods = set(config_moderators(env))
     added, dropped = now_mods - before, before - now_mods
     if added or dropped:
+        touched = 0
         for room in (await s.execute(select(HubRoom).where(
             hub_room_table.c.kind.in_(("space", "lounge")) & (hub_room_table.c.status != "closed")
         ))).scalars():
             assert room.cohort_id is not None
-            for mod in sorted(added):
-                await _want(s, env, room, mod)
-            gone = [m for m in sorted(dropped)
-                    if await find_member(s, room.cohort_id, Who(matrix_id=m)) is None]
-            for mod in gone:
-                await _unwant(s, env, room, mod, "no longer a moderator")
-            await _queue_fix(s, env, room, demote=sorted(dropped))
-        changes.append(f"moderators: added {sorted(added) or 'none'}, removed {sorted(dropped) or 'none'}")
+            changed = [await _want(s, env, room, mod) for mod in sorted(added)]
+            for mod in sorted(dropped):
+                if await find_member(s, room.cohort_id, Who(matrix_id=mod)) is None:
+                    changed.append(await _unwant(s, env, room, mod, "no longer a moderator"))
+            if any(changed) or dropped:
+                # Power levels follow at send time (room_fix reads the moderators then).
+                await _queue_fix(s, env, room, demote=sorted(dropped))
+                touched += 1
+        if touched:
+            changes.append(f"moderators: added {sorted(added) or 'none'}, "
+                           f"removed {sorted(dropped) or 'none'}")
     value = json.dumps(sorted(now_mods))
     if kv is None:
         s.add(KeyValue(key=_CONFIG_MODS_KEY, value=value))
@@ -336,18 +344,20 @@ async def sync_config(s: AsyncSession, env: Env) -> list[str]:
 # -- members --------------------------------------------------------------------------------
 
 
-async def find_member(s: AsyncSession, cohort_id: int, who: Who, *, active_only: bool = True) -> Member | None:
+async def find_member(
+    s: AsyncSession, cohort_id: int, who: Who, *, active_only: bool = True
+) -> Member | None:
     conds = []
     if who.matrix_id:
-        conds.append(Member.matrix_id == who.matrix_id)  # type: ignore[arg-type]
+        conds.append(member_table.c.matrix_id == who.matrix_id)
     if who.email:
-        conds.append(Member.email == who.email.lower())  # type: ignore[arg-type]
+        conds.append(member_table.c.email == who.email.lower())
     if not conds:
         return None
-    q = select(Member).where((Member.cohort_id == cohort_id) & or_(*conds))  # type: ignore[arg-type]
+    q = select(Member).where((member_table.c.cohort_id == cohort_id) & or_(*conds))
     if active_only:
-        q = q.where(Member.status == "active")  # type: ignore[arg-type]
-    rows = (await s.execute(q.order_by(Member.id))).scalars().all()  # type: ignore[arg-type]
+        q = q.where(member_table.c.status == "active")
+    rows = (await s.execute(q.order_by(member_table.c.id))).scalars().all()
     return rows[0] if rows else None
 
 
@@ -356,8 +366,8 @@ def member_label(m: Member) -> str:
 
 
 async def is_participant(s: AsyncSession, user_id: str) -> bool:
-    row = (await s.execute(select(Member.id).where(  # type: ignore[call-overload]
-        (Member.matrix_id == user_id) & (Member.status == "active")  # type: ignore[arg-type]
+    row = (await s.execute(select(member_table.c.id).where(
+        (member_table.c.matrix_id == user_id) & (member_table.c.status == "active")
     ).limit(1))).first()
     return row is not None
 
@@ -421,7 +431,10 @@ async def add_member(
 
 
 async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> tuple[Member, int]:
-    """Remove a member: their open pairs close, they leave the space and lounge. Returns (member, pairs closed)."""
+    """Remove a member: their open pairs close, they leave the space and lounge.
+
+    Returns the member and how many pairs were closed.
+    """
     assert cohort.id is not None
     member = await find_member(s, cohort.id, who)
     if member is None:
@@ -445,9 +458,9 @@ async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> 
 
 async def _open_pairs_of(s: AsyncSession, member: Member) -> list[Pair]:
     q = select(Pair).where(
-        ((Pair.mentor_id == member.id) | (Pair.mentee_id == member.id))  # type: ignore[arg-type]
-        & Pair.status.in_(OPEN)  # type: ignore[attr-defined]
-    ).order_by(Pair.id)  # type: ignore[arg-type]
+        ((pair_table.c.mentor_id == member.id) | (pair_table.c.mentee_id == member.id))
+        & pair_table.c.status.in_(OPEN)
+    ).order_by(pair_table.c.id)
     return list((await s.execute(q)).scalars().all())
 
 
@@ -459,8 +472,8 @@ async def find_open_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who,
         missing = mentor if a is None else mentee
         raise CommandError(f"{missing} is not a member of {cohort.slug}.")
     pair = (await s.execute(select(Pair).where(
-        (Pair.mentor_id == a.id) & (Pair.mentee_id == b.id)  # type: ignore[arg-type]
-        & Pair.status.in_(OPEN)  # type: ignore[attr-defined]
+        (pair_table.c.mentor_id == a.id) & (pair_table.c.mentee_id == b.id)
+        & pair_table.c.status.in_(OPEN)
     ))).scalar_one_or_none()
     if pair is None:
         raise CommandError(f"{mentor} and {mentee} are not a pair in {cohort.slug}.")
@@ -482,7 +495,7 @@ async def make_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, ment
     if b.role != "mentee":
         raise CommandError(f"{mentee} is a {b.role} in {cohort.slug}, not a mentee.")
     current = (await s.execute(select(Pair).where(
-        (Pair.mentee_id == b.id) & Pair.status.in_(OPEN)  # type: ignore[arg-type,attr-defined]
+        (pair_table.c.mentee_id == b.id) & pair_table.c.status.in_(OPEN)
     ))).scalar_one_or_none()
     if current is not None:
         if current.mentor_id == a.id:
@@ -589,9 +602,9 @@ async def ensure_direct_room(s: AsyncSession, env: Env, user_id: str) -> HubRoom
 
 async def moderators_of(s: AsyncSession, env: Env, cohort_id: int) -> dict[str, int]:
     mods = {m: MODERATOR_LEVEL for m in config_moderators(env)}
-    rows = (await s.execute(select(Member.matrix_id).where(  # type: ignore[call-overload]
-        (Member.cohort_id == cohort_id) & (Member.role == "moderator")  # type: ignore[arg-type]
-        & (Member.status == "active") & Member.matrix_id.is_not(None)  # type: ignore[union-attr]
+    rows = (await s.execute(select(member_table.c.matrix_id).where(
+        (member_table.c.cohort_id == cohort_id) & (member_table.c.role == "moderator")
+        & (member_table.c.status == "active") & member_table.c.matrix_id.is_not(None)
     ))).scalars().all()
     mods.update({m: MODERATOR_LEVEL for m in rows if m})
     mods.pop(env.hub_user, None)
@@ -602,9 +615,9 @@ async def desired_members(s: AsyncSession, env: Env, room: HubRoom) -> set[str]:
     """Who should be in the room (besides the hub) according to the database."""
     wanted: set[str] = set()
     if room.kind in ("space", "lounge") and room.cohort_id is not None:
-        rows = (await s.execute(select(Member.matrix_id).where(  # type: ignore[call-overload]
-            (Member.cohort_id == room.cohort_id) & (Member.status == "active")  # type: ignore[arg-type]
-            & Member.matrix_id.is_not(None)  # type: ignore[union-attr]
+        rows = (await s.execute(select(member_table.c.matrix_id).where(
+            (member_table.c.cohort_id == room.cohort_id) & (member_table.c.status == "active")
+            & member_table.c.matrix_id.is_not(None)
         ))).scalars().all()
         wanted = {r for r in rows if r} | set(config_moderators(env))
     elif room.kind == "pair" and room.pair_id is not None:

@@ -14,6 +14,7 @@ created a second time.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -37,9 +38,15 @@ from nio import (
     RoomPutStateResponse,
 )
 
-from hub.core.cohorts import CREATOR_POWER_VERSIONS, RESTRICTED_VERSIONS, ROOM_TAG, RoomSpec, join_rule_content
+from hub.core.cohorts import (
+    CREATOR_POWER_VERSIONS,
+    RESTRICTED_VERSIONS,
+    ROOM_TAG,
+    RoomSpec,
+    join_rule_content,
+)
 from hub.delivery.ratelimit import SharedPause
-from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.errors import TemporaryDeliveryError
 from hub.matrix.rooms import default_room_version, power_levels_users
 from hub.matrix.sender import classify_error
 
@@ -62,6 +69,7 @@ class RoomSnapshot:
     members: dict[str, str]  # user id -> membership (invite, join, leave, ban, knock)
     room_version: str
     creators: frozenset[str]
+    events: list[dict[str, Any]]  # the raw state events, to teach nio the room
 
 
 def _already(resp: ErrorResponse) -> bool:
@@ -176,7 +184,7 @@ class Provision:
             for room_id in resp.rooms:
                 seen = self._tags.get(room_id)
                 if seen is not None and dict(seen) == dict(tag) and room_id not in skip:
-                    return room_id
+                    return str(room_id)
         return None
 
     # -- membership ------------------------------------------------------------------------------
@@ -238,8 +246,6 @@ class Provision:
             if room_id in rooms:
                 return
             data[user_id] = [*rooms, room_id]
-            import json
-
             put = await self.client.send("PUT", path, json.dumps(data), headers=headers)
             if put.status != 200:
                 raise TemporaryDeliveryError(f"writing m.direct failed: HTTP {put.status}")
@@ -292,7 +298,8 @@ def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
     creators: set[str] = set()
     for e in events:
         kind, key = str(e.get("type", "")), str(e.get("state_key", ""))
-        content = e.get("content") if isinstance(e.get("content"), dict) else {}
+        raw = e.get("content")
+        content: dict[str, Any] = raw if isinstance(raw, dict) else {}
         state[(kind, key)] = content
         if kind == "m.room.member":
             members[key] = str(content.get("membership", ""))
@@ -303,8 +310,4 @@ def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
             creators.update(u for u in extra if isinstance(u, str))
     if version not in CREATOR_POWER_VERSIONS:
         creators.clear()
-    return RoomSnapshot(room_id, state, members, version, frozenset(creators))
-
-
-# Raised by callers when a room the database knows is gone for the hub.
-RoomGone = PermanentDeliveryError
+    return RoomSnapshot(room_id, state, members, version, frozenset(creators), events)

@@ -8,6 +8,7 @@ instead of posting a second copy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,8 +74,17 @@ class MatrixSender:
         self.ops: dict[str, OpHandler] = {}
         self.resolve_room_key: Callable[[str], Awaitable[str]] | None = None
         self.load_room: Callable[[str], Awaitable[bool]] | None = None
+        # Set after this run's first (full-state) sync: until then nio knows no
+        # rooms, and a send would fail for a reason that is not the row's.
+        self.ready: asyncio.Event | None = None
+        self.ready_timeout = 30.0
 
     async def send(self, row: Claimed) -> str:
+        if self.ready is not None and not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), self.ready_timeout)
+            except TimeoutError:
+                raise TemporaryDeliveryError("waiting for the first sync", retry_after=5.0) from None
         await self.pause.wait()
         p = row.payload
         op = p.get("op", "message")

@@ -109,7 +109,10 @@ class SyncLoop:
                     timeout=self.timeout_ms if self.first_done.is_set() else 0,
                     sync_filter=self._filter_id,
                     since=since,
-                    full_state=since is None,
+                    # Full state on each run's first sync, even when resuming from a
+                    # saved token: nio keeps its room list in memory only, and cannot
+                    # send to (or encrypt for) a room it has not seen since start-up.
+                    full_state=not self.first_done.is_set(),
                 )
             except (TimeoutError, OSError) as e:
                 resp = SyncError(f"{e.__class__.__name__}: {e}")

@@ -6,7 +6,7 @@ these classes must match them (a test compares the two).
 
 from __future__ import annotations
 
-from sqlalchemy import Index, Table, UniqueConstraint, text
+from sqlalchemy import Index, Table, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -209,7 +209,7 @@ class HubRoom(SQLModel, table=True):
     room_version: str | None = Field(default=None, max_length=32)
     created_at: float
     ready_at: float | None = None
-    problem: str | None = None  # the last thing reconcile could not repair
+    problem: str | None = Field(default=None, sa_type=Text)  # the last thing reconcile replaced
 
 
 class RoomMember(SQLModel, table=True):
@@ -227,6 +227,86 @@ class RoomMember(SQLModel, table=True):
     updated_at: float
 
 
+# -- the participants' side of the program (migration 0005, hub.features.participants) ---
+
+
+class PairPlan(SQLModel, table=True):
+    """A pair's backup plan (`!hub plan set`); `event_id` is the pinned plan message once sent."""
+
+    __tablename__ = "pair_plan"
+    pair_id: int = Field(foreign_key="pair.id", primary_key=True)
+    text: str = Field(sa_type=Text)
+    set_at: float
+    message_key: str | None = Field(default=None, max_length=400)  # outbox dedupe key of the message
+    event_id: str | None = Field(default=None, max_length=255)
+
+
+class ContentUse(SQLModel, table=True):
+    """One rotating item (icebreaker, reflection prompt, video nudge) given to one room (`scope`)."""
+
+    __tablename__ = "content_use"
+    __table_args__ = (Index("ix_content_use_scope_kind", "scope", "kind"),)
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=200)  # the room's key: "pair:17", "lounge:3"
+    kind: str = Field(max_length=32)
+    item_id: str = Field(max_length=80)
+    source: str = Field(max_length=16)  # schedule | command | send
+    used_at: float
+
+
+class CheckinAnswer(SQLModel, table=True):
+    """A pair's answer to "did you meet, and how?" for one program week (the latest wins)."""
+
+    __tablename__ = "checkin_answer"
+    __table_args__ = (UniqueConstraint("pair_id", "week", name="uq_checkin_answer_pair_week"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pair_id: int = Field(foreign_key="pair.id")
+    cohort_id: int = Field(foreign_key="cohort.id", index=True)
+    week: int
+    mode: str = Field(max_length=16)  # video | voice | text | notyet
+    answered_at: float
+
+
+class PrivateCheckin(SQLModel, table=True):
+    """A private 1-5 score. Deliberately without the person: only counts can ever come out."""
+
+    __tablename__ = "private_checkin"
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id", index=True)
+    week: int
+    score: int
+    at: float
+
+
+class PersonPref(SQLModel, table=True):
+    """Per Matrix user: email preferences (`!hub email`) and snooze (`!hub snooze`)."""
+
+    __tablename__ = "person_pref"
+    user_id: str = Field(primary_key=True, max_length=255)
+    email_mode: str = Field(default="all", max_length=16)  # all | weekly | off
+    email: str | None = Field(default=None, max_length=254)  # a confirmed replacement address
+    pending_email: str | None = Field(default=None, max_length=254)
+    pending_code: str | None = Field(default=None, max_length=64)  # sha256 of the mailed code
+    pending_at: float | None = None
+    snooze_until: float | None = None
+    updated_at: float
+
+
+class WebinarRow(SQLModel, table=True):
+    """A webinar scheduled with `!hub webinar` (config webinars stay in the config)."""
+
+    __tablename__ = "webinar"
+    __table_args__ = (UniqueConstraint("cohort_id", "at", name="uq_webinar_cohort_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int = Field(foreign_key="cohort.id")
+    at: float  # UTC instant
+    title: str = Field(max_length=200)
+    url: str | None = Field(default=None, max_length=2000)
+    created_by: str = Field(max_length=255)
+    created_at: float
+    announce_at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
@@ -241,3 +321,9 @@ hub_room_table: Table = HubRoom.__table__  # type: ignore[attr-defined]
 room_member_table: Table = RoomMember.__table__  # type: ignore[attr-defined]
 program_tick_table: Table = ProgramTick.__table__  # type: ignore[attr-defined]
 program_skipped_table: Table = ProgramSkipped.__table__  # type: ignore[attr-defined]
+pair_plan_table: Table = PairPlan.__table__  # type: ignore[attr-defined]
+content_use_table: Table = ContentUse.__table__  # type: ignore[attr-defined]
+checkin_answer_table: Table = CheckinAnswer.__table__  # type: ignore[attr-defined]
+private_checkin_table: Table = PrivateCheckin.__table__  # type: ignore[attr-defined]
+person_pref_table: Table = PersonPref.__table__  # type: ignore[attr-defined]
+webinar_table: Table = WebinarRow.__table__  # type: ignore[attr-defined]

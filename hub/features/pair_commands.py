@@ -1,0 +1,235 @@
+"""Pair-room commands: the backup plan, a dropped call, the video link, icebreakers, check-in answers.
+
+What a pair says stays in its room: these commands store only the plan (the
+pair's own words, shown only in their room and their own emails) and a
+check-in *mode*; nothing here reaches the moderators.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core import content as ct
+from hub.core.cohorts import display_name, video_url
+from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.delivery.outbox import EMAIL, MATRIX
+from hub.email.payload import email_payload, normalize_address
+from hub.errors import CommandError
+from hub.features.participants import (
+    CohortView,
+    PairView,
+    content_cohort,
+    content_pair,
+    load_cohort_view,
+    local_midnight,
+    pair_of_room,
+    program_of,
+    program_week_of,
+    record_use,
+    said,
+    used_items,
+    uses_since,
+)
+from hub.features.program import email_headers, suppressed
+from hub.inbound import Ports
+from hub.matrix.events import notice_content
+from hub.storage.models import CheckinAnswer, Cohort, HubRoom, PairPlan, checkin_answer_table, hub_room_table
+
+__all__ = ["ICEBREAKERS_PER_DAY", "MAX_PLAN", "register_pair_commands"]
+
+ICEBREAKERS_PER_DAY = 3
+MAX_PLAN = 1000  # characters: a plan is a few sentences, and it is pinned and emailed
+PAIR = frozenset({RoomKind.PAIR})
+
+
+def _reply(rendered: ct.Rendered, note: str = "") -> Reply:
+    if not note:
+        return Reply(rendered.body, rendered.formatted_body)
+    plain, html = said(note)
+    return Reply(f"{rendered.body}\n\n{plain}", f"{rendered.formatted_body}\n{html}")
+
+
+def _pair_vars(ctx: CommandContext, view: CohortView, pv: PairView) -> ct.Variables:
+    program = program_of(ctx)
+    return ct.Variables(cohort=content_cohort(view), week=program_week_of(view, program.clock.now()),
+                        pair=content_pair(view, pv, program.settings().video.base_url))
+
+
+async def _video_nudge(ctx: CommandContext, s: AsyncSession, view: CohortView, pv: PairView) -> ct.Rendered:
+    """The next video nudge for this pair (they rotate, so a pair does not read the same one twice)."""
+    program = program_of(ctx)
+    used = await used_items(s, [pv.key], ct.Kind.VIDEO.value)
+    chosen = program.library.pick(ct.Kind.VIDEO, ct.Audience.PAIR, use="nudge", used=used.get(pv.key, []))
+    record_use(s, pv.key, ct.Kind.VIDEO.value, chosen.id, "command", program.clock.now())
+    return program.library.render(chosen, _pair_vars(ctx, view, pv))
+
+
+def register_pair_commands(registry: CommandRegistry) -> None:
+    prefix = registry.prefix
+
+    @registry.command("plan", "show your backup plan for when a call fails", where=PAIR)
+    async def plan_show(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        _, pv = await pair_of_room(ports.session, ctx.room_id)
+        if not pv.plan:
+            return Reply(f"No backup plan yet. Agree one together, then save it with "
+                         f"`{prefix} plan set TEXT`, e.g. `{prefix} plan set If the call drops, "
+                         "the mentor phones the mentee`.")
+        plain, html = said("**Your backup plan:**\n\n{plan}\n\n"
+                           f"If a call fails, `{prefix} dropped` posts it with quick fixes and emails it "
+                           "to you both.", plan=pv.plan)
+        return Reply(plain, html)
+
+    @registry.command("plan set", "save and pin your backup plan", Arg("text", kind="rest"), where=PAIR)
+    async def plan_set(ctx: CommandContext) -> Reply:
+        text = " ".join(str(ctx.args["text"]).split("\n")).strip()
+        if len(text) > MAX_PLAN:
+            raise CommandError(f"That plan is {len(text)} characters; please keep it under {MAX_PLAN}. "
+                               f"Usage: `{prefix} plan set TEXT`")
+        ports: Ports = ctx.services
+        s = ports.session
+        _, pv = await pair_of_room(s, ctx.room_id)
+        assert pv.pair.id is not None
+        key = f"plan:{ctx.event_id}"
+        now = ports.clock.now().timestamp()
+        plan = await s.get(PairPlan, pv.pair.id)
+        if plan is None:
+            s.add(PairPlan(pair_id=pv.pair.id, text=text, set_at=now, message_key=key))
+        else:
+            plan.text, plan.set_at, plan.message_key = text, now, key
+        who = display_name(None, ctx.sender, None)
+        plain, html = said("📌 **Our backup plan** for when a call fails:\n\n{plan}\n\n"
+                           f"Saved by {{who}}. `{prefix} dropped` brings it back, also by email.",
+                           plan=text, who=who)
+        # The plan message is what gets pinned; the pin row waits for its event id (same lane).
+        await ports.outbox.enqueue(
+            s, channel=MATRIX, kind="plan", lane=ctx.room_id, dedupe_key=key,
+            payload={"op": "message", "room_id": ctx.room_id, "type": "m.room.message",
+                     "content": notice_content(plain, html)})
+        await ports.outbox.enqueue(
+            s, channel=MATRIX, kind="plan-pin", lane=ctx.room_id, dedupe_key=f"pin:{ctx.event_id}",
+            payload={"op": "pin_plan", "room_id": ctx.room_id, "pair_id": pv.pair.id, "message_key": key})
+        return Reply(f"Saved. Your backup plan is pinned in this room; `{prefix} plan` shows it and "
+                     f"`{prefix} dropped` brings it back when a call fails.")
+
+    @registry.command("plan clear", "remove your backup plan", where=PAIR)
+    async def plan_clear(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        s = ports.session
+        _, pv = await pair_of_room(s, ctx.room_id)
+        plan = await s.get(PairPlan, pv.pair.id)
+        if plan is None or not plan.text:
+            return Reply("There is no backup plan to clear; nothing changed.")
+        plan.text, plan.message_key, plan.set_at = "", None, ports.clock.now().timestamp()
+        await ports.outbox.enqueue(
+            s, channel=MATRIX, kind="plan-pin", lane=ctx.room_id, dedupe_key=f"pin:{ctx.event_id}",
+            payload={"op": "pin_plan", "room_id": ctx.room_id, "pair_id": pv.pair.id, "message_key": None})
+        return Reply(f"Backup plan cleared and unpinned. Save a new one with `{prefix} plan set TEXT`.")
+
+    @registry.command("dropped", "the call failed: your backup plan, quick fixes, and an email to you both",
+                      where=PAIR)
+    async def dropped(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        s = ports.session
+        program = program_of(ctx)
+        view, pv = await pair_of_room(s, ctx.room_id)
+        item = program.library.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="dropped")
+        rendered = program.library.render(item, _pair_vars(ctx, view, pv))
+        settings = program.settings()
+        if not settings.email.enabled:
+            return _reply(rendered)
+        people = [(m, view.address(m)) for m in (pv.mentor, pv.mentee)]
+        bounced = await suppressed(s, [a for _, a in people if a])
+        rows: list[dict[str, Any]] = []
+        for member, address in people:
+            if address is None or address in bounced:
+                continue
+            payload = email_payload(
+                to=address, subject=rendered.subject, text=rendered.email_text, html=rendered.email_html,
+                to_name=display_name(member.name, member.matrix_id, member.email),
+                headers=email_headers(settings, view.cohort))
+            rows.append({"channel": EMAIL, "kind": "plan-dropped", "lane": normalize_address(address),
+                         "payload": dict(payload), "dedupe_key": f"dropped:{ctx.event_id}:{member.id}"})
+        await ports.outbox.enqueue_many(s, rows)
+        if len(rows) == 2:
+            note = "_Also emailed to you both, in case the chat is what's down._"
+        elif rows:
+            note = "_Also emailed to one of you (the other has no working address on file)._"
+        else:
+            note = "_No email sent: neither of you has a working address on file._"
+        return _reply(rendered, note)
+
+    @registry.command("call", "your video link, with a nudge to use video", where=PAIR)
+    async def call(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        view, pv = await pair_of_room(ports.session, ctx.room_id)
+        return _reply(await _video_nudge(ctx, ports.session, view, pv))
+
+    @registry.command("icebreaker", f"another icebreaker (at most {ICEBREAKERS_PER_DAY} a day per room)",
+                      where=frozenset({RoomKind.PAIR, RoomKind.LOUNGE}))
+    async def icebreaker(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        s = ports.session
+        program = program_of(ctx)
+        now = ports.clock.now()
+        variables: ct.Variables
+        if ctx.room_kind is RoomKind.PAIR:
+            view, pv = await pair_of_room(s, ctx.room_id)
+            scope, audience, variables = pv.key, ct.Audience.PAIR, _pair_vars(ctx, view, pv)
+        else:
+            lounge = (await s.execute(select(HubRoom).where(
+                (hub_room_table.c.room_id == ctx.room_id) & (hub_room_table.c.kind == "lounge")
+            ))).scalar_one_or_none()
+            cohort_view = None
+            if lounge is not None and lounge.cohort_id is not None:
+                cohort = await s.get(Cohort, lounge.cohort_id)
+                cohort_view = await load_cohort_view(s, cohort.slug) if cohort is not None else None
+            if lounge is None or cohort_view is None:
+                raise CommandError("This lounge's cohort is gone, so there are no icebreakers here.")
+            scope, audience = lounge.key, ct.Audience.COHORT
+            variables = ct.Variables(cohort=content_cohort(cohort_view),
+                                     week=program_week_of(cohort_view, now))
+        zone = variables.cohort.timezone
+        today = await uses_since(s, scope, ct.Kind.ICEBREAKER.value, "command",
+                                 local_midnight(now, ZoneInfo(zone)))
+        if today >= ICEBREAKERS_PER_DAY:
+            raise CommandError(f"This room has had {ICEBREAKERS_PER_DAY} extra icebreakers today, the daily "
+                               "limit. Take your time with the last one; more tomorrow.")
+        used = await used_items(s, [scope], ct.Kind.ICEBREAKER.value)
+        chosen = program.library.next_icebreaker(audience, used.get(scope, []), week=variables.week or None)
+        record_use(s, scope, ct.Kind.ICEBREAKER.value, chosen.id, "command", now)
+        return _reply(program.library.render(chosen, variables))
+
+    @registry.command("met", "answer this week's check-in: did you meet, and how?",
+                      Arg("how", kind="choice", choices=("video", "voice", "text", "notyet")), where=PAIR)
+    async def met(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        s = ports.session
+        view, pv = await pair_of_room(s, ctx.room_id)
+        assert pv.pair.id is not None and view.cohort.id is not None
+        now = ports.clock.now()
+        week = program_week_of(view, now)
+        how = str(ctx.args["how"])
+        answer = (await s.execute(select(CheckinAnswer).where(
+            (checkin_answer_table.c.pair_id == pv.pair.id) & (checkin_answer_table.c.week == week)
+        ))).scalar_one_or_none()
+        if answer is None:
+            s.add(CheckinAnswer(pair_id=pv.pair.id, cohort_id=view.cohort.id, week=week, mode=how,
+                                answered_at=now.timestamp()))
+        else:
+            answer.mode, answer.answered_at = how, now.timestamp()
+        link = video_url(program_of(ctx).settings().video.base_url, pv.pair.video_name)
+        if how == "video":
+            return Reply("Thanks, noted: you met on video. That's the best way to build a connection "
+                         "through a screen. Keep it up!")
+        if how == "notyet":
+            plain, html = said("Thanks for saying, noted. Weeks get away from everyone. Since you're both "
+                               "here, why not pick a 20-minute slot now? Your call link: {link}", link=link)
+            return Reply(plain, html)
+        return _reply(await _video_nudge(ctx, s, view, pv),
+                      f"Thanks, noted: you met by {how}. Next time, try video: seeing each other "
+                      "makes a real difference.")

@@ -1,0 +1,187 @@
+"""A person's own commands: private check-in and reflection, asking for help, email, snooze.
+
+`!hub checkin` scores are stored without the person (cohort, week, score),
+so nobody can ever list who said what; a low score brings the private
+reflection guide and nothing else. `!hub support` is the one door from a
+private room to the moderators, and it carries only the words typed after it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from hub.core import content as ct
+from hub.core.cohorts import display_name, is_email
+from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.delivery.outbox import MATRIX
+from hub.email.payload import email_payload, enqueue_email, normalize_address
+from hub.errors import CommandError, UsageError
+from hub.features.participants import (
+    code_hash,
+    content_cohort,
+    content_person,
+    get_pref,
+    load_cohort_view,
+    memberships,
+    program_of,
+    program_week_of,
+    said,
+)
+from hub.inbound import Ports
+from hub.matrix.events import notice_content
+from hub.storage.models import PrivateCheckin
+
+__all__ = ["CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "register_person_commands"]
+
+LOW_SCORE = 2  # a score at or below this brings the private reflection guide
+MAX_SNOOZE_DAYS = 60
+CONFIRM_WITHIN = timedelta(hours=48)  # how long the code mailed to a new address stays valid
+DIRECT = frozenset({RoomKind.DIRECT})
+
+
+async def _guide(ctx: CommandContext) -> Reply:
+    """The private reflection guide, rendered for the person asking."""
+    ports: Ports = ctx.services
+    program = program_of(ctx)
+    mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender) if m.role in ("mentor", "mentee")]
+    if not mine:
+        raise CommandError("You're not a mentor or mentee in a cohort, so there's no reflection guide "
+                           "for you here.")
+    view = await load_cohort_view(ports.session, mine[0][1].slug)
+    member = view.member_by_matrix(ctx.sender) if view is not None else None
+    if view is None or member is None:
+        raise CommandError("Your cohort could not be found; please try again later.")
+    partner = view.partner_of(ctx.sender)
+    variables = ct.Variables(
+        cohort=content_cohort(view), week=program_week_of(view, ports.clock.now()),
+        person=content_person(view, member),
+        partner=content_person(view, partner) if partner is not None else None)
+    item = program.library.pick(ct.Kind.REFLECTION, ct.Audience.PERSON, use="guide")
+    rendered = program.library.render(item, variables)
+    return Reply(rendered.body, rendered.formatted_body)
+
+
+def register_person_commands(registry: CommandRegistry) -> None:
+    prefix = registry.prefix
+
+    @registry.command("checkin", "a private 1-5 rating of how your mentoring relationship feels",
+                      Arg("score", kind="int", minimum=1, maximum=5), where=DIRECT)
+    async def checkin(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        now = ports.clock.now()
+        mine = await memberships(ports.session, ctx.sender)
+        cohort = next((c for m, c in mine if m.role in ("mentor", "mentee")), None)
+        week = 0
+        if cohort is not None:
+            view = await load_cohort_view(ports.session, cohort.slug)
+            week = program_week_of(view, now) if view is not None else 0
+        score = int(ctx.args["score"])
+        ports.session.add(PrivateCheckin(cohort_id=cohort.id if cohort else None, week=week, score=score,
+                                         at=now.timestamp()))
+        if score <= LOW_SCORE:
+            return await _guide(ctx)
+        return Reply("Thanks, noted privately. It isn't shown to your partner or the program team. "
+                     f"If things change, `{prefix} reflect` opens a short guide any time.")
+
+    @registry.command("reflect", "the private reflection guide", where=DIRECT)
+    async def reflect(ctx: CommandContext) -> Reply:
+        return await _guide(ctx)
+
+    @registry.command("support", "ask the moderators for help (only these words reach them)",
+                      Arg("text", kind="rest"), where=DIRECT)
+    async def support(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        control = ports.control_room
+        if not control:
+            raise CommandError("The moderators' room is not ready yet, so nothing was sent. "
+                               "Please try again in a few minutes.")
+        mine = await memberships(ports.session, ctx.sender)
+        who = display_name(mine[0][0].name if mine else None, ctx.sender, None)
+        cohorts = ", ".join(sorted({c.slug for _, c in mine})) or "no cohort"
+        plain, html = said("🆘 **Support request** from {who} ({sender}, {cohorts}):\n\n{text}\n\n"
+                           "Please contact them directly. Their partner has not been told.",
+                           who=who, sender=ctx.sender, cohorts=cohorts, text=str(ctx.args["text"]))
+        await ports.outbox.enqueue(
+            ports.session, channel=MATRIX, kind="support", lane=control, dedupe_key=f"support:{ctx.event_id}",
+            payload={"op": "message", "room_id": control, "type": "m.room.message",
+                     "content": notice_content(plain, html)})
+        return Reply("Sent to the moderators, just those words. Someone will get in touch with you; "
+                     "your partner isn't told.")
+
+    @registry.command("email", "email preferences: off, weekly (digest only), on, a new ADDRESS, "
+                      "or confirm CODE", Arg("setting"), Arg("code", optional=True))
+    async def email(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        now = ports.clock.now()
+        setting, code = str(ctx.args["setting"]), ctx.args.get("code")
+        usage = f"Usage: `{prefix} email off|weekly|on|ADDRESS` or `{prefix} email confirm CODE`"
+        word = setting.lower()
+        if word != "confirm" and code is not None:
+            raise UsageError(f"unexpected {code!r}. {usage}")
+        pref = await get_pref(ports.session, ctx.sender, now, create=True)
+        assert pref is not None
+        if word in ("off", "weekly", "on"):
+            pref.email_mode, pref.updated_at = ("all" if word == "on" else word), now.timestamp()
+            return Reply({
+                "off": "Done: the hub sends you no more digests, announcements or webinar emails. "
+                       "(A backup plan someone asks for with `!hub dropped` still reaches you.) "
+                       f"`{prefix} email on` undoes it.",
+                "weekly": "Done: by email you now get only the weekly digest.",
+                "on": "Done: you get the weekly digest, announcements and webinar invitations by email.",
+            }[word].replace("!hub", prefix))
+        if word == "confirm":
+            if not code:
+                raise UsageError(f"the code is missing. {usage}")
+            age = now.timestamp() - pref.pending_at if pref.pending_at is not None else None
+            fresh = age is not None and age <= CONFIRM_WITHIN.total_seconds()
+            if not pref.pending_email or not fresh or pref.pending_code != code_hash(str(code)):
+                raise CommandError("That code doesn't match a recent address change; nothing changed. "
+                                   f"Send `{prefix} email ADDRESS` again for a new code.")
+            pref.email, pref.pending_email, pref.pending_code, pref.pending_at = (
+                pref.pending_email, None, None, None)
+            pref.updated_at = now.timestamp()
+            return Reply(f"Confirmed: the hub's email now goes to {pref.email}.")
+        if not is_email(setting):
+            raise UsageError(f"{setting!r} is not off, weekly, on or an email address. {usage}")
+        settings = program_of(ctx).settings()
+        if not settings.email.enabled:
+            raise CommandError("Email is turned off on this hub, so there is nothing to change.")
+        address = normalize_address(setting)
+        # The new address is used only once its owner proves it by sending back the mailed code.
+        new_code = secrets.token_hex(4).upper()
+        pref.pending_email, pref.pending_code, pref.pending_at = address, code_hash(new_code), now.timestamp()
+        pref.updated_at = now.timestamp()
+        text = (f"Someone asked the mentoring hub to send its email to this address.\n\n"
+                f"If that was you, send this in any chat with the hub (within 48 hours):\n\n"
+                f"    {prefix} email confirm {new_code}\n\n"
+                "If it wasn't you, ignore this message: nothing changes.")
+        payload = email_payload(to=address, subject="Confirm your new address for the mentoring hub",
+                                text=text)
+        await enqueue_email(ports.outbox, ports.session, payload,
+                            kind="email-confirm", dedupe_key=f"email-confirm:{ctx.event_id}")
+        return Reply(f"Almost done: I've emailed a code to {address}. Send `{prefix} email confirm CODE` "
+                     "here to start using it; until then mail keeps going to your current address.")
+
+    @registry.command("snooze", f"pause nudges to you for DAYS days (at most {MAX_SNOOZE_DAYS})",
+                      Arg("days", kind="int", minimum=1, maximum=MAX_SNOOZE_DAYS))
+    async def snooze(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        now = ports.clock.now()
+        pref = await get_pref(ports.session, ctx.sender, now, create=True)
+        assert pref is not None
+        until = now + timedelta(days=int(ctx.args["days"]))
+        pref.snooze_until, pref.updated_at = until.timestamp(), now.timestamp()
+        return Reply(f"Snoozed until {until:%A %d %B, %H:%M} UTC: no private check-ins from me until then. "
+                     f"Your pair room still gets its weekly prompts (they're for you both). "
+                     f"`{prefix} unsnooze` ends it early.")
+
+    @registry.command("unsnooze", "end a snooze")
+    async def unsnooze(ctx: CommandContext) -> Reply:
+        ports: Ports = ctx.services
+        now = ports.clock.now()
+        pref = await get_pref(ports.session, ctx.sender, now)
+        if pref is None or pref.snooze_until is None or pref.snooze_until <= now.timestamp():
+            return Reply("You weren't snoozed; nothing changed.")
+        pref.snooze_until, pref.updated_at = None, now.timestamp()
+        return Reply("Welcome back: nudges to you are on again.")

@@ -1,0 +1,467 @@
+"""The program wired together: specs from the cohorts, the emitter, the scheduler, the plan pin.
+
+`ProgramService` is what `hub.service.Hub` holds as ``hub.program``:
+
+* `specs()`: every cohort in the database as a `ProgramSpec` — a configured
+  cohort (`[[cohort]]`) with its configured slots, one made with
+  `!hub cohort create` with the default slots — plus the webinars scheduled
+  with `!hub webinar`;
+* `emit`/`rows`: renders the content for each (item, target) and queues the
+  outbox rows, with keys derived from `calendar.dedupe_key`; the scheduled
+  calendar and `!hub send` both go through it;
+* the `TickScheduler` (started after the first sync, stopped on shutdown);
+* the ``pin_plan`` Matrix op: pins a pair's plan message once it is sent,
+  since its event id only exists then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import icalendar
+from nio import AsyncClient, ErrorResponse, RoomGetStateEventResponse, RoomPutStateResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.config import CohortSettings, Settings
+from hub.core import content as ct
+from hub.core.calendar import (
+    Audience,
+    CalendarItem,
+    ItemKind,
+    ProgramSpec,
+    Target,
+    Webinar,
+    dedupe_key,
+)
+from hub.core.schedule import parse_weekly_slot
+from hub.delivery.dispatcher import Claimed
+from hub.delivery.outbox import EMAIL, Outbox
+from hub.email.payload import Attachment, email_payload, normalize_address
+from hub.errors import ContentError, PermanentDeliveryError, TemporaryDeliveryError
+from hub.features import membership as ms
+from hub.features.participants import (
+    CohortView,
+    content_cohort,
+    content_pair,
+    content_person,
+    load_cohort_view,
+    record_use,
+    room_row,
+    used_items,
+)
+from hub.program import ProgramRunner
+from hub.program_store import SqlProgramState
+from hub.program_targets import SqlTargets
+from hub.scheduling import TickScheduler
+from hub.storage.db import Database
+from hub.storage.models import Cohort, PairPlan, WebinarRow, email_suppression_table, outbox_table
+
+if TYPE_CHECKING:
+    from hub.matrix.sender import MatrixSender
+
+__all__ = [
+    "ANNOUNCE_DELAY",
+    "WEBINAR_LENGTH",
+    "DigestHook",
+    "ProgramService",
+    "default_spec",
+    "email_headers",
+    "webinar_ics",
+]
+
+log = logging.getLogger(__name__)
+
+# `!hub webinar` announces a little in the future rather than "now": a tick
+# running while the command's transaction commits must not pass the instant
+# before it can see the new row (the calendar only looks forward from the last tick).
+ANNOUNCE_DELAY = timedelta(seconds=10)
+# Webinar length is not configured; the .ics needs an end. One hour is the usual slot.
+WEBINAR_LENGTH = timedelta(hours=1)
+# The config's defaults (hub.config._load_cohort), for cohorts made with `!hub cohort create`.
+_DEFAULT_SLOTS = {"digest": "mon 09:00", "icebreaker": "tue 10:00", "checkin": "fri 15:00",
+                  "reflection": "wed 10:00"}
+_DEFAULT_CHECKIN_WEEKS = (1, 2, 4, 8)
+_DEFAULT_REFLECTION_WEEKS = (3, 6, 9)
+_STARTS_IN = {ItemKind.WEBINAR_REMINDER_24H: "in 24 hours", ItemKind.WEBINAR_REMINDER_1H: "in 1 hour"}
+_WEBINAR_USE = {ItemKind.WEBINAR_ANNOUNCE: "announcement", ItemKind.WEBINAR_REMINDER_24H: "reminder",
+                ItemKind.WEBINAR_REMINDER_1H: "reminder", ItemKind.WEBINAR_FOLLOWUP: "follow-up"}
+
+# The digest is another feature's: it gets the due item and its targets and returns outbox rows.
+DigestHook = Callable[[AsyncSession, CalendarItem, Sequence[Target]], Awaitable[list[dict[str, Any]]]]
+
+
+def default_spec(cohort: Cohort, webinars: Sequence[Webinar] = ()) -> ProgramSpec:
+    """A cohort made at run time: the default slots, weeks clipped to its length."""
+    return ProgramSpec(
+        slug=cohort.slug, timezone=ZoneInfo(cohort.timezone), start=date.fromisoformat(cohort.start_date),
+        weeks=cohort.weeks,
+        digest=parse_weekly_slot(_DEFAULT_SLOTS["digest"]),
+        icebreaker=parse_weekly_slot(_DEFAULT_SLOTS["icebreaker"]),
+        checkin=parse_weekly_slot(_DEFAULT_SLOTS["checkin"]),
+        checkin_weeks=tuple(w for w in _DEFAULT_CHECKIN_WEEKS if w <= cohort.weeks),
+        reflection=parse_weekly_slot(_DEFAULT_SLOTS["reflection"]),
+        reflection_weeks=tuple(w for w in _DEFAULT_REFLECTION_WEEKS if w <= cohort.weeks),
+        webinars=tuple(webinars),
+    )
+
+
+def webinar_ics(*, uid: str, title: str, at: datetime, url: str | None, cohort: str,
+                now: datetime) -> str:
+    """A one-event calendar (METHOD:PUBLISH: an announcement, not a meeting request with RSVPs)."""
+    cal = icalendar.Calendar()
+    cal.add("prodid", "-//Cohort Hub//cohort-hub//EN")
+    cal.add("version", "2.0")
+    cal.add("method", "PUBLISH")
+    event = icalendar.Event()
+    event.add("uid", uid)
+    event.add("dtstamp", now.astimezone(UTC))
+    event.add("dtstart", at.astimezone(UTC))
+    event.add("dtend", (at + WEBINAR_LENGTH).astimezone(UTC))
+    event.add("summary", f"{title} ({cohort})")
+    if url:
+        event.add("location", url)
+        event.add("url", url)
+        event.add("description", f"Join: {url}")
+    cal.add_component(event)
+    ics: bytes = cal.to_ical()
+    return ics.decode("utf-8")
+
+
+def email_headers(settings: Settings, cohort: Cohort) -> dict[str, str]:
+    host = urlsplit(settings.web.public_url).hostname or settings.matrix.server_name
+    return {"List-Id": f"{cohort.name.replace('<', '').replace('>', '')} <{cohort.slug}.{host}>"}
+
+
+class ProgramService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        clock: Clock,
+        settings: Callable[[], Settings],
+        library: ct.Library | None = None,
+        digest: DigestHook | None = None,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.clock = clock
+        self.settings = settings
+        s = settings()
+        self.library = library or ct.load_library(s.content.path, command_prefix=s.matrix.command_prefix)
+        self.digest = digest
+        self.targets = SqlTargets(db)
+        self.state = SqlProgramState(db, clock)
+        self.runner = ProgramRunner(
+            specs=self.specs, targets=self.targets, emit=self.emit, state=self.state, clock=clock,
+            catch_up=timedelta(hours=s.hub.catch_up_hours),
+        )
+        self.scheduler: TickScheduler | None = None
+        self.client: AsyncClient | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def install(self, sender: MatrixSender, client: AsyncClient) -> None:
+        """Before the dispatcher starts: rows queued by an earlier run may need the op at once."""
+        self.client = client
+        sender.ops["pin_plan"] = self.op_pin_plan
+
+    async def start(self) -> None:
+        if self.scheduler is None:
+            self.scheduler = TickScheduler(self.runner.on_tick, clock=self.clock)
+            self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
+
+    def poke(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.poke()
+
+    # -- specs ----------------------------------------------------------------------------------
+
+    async def specs(self) -> list[ProgramSpec]:
+        configured: dict[str, CohortSettings] = {c.slug: c for c in self.settings().cohorts}
+        async with self.db.session() as s:
+            cohorts = (await s.execute(select(Cohort).order_by(Cohort.id))).scalars().all()  # type: ignore[arg-type]
+            rows = (await s.execute(select(WebinarRow))).scalars().all()
+        by_cohort: dict[int, list[Webinar]] = {}
+        for w in rows:
+            by_cohort.setdefault(w.cohort_id, []).append(Webinar(
+                datetime.fromtimestamp(w.at, UTC), w.title, w.url,
+                announce_at=datetime.fromtimestamp(w.announce_at, UTC)))
+        specs: list[ProgramSpec] = []
+        for c in cohorts:
+            extra = by_cohort.get(c.id or 0, [])
+            conf = configured.get(c.slug) if c.source == "config" else None
+            try:
+                if conf is not None:
+                    own = {w.id for w in ProgramSpec.from_settings(
+                        conf, start=date.fromisoformat(c.start_date)).webinars}
+                    spec = ProgramSpec.from_settings(conf, start=date.fromisoformat(c.start_date),
+                                                     webinars=[w for w in extra if w.id not in own])
+                else:
+                    spec = default_spec(c, extra)
+            except ValueError as e:
+                log.error("cohort %s has no usable program calendar: %s", c.slug, e)
+                continue
+            specs.append(spec)
+        return specs
+
+    async def targets_of(self, item: CalendarItem, now: datetime) -> list[Target]:
+        """Everyone `item` is for right now (what a tick would use; `!hub send`)."""
+        out: list[Target] = []
+        for audience in item.audiences:
+            ids: Sequence[str]
+            if audience is Audience.LOUNGE:
+                lounge = await self.targets.lounge(item.cohort)
+                ids = [lounge] if lounge else []
+            elif audience is Audience.PAIR:
+                ids = await self.targets.active_pair_rooms(item.cohort, now)
+            elif audience is Audience.DIRECT:
+                ids = await self.targets.direct_rooms(item.cohort, now)
+            else:
+                ids = await self.targets.members(item.cohort, now)
+            out += [Target(audience, i) for i in dict.fromkeys(ids)]
+        return out
+
+    # -- emitting -------------------------------------------------------------------------------
+
+    async def emit(self, item: CalendarItem, targets: Sequence[Target]) -> None:
+        async with self.db.transaction() as s:
+            rows = await self.rows(s, item, targets, source="schedule")
+            await self.outbox.enqueue_many(s, rows)
+
+    async def rows(self, s: AsyncSession, item: CalendarItem, targets: Sequence[Target], *,
+                   source: str) -> list[dict[str, Any]]:
+        """Outbox rows for `item` to each target that has not had it, in the caller's transaction.
+
+        Targets whose key is already in the outbox are skipped *before* anything
+        is decided for them, so a re-emit neither advances a rotation nor makes a room.
+        """
+        keys = {t: dedupe_key(item, t) for t in targets}
+        done: set[str] = set()
+        wanted = list(keys.values())
+        for i in range(0, len(wanted), 500):
+            done.update((await s.execute(select(outbox_table.c.dedupe_key).where(
+                outbox_table.c.dedupe_key.in_(wanted[i:i + 500])))).scalars().all())
+        todo = [t for t in targets if keys[t] not in done]
+        if not todo:
+            return []
+        if item.kind is ItemKind.DIGEST:
+            return await self.digest(s, item, todo) if self.digest is not None else []
+        view = await load_cohort_view(s, item.cohort)
+        if view is None:
+            return []
+        out: list[dict[str, Any]] = []
+        week = item.week or 0
+        for audience in (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER):
+            group = [t for t in todo if t.audience is audience]
+            if not group:
+                continue
+            if audience is Audience.LOUNGE:
+                out += await self._lounge(s, view, item, group[0], keys[group[0]], week, source)
+            elif audience is Audience.PAIR:
+                out += await self._pairs(s, view, item, group, keys, week, source)
+            elif audience is Audience.DIRECT:
+                out += await self._direct(s, view, item, group, keys, week)
+            else:
+                out += self._members(view, item, group, keys, week)
+        return out
+
+    def _vars(self, view: CohortView, week: int, **more: Any) -> ct.Variables:
+        return ct.Variables(cohort=content_cohort(view), week=week, **more)
+
+    def _webinar(self, item: CalendarItem, zone: str) -> ct.Webinar:
+        w = item.webinar
+        assert w is not None
+        return ct.Webinar.in_zone(w.title, w.at, zone, url=w.url, starts_in=_STARTS_IN.get(item.kind, ""))
+
+    async def _lounge(self, s: AsyncSession, view: CohortView, item: CalendarItem, target: Target,
+                      key: str, week: int, source: str) -> list[dict[str, Any]]:
+        if view.lounge is None:
+            return []
+        lib = self.library
+        variables = self._vars(view, week)
+        if item.kind is ItemKind.LAUNCH:
+            chosen = lib.pick(ct.Kind.WELCOME, ct.Audience.COHORT, use="greeting")
+        elif item.kind is ItemKind.ICEBREAKER:
+            used = await used_items(s, [view.lounge.key], ct.Kind.ICEBREAKER.value)
+            chosen = lib.next_icebreaker(ct.Audience.COHORT, used.get(view.lounge.key, []),
+                                         week=week or None)
+            record_use(s, view.lounge.key, ct.Kind.ICEBREAKER.value, chosen.id, source, self.clock.now())
+        elif item.kind in _WEBINAR_USE:
+            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+            variables = self._vars(view, week, webinar=self._webinar(item, view.cohort.timezone))
+        else:
+            return []
+        rendered = lib.render(chosen, variables)
+        return [room_row(view.lounge, rendered.matrix_content(), kind=f"program-{item.kind.value}",
+                         dedupe_key=key)]
+
+    async def _pairs(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
+                     keys: dict[Target, str], week: int, source: str) -> list[dict[str, Any]]:
+        lib = self.library
+        video = self.settings().video.base_url
+        rotating = {ItemKind.ICEBREAKER: ct.Kind.ICEBREAKER, ItemKind.REFLECTION: ct.Kind.REFLECTION}
+        used = (await used_items(s, [t.id for t in group], rotating[item.kind].value)
+                if item.kind in rotating else {})
+        out: list[dict[str, Any]] = []
+        now = self.clock.now()
+        for t in group:
+            pv = view.pairs.get(t.id)
+            if pv is None or pv.room is None:
+                continue
+            variables = self._vars(view, week, pair=content_pair(view, pv, video))
+            kind = f"program-{item.kind.value}"
+            if item.kind is ItemKind.LAUNCH:
+                launch = lib.pick(ct.Kind.WELCOME, ct.Audience.PAIR, use="launch")
+                out.append(room_row(pv.room, lib.render(launch, variables).matrix_content(),
+                                    kind=kind, dedupe_key=keys[t]))
+                if not pv.plan:
+                    prompt = lib.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="prompt")
+                    out.append(room_row(pv.room, lib.render(prompt, variables).matrix_content(),
+                                        kind="program-plan-prompt", dedupe_key=f"{keys[t]}:plan"))
+                continue
+            if item.kind in rotating:
+                chosen = lib.pick(rotating[item.kind], ct.Audience.PAIR, week=week or None,
+                                  used=used.get(t.id, []))
+                record_use(s, t.id, rotating[item.kind].value, chosen.id, source, now)
+            elif item.kind is ItemKind.CHECKIN:
+                chosen = lib.pick(ct.Kind.CHECKIN, ct.Audience.PAIR)
+            else:
+                continue
+            out.append(room_row(pv.room, lib.render(chosen, variables).matrix_content(),
+                                kind=kind, dedupe_key=keys[t]))
+        return out
+
+    async def _direct(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
+                      keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
+        if item.kind is not ItemKind.REFLECTION:
+            return []
+        env = await ms.load_env(s, self.outbox, self.clock, self.settings())
+        chosen = self.library.pick(ct.Kind.CHECKIN, ct.Audience.PERSON)
+        out: list[dict[str, Any]] = []
+        for t in group:
+            member = view.member_by_matrix(t.id)
+            if member is None:
+                continue
+            partner = view.partner_of(t.id)
+            variables = self._vars(view, week, person=content_person(view, member),
+                                   partner=content_person(view, partner) if partner else None)
+            room = await ms.ensure_direct_room(s, env, t.id)
+            out.append(room_row(room, self.library.render(chosen, variables).matrix_content(),
+                                kind="program-private-checkin", dedupe_key=keys[t]))
+        return out
+
+    def _members(self, view: CohortView, item: CalendarItem, group: list[Target],
+                 keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
+        settings = self.settings()
+        if not settings.email.enabled or item.kind not in _WEBINAR_USE or item.webinar is None:
+            return []
+        chosen = self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+        headers = email_headers(settings, view.cohort)
+        w = item.webinar
+        ics: list[Attachment] | None = None
+        if item.kind is ItemKind.WEBINAR_ANNOUNCE:
+            # Same UID in every copy: calendars treat them as one event, updated not duplicated.
+            uid = f"{view.cohort.slug}-{w.id}@{headers['List-Id'].rsplit('<', 1)[1].rstrip('>')}"
+            ics = [{"filename": "invite.ics", "content_type": "text/calendar; method=PUBLISH",
+                    "text": webinar_ics(uid=uid, title=w.title, at=w.at, url=w.url,
+                                        cohort=view.cohort.name, now=self.clock.now())}]
+        out: list[dict[str, Any]] = []
+        for t in group:
+            member = view.members.get(int(t.id))
+            address = view.address(member) if member is not None else None
+            # "weekly" means the digest only; "off" is filtered by the targets already.
+            if member is None or address is None or view.email_mode(member) != "all":
+                continue
+            person = content_person(view, member)
+            variables = self._vars(view, week, webinar=self._webinar(item, person.timezone))
+            rendered = self.library.render(chosen, variables)
+            payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
+                                    html=rendered.email_html, to_name=person.name, headers=headers,
+                                    attachments=ics)
+            out.append({"channel": EMAIL, "kind": f"program-{item.kind.value}",
+                        "lane": normalize_address(address), "payload": dict(payload),
+                        "dedupe_key": keys[t]})
+        return out
+
+    # -- the pinned backup plan -------------------------------------------------------------------
+
+    async def op_pin_plan(self, row: Claimed, p: dict[str, Any]) -> str:
+        """Pin the pair's plan message (or unpin the old one, for `plan clear`).
+
+        Runs after the plan message on the same lane, so its event id is in the
+        outbox by now. Other pins in the room (the people's own) are kept.
+        """
+        room_id, pair_id, key = str(p["room_id"]), int(p["pair_id"]), p.get("message_key")
+        async with self.db.session() as s:
+            plan = await s.get(PairPlan, pair_id)
+            sent = (await s.execute(select(outbox_table.c.status, outbox_table.c.result).where(
+                outbox_table.c.dedupe_key == key))).first() if key else None
+        if plan is None or plan.message_key != key:
+            return "superseded"  # a newer `plan set`/`plan clear` has its own pin row
+        new_id: str | None = None
+        if key:
+            if sent is None or sent.status == "failed":
+                raise PermanentDeliveryError("the plan message was not sent, so there is nothing to pin")
+            if sent.status != "sent" or not sent.result:
+                raise TemporaryDeliveryError("the plan message is not sent yet", retry_after=1.0)
+            new_id = str(sent.result)
+        pins = [e for e in await self._pins(room_id) if e not in (plan.event_id, new_id)]
+        if new_id:
+            pins.insert(0, new_id)
+        event_id = await self._put_pins(room_id, pins)
+        async with self.db.transaction() as s:
+            current = await s.get(PairPlan, pair_id)
+            if current is not None and current.message_key == key:
+                current.event_id = new_id
+        return event_id
+
+    async def _pins(self, room_id: str) -> list[str]:
+        assert self.client is not None
+        resp = await self.client.room_get_state_event(room_id, "m.room.pinned_events")
+        if isinstance(resp, RoomGetStateEventResponse):
+            pinned = resp.content.get("pinned", [])
+            return [e for e in pinned if isinstance(e, str)] if isinstance(pinned, list) else []
+        if isinstance(resp, ErrorResponse) and resp.status_code == "M_NOT_FOUND":
+            return []
+        raise TemporaryDeliveryError(f"reading the room's pins failed: {resp}")
+
+    async def _put_pins(self, room_id: str, pins: list[str]) -> str:
+        assert self.client is not None
+        resp = await self.client.room_put_state(room_id, "m.room.pinned_events", {"pinned": pins})
+        if isinstance(resp, RoomPutStateResponse):
+            return str(resp.event_id)
+        if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
+            raise PermanentDeliveryError(f"pinning the plan failed: {resp.status_code} {resp.message}")
+        raise TemporaryDeliveryError(f"pinning the plan failed: {resp}")
+
+
+async def suppressed(s: AsyncSession, addresses: Sequence[str]) -> set[str]:
+    """Which of `addresses` bounced for good (no mail goes to them)."""
+    if not addresses:
+        return set()
+    rows = (await s.execute(select(email_suppression_table.c.address).where(
+        email_suppression_table.c.address.in_([normalize_address(a) for a in addresses])))).scalars().all()
+    return set(rows)
+
+
+def render_or_none(library: ct.Library, item: ct.ContentItem, variables: ct.Variables) -> ct.Rendered | None:
+    """Render, logging instead of failing: one bad template must not stop a whole fan-out."""
+    try:
+        return library.render(item, variables)
+    except ContentError as e:
+        log.error("content item %s failed to render: %s", item.id, e)
+        return None
+

@@ -1,0 +1,114 @@
+"""`Targets` (hub.program) over the cohort tables: who gets a scheduled item right now.
+
+Target ids are stable for the life of the target, as the dedupe keys need:
+
+* lounge and pair rooms by their room *key* (``lounge:3``, ``pair:17``), never
+  the Matrix room id, which changes when a lost room is replaced;
+* direct rooms by the person's Matrix id (the room is created on first use);
+* email members by the member row's id.
+
+Exclusions happen here, at the tick: a paused or closed pair, a pair whose
+room is closed, a snoozed person, an address that is opted out or suppressed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from hub.email.payload import normalize_address
+from hub.storage.db import Database
+from hub.storage.models import (
+    cohort_table,
+    email_suppression_table,
+    hub_room_table,
+    member_table,
+    pair_table,
+    person_pref_table,
+)
+
+__all__ = ["PARTICIPANT_ROLES", "SqlTargets", "effective_address"]
+
+PARTICIPANT_ROLES = ("mentor", "mentee")
+C, M, P, R = cohort_table, member_table, pair_table, hub_room_table
+PREF, SUP = person_pref_table, email_suppression_table
+
+
+def effective_address(member_email: str | None, pref_email: str | None) -> str | None:
+    """The address mail goes to: a confirmed replacement (`!hub email ADDRESS`) wins."""
+    address = pref_email or member_email
+    return normalize_address(address) if address else None
+
+
+class SqlTargets:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def lounge(self, cohort: str) -> str | None:
+        async with self.db.session() as s:
+            key = (await s.execute(
+                select(R.c.key).join(C, C.c.id == R.c.cohort_id)
+                .where((C.c.slug == cohort) & (R.c.kind == "lounge") & (R.c.status != "closed"))
+            )).scalar_one_or_none()
+        return key
+
+    async def active_pair_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
+        # Joined or not: a room whose people have not accepted yet still gets the
+        # item, so it is there when they do (PRODUCT.md, `!hub send`).
+        async with self.db.session() as s:
+            rows = (await s.execute(
+                select(R.c.key).join(P, P.c.id == R.c.pair_id).join(C, C.c.id == P.c.cohort_id)
+                .where((C.c.slug == cohort) & (R.c.kind == "pair")
+                       & R.c.status.not_in(("closing", "closed")) & (P.c.status == "active"))
+                .order_by(P.c.id)
+            )).scalars().all()
+        return list(rows)
+
+    async def direct_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
+        """Participants with a Matrix id who are in an active pair and not snoozed.
+
+        The private check-in is about a mentoring relationship, so people
+        without an active pair (or moderators) are not asked.
+        """
+        ts = now.timestamp()
+        async with self.db.session() as s:
+            paired = select(P.c.mentor_id.label("mid")).where(P.c.status == "active").union(
+                select(P.c.mentee_id.label("mid")).where(P.c.status == "active")).subquery()
+            rows = (await s.execute(
+                select(M.c.matrix_id).distinct()
+                .join(C, C.c.id == M.c.cohort_id)
+                .join(paired, paired.c.mid == M.c.id)
+                .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
+                .where((C.c.slug == cohort) & (M.c.status == "active") & M.c.matrix_id.is_not(None)
+                       & M.c.role.in_(PARTICIPANT_ROLES)
+                       & or_(PREF.c.snooze_until.is_(None), PREF.c.snooze_until <= ts))
+                .order_by(M.c.matrix_id)
+            )).scalars().all()
+        return [r for r in rows if r]
+
+    async def members(self, cohort: str, now: datetime) -> Sequence[str]:
+        """Active members with an address that is neither opted out nor suppressed.
+
+        ``weekly`` (digest only) is the emitter's to apply, as it depends on the item.
+        """
+        async with self.db.session() as s:
+            rows = (await s.execute(
+                select(M.c.id, M.c.email, PREF.c.email, PREF.c.email_mode)
+                .join(C, C.c.id == M.c.cohort_id)
+                .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
+                .where((C.c.slug == cohort) & (M.c.status == "active")
+                       & or_(M.c.email.is_not(None), PREF.c.email.is_not(None))
+                       & or_(PREF.c.email_mode.is_(None), PREF.c.email_mode != "off"))
+                .order_by(M.c.id)
+            )).all()
+            addresses = {r[0]: effective_address(r[1], r[2]) for r in rows}
+            wanted = [a for a in addresses.values() if a]
+            suppressed: set[str] = set()
+            for i in range(0, len(wanted), 500):  # keep IN lists a sane size
+                chunk = wanted[i:i + 500]
+                suppressed.update((await s.execute(
+                    select(SUP.c.address).where(SUP.c.address.in_(chunk))
+                )).scalars().all())
+        return [str(mid) for mid, a in addresses.items() if a and a not in suppressed]

@@ -1,0 +1,87 @@
+"""Acceptance 3: the homeserver is down for 20 s in the middle of a fan-out; everything
+arrives once, in order, after it returns. Uses its own Synapse, since it is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from delivery_helpers import make_rooms, raw_client, read_room, wait_for
+from sqlalchemy import func, select
+
+from hub.devserver.synapse import SynapseServer
+from hub.storage.models import outbox_table as T
+
+from conftest import hub_settings, running_hub
+
+pytestmark = [pytest.mark.synapse, pytest.mark.slow]
+
+ROOMS = 20
+PER_ROOM = 3
+
+
+@pytest.fixture(scope="module")
+async def own_synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynapseServer]:
+    server = SynapseServer(tmp_path_factory.mktemp("synapse-down"))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_homeserver_down_20s_during_fan_out(own_synapse: SynapseServer, tmp_path: Path) -> None:
+    tag = secrets.token_hex(3)
+    bot = await own_synapse.register(f"downhub{tag}", secrets.token_urlsafe(12))
+    reader = await own_synapse.register(f"downreader{tag}", secrets.token_urlsafe(12))
+    rooms = await make_rooms(own_synapse.url, bot, reader, ROOMS)
+    settings = hub_settings(homeserver=own_synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[])
+    async with running_hub(settings) as hub:
+        assert hub.db is not None and hub.outbox is not None
+        rows: list[dict[str, Any]] = [
+            dict(channel="matrix", kind="fanout", lane=room, dedupe_key=f"fanout:{room}:{i}",
+                 payload={"op": "message", "room_id": room, "type": "m.room.message",
+                          "content": {"msgtype": "m.notice", "body": f"fan-out {i}"}})
+            for i in range(PER_ROOM) for room in rooms
+        ]
+
+        async def sent() -> int:
+            assert hub.db is not None
+            async with hub.db.session() as s:
+                return int((await s.execute(select(func.count()).select_from(T).where(
+                    (T.c.kind == "fanout") & (T.c.status == "sent")))).scalar() or 0)
+
+        async with hub.db.transaction() as s:
+            await hub.outbox.enqueue_many(s, rows)
+        async def started() -> bool:
+            return await sent() >= 5
+
+        await wait_for(started, timeout=60)
+        own_synapse.kill()  # mid fan-out, like a crashed homeserver
+        at_outage = await sent()
+        await asyncio.sleep(20)
+        during = await sent()
+        back = time.monotonic()
+        await own_synapse.start()
+        deadline = back + 60
+        while await sent() < len(rows):
+            assert time.monotonic() < deadline, f"{await sent()}/{len(rows)} sent after the return"
+            await asyncio.sleep(0.1)
+        recovered = time.monotonic() - back
+        async with hub.db.session() as s:
+            failed = (await s.execute(select(func.count()).select_from(T).where(
+                T.c.status == "failed"))).scalar()
+    print(f"\nhomeserver down 20 s: {at_outage}/{len(rows)} sent before, {during} during, "
+          f"the rest within {recovered:.1f} s of its return")
+    assert at_outage < len(rows) and during == at_outage
+    assert failed == 0
+    client = raw_client(own_synapse.url, reader)
+    try:
+        for room in rooms:
+            assert await read_room(client, room, bot.user_id) == [f"fan-out {i}" for i in range(PER_ROOM)]
+    finally:
+        await client.close()
+    assert recovered < 15

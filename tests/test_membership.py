@@ -1,0 +1,263 @@
+"""Cohorts, members and pairs in the database (SQLite and PostgreSQL), with the rows they queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from conftest import backends, hub_settings
+from hub.clock import SystemClock
+from hub.config import Settings
+from hub.core.cohorts import Who
+from hub.delivery.outbox import Outbox
+from hub.devserver.synapse import RegisteredUser
+from hub.errors import CommandError
+from hub.features import membership as ms
+from hub.storage.db import Database, open_database
+from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
+from hub.storage.models import outbox_table as T
+
+pytestmark = pytest.mark.parametrize("backend", backends())
+BOT = RegisteredUser("@hub:example.org", "pw", "token", "DEV")
+MOD = "@lead:example.org"
+
+
+def settings_for(tmp_path: Path, url: str, **extra: Any) -> Settings:
+    return hub_settings(homeserver="https://example.org", bot=BOT, data_dir=tmp_path / "hub",
+                        moderators=[MOD], database_url=url, extra=extra)
+
+
+@pytest.fixture
+async def world(database_urls: dict[str, str], backend: str, tmp_path: Path) -> AsyncIterator[Any]:
+    db = await open_database(database_urls[backend])
+
+    class World:
+        def __init__(self) -> None:
+            self.db: Database = db
+            self.settings = settings_for(tmp_path, database_urls[backend])
+            self.outbox = Outbox(db, SystemClock())
+
+        async def env(self, s: Any) -> ms.Env:
+            return await ms.load_env(s, self.outbox, SystemClock(), self.settings)
+
+        async def rows(self) -> list[dict[str, Any]]:
+            async with db.session() as s:
+                result = await s.execute(select(T.c.seq, T.c.kind, T.c.lane, T.c.channel, T.c.payload)
+                                         .order_by(T.c.seq))
+                return [{"seq": r[0], "kind": r[1], "lane": r[2], "channel": r[3],
+                         "payload": json.loads(r[4])} for r in result.all()]
+
+    yield World()
+    await db.close()
+
+
+async def _cohort(w: Any) -> Any:
+    async with w.db.transaction() as s:
+        env = await w.env(s)
+        return await ms.create_cohort(s, env, slug="winter", name="Winter", timezone="UTC", start=None,
+                                      weeks=12, source="command")
+
+
+async def test_schema_matches_models(world: Any) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    def diff(conn: Any) -> list[Any]:
+        mine = {"cohort", "member", "pair", "hub_room", "room_member"}
+        changes = compare_metadata(MigrationContext.configure(conn), metadata)
+        return [c for c in changes if any(t in repr(c) for t in (f"'{n}'" for n in mine))]
+
+    async with world.db.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+
+
+async def test_cohort_creation_queues_space_then_lounge_with_moderators(world: Any) -> None:
+    cohort = await _cohort(world)
+    rows = await world.rows()
+    creates = [r for r in rows if r["kind"] == "room-create"]
+    assert [r["lane"] for r in creates] == [f"room:space:{cohort.id}", f"room:lounge:{cohort.id}"]
+    invites = [r for r in rows if r["kind"] == "room-invite"]
+    assert [r["payload"]["users"] for r in invites] == [[MOD], [MOD]]
+    # Each invite waits behind its room's creation on the room's key lane.
+    assert [r["lane"] for r in invites] == [f"room:space:{cohort.id}", f"room:lounge:{cohort.id}"]
+    assert len(cohort.start_date) == 10
+
+
+async def test_members_are_added_once_and_roles_do_not_silently_change(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        member, outcome = await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"),
+                                              name="Ada", email="ada@x.org")
+        assert outcome == "added" and member.email == "ada@x.org"
+    before = len(await world.rows())
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        _, again = await ms.add_member(s, env, cohort, "mentor", Who(email="ADA@x.org"), name="Ada")
+        assert again == "unchanged"
+        with pytest.raises(CommandError, match="already a mentor"):
+            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@ada:x.org"))
+    assert len(await world.rows()) == before  # nothing queued twice
+
+
+async def test_email_only_members_get_a_welcome_email_when_email_is_on(world: Any, tmp_path: Path,
+                                                                      database_urls: dict[str, str],
+                                                                      backend: str) -> None:
+    world.settings = settings_for(tmp_path, database_urls[backend],
+                                  email={"enabled": True, "from": "hub@x.org"})
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentee", Who(email="cy@x.org"), name="Cy")
+    emails = [r for r in await world.rows() if r["channel"] == "email"]
+    assert len(emails) == 1
+    assert emails[0]["lane"] == "cy@x.org" and set(emails[0]["payload"]) == {"to", "subject", "text", "html"}
+    assert "Winter" in emails[0]["payload"]["subject"]
+
+
+async def test_pairing_queues_room_invites_and_welcome_in_order(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"), name="Ada")
+        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"), name="Bo")
+        await ms.add_member(s, env, cohort, "mentee", Who(email="cy@x.org"))
+        pair, created = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
+                                           Who(matrix_id="@bo:x.org"))
+        assert created
+        again, created_again = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
+                                                  Who(matrix_id="@bo:x.org"))
+        assert again.id == pair.id and not created_again
+        with pytest.raises(CommandError, match="is a mentee in winter, not a mentor"):
+            await ms.make_pair(s, env, cohort, Who(matrix_id="@bo:x.org"), Who(email="cy@x.org"))
+        with pytest.raises(CommandError, match="not a member"):
+            await ms.make_pair(s, env, cohort, Who(matrix_id="@zed:x.org"), Who(email="cy@x.org"))
+    lane = f"room:pair:{pair.id}"
+    mine = [r for r in await world.rows() if r["lane"] == lane]
+    assert [r["kind"] for r in mine] == ["room-create", "room-invite", "room-invite", "pair-welcome"]
+    welcome = mine[-1]["payload"]
+    assert welcome["room_key"] == f"pair:{pair.id}" and pair.video_name in welcome["content"]["body"]
+
+
+async def test_a_mentee_has_one_open_pair_even_at_the_database_level(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        for who, role in (("@a:x", "mentor"), ("@b:x", "mentor"), ("@m:x", "mentee")):
+            await ms.add_member(s, env, cohort, role, Who(matrix_id=who))
+        await ms.make_pair(s, env, cohort, Who(matrix_id="@a:x"), Who(matrix_id="@m:x"))
+        with pytest.raises(CommandError, match="already paired with a"):
+            await ms.make_pair(s, env, cohort, Who(matrix_id="@b:x"), Who(matrix_id="@m:x"))
+    with pytest.raises(IntegrityError):
+        async with world.db.transaction() as s:
+            first = (await s.execute(select(Pair))).scalars().first()
+            assert first is not None
+            s.add(Pair(cohort_id=first.cohort_id, mentor_id=first.mentor_id, mentee_id=first.mentee_id,
+                       status="active", video_name="x", created_at=0))
+
+
+async def test_relane_moves_waiting_rows_to_the_room_lane_in_order(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        space, _ = await ms.cohort_rooms(s, cohort.id)
+        assert space is not None
+        space.room_id = "!space:x.org"
+        moved = await ms.relane(s, space)
+        assert moved == 3  # create, moderator invite, Ada's invite (the create row is still queued)
+    rows = [r for r in await world.rows() if r["lane"] == "!space:x.org"]
+    assert [r["kind"] for r in rows] == ["room-create", "room-invite", "room-invite"]
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        space, _ = await ms.cohort_rooms(s, cohort.id)
+        assert space is not None and space.room_id == "!space:x.org"
+        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+    assert (await world.rows())[-2]["lane"] == "!space:x.org"  # known room: queued on its id
+
+
+async def test_remove_closes_pairs_and_kicks(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+        pair, _ = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"), Who(matrix_id="@bo:x.org"))
+        room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == f"pair:{pair.id}"))).scalar_one()
+        room.room_id, room.status = "!pair:x.org", "ready"
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        member, closed = await ms.remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
+        assert closed == 1 and member.status == "removed"
+        with pytest.raises(CommandError, match="not a member"):
+            await ms.remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
+    kinds = [r["kind"] for r in await world.rows()]
+    assert kinds[-4:] == ["pair-goodbye", "room-leave", "room-kick", "room-kick"]
+    async with world.db.session() as s:
+        pair2 = await s.get(Pair, pair.id)
+        assert pair2 is not None and pair2.status == "closed"
+        space, lounge = await ms.cohort_rooms(s, cohort.id)
+        assert space is not None and lounge is not None
+        states = {(r.room_pk, r.user_id): r.state for r in (await s.execute(select(RoomMember))).scalars()}
+    assert states[(space.id, "@bo:x.org")] == states[(lounge.id, "@bo:x.org")] == "removed"
+    assert states[(space.id, "@ada:x.org")] == "pending"
+    # Added again: reactivated (same row), invited again.
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        again, outcome = await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+        assert outcome == "added" and again.id == member.id
+
+
+async def test_config_sync_creates_cohorts_once_and_follows_moderators(
+    world: Any, tmp_path: Path, database_urls: dict[str, str], backend: str
+) -> None:
+    cohort_cfg = {"slug": "spring", "name": "Spring", "start": "2027-03-01"}
+    world.settings = settings_for(tmp_path, database_urls[backend])
+    data = world.settings
+    from dataclasses import replace
+
+    from hub.config import settings_from_dict
+
+    with_cohort = settings_from_dict(
+        {"matrix": {"homeserver": "https://x.org", "user_id": BOT.user_id, "password": "p",
+                    "moderators": [MOD]}, "cohort": [cohort_cfg],
+         "database": {"url": database_urls[backend]}}, base=tmp_path, env={})
+    world.settings = replace(data, cohorts=with_cohort.cohorts)
+    async with world.db.transaction() as s:
+        changes = await ms.sync_config(s, await world.env(s))
+    assert changes == ["cohort spring created from the config"]
+    async with world.db.transaction() as s:
+        assert await ms.sync_config(s, await world.env(s)) == []
+        cohort = await ms.get_cohort(s, "spring")
+        assert cohort is not None and cohort.start_date == "2027-03-01" and cohort.source == "config"
+    # A second moderator in the config is invited to the space and lounge.
+    world.settings = replace(world.settings, matrix=replace(world.settings.matrix,
+                                                            moderators=(MOD, "@second:x.org")))
+    async with world.db.transaction() as s:
+        changes = await ms.sync_config(s, await world.env(s))
+    assert changes and "@second:x.org" in changes[0]
+    invited = [r["payload"]["users"] for r in await world.rows() if r["kind"] == "room-invite"]
+    assert invited[-2:] == [["@second:x.org"], ["@second:x.org"]]
+
+
+async def test_participants_and_room_kinds(world: Any) -> None:
+    cohort = await _cohort(world)
+    async with world.db.transaction() as s:
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        direct = await ms.ensure_direct_room(s, env, "@ada:x.org")
+        assert (await ms.ensure_direct_room(s, env, "@ada:x.org")).id == direct.id
+        await ms.queue_room_message(s, env, direct, "hello", kind="test", dedupe_key="t1")
+    async with world.db.session() as s:
+        assert await ms.is_participant(s, "@ada:x.org")
+        assert not await ms.is_participant(s, "@stranger:x.org")
+        count = (await s.execute(select(func.count()).select_from(Member))).scalar()
+        assert count == 1
+    lane = [r for r in await world.rows() if r["lane"] == "room:direct:@ada:x.org"]
+    assert [r["kind"] for r in lane] == ["room-create", "room-invite", "test"]

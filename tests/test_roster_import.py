@@ -1,0 +1,169 @@
+"""`hub roster import`: all or nothing, idempotent, dry runs change nothing (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from conftest import backends
+from hub.cli import main
+from hub.storage.db import open_database
+from hub.storage.models import HubRoom, Member, Pair, hub_room_table
+from hub.storage.models import outbox_table as T
+
+pytestmark = pytest.mark.parametrize("backend", backends())
+HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"
+TABLES = ("cohort", "member", "pair", "hub_room", "room_member", "outbox", "kv")
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handlers() -> Any:
+    """main() installs a log handler on the test's captured stderr; don't let it outlive the test."""
+    yield
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_hub", False):
+            root.removeHandler(h)
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[database]\nurl = "{url}"\n'
+        '[matrix]\nhomeserver = "https://matrix.example.org"\nuser_id = "@hub:example.org"\n'
+        'password = "not-used"\nmoderators = ["@lead:example.org"]\n'
+        '[[cohort]]\nslug = "winter"\nname = "Winter 2027"\nstart = 2027-01-11\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def roster(pairs: int, *, bad_line: int | None = None, bad: str = "") -> str:
+    """`pairs` mentors and mentees; mentees name their mentor by email, half of them email-only."""
+    lines = [HEADER]
+    for i in range(pairs):
+        lines.append(f"winter,mentor,Mentor {i},mentor{i}@example.org,@mentor{i}:example.org,Europe/Berlin,")
+        mx = f"@mentee{i}:example.org" if i % 2 else ""
+        lines.append(f'winter,mentee,"Mentee {i}",mentee{i}@example.org,{mx},,mentor{i}@example.org')
+    if bad_line is not None:
+        lines[bad_line - 1] = bad
+    return "\n".join(lines) + "\n"
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        db = await open_database(url)
+        try:
+            async with db.session() as s:
+                out: dict[str, Any] = {}
+                for table in TABLES:
+                    rows = (await s.execute(text(f"SELECT * FROM {table}"))).all()
+                    out[table] = sorted(map(repr, rows))
+                return out
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def counts(url: str) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        db = await open_database(url)
+        try:
+            async with db.session() as s:
+                return {
+                    "members": (await s.execute(select(func.count()).select_from(Member))).scalar_one(),
+                    "pairs": (await s.execute(select(func.count()).select_from(Pair))).scalar_one(),
+                    "pair_rooms": (await s.execute(select(func.count()).select_from(HubRoom).where(
+                        hub_room_table.c.kind == "pair"))).scalar_one(),
+                    "creates": (await s.execute(select(func.count()).select_from(T).where(
+                        T.c.kind == "room-create"))).scalar_one(),
+                    "outbox": (await s.execute(select(func.count()).select_from(T))).scalar_one(),
+                }
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def run(*args: str) -> int:
+    return main(["roster", "import", *args])
+
+
+def test_two_hundred_rows_make_one_hundred_pairs_once(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = database_urls[backend]
+    config = write_config(tmp_path, url)
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(100), encoding="utf-8")
+    assert run(str(csv), "-c", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "Imported 200 rows for winter: 200 people added" in out and "100 new pairs" in out
+    first = counts(url)
+    assert first["members"] == 200 and first["pairs"] == 100 and first["pair_rooms"] == 100
+    assert first["creates"] == 102  # 100 pair rooms, the space and the lounge
+    before = snapshot(url)
+    assert run(str(csv), "-c", str(config)) == 0
+    assert "0 people added, 0 updated, 200 unchanged; 0 new pairs, 100 already paired" in capsys.readouterr().out
+    assert snapshot(url) == before  # importing again changes nothing, queues nothing
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("winter,boss,X,x@example.org,,,", "line 57: role must be mentor, mentee or moderator"),
+        ("winter,mentee,X,x@example.org,,,nobody@example.org",
+         "line 57: nobody@example.org is not a member of winter"),
+        ("spring,mentor,X,x@example.org,,,", "line 57: there is no cohort 'spring'"),
+        ("winter,mentee,X,x@example.org,,,mentee3@example.org",
+         "line 57: mentor mentee3@example.org is a mentee on line 9, not a mentor"),
+    ],
+)
+def test_one_bad_row_imports_nothing_and_names_its_line(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    bad: str, message: str,
+) -> None:
+    url = database_urls[backend]
+    config = write_config(tmp_path, url)
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(40, bad_line=57, bad=bad), encoding="utf-8")
+    before = snapshot(url)
+    assert run(str(csv), "-c", str(config)) == 1
+    err = capsys.readouterr().err
+    assert "nothing was imported" in err and message in err, err
+    assert "Traceback" not in err
+    assert snapshot(url) == before
+
+
+def test_dry_run_changes_nothing(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = database_urls[backend]
+    config = write_config(tmp_path, url)
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(10), encoding="utf-8")
+    before = snapshot(url)
+    assert run(str(csv), "-c", str(config), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Dry run, nothing was changed: would import 20 rows") and "10 new pairs" in out
+    assert snapshot(url) == before
+    # The same file for real afterwards: the dry run's report was the truth.
+    assert run(str(csv), "-c", str(config)) == 0
+    assert counts(url)["pairs"] == 10
+
+
+def test_unreadable_file_and_usage(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, database_urls[backend])
+    assert run(str(tmp_path / "missing.csv"), "-c", str(config)) == 1
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["roster", "import"])
+    assert e.value.code == 2
