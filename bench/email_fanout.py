@@ -157,8 +157,10 @@ async def run(args: argparse.Namespace) -> None:
     backend = "postgresql" if args.database_url else "sqlite"
     print(f"email fan-out: {n} messages of {size / 1024:.1f} KiB, {args.connections} connections, "
           f"sink in its own process, outbox on {backend}, best of {args.rounds}")
-    print(f"  raw aiosmtplib, pre-built:  {r:.2f} s  {n / r:7.0f} emails/s   runs {[round(x, 2) for x in raws]}")
-    print(f"  hub outbox (dispatch):      {h:.2f} s  {n / h:7.0f} emails/s   runs {[round(x, 2) for x in hubs]}")
+    print(f"  raw aiosmtplib, pre-built:  {r:.2f} s  {n / r:7.0f} emails/s   "
+          f"runs {[round(x, 2) for x in raws]}")
+    print(f"  hub outbox (dispatch):      {h:.2f} s  {n / h:7.0f} emails/s   "
+          f"runs {[round(x, 2) for x in hubs]}")
     print(f"  hub enqueue (one transaction for all rows): {min(enqueues):.2f} s")
     print(f"  ratio hub/raw: {h / r:.2f} (target <= 1.3), hub rate {n / h:.0f}/s (target >= 300/s)")
     print(f"  sink received {received} (expected {2 * n * args.rounds})")

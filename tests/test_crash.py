@@ -150,7 +150,11 @@ async def test_sigkill_three_times_then_exactly_once_chat_at_least_once_email(
         async with db.session() as s:
             rows = (await s.execute(select(T).where(T.c.lane.in_(list(wrong))))).all()
         await db.close()
-        pytest.fail(f"rooms without exactly one copy: {wrong}; their rows: {rows}")
+        client = raw_client(synapse.url, reader)
+        seen_events = [await client.room_get_event(r.lane, r.result) for r in rows]
+        await client.close()
+        pytest.fail(f"rooms without exactly one copy: {wrong}; their rows: {rows}; "
+                    f"events: {[getattr(e, 'event', e) for e in seen_events]}")
     assert sorted(copies[r][0] for r in rooms) == sorted(f"{tag} {i}" for i in range(ROOMS))
     assert len(per_address) == ADDRESSES
     # Each kill landed with work still to do, and at least one with sends in flight.

@@ -117,3 +117,35 @@ async def test_550_alerts_moderators_in_control_room_and_healthz_follows_smtp(
     assert 'hub_outbox_rows{channel="email",status="failed"} 1' in metrics
     assert 'hub_outbox_rows{channel="email",status="sent"} 1' in metrics
     assert "hub_smtp_up 0" in metrics
+
+
+async def test_forbidden_is_failed_with_reason_and_reported_to_moderators(
+    synapse: SynapseServer, participant: Any, register: Any, tmp_path: Path,
+) -> None:
+    bot = await register("forbidhub")
+    moderator = await participant("mod")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[moderator.user_id])
+    async with running_hub(settings) as hub:
+        assert hub.db is not None and hub.outbox is not None and hub.control_room_id
+        control = hub.control_room_id
+        await moderator.wait_joined(control, moderator.user_id, timeout=20)
+        # A room where the hub is a plain member: changing the topic needs power 50.
+        room = await moderator.create_room(invite=[bot.user_id], name="not the hub's")
+        await moderator.wait_joined(room, bot.user_id)
+        async with hub.db.transaction() as s:
+            await hub.outbox.enqueue(s, channel="matrix", kind="topic", lane=room, dedupe_key="topic:1",
+                                     payload={"op": "state", "room_id": room, "type": "m.room.topic",
+                                              "content": {"topic": "set by the hub"}})
+
+        def reported() -> bool:
+            return any("Delivery failed for good" in getattr(ev, "body", "")
+                       for ev in moderator.in_room(control))
+
+        await moderator.wait_until(reported, timeout=30)
+        async with hub.db.session() as s:
+            row = (await s.execute(select(T.c.status, T.c.attempts, T.c.last_error)
+                                   .where(T.c.dedupe_key == "topic:1"))).one()
+    alert = next(ev.body for ev in moderator.in_room(control) if "Delivery failed for good" in ev.body)
+    assert row.status == "failed" and row.attempts == 1  # permanent: not retried
+    assert "M_FORBIDDEN" in (row.last_error or "") and "M_FORBIDDEN" in alert and "topic" in alert

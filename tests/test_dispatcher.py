@@ -199,3 +199,52 @@ async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
     again = await d.claim(10)
     assert [r.seq for r in again] == [first[0].seq]
     await db.close()
+
+
+async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(database_urls, backend) -> None:
+    db, outbox = await _db(database_urls, backend)
+    now = SystemClock().now().timestamp()
+    async with db.transaction() as s:
+        await outbox.enqueue(s, channel=MATRIX, kind="later", lane="!a", payload={},
+                             dedupe_key="later", not_before=now + 7 * 86400)
+    assert (await outbox.stats()).oldest_queued_age == 0.0  # scheduled for next week: not late
+    async with db.transaction() as s:
+        await outbox.enqueue(s, channel=MATRIX, kind="old", lane="!b", payload={}, dedupe_key="old")
+        await s.execute(update(T).where(T.c.dedupe_key == "old").values(created_at=now - 3600,
+                                                                        not_before=now - 3600))
+    assert 3590 < (await outbox.stats()).oldest_queued_age < 3700
+    async with db.transaction() as s:  # it failed once and waits for its retry: still late
+        await s.execute(update(T).where(T.c.dedupe_key == "old").values(attempts=1, not_before=now + 60))
+    assert 3590 < (await outbox.stats()).oldest_queued_age < 3700
+    stats = await outbox.stats()
+    assert stats.queued == {"matrix": 2}
+    await db.close()
+
+
+async def test_two_dispatchers_share_postgresql_without_double_sends(database_urls, backend) -> None:
+    if backend != "postgresql":
+        pytest.skip("several dispatchers share a queue on PostgreSQL only (SQLite runs one)")
+    db_a, outbox_a = await _db(database_urls, backend)
+    db_b, outbox_b = await _db(database_urls, backend)
+    await _queue(db_a, outbox_a, lanes=25, per_lane=8)
+    sender = Recorder(delay=0.01)  # shared: it sees every send from both dispatchers
+    a = Dispatcher(db_a, outbox_a, SystemClock(), {MATRIX: sender}, concurrency=6, poll_seconds=0.05)
+    b = Dispatcher(db_b, outbox_b, SystemClock(), {MATRIX: sender}, concurrency=6, poll_seconds=0.05)
+    await a.open()
+    await b.open()
+    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+
+    async def done() -> bool:
+        return (await _status_counts(db_a)).get("sent", 0) == 200
+
+    await _until(done, timeout=60)
+    await a.stop()
+    await b.stop()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert a.sent_count > 0 and b.sent_count > 0  # both did real work
+    assert a.sent_count + b.sent_count == 200 == len(sender.attempts) == len(set(sender.attempts))
+    assert all(sender.sent[f"!lane{i}"] == list(range(8)) for i in range(25))
+    await db_a.close()
+    await db_b.close()

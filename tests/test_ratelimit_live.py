@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_helpers import make_rooms, raw_client, wait_for
+from delivery_helpers import fresh_filter, make_rooms, raw_client, wait_for
 from nio import MessageDirection, RoomMessagesResponse, SyncResponse
 from sqlalchemy import func, select
 
@@ -36,7 +36,7 @@ async def limited_synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
 
 
 async def _events(client: Any, room: str, sender: str) -> list[tuple[str, int]]:
-    synced = await client.sync(timeout=0, sync_filter={"room": {"timeline": {"limit": 1}}})
+    synced = await client.sync(timeout=0, sync_filter=fresh_filter())
     assert isinstance(synced, SyncResponse)
     resp = await client.room_messages(room, start=synced.next_batch, direction=MessageDirection.back,
                                       limit=200)

@@ -44,7 +44,9 @@ ANYWHERE: frozenset[RoomKind] = frozenset(RoomKind)
 @dataclass(frozen=True)
 class Arg:
     name: str
-    kind: str = "word"  # word | int | choice | rest (the remaining text, joined)
+    # word | int | choice | rest (the remaining words, joined) | text (the rest of the
+    # line verbatim: people's own words, where an apostrophe is not a shell quote)
+    kind: str = "word"
     choices: tuple[str, ...] = ()
     optional: bool = False
     minimum: int | None = None
@@ -52,7 +54,7 @@ class Arg:
 
     def usage(self) -> str:
         label = "|".join(self.choices) if self.kind == "choice" else self.name.upper()
-        if self.kind == "rest":
+        if self.kind in ("rest", "text"):
             label += "..."
         return f"[{label}]" if self.optional else label
 
@@ -163,6 +165,9 @@ class CommandRegistry:
         return None
 
     def parse(self, rest: str) -> ParsedCommand:
+        verbatim = self._parse_verbatim(rest)
+        if verbatim is not None:
+            return verbatim
         words = split_command_line(rest)
         if not words:
             words = ["help"]
@@ -173,6 +178,34 @@ class CommandRegistry:
                 spec = self._specs[name]
                 return ParsedCommand(spec, self._bind(spec, words[n:]))
         raise UsageError(self._unknown(words))
+
+    def _parse_verbatim(self, rest: str) -> ParsedCommand | None:
+        """A command ending in a `text` argument: leading words split on spaces, the rest as typed.
+
+        "I'd like help" or a plan with quotes in it must arrive exactly as written,
+        not fail as an unclosed quote or lose its quotes to shell splitting.
+        """
+        parts = rest.split(None, 2)
+        for n in (2, 1):
+            spec = self._specs.get(" ".join(parts[:n]).lower()) if len(parts) >= n else None
+            if spec is None or not spec.args or spec.args[-1].kind != "text":
+                continue
+            leading = spec.args[:-1]
+            chunks = rest.split(None, n + len(leading))[n:]
+            values: dict[str, Any] = {}
+            for arg, word in zip(leading, chunks, strict=False):
+                try:
+                    values[arg.name] = arg.convert(word)
+                except ValueError as e:
+                    raise self._usage(spec, str(e)) from None
+            if len(chunks) < len(leading):
+                raise self._usage(spec, f"{leading[len(chunks)].name} is missing")
+            text = chunks[len(leading)].strip() if len(chunks) > len(leading) else ""
+            if not text and not spec.args[-1].optional:
+                raise self._usage(spec, f"{spec.args[-1].name} is missing")
+            values[spec.args[-1].name] = text or None
+            return ParsedCommand(spec, values)
+        return None
 
     def _unknown(self, words: list[str]) -> str:
         attempt = " ".join(words[:2]).lower()

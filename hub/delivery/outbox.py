@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -136,9 +136,19 @@ class Outbox:
             )
             for status, channel, n in rows.all():
                 counts.setdefault(status, {})[channel] = int(n)
+            # Age counts from when a row became due: a message scheduled for next
+            # week is not late. A row that has failed at least once counts from its
+            # creation, so retries that keep failing do turn /healthz red.
+            due_since = case(
+                ((T.c.attempts == 0) & (T.c.not_before > T.c.created_at), T.c.not_before),
+                else_=T.c.created_at,
+            )
             oldest = (
                 await s.execute(
-                    select(func.min(T.c.created_at)).where(T.c.status.in_(("queued", "sending")))
+                    select(func.min(due_since)).where(
+                        T.c.status.in_(("queued", "sending"))
+                        & ~((T.c.attempts == 0) & (T.c.not_before > now))
+                    )
                 )
             ).scalar()
         return OutboxStats(

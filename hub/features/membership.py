@@ -80,6 +80,7 @@ __all__ = [
     "load_env",
     "make_pair",
     "member_label",
+    "queue_pending_invites",
     "queue_room_message",
     "queue_room_op",
     "remove_member",
@@ -94,6 +95,8 @@ ACTIVE_PAIR = "active"
 _INSTALL_KEY = "cohorts.install"
 _SECRET_KEY = "cohorts.video_secret"
 _CONFIG_MODS_KEY = "cohorts.config_moderators"
+_NEW_ROOMS = "hub.new_rooms"  # Session.info: keys of rooms made in this transaction
+_DEFERRED = "hub.deferred_invites"  # Session.info: room key -> users to invite in one row
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,10 @@ async def load_env(s: AsyncSession, outbox: Outbox, clock: Clock, settings: Sett
 
 
 def room_lane(room: HubRoom) -> str:
-    return room.room_id or f"room:{room.key}"
+    """The room id once the room is ready; its key lane (behind its creation) until then."""
+    if room.room_id and room.status in ("ready", "closing"):
+        return room.room_id
+    return f"room:{room.key}"
 
 
 async def queue_room_op(
@@ -191,6 +197,9 @@ async def _new_room(
     s.add(room)
     await s.flush()
     await queue_create(s, env, room)
+    # Nobody else can see this room until we commit, so its creation will find every
+    # member wanted now (create_room invites them): no invite rows needed for them.
+    s.info.setdefault(_NEW_ROOMS, set()).add(room.key)
     return room
 
 
@@ -207,8 +216,11 @@ async def _room(s: AsyncSession, key: str) -> HubRoom | None:
     return (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
 
 
-async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str) -> bool:
-    """Make `user_id` a wanted member of `room`; queue the invite if they are not in it already."""
+async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str, *, queue: bool = True) -> bool:
+    """Make `user_id` a wanted member of `room`; queue the invite if they are not in it already.
+
+    With `queue=False` the caller queues invites itself (`queue_pending_invites`, in bulk).
+    """
     rm = (await s.execute(select(RoomMember).where(
         (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
     ))).scalar_one_or_none()
@@ -220,9 +232,23 @@ async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str) -> bool:
         rm.state, rm.updated_at = "pending", now
     else:
         return False  # pending, invited, joined, banned: nothing to send
+    if room.key in s.info.get(_NEW_ROOMS, ()):
+        return True  # its creation invites everyone wanted
+    if not queue:
+        s.info.setdefault(_DEFERRED, {}).setdefault(room.key, set()).add(user_id)
+        return True
     await queue_room_op(s, env, room, "invite", {"users": [user_id]}, kind="room-invite",
                         dedupe_key=f"invite:{room.key}:{user_id}:{uuid.uuid4().hex}")
     return True
+
+
+async def queue_pending_invites(s: AsyncSession, env: Env, room: HubRoom) -> int:
+    """One invite row for everyone this transaction wanted in `room` with `queue=False`."""
+    users = sorted(s.info.get(_DEFERRED, {}).pop(room.key, ()))
+    if users:
+        await queue_room_op(s, env, room, "invite", {"users": users}, kind="room-invite",
+                            dedupe_key=f"invite:{room.key}:bulk:{uuid.uuid4().hex}")
+    return len(users)
 
 
 async def _unwant(s: AsyncSession, env: Env, room: HubRoom, user_id: str, reason: str) -> bool:
@@ -375,11 +401,13 @@ async def is_participant(s: AsyncSession, user_id: str) -> bool:
 async def add_member(
     s: AsyncSession, env: Env, cohort: Cohort, role: str, who: Who, *, name: str = "",
     email: str | None = None, matrix_id: str | None = None, timezone: str | None = None,
+    queue_invites: bool = True,
 ) -> tuple[Member, str]:
     """Add (or reactivate, or update) a member; returns it and "added" | "updated" | "unchanged".
 
     `who` finds an existing member; `email`/`matrix_id` complete a person named
-    by the other one (a roster row with both).
+    by the other one (a roster row with both). With `queue_invites=False` the
+    cohort rooms' invites are left to the caller (`queue_pending_invites`).
     """
     assert cohort.id is not None
     mx = who.matrix_id or matrix_id
@@ -417,7 +445,7 @@ async def add_member(
     if gained_matrix and member.matrix_id:
         for room in await cohort_rooms(s, cohort.id):
             if room is not None:
-                await _want(s, env, room, member.matrix_id)
+                await _want(s, env, room, member.matrix_id, queue=queue_invites)
                 if role == "moderator":
                     await _queue_fix(s, env, room)
         # Someone who only had email may now be reachable in their pair room.

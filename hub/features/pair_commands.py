@@ -84,7 +84,7 @@ def register_pair_commands(registry: CommandRegistry) -> None:
                            "to you both.", plan=pv.plan)
         return Reply(plain, html)
 
-    @registry.command("plan set", "save and pin your backup plan", Arg("text", kind="rest"), where=PAIR)
+    @registry.command("plan set", "save and pin your backup plan", Arg("text", kind="text"), where=PAIR)
     async def plan_set(ctx: CommandContext) -> Reply:
         text = " ".join(str(ctx.args["text"]).split("\n")).strip()
         if len(text) > MAX_PLAN:

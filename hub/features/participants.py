@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -297,11 +297,3 @@ def program_week_of(view: CohortView, now: datetime) -> int:
     if days < 0:
         return 0
     return min(days // 7 + 1, view.cohort.weeks)
-
-
-def fresh(keys: Iterable[str], existing: Iterable[str]) -> list[str]:
-    have = set(existing)
-    return [k for k in keys if k not in have]
-
-
-DAY = timedelta(days=1)

@@ -89,7 +89,7 @@ def register_person_commands(registry: CommandRegistry) -> None:
         return await _guide(ctx)
 
     @registry.command("support", "ask the moderators for help (only these words reach them)",
-                      Arg("text", kind="rest"), where=DIRECT)
+                      Arg("text", kind="text"), where=DIRECT)
     async def support(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         control = ports.control_room

@@ -44,7 +44,7 @@ from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import EMAIL, Outbox
 from hub.email.payload import Attachment, email_payload, normalize_address
-from hub.errors import ContentError, PermanentDeliveryError, TemporaryDeliveryError
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
 from hub.features.participants import (
     CohortView,
@@ -455,13 +455,3 @@ async def suppressed(s: AsyncSession, addresses: Sequence[str]) -> set[str]:
     rows = (await s.execute(select(email_suppression_table.c.address).where(
         email_suppression_table.c.address.in_([normalize_address(a) for a in addresses])))).scalars().all()
     return set(rows)
-
-
-def render_or_none(library: ct.Library, item: ct.ContentItem, variables: ct.Variables) -> ct.Rendered | None:
-    """Render, logging instead of failing: one bad template must not stop a whole fan-out."""
-    try:
-        return library.render(item, variables)
-    except ContentError as e:
-        log.error("content item %s failed to render: %s", item.id, e)
-        return None
-

@@ -196,7 +196,7 @@ def register_program_commands(registry: CommandRegistry) -> None:
         return Reply(f"Sent the {kind.value} now to {' and '.join(parts)} of `{view.cohort.slug}`.")
 
     @registry.command("announce", "post in the lounge and email every opted-in member",
-                      Arg("slug"), Arg("markdown", kind="rest"), moderator_only=True)
+                      Arg("slug"), Arg("markdown", kind="text"), moderator_only=True)
     async def announce(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s = ports.session

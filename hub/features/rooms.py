@@ -190,6 +190,11 @@ class RoomKeeper:
     # -- ops (called by the Matrix sender for outbox rows) ------------------------------------------
 
     async def op_create(self, row: Claimed, p: dict[str, Any]) -> str:
+        """Create (or adopt) the room, record its id, invite its members, then release its rows.
+
+        Each step is safe to repeat: a crash before the id is recorded finds the
+        room by its tag; a crash after it finishes the invites and the release.
+        """
         key = str(p["room_key"])
         async with self.db.transaction() as s:
             env = await self.env(s)
@@ -198,48 +203,92 @@ class RoomKeeper:
                 raise PermanentDeliveryError(f"the hub has no room {key}")
             if room.generation != p.get("generation", room.generation):
                 return "superseded"
-            if room.room_id is not None:
-                return room.room_id  # created already (this row's outcome was lost)
-            if room.status == "closed":
+            if room.status == "closed" and room.room_id is None:
                 return "closed before it was created"
-            retry = room.status == "creating"
-            spec, _ = await ms.build_spec(s, env, room)
-            if room.kind == "lounge" and spec.parent_space is None:
-                space, _ = await ms.cohort_rooms(s, room.cohort_id or 0)
-                if space is not None and space.status != "closed":
-                    raise TemporaryDeliveryError("waiting for the cohort's space", retry_after=1.0)
-            known: set[str] = set()
-            if retry:
-                known = {r for r in (await s.execute(select(hub_room_table.c.room_id).where(
-                    hub_room_table.c.room_id.is_not(None)))).scalars() if r}
-            room.status = "creating"
-        # Committed: a crash from here on finds `creating` and looks before creating.
-        version = await self.provision.room_version(spec)
-        room_id = await self.provision.find_tagged(spec.tag, known) if retry else None
-        if room_id is not None:
-            log.info("adopted %s for %s (created before a restart)", room_id, key)
-            await self.provision.load_room(room_id)
-        else:
-            room_id = await self.provision.create(spec, version)
-        if room.kind == "direct" and room.user_id:
-            await self.provision.set_direct(room.user_id, room_id)
+            room_id = room.room_id
+            if room_id is None:
+                # `closing`: closed while being created; make (or find) it, then the queued
+                # goodbye and leave follow.
+                retry = room.status in ("creating", "closing")
+                spec, _ = await ms.build_spec(s, env, room)
+                if room.kind == "lounge" and spec.parent_space is None:
+                    space, _ = await ms.cohort_rooms(s, room.cohort_id or 0)
+                    if space is not None and space.status != "closed":
+                        raise TemporaryDeliveryError("waiting for the cohort's space", retry_after=1.0)
+                known: set[str] = set()
+                if retry:
+                    known = {r for r in (await s.execute(select(hub_room_table.c.room_id).where(
+                        hub_room_table.c.room_id.is_not(None)))).scalars() if r}
+                if room.status == "pending":
+                    room.status = "creating"
+        if room_id is None:
+            # Committed: a crash from here on finds `creating` and looks before creating.
+            version = await self.provision.room_version(spec)
+            room_id = await self.provision.find_tagged(spec.tag, known) if retry else None
+            if room_id is not None:
+                log.info("adopted %s for %s (created before a restart)", room_id, key)
+                await self.provision.load_room(room_id)
+            else:
+                room_id = await self.provision.create(spec, version)
+            if room.kind == "direct" and room.user_id:
+                await self.provision.set_direct(room.user_id, room_id)
+            async with self.db.transaction() as s:
+                env = await self.env(s)
+                recorded = await self._by_key(s, key)
+                assert recorded is not None
+                # Still `creating`: rows queued from now wait on the key lane until the
+                # members are invited (a lounge may already name this space, though).
+                recorded.room_id, recorded.room_version = room_id, version
+        async with self.db.session() as s:
+            room = await self._by_key(s, key)
+            assert room is not None
+            invitees = ms.users_in((await s.execute(select(RoomMember).where(
+                room_member_table.c.room_pk == room.id))).scalars(), "pending")
+        # Invited before anything is posted, so the first (encrypted) message is
+        # shared with the invitees' devices too.
+        done, failed = await self._invite_all(room_id, invitees)
         async with self.db.transaction() as s:
             env = await self.env(s)
-            room2 = await self._by_key(s, key)
-            assert room2 is not None
-            room2.room_id, room2.status = room_id, ("closed" if room2.status == "closed" else "ready")
-            room2.ready_at, room2.room_version = env.now(), version
-            await ms.relane(s, room2)
-            await self._after_created(s, env, room2)
+            room = await self._by_key(s, key)
+            assert room is not None
+            if room.status == "creating":
+                room.status, room.ready_at = "ready", env.now()
+            await self._mark_invited(s, env, room, done, failed, row)
+            await ms.relane(s, room)
+            await self._after_created(s, env, room)
         return room_id
+
+    async def _invite_all(self, room_id: str, users: list[str]) -> tuple[list[str], list[str]]:
+        """Invite concurrently (bounded); (done, failed-for-good as "user: reason")."""
+        sem = asyncio.Semaphore(8)
+        done: list[str] = []
+        failed: list[str] = []
+
+        async def one(user: str) -> None:
+            async with sem:
+                try:
+                    await self.provision.invite(room_id, user)
+                    done.append(user)
+                except PermanentDeliveryError as e:
+                    failed.append(f"{user}: {e.reason}")
+
+        await asyncio.gather(*(one(u) for u in users))
+        return done, failed
+
+    async def _mark_invited(self, s: AsyncSession, env: ms.Env, room: HubRoom, done: list[str],
+                            failed: list[str], row: Claimed) -> None:
+        now = env.now()
+        for rm in (await s.execute(select(RoomMember).where(
+            (room_member_table.c.room_pk == room.id) & room_member_table.c.user_id.in_(done)
+        ))).scalars():
+            if rm.state == "pending":
+                rm.state, rm.invited_at, rm.updated_at = "invited", now, now
+        if failed:
+            await self._alert(s, env, f"Could not invite to {await self._describe(s, room)}: "
+                              + "; ".join(failed), dedupe=f"invite-failed:{row.txn_id}")
 
     async def _after_created(self, s: AsyncSession, env: ms.Env, room: HubRoom) -> None:
         assert room.id is not None and room.room_id is not None
-        pending = ms.users_in((await s.execute(select(RoomMember).where(
-            room_member_table.c.room_pk == room.id))).scalars(), "pending", "invited")
-        if pending:
-            await ms.queue_room_op(s, env, room, "invite", {"users": pending}, kind="room-invite",
-                                   dedupe_key=f"invite:{room.key}:{room.generation}:created")
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
             space, lounge = await ms.cohort_rooms(s, room.cohort_id)
             # The space lists the lounge; a replaced space also needs the lounge's links redone.
@@ -253,36 +302,27 @@ class RoomKeeper:
                                                       f"{space.generation}:parent")
 
     async def op_invite(self, row: Claimed, p: dict[str, Any]) -> str:
+        """Invite the row's users, and everyone else still pending in the room: one row
+        carries the invites of many (a roster import queues one per person)."""
         key = str(p["room_key"])
         room_id = await self.resolve(key)
-        done: list[str] = []
-        failed: list[str] = []
         async with self.db.session() as s:
             room = await self._by_key(s, key)
             assert room is not None
             states = {r.user_id: r.state for r in (await s.execute(select(RoomMember).where(
                 room_member_table.c.room_pk == room.id))).scalars()}
-        for user in p.get("users", []):
-            if states.get(user) in ("removed", "joined", "left", "banned"):
-                continue  # no longer wanted, or already there, or they chose to leave
-            try:
-                await self.provision.invite(room_id, user)
-                done.append(user)
-            except PermanentDeliveryError as e:
-                failed.append(f"{user}: {e.reason}")
-        if done or failed:
-            async with self.db.transaction() as s:
-                env = await self.env(s)
-                room = await self._by_key(s, key)
-                assert room is not None
-                for rm in (await s.execute(select(RoomMember).where(
-                    (room_member_table.c.room_pk == room.id) & room_member_table.c.user_id.in_(done)
-                ))).scalars():
-                    if rm.state == "pending":
-                        rm.state, rm.invited_at, rm.updated_at = "invited", env.now(), env.now()
-                if failed:
-                    await self._alert(s, env, f"Could not invite to {await self._describe(s, room)}: "
-                                      + "; ".join(failed), dedupe=f"invite-failed:{row.txn_id}")
+        # Only people still waiting for an invite: not those removed since, already
+        # invited or in, or who left on their own.
+        users = sorted({u for u in p.get("users", []) if states.get(u, "pending") == "pending"}
+                       | {u for u, state in states.items() if state == "pending"})
+        if not users:
+            return "nothing to do"
+        done, failed = await self._invite_all(room_id, users)
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            room = await self._by_key(s, key)
+            assert room is not None
+            await self._mark_invited(s, env, room, done, failed, row)
         return f"invited {len(done)}" + (f", {len(failed)} failed" if failed else "")
 
     async def op_kick(self, row: Claimed, p: dict[str, Any]) -> str:

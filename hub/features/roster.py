@@ -74,7 +74,8 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
                 assert cohort is not None
                 try:
                     _, outcome = await ms.add_member(
-                        s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone)
+                        s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
+                        queue_invites=False)
                 except CommandError as e:
                     problems.append(f"line {row.line}: {e}")
                     continue
@@ -95,6 +96,12 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
                     report.pairs_existing += 1
             if problems:
                 raise RosterError(problems)
+            # One invite row per cohort room for everyone new, rather than one per person.
+            for cohort in cohorts.values():
+                assert cohort is not None and cohort.id is not None
+                for room in await ms.cohort_rooms(s, cohort.id):
+                    if room is not None:
+                        await ms.queue_pending_invites(s, env, room)
             if dry_run:
                 raise _Rollback
     except _Rollback:
