@@ -48,6 +48,23 @@ def _parser() -> argparse.ArgumentParser:
                       help="library folder (default: content.path from the config if one is found, "
                            "else the library shipped with the hub)")
     lint.add_argument("-c", "--config")
+
+    digest = sub.add_parser("digest", help="the weekly digest")
+    digest_sub = digest.add_subparsers(dest="digest_command", metavar="COMMAND")
+    dp = digest_sub.add_parser("preview", help="render a digest without sending (prints the text version)")
+    dp.add_argument("--cohort", required=True, metavar="SLUG")
+    dp.add_argument("--week", type=int, metavar="N", help="program week (default: this week)")
+    dp.add_argument("--for", dest="who", metavar="ADDRESS_OR_MXID",
+                    help="one person's email version (default: the lounge version)")
+    dp.add_argument("--out", metavar="FILE.html", help="also write the HTML here")
+    dp.add_argument("-c", "--config")
+
+    demo = sub.add_parser("demo", help="try it: a throwaway homeserver and mail sink, a sample cohort, "
+                                       "a compressed program (needs the demo extra)")
+    demo.add_argument("--out", default="demo-out", metavar="DIR",
+                      help="where the emails, config and roster go (default: ./demo-out)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the homeserver and hub running to look around, until Ctrl-C")
     return p
 
 
@@ -67,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_roster_import(args))
         if args.command == "content" and args.content_command == "check":
             return _content_check(args)
+        if args.command == "digest" and args.digest_command == "preview":
+            return _digest_preview(args)
+        if args.command == "demo":
+            from pathlib import Path
+
+            from hub.demo import main as demo_main
+
+            return demo_main(Path(args.out), keep=args.keep)
     except ConfigError as e:
         for problem in e.problems:
             print(secret_filter.redact(problem), file=sys.stderr)
@@ -151,6 +176,19 @@ async def _roster_import(args: argparse.Namespace) -> int:
             print(f"{args.file}: {secret_filter.redact(problem)}", file=sys.stderr)
         return 1
     print(report.summary())
+    return 0
+
+
+def _digest_preview(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.features.digest_commands import preview
+
+    result = asyncio.run(preview(_load(args.config), args.cohort, week=args.week, who=args.who))
+    print(f"Subject: {result.subject}\n\n{result.text}")
+    if args.out:
+        Path(args.out).write_text(result.html, encoding="utf-8")
+        print(f"HTML written to {args.out}", file=sys.stderr)
     return 0
 
 

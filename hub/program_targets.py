@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, literal, or_, select
 
 from hub.email.payload import normalize_address
 from hub.storage.db import Database
@@ -29,11 +29,22 @@ from hub.storage.models import (
     person_pref_table,
 )
 
-__all__ = ["PARTICIPANT_ROLES", "SqlTargets", "effective_address"]
+__all__ = ["PARTICIPANT_ROLES", "SqlTargets", "effective_address", "person_key"]
 
 PARTICIPANT_ROLES = ("mentor", "mentee")
 C, M, P, R = cohort_table, member_table, pair_table, hub_room_table
 PREF, SUP = person_pref_table, email_suppression_table
+
+
+def person_key(matrix_id: str | None, email: str | None) -> str | None:
+    """Where a person's preferences (person_pref) live: their Matrix id, else ``mailto:ADDRESS``.
+
+    People without a Matrix account can still unsubscribe by link; their
+    choice needs a row too, under a key no Matrix id can collide with.
+    """
+    if matrix_id:
+        return matrix_id
+    return f"mailto:{normalize_address(email)}" if email else None
 
 
 def effective_address(member_email: str | None, pref_email: str | None) -> str | None:
@@ -97,7 +108,8 @@ class SqlTargets:
             rows = (await s.execute(
                 select(M.c.id, M.c.email, PREF.c.email, PREF.c.email_mode)
                 .join(C, C.c.id == M.c.cohort_id)
-                .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
+                .outerjoin(PREF, PREF.c.user_id == func.coalesce(M.c.matrix_id,
+                                                                 literal("mailto:").concat(M.c.email)))
                 .where((C.c.slug == cohort) & (M.c.status == "active")
                        & or_(M.c.email.is_not(None), PREF.c.email.is_not(None))
                        & or_(PREF.c.email_mode.is_(None), PREF.c.email_mode != "off"))

@@ -15,6 +15,7 @@ from typing import Any
 from nio import AsyncClient, MegolmEvent, SyncResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.activity import ActivityRecorder
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
 from hub.core.commands import CommandRegistry, RoomKind
@@ -26,11 +27,14 @@ from hub.email.sender import EmailSender, Suppressed
 from hub.errors import TemporaryDeliveryError
 from hub.features.basics import register_basics
 from hub.features.cohorts import register_cohorts
+from hub.features.digest import DigestService
+from hub.features.digest_commands import register_digest_commands
 from hub.features.pair_commands import register_pair_commands
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
 from hub.features.program_commands import register_program_commands
 from hub.features.rooms import RoomKeeper
+from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner
 from hub.logs import add_secrets
 from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
@@ -41,6 +45,7 @@ from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
 from hub.storage.db import Database, open_database
 from hub.web import HealthSource, WebServer
+from hub.web_unsubscribe import routes as unsubscribe_routes
 
 __all__ = ["Hub", "build_registry"]
 
@@ -55,6 +60,7 @@ def build_registry(prefix: str) -> CommandRegistry:
     register_pair_commands(registry)
     register_person_commands(registry)
     register_program_commands(registry)
+    register_digest_commands(registry)
     return registry
 
 
@@ -80,6 +86,8 @@ class Hub:
         self.runner: CommandRunner | None = None
         self.rooms: RoomKeeper | None = None  # cohorts' rooms: provisioning, reconcile, membership
         self.program: ProgramService | None = None  # the calendar, its emitter and scheduler
+        self.digest: DigestService | None = None  # the program's digest hook, `!hub digest`
+        self.activity: ActivityRecorder | None = None  # counts from the sync; lounge excerpts only
         self.control_room_id: str | None = None
         self.creators: dict[str, frozenset[str]] = {}
         self._parked: dict[str, tuple[str, MegolmEvent]] = {}
@@ -114,6 +122,10 @@ class Hub:
                                       settings=lambda: self.settings)
         # The op must exist before the dispatcher runs: a pin row may be left from the last run.
         self.program.install(matrix_sender, self.client)
+        self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)
+        self.program.digest = self.digest.rows
+        self.activity = ActivityRecorder(self.db, s.matrix.user_id, display_name=self._display_name,
+                                         command_prefix=s.matrix.command_prefix)
         # Ticks start after the first sync and the rooms' reconcile (`after_start` runs then).
         self.after_start.insert(0, _start_program)
         if s.email.enabled:
@@ -144,6 +156,10 @@ class Hub:
                 outbox=self.outbox,
             ),
         )
+        async with self.db.transaction() as tx:
+            secret = await signing_secret(tx, s)
+        self.web.add_routes(unsubscribe_routes(SqlSubscriptionStore(self.db, self.clock), secret,
+                                               command_prefix=s.matrix.command_prefix))
         await self.web.start()
         self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
@@ -240,6 +256,12 @@ class Hub:
             await self._consider_invite(invite.room_id, invite.inviter)
         if self.rooms is not None:
             await self.rooms.on_sync(resp, first)
+        if self.activity is not None:
+            try:
+                await self.activity.on_sync(resp)
+            except Exception:
+                # Digest counters are not worth stalling the sync (and every command) for.
+                log.exception("recording room activity failed; this batch is not counted")
         if first:
             # The very first start does not replay room history.
             return
@@ -248,6 +270,10 @@ class Hub:
         for room_id, event in facts.undecryptable:
             self._park(room_id, event)
         await self._retry_parked()
+
+    def _display_name(self, room_id: str, user_id: str) -> str:
+        room = self.client.rooms.get(room_id) if self.client is not None else None
+        return str(room.user_name(user_id) or user_id) if room is not None else user_id
 
     def _park(self, room_id: str, event: MegolmEvent) -> None:
         """Keep an undecryptable event and ask for its key; never answer it with noise."""

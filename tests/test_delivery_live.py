@@ -146,6 +146,7 @@ async def test_forbidden_is_failed_with_reason_and_reported_to_moderators(
         async with hub.db.session() as s:
             row = (await s.execute(select(T.c.status, T.c.attempts, T.c.last_error)
                                    .where(T.c.dedupe_key == "topic:1"))).one()
-    alert = next(ev.body for ev in moderator.in_room(control) if "Delivery failed for good" in ev.body)
+    alert = next(ev.body for ev in moderator.in_room(control)
+                 if "Delivery failed for good" in getattr(ev, "body", ""))
     assert row.status == "failed" and row.attempts == 1  # permanent: not retried
     assert "M_FORBIDDEN" in (row.last_error or "") and "M_FORBIDDEN" in alert and "topic" in alert

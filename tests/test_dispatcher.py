@@ -178,7 +178,9 @@ async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backe
         dead._lock_conn = None
         assert await alive.release_orphans() == 5
     else:
-        assert await alive.open() == 5  # SQLite: one process, every claim at start is stale
+        # SQLite: one process, so claims live in memory and a crash leaves rows queued.
+        assert (await _status_counts(db)) == {"queued": 5}
+        assert await alive.open() == 0
     assert (await _status_counts(db)) == {"queued": 5}
     again = await alive.claim(10)
     assert [r.txn_id for r in again] == [r.txn_id for r in claimed]  # same transaction ids
@@ -187,6 +189,8 @@ async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backe
 
 
 async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
+    if backend != "postgresql":
+        pytest.skip("leases are how processes sharing PostgreSQL hand work over")
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=1, per_lane=2)
     d = Dispatcher(db, outbox, SystemClock(), {MATRIX: Recorder()})

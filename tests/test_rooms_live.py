@@ -140,10 +140,8 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
     settings = load_settings(config)
     url = settings.database.url
     proc = _start(config, log)
-    t0 = time.monotonic()
     try:
         await _wait_log(log, "hub ready as", 60)
-        print("ready", time.monotonic() - t0)
         api = await hub_api(url, synapse.url)
         control = (await api.call("GET", "/_matrix/client/v3/directory/room/"
                                   + settings.matrix.control_room.replace("#", "%23")))[1]["room_id"]
@@ -165,7 +163,6 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
                             "SELECT room_id FROM hub_room WHERE room_id IS NOT NULL"))).scalars())
                     _, joined = await api.call("GET", "/_matrix/client/v3/joined_rooms")
                     unrecorded = set(joined["joined_rooms"]) - known - {control}
-                    print("stopped at", recorded, "unrecorded", len(unrecorded), time.monotonic() - t0)
                     if unrecorded:
                         os.killpg(proc.pid, signal.SIGKILL)
                         break
@@ -182,9 +179,7 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
             await db.close()
 
         proc = _start(config, log)
-        print("restart", time.monotonic() - t0)
         await _wait_log(log, "hub ready as", 60, times=2)
-        print("ready again", time.monotonic() - t0)
         db = await open_database(url)
         try:
             deadline = time.monotonic() + 60
@@ -196,18 +191,11 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
                         "SELECT count(*) FROM hub_room WHERE kind = 'pair' AND status = 'ready'"))).scalar()
                 if ready == 50 and not waiting:
                     break
-                if int(time.monotonic() * 5) % 25 == 0:
-                    async with db.session() as s:
-                        rows = (await s.execute(text(
-                            "SELECT seq, kind, lane, status, attempts, not_before - :now, claimed_by FROM outbox "
-                            "WHERE status IN ('queued', 'sending') ORDER BY seq LIMIT 12"), {"now": time.time()})).all()
-                    print("WAITING", ready, waiting, *rows, sep="\n  ")
                 await asyncio.sleep(0.2)
             else:
                 pytest.fail(f"after the restart: {ready} pair rooms ready, {waiting} rows waiting")
         finally:
             await db.close()
-        print("done", time.monotonic() - t0)
         assert "adopted" in log.read_text()  # the restart found the unrecorded rooms by their tag
     finally:
         if proc.poll() is None:

@@ -142,6 +142,7 @@ class Dispatcher:
         self._commit_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
+        self._claimed: set[int] = set()  # SQLite: seqs claimed and not yet recorded
         self.linger_after = 4
         self.linger_seconds = 0.03
         self.sent_count = 0
@@ -295,6 +296,9 @@ class Dispatcher:
 
     async def _unclaim(self, seqs: list[int]) -> None:
         """Give back claimed rows that were never sent (shutdown)."""
+        self._claimed.difference_update(seqs)
+        if not self.db.is_postgres:
+            return  # SQLite claims are in memory only
         try:
             async with self.db.transaction() as s:
                 await s.execute(
@@ -315,6 +319,8 @@ class Dispatcher:
             sql += " FOR UPDATE SKIP LOCKED"
         params: dict[str, Any] = {"now": now, "limit": limit}
         params.update({f"ch{i}": c for i, c in enumerate(channels)})
+        if not self.db.is_postgres:
+            return await self._claim_in_memory(sql, params, limit)
         # Core connections, not ORM sessions, on the hot path: the session's
         # bookkeeping costs more than these statements.
         async with self.db.engine.begin() as s:
@@ -335,6 +341,25 @@ class Dispatcher:
         return [
             Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows
         ]
+
+    async def _claim_in_memory(self, sql: str, params: dict[str, Any], limit: int) -> list[Claimed]:
+        """SQLite: one process, so the claim lives in memory and the rows stay `queued`.
+
+        A `sending` mark would tell a restarted run nothing (every claim at start-up
+        is a dead run's, SQLite or not), and writing it rewrites each whole row,
+        payload included. An in-flight head stays `queued`, which alone keeps its
+        lane's next row from being a head; `_claimed` keeps it from being claimed
+        twice until its outcome is committed.
+        """
+        params = {**params, "limit": limit + len(self._claimed)}
+        sql = sql.replace("SELECT o.seq FROM", "SELECT o.seq, o.txn_id, o.channel, o.kind, o.lane, "
+                                                "o.payload, o.attempts, o.created_at FROM")
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(text(sql), params)).all()
+        out = [Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])
+               for r in rows if r[0] not in self._claimed][:limit]
+        self._claimed.update(r.seq for r in out)
+        return out
 
     # -- one row ----------------------------------------------------------------------
 
@@ -426,6 +451,8 @@ class Dispatcher:
             self._other[:0] = other
             self._pending.set()
             raise
+        self._claimed.difference_update(v["k_seq"] for v in sent)
+        self._claimed.difference_update(seq for seq, _ in other)
         self._wake.set()  # a lane's next row may be claimable now
 
     async def flush(self) -> None:

@@ -30,7 +30,7 @@ from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.outbox import MATRIX
 from hub.errors import CommandError
-from hub.program_targets import effective_address
+from hub.program_targets import effective_address, person_key
 from hub.storage.models import (
     Cohort,
     ContentUse,
@@ -108,7 +108,7 @@ class CohortView:
     lounge: HubRoom | None
     pairs: dict[str, PairView] = field(default_factory=dict)  # by room key
     members: dict[int, Member] = field(default_factory=dict)  # by id, active only
-    prefs: dict[str, PersonPref] = field(default_factory=dict)  # by matrix id
+    prefs: dict[str, PersonPref] = field(default_factory=dict)  # by person key (program_targets.person_key)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -126,11 +126,11 @@ class CohortView:
         return next((m for m in self.members.values() if m.matrix_id == user_id), None)
 
     def address(self, member: Member) -> str | None:
-        pref = self.prefs.get(member.matrix_id or "")
+        pref = self.prefs.get(person_key(member.matrix_id, member.email) or "")
         return effective_address(member.email, pref.email if pref else None)
 
     def email_mode(self, member: Member) -> str:
-        pref = self.prefs.get(member.matrix_id or "")
+        pref = self.prefs.get(person_key(member.matrix_id, member.email) or "")
         return pref.email_mode if pref else "all"
 
 
@@ -161,7 +161,7 @@ async def load_cohort_view(s: AsyncSession, slug: str) -> CohortView | None:
         pid = p.id or 0
         pv = PairView(p, mentor, mentee, by_pair.get(pid), plans.get(pid, ""))
         view.pairs[pv.key] = pv
-    ids = [m.matrix_id for m in members.values() if m.matrix_id]
+    ids = [k for k in (person_key(m.matrix_id, m.email) for m in members.values()) if k]
     for i in range(0, len(ids), 500):
         for pref in (await s.execute(select(PersonPref).where(
             person_pref_table.c.user_id.in_(ids[i:i + 500])

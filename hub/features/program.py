@@ -20,7 +20,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -56,9 +55,10 @@ from hub.features.participants import (
     room_row,
     used_items,
 )
+from hub.features.subscribers import list_headers, list_id
 from hub.program import ProgramRunner
 from hub.program_store import SqlProgramState
-from hub.program_targets import SqlTargets
+from hub.program_targets import SqlTargets, person_key
 from hub.scheduling import TickScheduler
 from hub.storage.db import Database
 from hub.storage.models import Cohort, PairPlan, WebinarRow, email_suppression_table, outbox_table
@@ -135,8 +135,8 @@ def webinar_ics(*, uid: str, title: str, at: datetime, url: str | None, cohort: 
 
 
 def email_headers(settings: Settings, cohort: Cohort) -> dict[str, str]:
-    host = urlsplit(settings.web.public_url).hostname or settings.matrix.server_name
-    return {"List-Id": f"{cohort.name.replace('<', '').replace('>', '')} <{cohort.slug}.{host}>"}
+    """List-Id only; bulk mail to members takes `subscribers.list_headers` (adds one-click unsubscribe)."""
+    return {"List-Id": list_id(settings, cohort)}
 
 
 class ProgramService:
@@ -275,7 +275,7 @@ class ProgramService:
             elif audience is Audience.DIRECT:
                 out += await self._direct(s, view, item, group, keys, week)
             else:
-                out += self._members(view, item, group, keys, week)
+                out += await self._members(s, view, item, group, keys, week)
         return out
 
     def _vars(self, view: CohortView, week: int, **more: Any) -> ct.Variables:
@@ -363,8 +363,8 @@ class ProgramService:
                                 kind="program-private-checkin", dedupe_key=keys[t]))
         return out
 
-    def _members(self, view: CohortView, item: CalendarItem, group: list[Target],
-                 keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
+    async def _members(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
+                       keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
         settings = self.settings()
         if not settings.email.enabled or item.kind not in _WEBINAR_USE or item.webinar is None:
             return []
@@ -379,6 +379,9 @@ class ProgramService:
                     "text": webinar_ics(uid=uid, title=w.title, at=w.at, url=w.url,
                                         cohort=view.cohort.name, now=self.clock.now())}]
         out: list[dict[str, Any]] = []
+        people = [m for m in (view.members.get(int(t.id)) for t in group) if m is not None]
+        unsubscribe = await list_headers(s, settings, view.cohort, [k for k in (
+            person_key(m.matrix_id, m.email) for m in people) if k], self.clock.now())
         for t in group:
             member = view.members.get(int(t.id))
             address = view.address(member) if member is not None else None
@@ -389,7 +392,9 @@ class ProgramService:
             variables = self._vars(view, week, webinar=self._webinar(item, person.timezone))
             rendered = self.library.render(chosen, variables)
             payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
-                                    html=rendered.email_html, to_name=person.name, headers=headers,
+                                    html=rendered.email_html, to_name=person.name,
+                                    headers=unsubscribe.get(person_key(member.matrix_id, member.email) or "",
+                                                            headers),
                                     attachments=ics)
             out.append({"channel": EMAIL, "kind": f"program-{item.kind.value}",
                         "lane": normalize_address(address), "payload": dict(payload),

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.activity import pair_last_active
 from hub.core import content as ct
 from hub.core.calendar import CalendarItem, ItemKind
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
@@ -26,9 +27,11 @@ from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError, ContentError, UsageError
 from hub.features.participants import CohortView, load_cohort_view, program_of, program_week_of, room_row
 from hub.features.program import ANNOUNCE_DELAY, email_headers, suppressed
+from hub.features.subscribers import list_headers
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
 from hub.program_store import SqlProgramState
+from hub.program_targets import person_key
 from hub.storage.models import (
     WebinarRow,
     checkin_answer_table,
@@ -84,7 +87,8 @@ async def build_report(
     """The counts behind `!hub report`.
 
     "Quiet" is judged from what the hub can see without reading anyone's
-    messages: no check-in answer, plan change or pair-room command for
+    messages: no message in the pair room (hub.activity keeps only its time),
+    no check-in answer, plan change or pair-room command for
     `QUIET_DAYS` days (and the pair older than that).
     """
     r = CohortReport()
@@ -93,6 +97,7 @@ async def build_report(
     last_answer = dict((await s.execute(
         select(checkin_answer_table.c.pair_id, func.max(checkin_answer_table.c.answered_at))
         .where(checkin_answer_table.c.cohort_id == cid).group_by(checkin_answer_table.c.pair_id))).all())
+    last_said = await pair_last_active(s, cid or 0)  # a time only (hub.activity), never words
     last_command = dict((await s.execute(
         select(content_use_table.c.scope, func.max(content_use_table.c.used_at))
         .where((content_use_table.c.source == "command") & content_use_table.c.scope.like("pair:%"))
@@ -101,7 +106,8 @@ async def build_report(
         r.pairs[pv.pair.status] += 1
         if pv.pair.status != "active":
             continue
-        signs = [pv.pair.created_at, last_answer.get(pv.pair.id, 0.0), last_command.get(pv.key, 0.0)]
+        signs = [pv.pair.created_at, last_answer.get(pv.pair.id, 0.0), last_command.get(pv.key, 0.0),
+                 last_said.get(pv.pair.id or 0, 0.0)]
         if max(signs) < cutoff:
             r.pairs["quiet"] += 1
     r.answers.update(dict((await s.execute(
@@ -217,11 +223,15 @@ def register_program_commands(registry: CommandRegistry) -> None:
             plain = html_to_text(html)
             wanted = [(m, view.address(m)) for m in view.members.values() if view.email_mode(m) == "all"]
             bounced = await suppressed(s, [a for _, a in wanted if a])
+            unsubscribe = await list_headers(s, settings, view.cohort, [k for k in (
+                person_key(m.matrix_id, m.email) for m, a in wanted if a) if k], ports.clock.now())
             for member, address in wanted:
                 if address is None or address in bounced:
                     continue
+                headers = unsubscribe.get(person_key(member.matrix_id, member.email) or "",
+                                          email_headers(settings, view.cohort))
                 payload = email_payload(to=address, subject=subject, text=plain, html=page,
-                                        headers=email_headers(settings, view.cohort))
+                                        headers=headers)
                 rows.append({"channel": EMAIL, "kind": "announce", "lane": normalize_address(address),
                              "payload": dict(payload), "dedupe_key": f"announce:{ctx.event_id}:{member.id}"})
                 emailed += 1

@@ -205,7 +205,7 @@ class RoomKeeper:
                 return "superseded"
             if room.status == "closed" and room.room_id is None:
                 return "closed before it was created"
-            room_id = room.room_id
+            room_id, version = room.room_id, room.room_version
             if room_id is None:
                 # `closing`: closed while being created; make (or find) it, then the queued
                 # goodbye and leave follow.
@@ -221,6 +221,8 @@ class RoomKeeper:
                         hub_room_table.c.room_id.is_not(None)))).scalars() if r}
                 if room.status == "pending":
                     room.status = "creating"
+            invitees = ms.users_in((await s.execute(select(RoomMember).where(
+                room_member_table.c.room_pk == room.id))).scalars(), "pending")
         if room_id is None:
             # Committed: a crash from here on finds `creating` and looks before creating.
             version = await self.provision.room_version(spec)
@@ -232,18 +234,14 @@ class RoomKeeper:
                 room_id = await self.provision.create(spec, version)
             if room.kind == "direct" and room.user_id:
                 await self.provision.set_direct(room.user_id, room_id)
-            async with self.db.transaction() as s:
-                env = await self.env(s)
-                recorded = await self._by_key(s, key)
-                assert recorded is not None
-                # Still `creating`: rows queued from now wait on the key lane until the
-                # members are invited (a lounge may already name this space, though).
-                recorded.room_id, recorded.room_version = room_id, version
-        async with self.db.session() as s:
-            room = await self._by_key(s, key)
-            assert room is not None
-            invitees = ms.users_in((await s.execute(select(RoomMember).where(
-                room_member_table.c.room_pk == room.id))).scalars(), "pending")
+            if room.kind == "space":
+                # Recorded before inviting a whole cohort, so the lounge (which names the
+                # space) need not wait for that. Still `creating`: rows queued meanwhile
+                # wait on the key lane. Other rooms record it all at once, below.
+                async with self.db.transaction() as s:
+                    recorded = await self._by_key(s, key)
+                    assert recorded is not None
+                    recorded.room_id, recorded.room_version = room_id, version
         # Invited before anything is posted, so the first (encrypted) message is
         # shared with the invitees' devices too.
         done, failed = await self._invite_all(room_id, invitees)
@@ -251,6 +249,8 @@ class RoomKeeper:
             env = await self.env(s)
             room = await self._by_key(s, key)
             assert room is not None
+            if room.room_id is None:
+                room.room_id, room.room_version = room_id, version
             if room.status == "creating":
                 room.status, room.ready_at = "ready", env.now()
             await self._mark_invited(s, env, room, done, failed, row)

@@ -14,15 +14,23 @@ __all__ = [
     "EmailSuppression",
     "HandledEvent",
     "KeyValue",
+    "LoungePost",
+    "LoungeReaction",
     "OutboxRow",
     "ProgramSkipped",
     "ProgramTick",
+    "RoomActivity",
+    "Subscriber",
     "audit_table",
     "email_suppression_table",
+    "lounge_post_table",
+    "lounge_reaction_table",
     "metadata",
     "outbox_table",
     "program_skipped_table",
     "program_tick_table",
+    "room_activity_table",
+    "subscriber_table",
 ]
 
 
@@ -307,6 +315,52 @@ class WebinarRow(SQLModel, table=True):
     announce_at: float
 
 
+# -- the digest's inputs (migration 0006, hub.activity and hub.features.subscribers) ---------
+
+
+class RoomActivity(SQLModel, table=True):
+    """Per hub room: a count and a time, never words (pair and direct rooms included)."""
+
+    __tablename__ = "room_activity"
+    room_id: str = Field(primary_key=True, max_length=255)
+    kind: str = Field(max_length=16)  # lounge | pair | direct
+    messages: int
+    last_active_at: float
+
+
+class LoungePost(SQLModel, table=True):
+    """A lounge message's short excerpt; lounge rooms only, ever."""
+
+    __tablename__ = "lounge_post"
+    __table_args__ = (Index("ix_lounge_post_room_sent", "room_id", "sent_at"),)
+    event_id: str = Field(primary_key=True, max_length=255)
+    room_id: str = Field(max_length=255)
+    sender: str = Field(max_length=255)
+    sender_name: str = Field(max_length=200)
+    excerpt: str = Field(sa_type=Text)
+    sent_at: float
+
+
+class LoungeReaction(SQLModel, table=True):
+    """One m.reaction annotation on a lounge post."""
+
+    __tablename__ = "lounge_reaction"
+    __table_args__ = (Index("ix_lounge_reaction_post", "post_event_id"),)
+    event_id: str = Field(primary_key=True, max_length=255)
+    post_event_id: str = Field(max_length=255)
+    sender: str = Field(max_length=255)
+    sent_at: float
+
+
+class Subscriber(SQLModel, table=True):
+    """The opaque handle in a person's unsubscribe links; `person` is their person_pref key."""
+
+    __tablename__ = "subscriber"
+    handle: str = Field(primary_key=True, max_length=64)
+    person: str = Field(unique=True, max_length=300)
+    created_at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
@@ -327,3 +381,7 @@ checkin_answer_table: Table = CheckinAnswer.__table__  # type: ignore[attr-defin
 private_checkin_table: Table = PrivateCheckin.__table__  # type: ignore[attr-defined]
 person_pref_table: Table = PersonPref.__table__  # type: ignore[attr-defined]
 webinar_table: Table = WebinarRow.__table__  # type: ignore[attr-defined]
+room_activity_table: Table = RoomActivity.__table__  # type: ignore[attr-defined]
+lounge_post_table: Table = LoungePost.__table__  # type: ignore[attr-defined]
+lounge_reaction_table: Table = LoungeReaction.__table__  # type: ignore[attr-defined]
+subscriber_table: Table = Subscriber.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,154 @@
+"""A simulated Matrix user: a real nio client with end-to-end encryption, for `hub demo`.
+
+It behaves like a participant's own client would: it syncs, joins the rooms it
+is invited to, decrypts what the hub sends, and sends commands and chat. It
+never looks into the hub's database; the demo uses it to show that what the
+hub does is visible from the outside, the way Element would see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    Event,
+    MegolmEvent,
+    RoomMessageNotice,
+    RoomSendResponse,
+    SyncResponse,
+)
+
+from hub.devserver.synapse import RegisteredUser
+
+__all__ = ["SimulatedUser"]
+
+
+class SimulatedUser:
+    """One logged-in account that auto-joins invites and records every timeline event."""
+
+    def __init__(self, homeserver: str, user: RegisteredUser, store_dir: Path, *, name: str) -> None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self.user = user
+        self.name = name
+        self.client = AsyncClient(
+            homeserver,
+            user.user_id,
+            device_id=user.device_id,
+            store_path=str(store_dir),
+            # Sync tokens in memory only: the store is thrown away with the demo.
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False),
+        )
+        self.client.restore_login(user.user_id, user.device_id, user.access_token)
+        self.events: list[tuple[str, Event]] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
+    async def start(self) -> None:
+        await self._sync_once(first=True)
+        self._task = asyncio.create_task(self._loop(), name=f"sim-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self.client.close()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._sync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A simulated user must not take the demo down; a real client would retry too.
+                await asyncio.sleep(0.5)
+
+    async def _sync_once(self, first: bool = False) -> None:
+        c = self.client
+        resp = await c.sync(timeout=0 if first else 1000, full_state=first)
+        if not isinstance(resp, SyncResponse):
+            await asyncio.sleep(0.3)
+            return
+        if c.should_upload_keys:
+            await c.keys_upload()
+        if c.should_query_keys:
+            await c.keys_query()
+        if c.should_claim_keys:
+            await c.keys_claim(c.get_users_for_key_claiming())
+        await c.send_to_device_messages()
+        for room_id in resp.rooms.invite:
+            await c.join(room_id)
+        fresh = [(room_id, ev) for room_id, info in resp.rooms.join.items() for ev in info.timeline.events]
+        # Room keys may arrive after the message they unlock: retry what is still encrypted.
+        for i, (room_id, ev) in enumerate(self.events):
+            if isinstance(ev, MegolmEvent):
+                with contextlib.suppress(Exception):
+                    self.events[i] = (room_id, c.decrypt_event(ev))
+        async with self._changed:
+            self.events.extend(fresh)
+            self._changed.notify_all()
+
+    def joined(self, room_id: str) -> bool:
+        room = self.client.rooms.get(room_id)
+        # nio lists invited users in `users` too; joined means not (only) invited.
+        return room is not None and self.user_id in room.users and self.user_id not in room.invited_users
+
+    def in_room(self, room_id: str) -> list[Event]:
+        return [ev for rid, ev in self.events if rid == room_id]
+
+    def notices(self, room_id: str, text: str = "") -> list[RoomMessageNotice]:
+        return [e for e in self.in_room(room_id) if isinstance(e, RoomMessageNotice) and text in e.body]
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (bounded) until `predicate` holds after some sync; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.name}: condition not met within {timeout:g}s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
+
+    async def send(self, room_id: str, body: str) -> str:
+        """Send a plain message (a command or chat); returns its event id."""
+        # nio cannot send into a room it has not synced yet.
+        await self.wait_until(lambda: self.joined(room_id), 20)
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body}
+        resp = await self.client.room_send(room_id, "m.room.message", content,
+                                           ignore_unverified_devices=True)
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"{self.name}: sending to {room_id} failed: {resp}")
+        return str(resp.event_id)
+
+    def reply_to(self, room_id: str, event_id: str) -> Event | None:
+        for ev in self.in_room(room_id):
+            rel = ev.source.get("content", {}).get("m.relates_to") or {}
+            if rel.get("m.in_reply_to", {}).get("event_id") == event_id:
+                return ev
+        return None
+
+    async def ask(self, room_id: str, command: str, timeout: float = 30) -> str:  # noqa: ASYNC109
+        """Send a command and return the text of the hub's reply (decrypted, as a client shows it)."""
+        event_id = await self.send(room_id, command)
+
+        def answered() -> bool:
+            return isinstance(self.reply_to(room_id, event_id), RoomMessageNotice)
+
+        await self.wait_until(answered, timeout)
+        reply = self.reply_to(room_id, event_id)
+        assert isinstance(reply, RoomMessageNotice)
+        return str(reply.body)

@@ -1,0 +1,229 @@
+"""The weekly digest on the real tables: at each cohort's digest slot, a lounge post, one email per
+opted-in member with an address, and the moderators' weekly report in the control room.
+
+`DigestService.rows` is `ProgramService`'s digest hook: the calendar hands it the
+due item and the targets that have not had it yet (lounge by room key, members
+by id, already without opted-out and suppressed addresses), and it returns
+outbox rows keyed with `calendar.dedupe_key`, so each goes once, ever: a
+restart, a catch-up, a second process or `!hub digest send` cannot repeat one.
+
+What goes in is gathered here as plain `hub.core.digest` inputs. Lounge text
+comes only from `hub.activity` (lounge rooms only); a pair is a `PairCounts`
+(days since its room was last active, plan set or not). Nothing from a pair or
+direct room has a way in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub import activity
+from hub.core import content as ct
+from hub.core import digest as dg
+from hub.core.calendar import Audience, CalendarItem, ProgramSpec, Target, dedupe_key
+from hub.core.markup import markdown_to_matrix
+from hub.core.tokens import TokenSigner
+from hub.delivery.outbox import EMAIL, MATRIX
+from hub.email.payload import email_payload, normalize_address
+from hub.errors import ContentError
+from hub.features.participants import CohortView, content_cohort, load_cohort_view, room_row
+from hub.features.program import ProgramService
+from hub.features.program_commands import build_report
+from hub.features.subscribers import handles_for, list_id, signing_secret
+from hub.matrix.events import notice_content
+from hub.program_targets import person_key
+from hub.storage.models import Member, room_member_table
+
+__all__ = ["PULSE_DAYS", "DigestService", "Edition"]
+
+log = logging.getLogger(__name__)
+
+PULSE_DAYS = 7  # "lounge messages in the last 7 days", new members, the most-reacted posts
+
+
+@dataclass(frozen=True, slots=True)
+class Edition:
+    """One cohort's digest for one week, ready to render for the lounge and for each person."""
+
+    view: CohortView
+    issue: dg.DigestIssue
+    builder: dg.DigestBuilder
+
+
+def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else fallback
+    except (ValueError, KeyError):
+        return fallback
+
+
+def _plain(text: str | None, fallback: str) -> str:
+    # Titles and summaries are shown as written; one that is a template needs
+    # a pair to render, so the digest says something generic instead.
+    return fallback if not text or "{{" in text or "{%" in text else text
+
+
+class DigestService:
+    def __init__(self, program: ProgramService, *, control_room: Callable[[], str | None]) -> None:
+        self.program = program
+        self.control_room = control_room
+        self._builders: dict[tuple[str, str, str, str], dg.DigestBuilder] = {}
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def _builder(self, secret: str) -> dg.DigestBuilder:
+        s = self.program.settings()
+        key = (s.web.public_url, secret, s.matrix.user_id, s.matrix.command_prefix)
+        if key not in self._builders:  # compiled templates: one builder per configuration
+            self._builders[key] = dg.DigestBuilder(
+                public_url=s.web.public_url, signer=TokenSigner(secret), hub_user_id=s.matrix.user_id,
+                command_prefix=s.matrix.command_prefix)
+        return self._builders[key]
+
+    async def _spec(self, slug: str) -> ProgramSpec | None:
+        return next((p for p in await self.program.specs() if p.slug == slug), None)
+
+    def _prompts(self, spec: ProgramSpec | None, week: int) -> tuple[dg.Prompt, ...]:
+        lib = self.program.library
+        wanted: list[tuple[str, ct.Kind, int | None, str]] = [
+            ("Icebreaker", ct.Kind.ICEBREAKER, week, "A new icebreaker arrives in your pair room.")]
+        if spec is None or week in spec.checkin_weeks:
+            wanted.append(("Check-in", ct.Kind.CHECKIN, None, "Did you meet this week, and how?"))
+        if spec is None or week in spec.reflection_weeks:
+            wanted.append(("Reflection", ct.Kind.REFLECTION, week, "A reflection prompt for you both."))
+        out: list[dg.Prompt] = []
+        for label, kind, wk, fallback in wanted:
+            try:
+                item = lib.pick(kind, ct.Audience.PAIR, week=wk)
+            except ContentError:
+                continue
+            title = _plain(item.title, label)
+            # "Icebreaker: three questions" under the label "Icebreaker" would say it twice.
+            if title.lower().startswith(label.lower() + ":"):
+                title = title[len(label) + 1:].strip() or label
+            out.append(dg.Prompt(label, title, _plain(item.summary, fallback)))
+        return tuple(out)
+
+    def _tip(self, view: CohortView, week: int) -> dg.Tip | None:
+        tips = self.program.library.select(ct.Kind.TIP, ct.Audience.COHORT)
+        if not tips:
+            return None
+        rendered = self.program.library.render(tips[(week - 1) % len(tips)],
+                                               ct.Variables(cohort=content_cohort(view), week=week))
+        return dg.Tip(title=rendered.subject, body=rendered.body)
+
+    async def _pulse(self, s: AsyncSession, view: CohortView, now: datetime) -> dg.CohortPulse:
+        lounge = view.lounge
+        if lounge is None or not lounge.room_id:
+            return dg.CohortPulse()
+        since = now - timedelta(days=PULSE_DAYS)
+        joined = int((await s.execute(select(func.count()).select_from(room_member_table).where(
+            (room_member_table.c.room_pk == lounge.id) & (room_member_table.c.state == "joined")
+            & (room_member_table.c.joined_at >= since.timestamp())))).scalar() or 0)
+        names = {m.matrix_id: m.name for m in view.members.values() if m.matrix_id}
+        posts = tuple(
+            # The roster's name wins over a display name anyone can set to anything.
+            dg.LoungePost(p.room_id, p.event_id, names.get(p.sender) or p.sender_name, p.excerpt, p.reactions)
+            for p in await activity.top_lounge_posts(s, lounge.room_id, since, dg.TOP_POSTS))
+        return dg.CohortPulse(new_members=joined, posts=posts,
+                              lounge_messages=await activity.lounge_messages_since(s, lounge.room_id, since))
+
+    async def edition(self, s: AsyncSession, view: CohortView, week: int, now: datetime) -> Edition:
+        spec = await self._spec(view.cohort.slug)
+        week = max(1, min(week, view.cohort.weeks))
+        webinars = tuple(dg.Webinar(w.title, w.at, w.url) for w in (spec.webinars if spec else ()))
+        lounge_id = view.lounge.room_id if view.lounge is not None and view.lounge.room_id else ""
+        issue = dg.DigestIssue(
+            cohort=dg.CohortInfo(view.cohort.slug, view.cohort.name, view.zone, lounge_id),
+            week=week, weeks=view.cohort.weeks, generated_at=now, prompts=self._prompts(spec, week),
+            webinars=webinars, pulse=await self._pulse(s, view, now), tip=self._tip(view, week))
+        builder = self._builder(await signing_secret(s, self.program.settings()))
+        return Edition(view, issue, builder)
+
+    async def recipients(self, s: AsyncSession, view: CohortView, members: Sequence[Member],
+                         now: datetime) -> list[tuple[Member, dg.Recipient]]:
+        """Each member as the digest sees them: a handle, a name, a zone, and their pairs as counts."""
+        keys = {m.id: person_key(m.matrix_id, m.email) for m in members}
+        handles = await handles_for(s, [k for k in keys.values() if k], now)
+        last = await activity.pair_last_active(s, view.cohort.id or 0)
+        out: list[tuple[Member, dg.Recipient]] = []
+        for m in members:
+            key = keys[m.id]
+            if key is None:
+                continue
+            pairs = tuple(
+                dg.PairCounts(
+                    days_since_active=(max(0, int((now.timestamp() - last[pv.pair.id or 0]) // 86400))
+                                       if (pv.pair.id or 0) in last else None),
+                    backup_plan_set=bool(pv.plan))
+                for pv in view.pairs.values()
+                if pv.pair.status == "active" and m.id in (pv.mentor.id, pv.mentee.id))
+            out.append((m, dg.Recipient(handle=handles[key], name=m.name or "there",
+                                        timezone=_zone(m.timezone, view.zone), pairs=pairs,
+                                        on_matrix=m.matrix_id is not None)))
+        return out
+
+    # -- the hook -------------------------------------------------------------------------------
+
+    async def rows(self, s: AsyncSession, item: CalendarItem,
+                   targets: Sequence[Target]) -> list[dict[str, Any]]:
+        """`ProgramService`'s digest hook: outbox rows for the targets that have not had `item`."""
+        view = await load_cohort_view(s, item.cohort)
+        if view is None:
+            return []
+        now = self.program.clock.now()
+        ed = await self.edition(s, view, item.week or 1, now)
+        await activity.prune(s, now)
+        out: list[dict[str, Any]] = []
+        if view.lounge is not None and any(t.audience is Audience.LOUNGE for t in targets):
+            target = next(t for t in targets if t.audience is Audience.LOUNGE)
+            out.append(room_row(view.lounge, ed.builder.lounge_post(ed.issue).content(), kind="digest",
+                                dedupe_key=dedupe_key(item, target)))
+        out += await self._emails(s, ed, item, [t for t in targets if t.audience is Audience.MEMBER], now)
+        report = await self.report_row(s, view, now, key=f"{item.key}:report")
+        if report is not None:
+            out.append(report)
+        return out
+
+    async def _emails(self, s: AsyncSession, ed: Edition, item: CalendarItem, targets: Sequence[Target],
+                      now: datetime) -> list[dict[str, Any]]:
+        settings = self.program.settings()
+        if not settings.email.enabled or not targets:
+            return []
+        wanted = {int(t.id): t for t in targets}
+        members = [m for mid, m in ed.view.members.items() if mid in wanted]
+        lid = list_id(settings, ed.view.cohort)
+        out: list[dict[str, Any]] = []
+        for member, recipient in await self.recipients(s, ed.view, members, now):
+            address = ed.view.address(member)
+            if address is None:
+                continue
+            mail = ed.builder.email(ed.issue, recipient)
+            payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
+                                    to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+            out.append({"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
+                        "payload": dict(payload), "dedupe_key": dedupe_key(item, wanted[member.id or 0])})
+        return out
+
+    async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,
+                         key: str) -> dict[str, Any] | None:
+        """The moderators' weekly report (counts only) as a control-room row."""
+        room = self.control_room()
+        if not room:
+            return None
+        report = await build_report(s, view, self.program.state, now)
+        lines = report.lines(view.cohort.slug)
+        lines[0] = f"**Weekly report for `{view.cohort.slug}`** (counts only)"
+        body, html = markdown_to_matrix("\n".join(lines))
+        return {"channel": MATRIX, "kind": "digest-report", "lane": room, "dedupe_key": key,
+                "payload": {"op": "message", "room_id": room, "type": "m.room.message",
+                            "content": notice_content(body, html)}}
+
