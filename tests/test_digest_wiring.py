@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world, run_calendar
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
@@ -25,8 +26,6 @@ from hub.features.digest import DigestService
 from hub.features.digest_commands import preview
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.storage.models import PersonPref, metadata, room_activity_table, subscriber_table
-
-from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world, run_calendar
 
 HUB = "@hub:example.org"
 PAIR_SECRET = "pair-secret-7f3a9"
@@ -53,7 +52,8 @@ def _text(body: str) -> dict[str, Any]:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     # Sunday before week 2's digest (the cohort's digest slot is Monday 09:00 Berlin).
-    w = await make_world(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}", datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
+    w = await make_world(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}",
+                         datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
     service = DigestService(w.program, control_room=lambda: CONTROL)
     w.program.digest = service.rows
     w.runner.app.digest = service
@@ -79,7 +79,8 @@ async def _chat(w: World) -> dict[str, str]:
     mentor, mentee = PEOPLE[0]
     batch = _sync({
         lounge: [
-            _event("$top", mentor, now - timedelta(hours=5), "m.room.message", _text(f"Hello all {LOUNGE_TOP}")),
+            _event("$top", mentor, now - timedelta(hours=5), "m.room.message",
+                   _text(f"Hello all {LOUNGE_TOP}")),
             _event("$low", mentee, now - timedelta(hours=4), "m.room.message", _text("second post")),
             _event("$none", mentee, now - timedelta(hours=4), "m.room.message", _text("no reactions here")),
             _event("$cmd", mentee, now - timedelta(hours=4), "m.room.message", _text("!hub icebreaker")),
@@ -109,7 +110,8 @@ async def _dump_database(w: World) -> str:
 async def test_activity_keeps_counts_for_private_rooms_and_excerpts_for_the_lounge_only(world: World) -> None:
     rooms = await _chat(world)
     async with world.db.session() as s:
-        counts = {r.room_id: (r.kind, r.messages) for r in (await s.execute(select(room_activity_table))).all()}
+        rows = (await s.execute(select(room_activity_table))).all()
+    counts = {r.room_id: (r.kind, r.messages) for r in rows}
     # Replayed batch counted once; the hub's own message is not activity; a command in the lounge is.
     assert counts == {rooms["lounge"]: ("lounge", 4), rooms["pair"]: ("pair", 1),
                       rooms["direct"]: ("direct", 1)}

@@ -263,3 +263,26 @@ async def test_participants_and_room_kinds(world: Any) -> None:
         assert count == 1
     lane = [r for r in await world.rows() if r["lane"] == "room:direct:@ada:x.org"]
     assert [r["kind"] for r in lane] == ["room-create", "test"]
+
+
+async def test_the_cohort_migration_downgrades_and_upgrades_again(world: Any) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from hub.storage.db import MIGRATIONS
+
+    def go(conn: Any, target: str, up: bool) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        (command.upgrade if up else command.downgrade)(cfg, target)
+
+    await _cohort(world)
+    async with world.db.engine.begin() as conn:
+        await conn.run_sync(go, "0002", False)
+    async with world.db.engine.connect() as conn:
+        tables = await conn.run_sync(lambda c: set(__import__("sqlalchemy").inspect(c).get_table_names()))
+    assert not {"cohort", "member", "pair", "hub_room", "room_member"} & tables
+    async with world.db.engine.begin() as conn:
+        await conn.run_sync(go, "head", True)
+    assert (await _cohort(world)).id == 1

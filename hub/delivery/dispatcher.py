@@ -354,7 +354,10 @@ class Dispatcher:
         params = {**params, "limit": limit + len(self._claimed)}
         sql = sql.replace("SELECT o.seq FROM", "SELECT o.seq, o.txn_id, o.channel, o.kind, o.lane, "
                                                 "o.payload, o.attempts, o.created_at FROM")
-        async with self.db.engine.connect() as conn:
+        # Under the commit lock: an outcome committed while this SELECT's snapshot is
+        # open would leave `_claimed` before the filter below, and the row, still
+        # `queued` in that snapshot, would be claimed a second time.
+        async with self._commit_lock, self.db.engine.connect() as conn:
             rows = (await conn.execute(text(sql), params)).all()
         out = [Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])
                for r in rows if r[0] not in self._claimed][:limit]

@@ -106,6 +106,7 @@ class RoomKeeper:
         self._tasks: list[asyncio.Task[None]] = []
         self._config_mtime: float | None = None
         self._env: ms.Env | None = None
+        self._ticks = 0
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -157,8 +158,10 @@ class RoomKeeper:
                 log.exception("room upkeep failed; retrying")
 
     async def tick(self) -> None:
-        await self.check_config()
-        await self.send_reminders()
+        await self.check_config()  # every tick: a change shows within seconds
+        self._ticks += 1
+        if self._ticks % 12 == 1:  # about once a minute: 48 hours need no finer grain
+            await self.send_reminders()
 
     # -- looking rooms up ----------------------------------------------------------------------
 
