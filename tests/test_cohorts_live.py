@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +13,13 @@ import pytest
 from nio import RoomGetStateResponse, RoomMessageNotice
 from sqlalchemy import select, text
 
-from conftest import hub_settings, running_hub
 from hub.core.commands import CommandSpec
 from hub.devserver.synapse import SynapseServer
 from hub.service import Hub, build_registry
-from hub.storage.models import HubRoom, hub_room_table
+from hub.storage.models import hub_room_table
+
+from cohort_helpers import quiet, room_of
+from conftest import hub_settings, running_hub
 from matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
@@ -47,19 +47,6 @@ async def new_participant(synapse: SynapseServer, base: Path, prefix: str) -> Pa
     p = Participant(synapse.url, user, base / f"store-{user.user_id[1:].split(':')[0]}")
     await p.start()
     return p
-
-
-async def room_of(hub: Hub, key: str, timeout: float = 30) -> str:
-    """The room id once the hub has created the room `key`."""
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            r = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
-        if r is not None and r.room_id and r.status == "ready":
-            return r.room_id
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"room {key} was not created in {timeout}s")
 
 
 async def state_of(p: Participant, room_id: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -150,7 +137,8 @@ async def test_pairing_makes_an_encrypted_room_of_exactly_the_pair(live: Live, p
     await mentor.wait_joined(room, mentor.user_id, timeout=20)
     await mentor.wait_joined(room, mentee.user_id, timeout=20)
     state = await state_of(mentor, room)
-    members = {k for (t, k), c in state.items() if t == "m.room.member" and c["membership"] in ("join", "invite")}
+    members = {k for (t, k), c in state.items()
+               if t == "m.room.member" and c["membership"] in ("join", "invite")}
     assert members == {mentor.user_id, mentee.user_id, live.hub.settings.matrix.user_id}
     assert live.mod.user_id not in members  # moderators are not in pair rooms
     assert state[("m.room.encryption", "")]["algorithm"] == "m.megolm.v1.aes-sha2"
@@ -173,7 +161,7 @@ async def test_unpair_pause_resume_and_remove(live: Live, people: Any) -> None:
     mentor, mentee = await people("mentor"), await people("mentee")
     await live.command(f"!hub add fall mentor {mentor.user_id}")
     await live.command(f"!hub add fall mentee {mentee.user_id}")
-    await live.command(f"!hub add fall mentee cy@example.org Cy")
+    await live.command("!hub add fall mentee cy@example.org Cy")
     await live.command(f"!hub pair fall {mentor.user_id} {mentee.user_id}")
     pair = f"{mentor.user_id} {mentee.user_id}"
     assert "Paused" in await live.command(f"!hub pause fall {pair}")
@@ -225,8 +213,8 @@ async def test_bad_input_is_explained_and_changes_nothing(live: Live, command: s
 
 # -- every moderator command refused for everyone else -----------------------------------------------
 
-_SAMPLES = {"slug": "refuse", "name": "Renamed", "who": "@member{n}:localhost", "mentor": "@member1:localhost",
-            "mentee": "@member2:localhost", "role": "mentor"}
+_SAMPLES = {"slug": "refuse", "name": "Renamed", "who": "@member{n}:localhost",
+            "mentor": "@member1:localhost", "mentee": "@member2:localhost", "role": "mentor"}
 
 
 def sample_args(spec: CommandSpec) -> str:
@@ -295,21 +283,6 @@ async def refusing(synapse: SynapseServer, tmp_path_factory: pytest.TempPathFact
         await quiet(hub)
         yield Live(hub, outsider, room)
     await outsider.stop()
-
-
-async def quiet(hub: Hub, timeout: float = 30) -> None:
-    """Wait until nothing is left to send, so the database holds still."""
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            busy = (await s.execute(text(
-                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'sending')"))).scalar()
-        if not busy:
-            await asyncio.sleep(0.5)
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the outbox did not drain")
 
 
 @pytest.mark.parametrize("name", MODERATOR_COMMANDS)

@@ -38,7 +38,7 @@ def test_parse_who(text: str, who: Who) -> None:
 
 @pytest.mark.parametrize("text", ["ada", "@ada", "@ada:", "@a da:x.org", "a@b", "<a@b.org>", ""])
 def test_parse_who_refuses_with_the_reason(text: str) -> None:
-    with pytest.raises(ValueError, match="Matrix id|email"):
+    with pytest.raises(ValueError, match=r"Matrix id|email"):
         parse_who(text)
 
 
@@ -106,6 +106,11 @@ def test_restricted_join_rule_only_where_the_version_has_it() -> None:
     assert v12.content["join_rule"] == "restricted"
     [v6] = [f for f in state_fixes(spec, {}, hub=HUB, room_version="6") if f.reason == "join rule"]
     assert v6.content == {"join_rule": "invite"}
+    # A lounge still naming a space that was replaced is pointed at the new one.
+    old = {("m.room.join_rules", ""): {"join_rule": "restricted",
+                                       "allow": [{"type": "m.room_membership", "room_id": "!old"}]}}
+    [moved] = [f for f in state_fixes(spec, old, hub=HUB, room_version="12") if f.reason == "join rule"]
+    assert moved.content["allow"] == [{"type": "m.room_membership", "room_id": "!space"}]
     # A pair room that lost encryption gets it back (never the other way round).
     pair = pair_spec("pair:1", "A", "B", "l", encrypted=True, tag=TAG, prefix="!hub")
     assert any(f.event_type == "m.room.encryption" for f in state_fixes(pair, {}, hub=HUB, room_version="12"))

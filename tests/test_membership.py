@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from conftest import backends, hub_settings
 from hub.clock import SystemClock
 from hub.config import Settings
 from hub.core.cohorts import Who
@@ -22,6 +21,8 @@ from hub.features import membership as ms
 from hub.storage.db import Database, open_database
 from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
 from hub.storage.models import outbox_table as T
+
+from conftest import backends, hub_settings
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 BOT = RegisteredUser("@hub:example.org", "pw", "token", "DEV")
@@ -191,7 +192,8 @@ async def test_remove_closes_pairs_and_kicks(world: Any) -> None:
         await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
         await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
         pair, _ = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"), Who(matrix_id="@bo:x.org"))
-        room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == f"pair:{pair.id}"))).scalar_one()
+        room = (await s.execute(
+            select(HubRoom).where(hub_room_table.c.key == f"pair:{pair.id}"))).scalar_one()
         room.room_id, room.status = "!pair:x.org", "ready"
     async with world.db.transaction() as s:
         env = await world.env(s)
@@ -281,7 +283,7 @@ async def test_the_cohort_migration_downgrades_and_upgrades_again(world: Any) ->
     async with world.db.engine.begin() as conn:
         await conn.run_sync(go, "0002", False)
     async with world.db.engine.connect() as conn:
-        tables = await conn.run_sync(lambda c: set(__import__("sqlalchemy").inspect(c).get_table_names()))
+        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     assert not {"cohort", "member", "pair", "hub_room", "room_member"} & tables
     async with world.db.engine.begin() as conn:
         await conn.run_sync(go, "head", True)

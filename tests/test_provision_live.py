@@ -26,7 +26,9 @@ def client_for(synapse: SynapseServer, user: RegisteredUser) -> AsyncClient:
 
 
 @pytest.fixture
-async def bot(synapse: SynapseServer, register: Callable[..., Any]) -> AsyncIterator[tuple[Provision, AsyncClient]]:
+async def bot(
+    synapse: SynapseServer, register: Callable[..., Any]
+) -> AsyncIterator[tuple[Provision, AsyncClient]]:
     user = await register("hub")
     client = client_for(synapse, user)
     yield Provision(client, SharedPause(SystemClock(), "test")), client

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from conftest import backends
 from hub.cli import main
 from hub.storage.db import open_database
 from hub.storage.models import HubRoom, Member, Pair, hub_room_table
 from hub.storage.models import outbox_table as T
+
+from conftest import backends
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"
@@ -110,7 +111,8 @@ def test_two_hundred_rows_make_one_hundred_pairs_once(
     assert first["creates"] == 102  # 100 pair rooms, the space and the lounge
     before = snapshot(url)
     assert run(str(csv), "-c", str(config)) == 0
-    assert "0 people added, 0 updated, 200 unchanged; 0 new pairs, 100 already paired" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 people added, 0 updated, 200 unchanged; 0 new pairs, 100 already paired" in out
     assert snapshot(url) == before  # importing again changes nothing, queues nothing
 
 

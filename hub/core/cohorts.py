@@ -247,7 +247,10 @@ def state_fixes(
         fixes.append(StateFix("m.room.encryption", "", {"algorithm": "m.megolm.v1.aes-sha2"},
                               "encryption"))
     wanted_rule = join_rule_content(spec, room_version)
-    if (get("m.room.join_rules") or {}).get("join_rule") != wanted_rule["join_rule"]:
+    actual_rule = dict(get("m.room.join_rules") or {})
+    if (actual_rule.get("join_rule") != wanted_rule["join_rule"]
+            or actual_rule.get("allow", []) != wanted_rule.get("allow", [])):
+        # The allow list too: a replaced space must be the one whose members may join.
         fixes.append(StateFix("m.room.join_rules", "", wanted_rule, "join rule"))
     power = dict(get("m.room.power_levels") or {})
     if spec.moderators and not _power_users_ok(power, spec.moderators):

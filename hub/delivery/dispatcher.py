@@ -16,11 +16,13 @@ yet committed: those rows are sent again, with the same transaction id
 (deduplicated by the homeserver) or as a second copy of an email (email is
 at-least-once).
 
-Crash recovery: on SQLite (one process) every `sending` row at start-up was
-left by a dead run and is requeued. On PostgreSQL each dispatcher holds a
-session advisory lock on its instance id for its whole life; a claim whose
-owner's lock can be taken belongs to a dead process and is requeued at once,
-by any living process, without waiting for the lease to expire.
+Crash recovery: on SQLite (one process) a claim is kept in memory only and
+the row stays `queued` until its outcome is recorded, so a crash leaves
+nothing to undo. On PostgreSQL each dispatcher holds a session advisory lock
+on its instance id for its whole life; a claim whose owner's lock can be
+taken belongs to a dead process and is requeued at once, by any living
+process, without waiting for the lease to expire. Either way the resent row
+keeps its txn_id.
 """
 
 from __future__ import annotations
@@ -255,8 +257,11 @@ class Dispatcher:
                     started = True
                 if started and not self._buffer:
                     continue  # more may be due right away
+                # asyncio.timeout, not wait_for: no task per wake-up, and this loop
+                # wakes once per finished send.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 self._wake.clear()

@@ -1,0 +1,41 @@
+"""Helpers shared by the cohort live tests: waiting for the hub's rooms and for its outbox to drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import select, text
+
+from hub.service import Hub
+from hub.storage.models import HubRoom, hub_room_table
+
+__all__ = ["quiet", "room_of"]
+
+
+async def room_of(hub: Hub, key: str, timeout: float = 30) -> str:
+    """The room id once the hub has created the room `key` (and invited its members)."""
+    assert hub.db is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with hub.db.session() as s:
+            r = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
+        if r is not None and r.room_id and r.status == "ready":
+            return r.room_id
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"room {key} was not created in {timeout}s")
+
+
+async def quiet(hub: Hub, timeout: float = 30) -> None:
+    """Wait until nothing is left to send, so the database holds still."""
+    assert hub.db is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with hub.db.session() as s:
+            busy = (await s.execute(text(
+                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'sending')"))).scalar()
+        if not busy:
+            await asyncio.sleep(0.5)
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the outbox did not drain")
