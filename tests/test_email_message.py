@@ -129,3 +129,14 @@ def test_payload_rejects_injection_and_malformed_input(kwargs: dict[str, object]
     base.update(kwargs)
     with pytest.raises(ValueError):
         email_payload(**base)  # type: ignore[arg-type]
+
+
+def test_long_unsubscribe_url_stays_literal_on_the_wire() -> None:
+    """Mail clients read List-Unsubscribe raw: an RFC 2047 encoded word breaks one-click."""
+    url = "<https://hub.example.org/unsubscribe/" + "Ab9_-" * 30 + ">"
+    payload = email_payload(to="ada@example.org", subject="Digest", text="hi",
+                            headers={"List-Unsubscribe": url})
+    raw = build_message(payload, txn_id="long", from_header=FROM, date=NOW).data
+    assert b"List-Unsubscribe: " + url.encode() + b"\r\n" in raw
+    assert b"=?utf-8?" not in raw.split(b"\r\n\r\n", 1)[0].split(b"List-Unsubscribe:")[1]
+    assert _parse(raw)["List-Unsubscribe"] == url

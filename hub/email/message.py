@@ -114,6 +114,12 @@ def _header(name: str, value: str) -> bytes:
     """
     if value.isascii() and len(name) + len(value) < 76:
         return f"{name}: {value}\r\n".encode("ascii")
+    # An ASCII value with a word too long to fold (a List-Unsubscribe URL) must
+    # stay literal: the folder would turn it into an RFC 2047 encoded word, which
+    # mail clients do not decode in URL headers, breaking one-click unsubscribe.
+    # RFC 5322 allows lines up to 998 characters.
+    if value.isascii() and len(name) + len(value) < 990 and max(map(len, value.split())) > 70:
+        return f"{name}: {value}\r\n".encode("ascii")
     folded: str = _POLICY.header_factory(name, value).fold(policy=_POLICY)
     return folded.encode("ascii")
 
