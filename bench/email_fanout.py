@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import subprocess
 import sys
@@ -109,8 +108,7 @@ async def hub(port: int, payloads: list[EmailPayload], connections: int, url: st
     settings = EmailSettings(enabled=True, sender=FROM, smtp_host="127.0.0.1", smtp_port=port,
                              security="none", connections=connections)
     pool = SmtpPool(settings, clock)
-    dispatcher = Dispatcher(db, outbox, clock, {EMAIL: EmailSender(db, pool, clock, from_header=FROM)},
-                            concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")))
+    dispatcher = Dispatcher(db, outbox, clock, {EMAIL: EmailSender(db, pool, clock, from_header=FROM)})
     await dispatcher.open()
     began = time.perf_counter()
     task = asyncio.create_task(dispatcher.run())
@@ -143,9 +141,13 @@ async def run(args: argparse.Namespace) -> None:
             raws: list[float] = []
             hubs: list[float] = []
             enqueues: list[float] = []
-            for _ in range(args.rounds):
-                raws.append(await raw(port, payloads, args.connections))
-                enqueue, dispatch = await hub(port, payloads, args.connections, url)
+            for i in range(args.rounds):
+                if i % 2:  # alternate which goes first
+                    enqueue, dispatch = await hub(port, payloads, args.connections, url)
+                    raws.append(await raw(port, payloads, args.connections))
+                else:
+                    raws.append(await raw(port, payloads, args.connections))
+                    enqueue, dispatch = await hub(port, payloads, args.connections, url)
                 enqueues.append(enqueue)
                 hubs.append(dispatch)
     finally:

@@ -387,7 +387,10 @@ class Hub:
     async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
         """Keep /healthz's SMTP check true to life while no mail is flowing."""
         while True:
-            await pool.probe()
+            try:
+                await pool.probe()
+            except Exception:  # a health check must never stop the hub
+                log.exception("SMTP health check crashed")
             await asyncio.sleep(every)
 
     async def _alert_suppressed(self, session: AsyncSession, event: Suppressed) -> None:

@@ -252,3 +252,30 @@ async def test_two_dispatchers_share_postgresql_without_double_sends(database_ur
     assert all(sender.sent[f"!lane{i}"] == list(range(8)) for i in range(25))
     await db_a.close()
     await db_b.close()
+
+
+async def test_temporary_failures_give_up_after_24_hours_and_report(database_urls, backend) -> None:
+    db, outbox = await _db(database_urls, backend)
+    await _queue(db, outbox, lanes=2, per_lane=1)
+    now = SystemClock().now().timestamp()
+    async with db.transaction() as s:  # one row has been failing for 25 hours, the other for 1
+        await s.execute(update(T).where(T.c.lane == "!lane0").values(created_at=now - 25 * 3600))
+        await s.execute(update(T).where(T.c.lane == "!lane1").values(created_at=now - 3600))
+    sender = Recorder(fail={"0:0": [TemporaryDeliveryError("451 still greylisted")],
+                            "1:0": [TemporaryDeliveryError("451 still greylisted")]})
+    reported: list[str] = []
+
+    async def on_failed(row: Claimed, reason: str) -> None:
+        reported.append(row.lane)
+
+    d = Dispatcher(db, outbox, SystemClock(), {MATRIX: sender}, on_failed=on_failed)
+    for row in await d.claim(10):
+        await d._deliver(row)
+    await d.flush()
+    async with db.session() as s:
+        rows = dict((await s.execute(select(T.c.lane, T.c.status))).all())
+        reason = (await s.execute(select(T.c.last_error).where(T.c.lane == "!lane0"))).scalar()
+    assert rows == {"!lane0": "failed", "!lane1": "queued"}
+    assert reason is not None and "gave up after 1 attempts" in reason and "451" in reason
+    assert reported == ["!lane0"]
+    await db.close()

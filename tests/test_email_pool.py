@@ -105,3 +105,13 @@ async def test_server_down_is_temporary_pauses_and_recovers(sink: SmtpSink) -> N
     assert pool.healthy is True and not pool.pause.down
     assert await pool.probe() is True
     await pool.close()
+
+
+async def test_non_ascii_address_goes_out_with_smtputf8(sink: SmtpSink) -> None:
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    await pool.send(_msg("zoë@exämple.org"))
+    await pool.send(_msg("plain@example.org"))
+    mails = await sink.wait_for(2)
+    assert [m.rcpt_tos for m in mails] == [("zoë@exämple.org",), ("plain@example.org",)]
+    assert mails[0].subject == "hello 0"
+    await pool.close()

@@ -133,16 +133,10 @@ class SmtpPool:
                 slot.smtp = None
                 slot.smtp = await self._connect()
                 slot.sent = 0
-            options = ["SMTPUTF8"] if message.smtputf8 else None
-            _, reply = await slot.smtp.sendmail(
-                message.envelope_from, [message.recipient], message.data, mail_options=options
-            )
-        except aiosmtplib.SMTPRecipientsRefused as e:
-            refused = e.recipients[0] if e.recipients else None
-            code = refused.code if refused is not None else 550
-            text = refused.message if refused is not None else str(e)
+            reply = await self._transaction(slot.smtp, message)
+        except aiosmtplib.SMTPRecipientRefused as e:
             self._ok()
-            raise self._classify(code, text, stage="RCPT") from e
+            raise self._classify(e.code, e.message, stage="RCPT") from e
         except aiosmtplib.SMTPResponseException as e:
             stage = "DATA" if isinstance(e, aiosmtplib.SMTPDataError) else "session"
             if stage == "session" or e.code == 421:
@@ -170,6 +164,35 @@ class SmtpPool:
             return reply
         finally:
             self._idle.put_nowait(slot)
+
+    @staticmethod
+    async def _transaction(smtp: aiosmtplib.SMTP, message: BuiltMessage) -> str:
+        """MAIL, RCPT, DATA for one recipient; RSET after a refusal, as `sendmail` would.
+
+        `sendmail` re-validates both addresses and re-scans the whole message to
+        size it; the message was built here, CRLF throughout, so its length is
+        its size and the addresses were checked when the row was queued.
+        """
+        if smtp.last_ehlo_response is None:
+            await smtp.ehlo()  # the extensions decide the options below
+        options = [f"SIZE={len(message.data)}"] if smtp.supports_extension("size") else []
+        if message.smtputf8:
+            if not smtp.supports_extension("smtputf8"):
+                raise PermanentDeliveryError(
+                    f"{message.recipient} needs SMTPUTF8, which the SMTP server does not offer")
+            options.append("SMTPUTF8")
+        encoding = "utf-8" if message.smtputf8 else "ascii"
+        try:
+            await smtp.mail(message.envelope_from, options=options, encoding=encoding)
+            await smtp.rcpt(message.recipient, encoding=encoding)
+            response = await smtp.data(message.data)
+        except aiosmtplib.SMTPResponseException:
+            try:
+                await smtp.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                pass  # the caller closes a connection whose state is unknown
+            raise
+        return response.message
 
     def _ok(self) -> None:
         self.healthy = True
