@@ -69,7 +69,7 @@ def start_sink() -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.strip().rsplit(":", 1)[1])
 
 
-async def raw(port: int, payloads: list[EmailPayload], connections: int) -> float:
+async def raw(port: int, payloads: list[EmailPayload], connections: int) -> tuple[float, float]:
     now = datetime.now(UTC)
     messages = [build_message(p, txn_id=secrets.token_hex(16), from_header=FROM, date=now)
                 for p in payloads]  # pre-built: not timed
@@ -86,15 +86,17 @@ async def raw(port: int, payloads: list[EmailPayload], connections: int) -> floa
             m = queue.get_nowait()
             await client.sendmail(m.envelope_from, [m.recipient], m.data)
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(c) for c in clients))
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     for c in clients:
         await c.quit()
-    return elapsed
+    return elapsed, cpu
 
 
-async def hub(port: int, payloads: list[EmailPayload], connections: int, url: str) -> tuple[float, float]:
+async def hub(
+    port: int, payloads: list[EmailPayload], connections: int, url: str
+) -> tuple[float, float, float]:
     db = await open_database(url)
     clock = SystemClock()
     outbox = Outbox(db, clock)
@@ -110,7 +112,7 @@ async def hub(port: int, payloads: list[EmailPayload], connections: int, url: st
     pool = SmtpPool(settings, clock)
     dispatcher = Dispatcher(db, outbox, clock, {EMAIL: EmailSender(db, pool, clock, from_header=FROM)})
     await dispatcher.open()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     task = asyncio.create_task(dispatcher.run())
     n = len(payloads)
     while True:
@@ -118,7 +120,7 @@ async def hub(port: int, payloads: list[EmailPayload], connections: int, url: st
         if dispatcher.sent_count >= n:
             await dispatcher.flush()  # counted only once recorded in the database
             break
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     await dispatcher.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -128,7 +130,7 @@ async def hub(port: int, payloads: list[EmailPayload], connections: int, url: st
             (T.c.status == "sent") & T.c.dedupe_key.like(f"bench:{tag}:%")))).scalar()
     assert sent == n, f"{sent} of {n} recorded as sent"
     await db.close()
-    return enqueue, elapsed
+    return enqueue, elapsed, cpu
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -141,15 +143,20 @@ async def run(args: argparse.Namespace) -> None:
             raws: list[float] = []
             hubs: list[float] = []
             enqueues: list[float] = []
+            raw_cpu: list[float] = []
+            hub_cpu: list[float] = []
             for i in range(args.rounds):
                 if i % 2:  # alternate which goes first
-                    enqueue, dispatch = await hub(port, payloads, args.connections, url)
-                    raws.append(await raw(port, payloads, args.connections))
+                    enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
+                    r_time, r_cpu = await raw(port, payloads, args.connections)
                 else:
-                    raws.append(await raw(port, payloads, args.connections))
-                    enqueue, dispatch = await hub(port, payloads, args.connections, url)
+                    r_time, r_cpu = await raw(port, payloads, args.connections)
+                    enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
+                raws.append(r_time)
+                raw_cpu.append(r_cpu)
                 enqueues.append(enqueue)
                 hubs.append(dispatch)
+                hub_cpu.append(cpu)
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
@@ -164,6 +171,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  hub outbox (dispatch):      {h:.2f} s  {n / h:7.0f} emails/s   "
           f"runs {[round(x, 2) for x in hubs]}")
     print(f"  hub enqueue (one transaction for all rows): {min(enqueues):.2f} s")
+    print(f"  client CPU per email (process, all threads): raw {1000 * min(raw_cpu) / n:.2f} ms, "
+          f"hub {1000 * min(hub_cpu) / n:.2f} ms")
     print(f"  ratio hub/raw: {h / r:.2f} (target <= 1.3), hub rate {n / h:.0f}/s (target >= 300/s)")
     print(f"  sink received {received} (expected {2 * n * args.rounds})")
 

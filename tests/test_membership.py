@@ -172,7 +172,7 @@ async def test_relane_moves_waiting_rows_to_the_room_lane_in_order(world: Any) -
         await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
         space, _ = await ms.cohort_rooms(s, cohort.id)
         assert space is not None
-        space.room_id = "!space:x.org"
+        space.room_id, space.status = "!space:x.org", "ready"
         moved = await ms.relane(s, space)
         assert moved == 2  # the create row (still queued here) and Ada's invite, queued later
     rows = [r for r in await world.rows() if r["lane"] == "!space:x.org"]

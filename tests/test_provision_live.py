@@ -91,7 +91,8 @@ async def test_invites_kicks_and_leaves_are_idempotent(
     await provision.leave(room)
     await provision.leave(room)
     assert room not in client.rooms
-    assert await provision.snapshot(room) is None
+    gone = await provision.snapshot(room)  # a former member may still read the state as they left it
+    assert gone is None or gone.members[client.user_id] == "leave"
 
 
 async def test_snapshot_and_load_room_teach_a_fresh_client(

@@ -157,7 +157,8 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
         try:
             # Freeze the hub whenever some rooms exist; kill it only at a moment when the
             # homeserver has rooms the database has not recorded yet: the dangerous crash.
-            for _ in range(400):
+            give_up, killed = time.monotonic() + 90, False
+            while time.monotonic() < give_up and not killed:
                 async with db.session() as s:
                     recorded = (await s.execute(text(RECORDED))).scalar()
                 if recorded and recorded >= 5:
@@ -170,10 +171,11 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
                     unrecorded = set(joined["joined_rooms"]) - known - {control}
                     if unrecorded:
                         os.killpg(proc.pid, signal.SIGKILL)
+                        killed = True
                         break
                     os.killpg(proc.pid, signal.SIGCONT)
                 await asyncio.sleep(0.01)
-            else:
+            if not killed:
                 pytest.fail("never caught the hub between creating a room and recording it")
             proc.wait(10)
             async with db.session() as s:

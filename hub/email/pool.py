@@ -153,6 +153,8 @@ class SmtpPool:
                 f"{e.__class__.__name__}: {e}",
                 retry_after=delay,
             ) from e
+        except PermanentDeliveryError:
+            raise  # refused before anything was sent: the connection is fine
         except BaseException:
             await self._close(slot, polite=False)  # cancelled mid-exchange: state unknown
             raise
