@@ -49,6 +49,7 @@ class SimulatedUser:
         self.events: list[tuple[str, Event]] = []
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self.auto_join = True  # tests turn it off to play someone ignoring an invite
 
     @property
     def user_id(self) -> str:
@@ -89,8 +90,9 @@ class SimulatedUser:
         if c.should_claim_keys:
             await c.keys_claim(c.get_users_for_key_claiming())
         await c.send_to_device_messages()
-        for room_id in resp.rooms.invite:
-            await c.join(room_id)
+        if self.auto_join:
+            for room_id in resp.rooms.invite:
+                await c.join(room_id)
         fresh = [(room_id, ev) for room_id, info in resp.rooms.join.items() for ev in info.timeline.events]
         # Room keys may arrive after the message they unlock: retry what is still encrypted.
         for i, (room_id, ev) in enumerate(self.events):
