@@ -63,7 +63,7 @@ def _lines(text: str) -> bytes:
 
 def _text_part(subtype: str, text: str) -> bytes:
     raw = _lines(text)
-    if raw.isascii() and all(len(line) <= 900 for line in raw.split(b"\n")):
+    if raw.isascii() and max(map(len, raw.split(b"\n"))) <= 900:
         cte = b"7bit"
         body = raw
     else:
