@@ -43,8 +43,9 @@ async def test_connections_are_reused_then_recycled(sink: SmtpSink) -> None:
     await asyncio.gather(*(pool.send(_msg(f"u{i}@example.org", i)) for i in range(40)))
     mails = await sink.wait_for(40)
     assert sorted(m.rcpt_tos[0] for m in mails) == sorted(f"u{i}@example.org" for i in range(40))
-    # 2 connections, each replaced after 10 messages: 40 messages need 4 connects, not 40.
-    assert pool.connects == 4
+    # 2 connections, each replaced after 10 messages: 40 messages need 4 connects, not 40
+    # (5 when the two connections' shares come out uneven, leaving one part-used).
+    assert 4 <= pool.connects <= 5
     assert pool.healthy is True
     await pool.close()
 
