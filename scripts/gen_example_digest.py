@@ -6,6 +6,7 @@ Runs `hub demo` into a temporary folder (or reads an earlier run's folder with
 part, unchanged, to docs/. Never edit the copy by hand: rerun this script.
 
     python scripts/gen_example_digest.py [--from DEMO_OUT_DIR]
+    python scripts/gen_example_digest.py --png-only   # just re-render docs/example-digest.png
 """
 
 from __future__ import annotations
@@ -42,22 +43,39 @@ def find_digest(mail_dir: Path) -> str | None:
     return None
 
 
-def screenshot(html: Path, png: Path) -> bool:
-    """Render with headless Chromium (Debian package `chromium`), if it is installed."""
+def screenshot(html: Path, png: Path, *, width: int = 700, height: int = 960) -> bool:
+    """Render with headless Chromium (Debian package `chromium`), if it is installed.
+
+    Not a test: CI machines have no Chromium. The flags make it work as root in a
+    container (no sandbox), offline and without touching the user's profile.
+    """
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         print("no Chromium found: skipping the PNG (apt-get install chromium)", file=sys.stderr)
         return False
-    subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                    f"--screenshot={png}", "--window-size=720,1400", html.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    return True
+    with tempfile.TemporaryDirectory(prefix="hub-chromium-") as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+                        f"--screenshot={png}", f"--window-size={width},{height}", html.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+    return png.exists()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, help="an earlier `hub demo --out` folder")
+    parser.add_argument("--png-only", action="store_true",
+                        help="only render the existing docs/example-digest.html to PNG (needs Chromium)")
+    parser.add_argument("--height", type=int, default=960,
+                        help="screenshot height in pixels (the digest is ~930 px tall at 700 px wide)")
     args = parser.parse_args(argv)
+    target = DOCS / "example-digest.html"
+    if args.png_only:
+        if not screenshot(target, DOCS / "example-digest.png", height=args.height):
+            return 1
+        print(f"wrote {DOCS / 'example-digest.png'}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="hub-digest-") as tmp:
         source: Path = args.source or Path(tmp) / "demo"
         if args.source is None:
@@ -66,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if html is None:
         print("the demo sent no digest email (is the digest available in this build?)", file=sys.stderr)
         return 1
-    target = DOCS / "example-digest.html"
     target.write_text(html, encoding="utf-8")
     print(f"wrote {target}")
-    if screenshot(target, DOCS / "example-digest.png"):
+    if screenshot(target, DOCS / "example-digest.png", height=args.height):
         print(f"wrote {DOCS / 'example-digest.png'}")
     return 0
 
