@@ -228,9 +228,13 @@ class Hub:
             await self.rooms.stop()
         if self.program is not None:
             await self.program.stop()
-        for task in self._tasks:
-            if task.get_name() != "dispatcher":
-                task.cancel()
+        others = [t for t in self._tasks if t.get_name() != "dispatcher"]
+        for task in others:
+            task.cancel()
+        # Let cancelled tasks finish unwinding (rolling back any open transaction)
+        # before the dispatcher's last commit, or on SQLite that commit can wait on
+        # a write lock held by a task that was cancelled mid-transaction.
+        await asyncio.gather(*others, return_exceptions=True)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.shutdown_grace)
         if self.smtp_pool is not None:
