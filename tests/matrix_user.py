@@ -51,6 +51,12 @@ class Participant(SimulatedUser):
         assert isinstance(resp, RoomSendResponse), resp
         return str(resp.event_id)
 
+    async def ask(self, room_id: str, command: str, timeout: float = 20) -> str:
+        """The hub's decrypted reply to `command`; never a traceback."""
+        body = await super().ask(room_id, command, timeout)
+        assert "Traceback" not in body
+        return body
+
     async def wait_for_reply(self, room_id: str, to_event: str, timeout: float = 10) -> Event:
         found: list[Event] = []
 

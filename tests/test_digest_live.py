@@ -34,16 +34,14 @@ from hub.core.calendar import CalendarItem, ItemKind
 from hub.devserver.smtp import ReceivedMail, SmtpSink
 from hub.devserver.synapse import SynapseServer
 from hub.email.message import message_id
-from hub.service import Hub
 from hub.storage.models import (
-    HubRoom,
     PersonPref,
-    hub_room_table,
     lounge_reaction_table,
     outbox_table,
     room_activity_table,
 )
 
+from cohort_helpers import room_of
 from conftest import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -54,16 +52,6 @@ DIRECT_SECRET = "directsecret-k27wm"
 LOUNGE_TOP = "loungetop-m55xr"
 
 
-async def _room_id(hub: Hub, key: str, timeout: float = 30) -> str:
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
-        if room is not None and room.room_id and room.status == "ready":
-            return room.room_id
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"room {key} was not created")
 
 
 async def _until(check: Callable[[], Any], timeout: float, what: str) -> None:
@@ -75,16 +63,8 @@ async def _until(check: Callable[[], Any], timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
-async def _ask(user: Any, room: str, command: str, timeout: float = 20) -> str:
-    event = await user.send(room, command)
-    reply = await user.wait_for_reply(room, event, timeout=timeout)
-    assert isinstance(reply, RoomMessageNotice), f"reply to {command!r} not decrypted: {reply}"
-    assert "Traceback" not in reply.body
-    return str(reply.body)
 
 
-def _notices(user: Any, room: str, text: str) -> list[RoomMessageNotice]:
-    return [e for e in user.in_room(room) if isinstance(e, RoomMessageNotice) and text in e.body]
 
 
 def _everything(mail: ReceivedMail) -> str:
@@ -126,10 +106,10 @@ async def test_digest_send_unsubscribe_and_privacy(
                             f"!hub add spring mentee {mentee.user_id} Bo email=bo@example.org",
                             "!hub add spring mentee carol@example.org Carol",
                             f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
-                await _ask(mod, control, command)
-            lounge, pair = await _room_id(hub, "lounge:1"), await _room_id(hub, "pair:1")
-            await _ask(mod, control, "!hub send reflection spring")  # makes the mentee's direct room
-            direct = await _room_id(hub, f"direct:{mentee.user_id}")
+                await mod.ask(control, command)
+            lounge, pair = await room_of(hub, "lounge:1"), await room_of(hub, "pair:1")
+            await mod.ask(control, "!hub send reflection spring")  # makes the mentee's direct room
+            direct = await room_of(hub, f"direct:{mentee.user_id}")
             for user, room in ((mentor, lounge), (mentee, lounge), (mod, lounge), (mentor, pair),
                                (mentee, pair), (mentee, direct)):
                 await user.wait_joined(room, user.user_id, timeout=30)
@@ -154,18 +134,18 @@ async def test_digest_send_unsubscribe_and_privacy(
             before = sink.count
 
             # 1. One send: the lounge once, each opted-in address once.
-            reply = await _ask(mod, control, "!hub digest spring send")
+            reply = await mod.ask(control, "!hub digest spring send")
             assert "to the lounge and 3 people by email" in reply, reply
             await sink.wait_for(before + 3, timeout=30)
-            await mentor.wait_until(lambda: bool(_notices(mentor, lounge, "week 1 of 12")), 20)
-            await mod.wait_until(lambda: bool(_notices(mod, control, "Weekly report for `spring`")), 20)
-            assert "already gone to everyone" in await _ask(mod, control, "!hub digest spring send")
+            await mentor.wait_until(lambda: bool(mentor.notices(lounge, "week 1 of 12")), 20)
+            await mod.wait_until(lambda: bool(mod.notices(control, "Weekly report for `spring`")), 20)
+            assert "already gone to everyone" in await mod.ask(control, "!hub digest spring send")
             await asyncio.sleep(1.5)  # a duplicate, if any, would have arrived by now
             digests = [m for m in sink.messages[before:] if "week 1 of 12" in m.subject]
             assert sorted(a for m in digests for a in m.rcpt_tos) == [
                 "ada@example.org", "bo@example.org", "carol@example.org"]
-            assert len(_notices(mentor, lounge, "week 1 of 12")) == 1
-            lounge_post = _notices(mentor, lounge, "week 1 of 12")[0]
+            assert len(mentor.notices(lounge, "week 1 of 12")) == 1
+            lounge_post = mentor.notices(lounge, "week 1 of 12")[0]
 
             async with hub.db.session() as s:
                 txn = dict((await s.execute(select(outbox_table.c.lane, outbox_table.c.txn_id).where(
@@ -186,7 +166,7 @@ async def test_digest_send_unsubscribe_and_privacy(
                 assert LOUNGE_TOP in (mail.text or "") and LOUNGE_TOP in html
 
             # 3. Privacy, over everything received: mail, the lounge, the control room.
-            report = await _ask(mod, control, "!hub report spring")
+            report = await mod.ask(control, "!hub report spring")
             control_text = "\n".join(str(e.source) for e in mod.in_room(control))
             lounge_text = "\n".join(str(e.source) for e in mentor.in_room(lounge)
                                     if isinstance(e, RoomMessageNotice))

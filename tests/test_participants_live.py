@@ -14,41 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nio import RoomGetStateEventResponse, RoomMessageNotice
-from sqlalchemy import select
+from nio import RoomGetStateEventResponse
 
 from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
-from hub.service import Hub
-from hub.storage.models import HubRoom, hub_room_table
 
+from cohort_helpers import room_of
 from conftest import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 
 
-async def _room_id(hub: Hub, key: str, timeout: float = 30) -> str:
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
-        if room is not None and room.room_id and room.status == "ready":
-            return room.room_id
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"room {key} was not created")
 
 
-def _notices(user: Any, room: str, text: str) -> list[RoomMessageNotice]:
-    return [e for e in user.in_room(room) if isinstance(e, RoomMessageNotice) and text in e.body]
 
 
-async def _ask(user: Any, room: str, command: str, timeout: float = 20) -> str:
-    event = await user.send(room, command)
-    reply = await user.wait_for_reply(room, event, timeout=timeout)
-    assert isinstance(reply, RoomMessageNotice), f"reply to {command!r} not decrypted: {reply}"
-    assert "Traceback" not in reply.body
-    return str(reply.body)
 
 
 async def test_participant_commands_in_real_rooms(
@@ -69,16 +49,16 @@ async def test_participant_commands_in_real_rooms(
                             f"!hub add spring mentor {mentor.user_id} Ada email=ada@example.org",
                             f"!hub add spring mentee {mentee.user_id} Bo email=bo@example.org",
                             f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
-                await _ask(mod, control, command)
-            pair = await _room_id(hub, "pair:1")
+                await mod.ask(control, command)
+            pair = await room_of(hub, "pair:1")
             await mentor.wait_joined(pair, mentee.user_id, timeout=30)
             await mentee.wait_joined(pair, mentor.user_id, timeout=30)
 
             # plan set: stored, posted, and that very message is the pinned event.
-            reply = await _ask(mentor, pair, "!hub plan set If the call drops, Ada phones Bo on +49 30 1234")
+            reply = await mentor.ask(pair, "!hub plan set If the call drops, Ada phones Bo on +49 30 1234")
             assert "pinned" in reply
-            await mentor.wait_until(lambda: bool(_notices(mentor, pair, "Our backup plan")), 20)
-            plan_event = _notices(mentor, pair, "Our backup plan")[0].event_id
+            await mentor.wait_until(lambda: bool(mentor.notices(pair, "Our backup plan")), 20)
+            plan_event = mentor.notices(pair, "Our backup plan")[0].event_id
             pinned: list[str] = []
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not pinned:
@@ -87,36 +67,36 @@ async def test_participant_commands_in_real_rooms(
                     pinned = list(resp.content.get("pinned", []))
                 await asyncio.sleep(0.3)
             assert pinned == [plan_event]
-            assert "Ada phones Bo" in await _ask(mentee, pair, "!hub plan")
+            assert "Ada phones Bo" in await mentee.ask(pair, "!hub plan")
 
             # dropped: the plan and tips in the room, and a mail to both people.
-            dropped = await _ask(mentee, pair, "!hub dropped")
+            dropped = await mentee.ask(pair, "!hub dropped")
             assert "Ada phones Bo" in dropped and "Quick fixes" in dropped
             mails = await sink.wait_for(2, timeout=20)
             plan_mails = [m for m in mails if "Ada phones Bo" in (m.text or "")]
             assert sorted(a for m in plan_mails for a in m.rcpt_tos) == ["ada@example.org", "bo@example.org"]
 
             # icebreaker: three a day, then a friendly refusal; never the same one twice.
-            bodies = [await _ask(mentor, pair, "!hub icebreaker") for _ in range(3)]
+            bodies = [await mentor.ask(pair, "!hub icebreaker") for _ in range(3)]
             assert len(set(bodies)) == 3
-            assert "daily limit" in await _ask(mentee, pair, "!hub icebreaker")
+            assert "daily limit" in await mentee.ask(pair, "!hub icebreaker")
 
             # met text: a nudge towards video, with the pair's own link.
-            nudge = await _ask(mentee, pair, "!hub met text")
+            nudge = await mentee.ask(pair, "!hub met text")
             assert "try video" in nudge and settings.video.base_url in nudge
 
             # A private check-in in the direct room: a low score gets the guide, moderators see nothing.
-            assert "private check-ins" in await _ask(mod, control, "!hub send reflection spring")
-            direct = await _room_id(hub, f"direct:{mentee.user_id}")
-            await mentee.wait_until(lambda: bool(_notices(mentee, direct, "private check-in")), 30)
+            assert "private check-ins" in await mod.ask(control, "!hub send reflection spring")
+            direct = await room_of(hub, f"direct:{mentee.user_id}")
+            await mentee.wait_until(lambda: bool(mentee.notices(direct, "private check-in")), 30)
             control_before = len(mod.in_room(control))
-            low = await _ask(mentee, direct, "!hub checkin 2")
+            low = await mentee.ask(direct, "!hub checkin 2")
             assert "private guide" in low and "!hub support" in low
             await asyncio.sleep(2)  # anything the check-in caused would have reached the control room by now
             assert len(mod.in_room(control)) == control_before
 
             # support: the one way something private reaches the moderators.
-            sent = await _ask(mentee, direct, "!hub support I'd like to talk about my pairing")
+            sent = await mentee.ask(direct, "!hub support I'd like to talk about my pairing")
             assert "Sent to the moderators" in sent
-            await mod.wait_until(lambda: bool(_notices(mod, control, "talk about my pairing")), 20)
-            assert "Support request" in _notices(mod, control, "talk about my pairing")[0].body
+            await mod.wait_until(lambda: bool(mod.notices(control, "talk about my pairing")), 20)
+            assert "Support request" in mod.notices(control, "talk about my pairing")[0].body
