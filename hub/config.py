@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "WebSettings",
     "WebinarSettings",
     "load_settings",
+    "redact_url",
     "resolve_config_path",
 ]
 
@@ -487,7 +488,7 @@ def settings_from_dict(
     db.check(
         "url",
         url.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+asyncpg://")),
-        f"{_redact_url(url)!r} must start with sqlite:/// or postgresql://",
+        f"{redact_url(url)!r} must start with sqlite:/// or postgresql://",
     )
     pw = urlparse(url).password if "://" in url else None
     if pw:
@@ -535,12 +536,10 @@ def settings_from_dict(
     )
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages that print it."""
     parsed = urlparse(url)
     if parsed.password:
         return url.replace(parsed.password, "***")
     return url
 
-
-# Exposed for callers that print database URLs (hub check, logs).
-redact_url: Callable[[str], str] = _redact_url

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from nio import AsyncClient, MegolmEvent, SyncResponse
@@ -419,6 +418,3 @@ async def _start_program(hub: Hub) -> None:
     if hub.program is not None:
         await hub.program.start()
 
-
-def default_data_path(settings: Settings) -> Path:
-    return settings.hub.data_dir
