@@ -13,7 +13,7 @@ from hub.storage.models import HubRoom, hub_room_table
 __all__ = ["quiet", "room_of"]
 
 
-async def room_of(hub: Hub, key: str, timeout: float = 30) -> str:
+async def room_of(hub: Hub, key: str, timeout: float = 60) -> str:
     """The room id once the hub has created the room `key` (and invited its members)."""
     assert hub.db is not None
     deadline = time.monotonic() + timeout

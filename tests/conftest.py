@@ -108,7 +108,9 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
     finally:
         stop.set()
-        await asyncio.wait_for(task, timeout=20)
+        # Shutdown flushes the last outcomes; on a loaded 2-core CI box a SQLite
+        # write lock held by a concurrent test writer (roster import) can delay it.
+        await asyncio.wait_for(task, timeout=60)
 
 
 @pytest.fixture
