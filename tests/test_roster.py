@@ -169,3 +169,43 @@ def test_unreadable_file_and_usage(
     with pytest.raises(SystemExit) as e:
         main(["roster", "import"])
     assert e.value.code == 2
+
+
+def test_an_import_racing_the_running_hubs_config_sync_neither_fails_nor_duplicates(
+    backend: str, database_urls: dict[str, str], tmp_path: Path
+) -> None:
+    """The hub applies `[[cohort]]` at start while an operator imports a roster into the same fresh
+    database: both find no cohort and create it. One must wait for the other (CI once failed here
+    with a UNIQUE violation on cohort.slug), and the install identity must be made once."""
+    from hub.clock import SystemClock
+    from hub.config import load_settings
+    from hub.delivery.outbox import Outbox
+    from hub.features import membership as ms
+    from hub.features.roster import import_file
+
+    url = database_urls[backend]
+    settings = load_settings(write_config(tmp_path, url))
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(5), encoding="utf-8")
+
+    async def hub_start(db: Any) -> None:
+        async with db.transaction() as s:
+            env = await ms.load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)
+            await ms.sync_config(s, env)
+
+    async def go() -> list[Any]:
+        db = await open_database(url)
+        try:
+            results = await asyncio.gather(
+                *(hub_start(db) for _ in range(3)), *(import_file(settings, csv) for _ in range(2)),
+                return_exceptions=True)
+            return [r for r in results if isinstance(r, BaseException)]
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == []
+    after = counts(url)
+    assert after["members"] == 10 and after["pairs"] == 5
+    assert after["creates"] == 7  # five pair rooms, one space, one lounge: nothing made twice
+    snap = snapshot(url)
+    assert len([row for row in snap["kv"] if "install" in row]) == 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from sqlalchemy import inspect, text
 
 from hub.errors import SchemaTooNewError
 from hub.storage.db import _script, open_database
-from hub.storage.models import metadata
+from hub.storage.models import KeyValue, metadata
 
 from conftest import backends
 
@@ -66,5 +69,36 @@ async def test_sqlite_runs_in_wal_mode(database_urls: dict[str, str]) -> None:
         async with db.engine.connect() as conn:
             mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
         assert mode == "wal"
+    finally:
+        await db.close()
+
+
+async def test_a_sqlite_write_transaction_writes_against_what_it_read(tmp_path: Any) -> None:
+    """SQLite's driver starts a transaction only at the first write, so without an explicit
+    BEGIN the reads before it see a state another connection may change before the write lands:
+    read-then-insert races fail with UNIQUE violations. A write transaction holds the lock from
+    its start, so the second writer waits and then sees the first one's row."""
+    db = await open_database(f"sqlite:///{tmp_path / 'race.db'}")
+    first_has_read = asyncio.Event()
+
+    async def first() -> None:
+        async with db.transaction() as s:
+            assert await s.get(KeyValue, "k") is None
+            first_has_read.set()
+            await asyncio.sleep(0.3)  # the second writer tries to go now
+            s.add(KeyValue(key="k", value="first"))
+
+    async def second() -> None:
+        await first_has_read.wait()
+        async with db.transaction() as s:
+            row = await s.get(KeyValue, "k")
+            if row is None:
+                s.add(KeyValue(key="k", value="second"))
+            else:
+                row.value = row.value + ",second"
+
+    try:
+        await asyncio.gather(first(), second())
+        assert await db.get_state("k") == "first,second"
     finally:
         await db.close()

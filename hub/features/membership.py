@@ -22,7 +22,7 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -321,8 +321,19 @@ async def create_cohort(
     return cohort
 
 
+# Distinct from the dispatcher's lock class; one key, since config syncs are rare and short.
+_CONFIG_LOCK = (0x48554231, 1)
+
+
 async def sync_config(s: AsyncSession, env: Env) -> list[str]:
     """Apply `[[cohort]]` and `matrix.moderators` from the config; returns what changed, for the log."""
+    if s.bind is not None and s.bind.dialect.name == "postgresql":
+        # The running hub and a `hub roster import` may both find a configured cohort missing
+        # and create it; under READ COMMITTED one would then fail on the unique slug. Waiting
+        # here until the other commits means the lookups below see its rows. (On SQLite the
+        # write transaction's BEGIN IMMEDIATE already serialises them.)
+        await s.execute(text("SELECT pg_advisory_xact_lock(:c, :i)"),
+                        {"c": _CONFIG_LOCK[0], "i": _CONFIG_LOCK[1]})
     changes: list[str] = []
     for c in env.settings.cohorts:
         cohort = await get_cohort(s, c.slug)

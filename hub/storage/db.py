@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +30,14 @@ __all__ = ["Database", "async_url", "open_database"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Alembic keeps the running migration in module-level state, and a migration awaits the
+# driver between statements, so two databases opened at once in one process would clash.
+# One lock per event loop: an asyncio.Lock belongs to the loop it first waited on.
+_MIGRATING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _migration_lock() -> asyncio.Lock:
+    return _MIGRATING.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
 def async_url(url: str) -> str:
@@ -78,7 +88,7 @@ class Database:
 
     async def migrate(self) -> str | None:
         try:
-            async with self.engine.begin() as conn:
+            async with _migration_lock(), self.engine.begin() as conn:
                 return await conn.run_sync(_upgrade)
         except SchemaTooNewError:
             raise
@@ -101,8 +111,18 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session whose work commits together or not at all."""
+        """A session whose work commits together or not at all, and writes against what it read.
+
+        SQLite's driver opens a transaction only at the first write, so the reads before it
+        would each see whatever was committed at that moment, and a read-then-insert would race
+        another connection (a UNIQUE violation, or a decision made on stale rows). BEGIN
+        IMMEDIATE takes the write lock up front: writers queue (for up to the busy timeout)
+        and each sees the last one's work. Plain `session()` reads stay concurrent. PostgreSQL
+        needs nothing here; code that creates-if-missing there takes an advisory lock.
+        """
         async with self.session() as s, s.begin():
+            if not self.is_postgres:
+                await s.execute(text("BEGIN IMMEDIATE"))
             yield s
 
     async def get_state(self, key: str) -> str | None:
