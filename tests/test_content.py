@@ -641,9 +641,11 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp"
 @settings(max_examples=300, deadline=None)
 @given(_TEXT)
 def test_escaped_text_renders_as_exactly_that_text(text: str) -> None:
-    _, html = markdown_to_matrix(f"Name: {escape_markdown(text)}")
+    body, html = markdown_to_matrix(f"Name: {escape_markdown(text)}")
     assert {tag for tag, _ in _tags(html)} <= {"p"}
     assert html_to_text(html) == " ".join(f"Name: {text}".split())
+    # The plain body (clients without HTML, notifications) shows it as typed too, no escapes.
+    assert " ".join(body.split()) == " ".join(f"Name: {text}".split())
 
 
 # --- rotation ------------------------------------------------------------------------------

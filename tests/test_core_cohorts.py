@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hub.core.cohorts import (
@@ -19,6 +21,7 @@ from hub.core.cohorts import (
     video_name,
     video_url,
 )
+from hub.core.markup import markdown_to_matrix
 
 HUB = "@hub:example.org"
 TAG = {"install": "i", "key": "lounge:1", "generation": 1}
@@ -68,6 +71,16 @@ def test_pair_spec_is_private_encrypted_and_carries_the_link() -> None:
     text = pair_welcome(mentor="Ada", mentee="Bo", cohort="W", link="https://v/x", prefix="!hub")
     assert "https://v/x" in text and "!hub plan set" in text
     assert direct_spec("direct:@a:b", TAG).is_direct and direct_spec("direct:@a:b", TAG).encrypted
+
+
+def test_pair_welcome_shows_hostile_names_as_typed() -> None:
+    mentor, mentee = "[Prize](https://evil.example/x)", "**Bo** <img src=https://evil.example/p>"
+    text = pair_welcome(mentor=mentor, mentee=mentee, cohort="W_1 *beta*", link="https://v/x", prefix="!hub")
+    body, html = markdown_to_matrix(text)
+    assert "evil.example" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', html))
+    assert "<img" not in html and "<strong>Bo</strong>" not in html and "<em>beta</em>" not in html
+    assert f"Welcome, {mentor} and {mentee}!" in body and "**W_1 *beta***" in body
+    assert '<a href="https://v/x">' in html or "https://v/x" in html  # the real link still works
 
 
 def test_state_fixes_for_a_correct_room_is_empty() -> None:

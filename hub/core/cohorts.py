@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.core.content_format import escape_markdown
+
 __all__ = [
     "CREATOR_POWER_VERSIONS",
     "MODERATOR_LEVEL",
@@ -290,8 +292,13 @@ def _server_of(user_id: str) -> str:
 def pair_welcome(
     *, mentor: str, mentee: str, cohort: str, link: str, prefix: str, for_name: str | None = None
 ) -> str:
-    """The pair room's welcome (Markdown): who is here, the video link, the backup-plan prompt."""
-    hello = f"Welcome, {for_name}!" if for_name else f"Welcome, {mentor} and {mentee}!"
+    """The pair room's welcome (Markdown): who is here, the video link, the backup-plan prompt.
+
+    Names and the cohort's name are people's words: escaped so `**`, `[..](..)` or HTML in a
+    name shows as typed instead of becoming formatting or a link in the welcome.
+    """
+    mentor, mentee, cohort = escape_markdown(mentor), escape_markdown(mentee), escape_markdown(cohort)
+    hello = f"Welcome, {escape_markdown(for_name)}!" if for_name else f"Welcome, {mentor} and {mentee}!"
     return (
         f"{hello} This is your private pair room in **{cohort}**: just the two of you and the hub. "
         "Moderators are not in this room.\n\n"

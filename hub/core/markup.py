@@ -46,9 +46,17 @@ def escape(text: str) -> str:
 
 
 _BLANKS = re.compile(r"\n{3,}")
+# Python-Markdown's backslash escapes (what `escape_markdown` adds before untrusted text).
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>])")
 
 
 def markdown_to_matrix(text: str) -> tuple[str, str]:
-    """Return (plain body, sanitised HTML) for a Markdown message."""
+    """Return (plain body, sanitised HTML) for a Markdown message.
+
+    The body is the Markdown as written, which reads fine as plain text, less the escapes
+    that only protect untrusted text from the renderer: a client without HTML should show
+    a name as typed, not as `Ada\\_B &amp; co`.
+    """
     rendered = markdown.markdown(text, extensions=["sane_lists", "nl2br"], output_format="html")
-    return _BLANKS.sub("\n\n", text.strip()), sanitize_matrix_html(rendered).strip()
+    body = html.unescape(_ESCAPED.sub(r"\1", _BLANKS.sub("\n\n", text.strip())))
+    return body, sanitize_matrix_html(rendered).strip()

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import Who, parse_who, valid_slug, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Handler, Reply
+from hub.core.content_format import escape_markdown
 from hub.errors import CommandError, UsageError
 from hub.features import membership as ms
 from hub.inbound import Ports
@@ -132,8 +133,8 @@ def register_cohorts(registry: CommandRegistry) -> None:
             .group_by(pair_table.c.cohort_id))).all())
         lines = [f"{len(cohorts)} cohorts:"]
         for c in cohorts:
-            lines.append(f"- `{c.slug}` **{c.name}**: starts {c.start_date}, {c.weeks} weeks, "
-                         f"{members.get(c.id, 0)} members, {pairs.get(c.id, 0)} pairs")
+            lines.append(f"- `{c.slug}` **{escape_markdown(c.name)}**: starts {c.start_date}, "
+                         f"{c.weeks} weeks, {members.get(c.id, 0)} members, {pairs.get(c.id, 0)} pairs")
         return Reply("\n".join(lines))
 
     @registry.command("cohort show", "a cohort's rooms, people and pairs", Arg("slug"), moderator_only=True)
@@ -166,7 +167,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
 
         waiting = sum(1 for r in rooms if r.kind == "pair" and r.room_id is None and r.status != "closed")
         lines = [
-            f"**{cohort.name}** (`{cohort.slug}`), from the {cohort.source}",
+            f"**{escape_markdown(cohort.name)}** (`{cohort.slug}`), from the {cohort.source}",
             f"Starts {cohort.start_date}, {cohort.weeks} weeks, time zone {cohort.timezone}",
             f"Space: {where('space')} · Lounge: {where('lounge')}",
             f"Members: {roles.get('mentor', 0)} mentors, {roles.get('mentee', 0)} mentees, "
@@ -224,7 +225,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
         cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
         member, closed = await ms.remove_member(s, env, cohort, who)
         extra = f"; {closed} pair{'s' if closed != 1 else ''} closed" if closed else ""
-        return Reply(f"Removed {ms.member_label(member)} from `{cohort.slug}`{extra}.")
+        return Reply(f"Removed {ms.member_markdown(member)} from `{cohort.slug}`{extra}.")
 
     def _pair_cmd(name: str, summary: str) -> Callable[[Handler], Handler]:
         return registry.command(name, summary, Arg("slug"), Arg("mentor"), Arg("mentee"),
@@ -243,7 +244,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
         p, created = await ms.make_pair(s, env, cohort, mentor, mentee)
         a, b = await s.get(Member, p.mentor_id), await s.get(Member, p.mentee_id)
         assert a is not None and b is not None
-        names = f"{ms.member_label(a)} & {ms.member_label(b)}"
+        names = f"{ms.member_markdown(a)} & {ms.member_markdown(b)}"
         if not created:
             return Reply(f"{names} are already a pair in `{cohort.slug}`; nothing changed.")
         if a.matrix_id or b.matrix_id:

@@ -44,6 +44,7 @@ from hub.core.cohorts import (
     video_url,
     welcome_email,
 )
+from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.errors import CommandError
@@ -83,6 +84,7 @@ __all__ = [
     "load_env",
     "make_pair",
     "member_label",
+    "member_markdown",
     "moderators_of",
     "queue_create",
     "queue_pending_invites",
@@ -409,6 +411,11 @@ def member_label(m: Member) -> str:
     return display_name(m.name, m.matrix_id, m.email)
 
 
+def member_markdown(m: Member) -> str:
+    """The member's name for a Markdown reply: shown as typed, never as formatting or a link."""
+    return escape_markdown(member_label(m))
+
+
 async def is_participant(s: AsyncSession, user_id: str) -> bool:
     row = (await s.execute(select(member_table.c.id).where(
         (member_table.c.matrix_id == user_id) & (member_table.c.status == "active")
@@ -548,7 +555,7 @@ async def make_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, ment
             return current, False
         other = await s.get(Member, current.mentor_id)
         raise CommandError(
-            f"{mentee} is already paired with {member_label(other) if other else 'another mentor'}; "
+            f"{mentee} is already paired with {member_markdown(other) if other else 'another mentor'}; "
             f"`{env.prefix} unpair` them first."
         )
     assert a.id is not None and b.id is not None

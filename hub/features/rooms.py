@@ -39,6 +39,7 @@ from hub.core.cohorts import (
     video_url,
 )
 from hub.core.commands import RoomKind
+from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
@@ -393,13 +394,13 @@ class RoomKeeper:
     async def _describe(self, s: AsyncSession, room: HubRoom) -> str:
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
             cohort = await s.get(Cohort, room.cohort_id)
-            return f"the {cohort.name if cohort else '?'} {room.kind}"
+            return f"the {escape_markdown(cohort.name) if cohort else '?'} {room.kind}"
         if room.kind == "pair" and room.pair_id is not None:
             pair = await s.get(Pair, room.pair_id)
             if pair is not None:
                 a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if a is not None and b is not None:
-                    return f"the pair room of {ms.member_label(a)} & {ms.member_label(b)}"
+                    return f"the pair room of {ms.member_markdown(a)} & {ms.member_markdown(b)}"
         if room.kind == "direct":
             return f"the direct room with {room.user_id}"
         return f"room {room.key}"
