@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hub.config import Settings, settings_from_dict
+from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.service import Hub
 
@@ -62,6 +63,12 @@ async def participant(
     yield make
     for p in made:
         await p.stop()
+
+
+def sink_email(sink: SmtpSink, **more: Any) -> dict[str, Any]:
+    """The `[email]` table of a hub that mails the test's SMTP sink (plain SMTP on loopback)."""
+    return {"enabled": True, "from": "Hub <hub@example.org>", "smtp_host": sink.hostname,
+            "smtp_port": sink.port, "security": "none", **more}
 
 
 def hub_settings(

@@ -31,7 +31,7 @@ from hub.email.payload import email_payload
 from hub.storage.db import open_database
 from hub.storage.models import outbox_table as T
 
-from conftest import backends
+from conftest import backends, sink_email
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 
@@ -77,8 +77,7 @@ def _config(tmp_path: Path, synapse: SynapseServer, fanout: Fanout, url: str,
     return write_config(
         tmp_path / "config.toml", homeserver=synapse.url, bot=fanout[0], data_dir=fanout[3],
         database_url=url, control_room=f"#mods-{secrets.token_hex(4)}:localhost", moderators=[],
-        email={"enabled": True, "from": "Hub <hub@example.org>", "smtp_host": sink.hostname,
-               "smtp_port": sink.port, "security": "none", "connections": 4, **email},
+        email=sink_email(sink, connections=4, **email),
     )
 
 

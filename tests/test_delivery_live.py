@@ -20,7 +20,7 @@ from hub.email.payload import email_payload, enqueue_email
 from hub.service import Hub
 from hub.storage.models import outbox_table as T
 
-from conftest import hub_settings, running_hub
+from conftest import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 
@@ -72,8 +72,7 @@ async def test_550_alerts_moderators_in_control_room_and_healthz_follows_smtp(
         sink.fault = lambda rcpt, attempt: "550 5.1.1 mailbox unknown" if rcpt.startswith("gone") else None
         settings = hub_settings(
             homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[moderator.user_id],
-            extra={"email": {"enabled": True, "from": "Hub <hub@example.org>", "smtp_host": sink.hostname,
-                             "smtp_port": sink.port, "security": "none", "connections": 2}},
+            extra={"email": sink_email(sink, connections=2)},
         )
         async with running_hub(settings) as hub:
             assert hub.db is not None and hub.outbox is not None and hub.control_room_id

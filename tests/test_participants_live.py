@@ -20,15 +20,9 @@ from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 
 from cohort_helpers import room_of
-from conftest import hub_settings, running_hub
+from conftest import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
-
-
-
-
-
-
 
 
 async def test_participant_commands_in_real_rooms(
@@ -39,8 +33,7 @@ async def test_participant_commands_in_real_rooms(
     with SmtpSink() as sink:
         settings = hub_settings(
             homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[mod.user_id],
-            extra={"email": {"enabled": True, "from": "Hub <hub@example.org>", "smtp_host": sink.hostname,
-                             "smtp_port": sink.port, "security": "none"}})
+            extra={"email": sink_email(sink)})
         async with running_hub(settings) as hub:
             control = hub.control_room_id
             assert control

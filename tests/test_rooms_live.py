@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from hub.storage.models import outbox_table as T
 
 from cohort_helpers import quiet, room_of
 from conftest import hub_settings, running_hub
-from matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"
@@ -96,22 +95,6 @@ def write_config(path: Path, *, synapse: SynapseServer, bot: RegisteredUser, dat
         '[web]\nlisten = "127.0.0.1:0"\nsecret = "test-secret-not-real"\n' + blocks,
         encoding="utf-8",
     )
-
-
-@pytest.fixture
-async def people(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Participant] = []
-
-    async def make(prefix: str) -> Participant:
-        user = await synapse.register(f"{prefix}{secrets.token_hex(4)}", secrets.token_urlsafe(12))
-        p = Participant(synapse.url, user, tmp_path / f"store-{user.user_id[1:].split(':')[0]}")
-        await p.start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        await p.stop()
 
 
 # -- crash in the middle of provisioning --------------------------------------------------------------
@@ -223,11 +206,11 @@ async def test_killed_mid_provisioning_restarts_without_duplicates(
 
 
 async def test_rooms_lost_or_changed_behind_the_hubs_back_are_repaired_and_reported(
-    synapse: SynapseServer, register: Callable[..., Any], people: Callable[..., Any], tmp_path: Path
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
 ) -> None:
     bot = await register("hub")
     admin = await synapse.register(f"admin{secrets.token_hex(4)}", secrets.token_urlsafe(12), admin=True)
-    mod, mentor, mentee = await people("lead"), await people("mentor"), await people("mentee")
+    mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
                             moderators=[mod.user_id])
     async with running_hub(settings) as hub:
@@ -293,10 +276,10 @@ async def test_rooms_lost_or_changed_behind_the_hubs_back_are_repaired_and_repor
 
 
 async def test_membership_is_tracked_and_late_joiners_get_one_reminder(
-    synapse: SynapseServer, register: Callable[..., Any], people: Callable[..., Any], tmp_path: Path
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
 ) -> None:
     bot = await register("hub")
-    joiner, sleeper = await people("joiner"), await people("sleeper")
+    joiner, sleeper = await participant("joiner"), await participant("sleeper")
     sleeper.auto_join = False
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[],
                             extra={"email": {"enabled": True, "from": "hub@localhost",
@@ -343,10 +326,10 @@ async def test_membership_is_tracked_and_late_joiners_get_one_reminder(
 
 
 async def test_direct_rooms_are_made_when_first_needed(
-    synapse: SynapseServer, register: Callable[..., Any], people: Callable[..., Any], tmp_path: Path
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
 ) -> None:
     bot = await register("hub")
-    person = await people("person")
+    person = await participant("person")
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[])
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None
