@@ -162,6 +162,18 @@ def test_shipped_library_covers_the_four_problems(library: Library) -> None:
     assert all(f"!hub checkin {n}" in private for n in range(1, 6))
 
 
+def test_shipped_tips_do_not_repeat_their_title(library: Library) -> None:
+    """The digest prints "Tip: <title>" above the tip's body, so a body opening with the title
+    again reads twice (the shipped tips once did)."""
+    v = SAMPLES[0][1]
+    tips = library.select(Kind.TIP, Audience.COHORT)
+    assert len(tips) >= 5
+    for tip in tips:
+        rendered = library.render(tip, v)
+        opening = " ".join(rendered.body.split()[:6]).lower()
+        assert "tip:" not in opening and rendered.subject.lower()[:20] not in opening, tip.id
+
+
 def test_default_library_is_the_repository_content_folder() -> None:
     # In a checkout, hub/content is a symlink to content/ (what the wheel ships as package data).
     assert default_library_path() == (ROOT / "content").resolve()
