@@ -43,6 +43,7 @@ from hub.matrix.sender import MatrixSender
 from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
 from hub.storage.db import Database, open_database
+from hub.storage.lock import InstanceLock
 from hub.web import HealthSource, WebServer
 from hub.web_unsubscribe import routes as unsubscribe_routes
 
@@ -76,6 +77,7 @@ class Hub:
         self.shutdown_grace = shutdown_grace
         self.registry = build_registry(settings.matrix.command_prefix)
         self.db: Database | None = None
+        self.instance_lock: InstanceLock | None = None
         self.session: MatrixSession | None = None
         self.client: AsyncClient | None = None
         self.outbox: Outbox | None = None
@@ -104,6 +106,9 @@ class Hub:
         add_secrets(s.secrets)
         s.hub.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = await open_database(s.database.url)
+        # Before the Matrix session: only one process may drive the hub's device.
+        self.instance_lock = InstanceLock(self.db)
+        await self.instance_lock.acquire()
         self.outbox = Outbox(self.db, self.clock)
         self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
         self.client = await self.session.open()
@@ -199,12 +204,25 @@ class Hub:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then run until `stop` is set or a component fails for good."""
+        waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+        # Starting can wait indefinitely (a standby behind another process), so a stop
+        # request must be able to end it, not only a running hub.
+        starting = asyncio.create_task(self.start())
         try:
-            await self.start()
+            await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # raises what start() raised
         except BaseException:
+            waiter.cancel()
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
             await self.stop()
             raise
-        waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+        if not starting.done():  # asked to stop while still starting (or standing by)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self.stop()
+            return
         try:
             pending: set[asyncio.Task[Any]] = {waiter, *self._tasks}
             while not waiter.done():
@@ -246,6 +264,9 @@ class Hub:
             await self.web.stop()
         if self.session is not None:
             await self.session.close()
+        if self.instance_lock is not None:
+            await self.instance_lock.release()
+            self.instance_lock = None
         if self.db is not None:
             await self.db.close()
 

@@ -20,16 +20,20 @@ import pytest
 from hub.devserver import free_port
 from hub.devserver.synapse import SynapseServer
 
+from conftest import backends
+
 pytestmark = pytest.mark.synapse
 
 SMTP_PASSWORD = "smtp-secret-Quokka-77"
 WEB_SECRET = "web-secret-Wombat-42"
 
 
-def _config(tmp: Path, homeserver: str, bot_id: str, moderator: str, web_port: int) -> Path:
+def _config(tmp: Path, homeserver: str, bot_id: str, moderator: str, web_port: int,
+            database_url: str | None = None) -> Path:
     path = tmp / "config.toml"
+    database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
     path.write_text(
-        f"""
+        f"""{database}
 [hub]
 data_dir = "./data"
 [matrix]
@@ -65,17 +69,23 @@ class HubProcess:
         )
         out.close()
 
-    async def wait_ready(self, timeout: float = 40) -> None:
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_for_log(self, line: str, times: int = 1, timeout: float = 40) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
-            if text.count("hub ready as") >= self.starts:
+            text = self.text()
+            if text.count(line) >= times:
                 return
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"hub exited {self.proc.returncode}:\n{text[-3000:]}")
             await asyncio.sleep(0.1)
-        raise TimeoutError("hub not ready")
+        raise TimeoutError(f"no {line!r} in the hub's log:\n{self.text()[-3000:]}")
+
+    async def wait_ready(self, timeout: float = 40) -> None:
+        await self.wait_for_log("hub ready as", self.starts, timeout)
 
     starts = 0
 
@@ -165,3 +175,55 @@ async def test_restart_answers_once_and_logs_no_secrets(
     assert result.returncode == 1
     assert "no longer accepts" in result.stderr and "--new-session" in result.stderr
     assert token not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_a_second_process_on_the_same_database_stands_by_then_takes_over(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any],
+    tmp_path: Path, backend: str, database_urls: dict[str, str],
+) -> None:
+    """Two `hub run` on one install would drive one Matrix device from two processes; the
+    second waits, answers nothing, and takes over when the first is killed."""
+    bot = await register("hubpair")
+    user = await participant("lead")
+    port = free_port()
+    config = _config(tmp_path, synapse.url, bot.user_id, user.user_id, port,
+                     database_urls[backend] if backend == "postgresql" else None)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUB_MATRIX_PASSWORD": bot.password,
+           "HUB_SMTP_PASSWORD": SMTP_PASSWORD, "HUB_SECRET": WEB_SECRET}
+    first = HubProcess(config, env, tmp_path / "first.log")
+    second = HubProcess(config, env, tmp_path / "second.log")
+    standby = HubProcess(config, env, tmp_path / "third.log")
+    try:
+        await first.run()
+        second.start()
+        await second.wait_for_log("standing by", timeout=30)
+        room = await user.create_room(invite=[bot.user_id])
+        await user.wait_joined(room, bot.user_id)
+        ping = await user.send(room, "!hub ping")
+        await user.wait_for_reply(room, ping)
+        await asyncio.sleep(1.0)  # a second answer, if any, would be here by now
+        assert len(user.replies_to(room, ping)) == 1
+        assert "hub ready as" not in second.text()
+
+        assert first.proc is not None
+        first.proc.kill()  # SIGKILL: the lock must go with the process, not with a clean exit
+        first.proc.wait(10)
+        second.starts = 1
+        await second.wait_ready(timeout=40)
+        assert "taking over" in second.text()
+        after = await user.send(room, "!hub ping")
+        await user.wait_for_reply(room, after, timeout=20)
+        await asyncio.sleep(1.0)
+        assert len(user.replies_to(room, after)) == 1
+
+        # A standby asked to stop exits at once and cleanly.
+        standby.start()
+        await standby.wait_for_log("standing by", timeout=30)
+        assert await standby.terminate(timeout=10) == 0
+        assert await second.terminate() == 0
+        assert "Traceback" not in second.text() + standby.text()
+    finally:
+        for p in (first, second, standby):
+            if p.proc and p.proc.poll() is None:
+                p.proc.kill()
