@@ -20,20 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, RoomSendResponse
+from _common import backend_name, hub_settings, matrix_client, running_hub, runs, synapse_at
+from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
-from hub.config import settings_from_dict
-from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.service import Hub
 
 __all__ = ["main"]
-
-
-def client_for(url: str, user: RegisteredUser) -> AsyncClient:
-    config = AsyncClientConfig(encryption_enabled=False, max_limit_exceeded=0, max_timeouts=0)
-    client = AsyncClient(url, user.user_id, device_id=user.device_id, config=config)
-    client.restore_login(user.user_id, user.device_id, user.access_token)
-    return client
 
 
 async def make_rooms(client: AsyncClient, n: int) -> list[str]:
@@ -91,50 +83,34 @@ async def through_hub(hub: Hub, rooms: list[str]) -> tuple[float, float]:
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        synapse = SynapseServer(base / "synapse")
-        await synapse.start()
-        try:
+        async with synapse_at(base) as synapse:
             bot = await synapse.register("benchhub", secrets.token_urlsafe(12))
-            client = client_for(synapse.url, bot)
+            client = matrix_client(synapse.url, bot)
             t = time.perf_counter()
             rooms = await make_rooms(client, args.rooms)
             print(f"created {len(rooms)} rooms in {time.perf_counter() - t:.1f} s")
-            settings = settings_from_dict({
-                "hub": {"data_dir": str(base / "hub")},
-                "database": {"url": args.database_url or f"sqlite:///{base / 'hub' / 'hub.db'}"},
-                "matrix": {"homeserver": synapse.url, "user_id": bot.user_id, "password": bot.password,
-                           "control_room": "#bench-mods:localhost"},
-                "web": {"listen": "127.0.0.1:0"},
-            }, base=base, env={})
-            hub = Hub(settings)
-            stop = asyncio.Event()
-            task = asyncio.create_task(hub.run(stop))
-            await asyncio.wait_for(hub.ready.wait(), 120)
             raws: list[float] = []
             hubs: list[float] = []
             enqueues: list[float] = []
-            for i in range(args.rounds):
-                # Alternate which goes first: Synapse speeds up as its caches warm.
-                if i % 2:
-                    enqueue, dispatch = await through_hub(hub, rooms)
-                    raws.append(await raw(client, rooms, args.concurrency))
-                else:
-                    raws.append(await raw(client, rooms, args.concurrency))
-                    enqueue, dispatch = await through_hub(hub, rooms)
-                enqueues.append(enqueue)
-                hubs.append(dispatch)
-            stop.set()
-            await task
+            async with running_hub(hub_settings(base, synapse.url, bot, args.database_url)) as hub:
+                for i in range(args.rounds):
+                    # Alternate which goes first: Synapse speeds up as its caches warm.
+                    if i % 2:
+                        enqueue, dispatch = await through_hub(hub, rooms)
+                        raws.append(await raw(client, rooms, args.concurrency))
+                    else:
+                        raws.append(await raw(client, rooms, args.concurrency))
+                        enqueue, dispatch = await through_hub(hub, rooms)
+                    enqueues.append(enqueue)
+                    hubs.append(dispatch)
             await client.close()
-        finally:
-            await synapse.stop()
     n = len(rooms)
     r, h = min(raws), min(hubs)
-    backend = "postgresql" if args.database_url else "sqlite"
+    backend = backend_name(args.database_url)
     print(f"chat fan-out: 1 message to each of {n} rooms, {args.concurrency} in flight, "
           f"outbox on {backend}, best of {args.rounds}")
-    print(f"  raw nio room_send loop:  {r:.2f} s  {n / r:6.1f} msg/s   runs {[round(x, 2) for x in raws]}")
-    print(f"  hub outbox (dispatch):   {h:.2f} s  {n / h:6.1f} msg/s   runs {[round(x, 2) for x in hubs]}")
+    print(f"  raw nio room_send loop:  {r:.2f} s  {n / r:6.1f} msg/s   runs {runs(raws)}")
+    print(f"  hub outbox (dispatch):   {h:.2f} s  {n / h:6.1f} msg/s   runs {runs(hubs)}")
     print(f"  hub enqueue (one transaction for all rows): {min(enqueues):.2f} s")
     print(f"  ratio hub/raw: {h / r:.2f} (target <= 1.15)")
 

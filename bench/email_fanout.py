@@ -14,31 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import aiosmtplib
-from sqlalchemy import func, select
+from _common import FROM, EmailRig, backend_name, prebuild, raw_smtp, runs, start_sink, stop_sink
 
-from hub.clock import SystemClock
-from hub.config import EmailSettings
-from hub.delivery.dispatcher import Dispatcher
-from hub.delivery.outbox import EMAIL, Outbox
+from hub.delivery.outbox import EMAIL
 from hub.email.message import build_message
 from hub.email.payload import EmailPayload, email_payload, normalize_address
-from hub.email.pool import SmtpPool
-from hub.email.sender import EmailSender
-from hub.storage.db import open_database
-from hub.storage.models import outbox_table as T
 
 __all__ = ["main"]
-
-FROM = "Mentoring Hub <hub@example.org>"
 
 
 def digest_payload(i: int) -> EmailPayload:
@@ -61,75 +48,23 @@ def digest_payload(i: int) -> EmailPayload:
     )
 
 
-def start_sink() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "hub.devserver.smtp", "--count-only"],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, int(line.strip().rsplit(":", 1)[1])
-
-
-async def raw(port: int, payloads: list[EmailPayload], connections: int) -> tuple[float, float]:
-    now = datetime.now(UTC)
-    messages = [build_message(p, txn_id=secrets.token_hex(16), from_header=FROM, date=now)
-                for p in payloads]  # pre-built: not timed
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for m in messages:
-        queue.put_nowait(m)
-    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-               for _ in range(connections)]
-    for c in clients:
-        await c.connect()
-
-    async def worker(client: aiosmtplib.SMTP) -> None:
-        while not queue.empty():
-            m = queue.get_nowait()
-            await client.sendmail(m.envelope_from, [m.recipient], m.data)
-
-    began, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker(c) for c in clients))
-    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    for c in clients:
-        await c.quit()
-    return elapsed, cpu
-
-
 async def hub(
     port: int, payloads: list[EmailPayload], connections: int, url: str
 ) -> tuple[float, float, float]:
-    db = await open_database(url)
-    clock = SystemClock()
-    outbox = Outbox(db, clock)
+    """Queue one row per payload (timed on its own), then dispatch them all; (enqueue, dispatch, CPU)."""
+    rig = await EmailRig.open(url, port, connections)
     tag = secrets.token_hex(4)
     rows = [dict(channel=EMAIL, kind="digest", lane=normalize_address(p["to"]),
                  dedupe_key=f"bench:{tag}:{p['to']}", payload=dict(p)) for p in payloads]
     began = time.perf_counter()
-    async with db.transaction() as s:
-        await outbox.enqueue_many(s, rows)
+    async with rig.db.transaction() as s:
+        await rig.outbox.enqueue_many(s, rows)
     enqueue = time.perf_counter() - began
-    settings = EmailSettings(enabled=True, sender=FROM, smtp_host="127.0.0.1", smtp_port=port,
-                             security="none", connections=connections)
-    pool = SmtpPool(settings, clock)
-    dispatcher = Dispatcher(db, outbox, clock, {EMAIL: EmailSender(db, pool, clock, from_header=FROM)})
-    await dispatcher.open()
     began, cpu = time.perf_counter(), time.process_time()
-    task = asyncio.create_task(dispatcher.run())
-    n = len(payloads)
-    while True:
-        await asyncio.sleep(0.02)
-        if dispatcher.sent_count >= n:
-            await dispatcher.flush()  # counted only once recorded in the database
-            break
+    rig.start()
+    await rig.sent(len(payloads))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    await dispatcher.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await pool.close()
-    async with db.session() as s:
-        sent = (await s.execute(select(func.count()).select_from(T).where(
-            (T.c.status == "sent") & T.c.dedupe_key.like(f"bench:{tag}:%")))).scalar()
-    assert sent == n, f"{sent} of {n} recorded as sent"
-    await db.close()
+    await rig.close(tag=tag, expect=len(payloads))
     return enqueue, elapsed, cpu
 
 
@@ -148,9 +83,9 @@ async def run(args: argparse.Namespace) -> None:
             for i in range(args.rounds):
                 if i % 2:  # alternate which goes first
                     enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
-                    r_time, r_cpu = await raw(port, payloads, args.connections)
+                    r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
                 else:
-                    r_time, r_cpu = await raw(port, payloads, args.connections)
+                    r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
                     enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
                 raws.append(r_time)
                 raw_cpu.append(r_cpu)
@@ -158,18 +93,16 @@ async def run(args: argparse.Namespace) -> None:
                 hubs.append(dispatch)
                 hub_cpu.append(cpu)
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    received = int(out.strip().splitlines()[-1])
+        received = stop_sink(proc)
     n = args.messages
     r, h = min(raws), min(hubs)
-    backend = "postgresql" if args.database_url else "sqlite"
+    backend = backend_name(args.database_url)
     print(f"email fan-out: {n} messages of {size / 1024:.1f} KiB, {args.connections} connections, "
           f"sink in its own process, outbox on {backend}, best of {args.rounds}")
     print(f"  raw aiosmtplib, pre-built:  {r:.2f} s  {n / r:7.0f} emails/s   "
-          f"runs {[round(x, 2) for x in raws]}")
+          f"runs {runs(raws)}")
     print(f"  hub outbox (dispatch):      {h:.2f} s  {n / h:7.0f} emails/s   "
-          f"runs {[round(x, 2) for x in hubs]}")
+          f"runs {runs(hubs)}")
     print(f"  hub enqueue (one transaction for all rows): {min(enqueues):.2f} s")
     print(f"  client CPU per email (process, all threads): raw {1000 * min(raw_cpu) / n:.2f} ms, "
           f"hub {1000 * min(hub_cpu) / n:.2f} ms")

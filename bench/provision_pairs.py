@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _common import backend_name, cpu_seconds, hub_settings, matrix_client, running_hub, synapse_at
 from nio import (
     AsyncClient,
-    AsyncClientConfig,
     MatrixRoom,
     RoomCreateResponse,
     RoomInviteResponse,
@@ -34,36 +33,15 @@ from nio import (
 )
 from sqlalchemy import func, select, text
 
-from hub.config import settings_from_dict
 from hub.core.cohorts import Who, pair_welcome
 from hub.core.markup import markdown_to_matrix
-from hub.devserver.synapse import RegisteredUser, SynapseServer
+from hub.devserver.synapse import SynapseServer
 from hub.features import membership as ms
 from hub.matrix.events import notice_content
 from hub.service import Hub
 from hub.storage.models import outbox_table as T
 
 __all__ = ["main"]
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process (Linux /proc), to show where the time goes."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def raw_client(url: str, user: RegisteredUser, store: Path) -> AsyncClient:
-    store.mkdir(parents=True, exist_ok=True)
-    config = AsyncClientConfig(encryption_enabled=True, max_limit_exceeded=0, max_timeouts=0,
-                               store_sync_tokens=False)
-    client = AsyncClient(url, user.user_id, device_id=user.device_id, store_path=str(store), config=config)
-    client.restore_login(user.user_id, user.device_id, user.access_token)
-    return client
 
 
 async def register_people(synapse: SynapseServer, n: int) -> list[str]:
@@ -189,53 +167,37 @@ async def through_hub(
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        synapse = SynapseServer(base / "synapse")
-        await synapse.start()
-        try:
+        async with synapse_at(base) as synapse:
             hub_bot = await synapse.register("benchhub", secrets.token_urlsafe(12))
             raw_bot = await synapse.register("benchraw", secrets.token_urlsafe(12))
             t = time.perf_counter()
             people = await register_people(synapse, 2 * args.pairs)
             print(f"registered {len(people)} people in {time.perf_counter() - t:.1f} s")
-            client = raw_client(synapse.url, raw_bot, base / "raw-store")
+            client = matrix_client(synapse.url, raw_bot, store=base / "raw-store")
             await client.keys_upload()
-            settings = settings_from_dict({
-                "hub": {"data_dir": str(base / "hub")},
-                "database": {"url": args.database_url or f"sqlite:///{base / 'hub' / 'hub.db'}"},
-                "matrix": {"homeserver": synapse.url, "user_id": hub_bot.user_id,
-                           "password": hub_bot.password, "control_room": "#bench-mods:localhost"},
-                "web": {"listen": "127.0.0.1:0"},
-            }, base=base, env={})
-            hub = Hub(settings)
-            stop = asyncio.Event()
-            task = asyncio.create_task(hub.run(stop))
-            await asyncio.wait_for(hub.ready.wait(), 120)
-            assert hub.dispatcher is not None
-            concurrency = hub.dispatcher.concurrency
             raws: list[float] = []
             hubs: list[float] = []
             enqueues: list[float] = []
             process = getattr(synapse, "_process", None)  # the devserver's child; bench-only peek
             pid = process.pid if process is not None else None
-            for r in range(args.rounds):
-                c0, p0 = cpu_seconds(pid), time.process_time()
-                raws.append(await raw(client, people, concurrency, r))
-                c1, p1 = cpu_seconds(pid), time.process_time()
-                enqueue, dispatch, c_setup, p_setup = await through_hub(hub, people, r, pid)
-                c2, p2 = cpu_seconds(pid), time.process_time()
-                enqueues.append(enqueue)
-                hubs.append(dispatch)
-                print(f"round {r + 1}: raw {raws[-1]:.2f} s (CPU: synapse {c1 - c0:.1f} s, "
-                      f"client {p1 - p0:.1f} s); hub {hubs[-1]:.2f} s + {enqueue:.2f} s to queue "
-                      f"(CPU: synapse {c2 - c_setup:.1f} s, hub {p2 - p_setup:.1f} s)")
-            stop.set()
-            await task
+            async with running_hub(hub_settings(base, synapse.url, hub_bot, args.database_url)) as hub:
+                assert hub.dispatcher is not None
+                concurrency = hub.dispatcher.concurrency
+                for r in range(args.rounds):
+                    c0, p0 = cpu_seconds(pid), time.process_time()
+                    raws.append(await raw(client, people, concurrency, r))
+                    c1, p1 = cpu_seconds(pid), time.process_time()
+                    enqueue, dispatch, c_setup, p_setup = await through_hub(hub, people, r, pid)
+                    c2, p2 = cpu_seconds(pid), time.process_time()
+                    enqueues.append(enqueue)
+                    hubs.append(dispatch)
+                    print(f"round {r + 1}: raw {raws[-1]:.2f} s (CPU: synapse {c1 - c0:.1f} s, "
+                          f"client {p1 - p0:.1f} s); hub {hubs[-1]:.2f} s + {enqueue:.2f} s to queue "
+                          f"(CPU: synapse {c2 - c_setup:.1f} s, hub {p2 - p_setup:.1f} s)")
             await client.close()
-        finally:
-            await synapse.stop()
     n = args.pairs
     rw, hb = min(raws), min(hubs)
-    backend = "postgresql" if args.database_url else "sqlite"
+    backend = backend_name(args.database_url)
     print(f"provisioning {n} pair rooms (room + 2 invites + encrypted welcome), {concurrency} in flight, "
           f"outbox on {backend}, best of {args.rounds}")
     print(f"  plain nio:   {rw:.2f} s  {n / rw:5.1f} rooms/s   runs {[round(x, 2) for x in raws]}")

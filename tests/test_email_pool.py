@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from hub.devserver.smtp import SmtpSink
 from hub.email.message import BuiltMessage, build_message
 from hub.email.payload import email_payload
 from hub.email.pool import RecipientRejectedError, SmtpPool
-from hub.errors import TemporaryDeliveryError
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
 FROM = "Hub <hub@example.org>"
 
@@ -115,4 +116,21 @@ async def test_non_ascii_address_goes_out_with_smtputf8(sink: SmtpSink) -> None:
     mails = await sink.wait_for(2)
     assert [m.rcpt_tos for m in mails] == [("zoë@exämple.org",), ("plain@example.org",)]
     assert mails[0].subject == "hello 0"
+    await pool.close()
+
+
+async def test_an_address_that_would_break_out_of_the_smtp_command_is_refused(sink: SmtpSink) -> None:
+    """MAIL/RCPT are written by hand (no second address parse), so the pool itself must refuse
+    anything that could end the command line or add a second recipient."""
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    good = _msg("a@example.org")
+    for bad in ("a@example.org>\r\nRCPT TO:<evil@example.org", "a b@example.org", "<a@example.org>"):
+        with pytest.raises(PermanentDeliveryError, match="envelope address"):
+            await pool.send(dataclasses.replace(good, recipient=bad))
+    with pytest.raises(PermanentDeliveryError, match="envelope address"):
+        await pool.send(dataclasses.replace(good, envelope_from="hub@example.org>\r\nDATA"))
+    await pool.send(good)  # and the connection is still usable
+    mails = await sink.wait_for(1)
+    await asyncio.sleep(0.2)
+    assert [m.rcpt_tos for m in sink.messages] == [("a@example.org",)] and len(mails) == 1
     await pool.close()

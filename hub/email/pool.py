@@ -25,6 +25,7 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.typing import SMTPStatus
 
 from hub.clock import Clock
 from hub.config import EmailSettings
@@ -35,6 +36,16 @@ from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 __all__ = ["RecipientRejectedError", "SmtpPool"]
 
 log = logging.getLogger(__name__)
+
+
+def _envelope(address: str, encoding: str) -> bytes:
+    """`<address>` for MAIL FROM / RCPT TO; refuses what could end or extend the command.
+
+    An empty address stays the null reverse path `<>`, as aiosmtplib's `mail()` sends it.
+    """
+    if any(c in address for c in ' <>\r\n\t"'):
+        raise PermanentDeliveryError(f"{address!r} cannot be used as an SMTP envelope address")
+    return b"<" + address.encode(encoding) + b">"
 
 
 class RecipientRejectedError(PermanentDeliveryError):
@@ -173,20 +184,30 @@ class SmtpPool:
 
         `sendmail` re-validates both addresses and re-scans the whole message to
         size it; the message was built here, CRLF throughout, so its length is
-        its size and the addresses were checked when the row was queued.
+        its size. MAIL and RCPT go through `execute_command` rather than `mail()`
+        and `rcpt()`, which run each address through the stdlib's address parser
+        again: the addresses were checked when the row was queued, and
+        `_envelope` refuses anything that could break out of the command.
         """
         if smtp.last_ehlo_response is None:
             await smtp.ehlo()  # the extensions decide the options below
-        options = [f"SIZE={len(message.data)}"] if smtp.supports_extension("size") else []
+        options = [b"SIZE=%d" % len(message.data)] if smtp.supports_extension("size") else []
         if message.smtputf8:
             if not smtp.supports_extension("smtputf8"):
                 raise PermanentDeliveryError(
                     f"{message.recipient} needs SMTPUTF8, which the SMTP server does not offer")
-            options.append("SMTPUTF8")
+            options.append(b"SMTPUTF8")
         encoding = "utf-8" if message.smtputf8 else "ascii"
+        # Both checked before MAIL: a refusal after it would leave the session mid-transaction.
+        mail_from = b"FROM:" + _envelope(message.envelope_from, encoding)
+        rcpt_to = b"TO:" + _envelope(message.recipient, encoding)
         try:
-            await smtp.mail(message.envelope_from, options=options, encoding=encoding)
-            await smtp.rcpt(message.recipient, encoding=encoding)
+            reply = await smtp.execute_command(b"MAIL", mail_from, *options)
+            if reply.code != SMTPStatus.completed:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, message.envelope_from)
+            reply = await smtp.execute_command(b"RCPT", rcpt_to)
+            if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, message.recipient)
             response = await smtp.data(message.data)
         except aiosmtplib.SMTPResponseException:
             try:

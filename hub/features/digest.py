@@ -42,7 +42,7 @@ from hub.matrix.events import notice_content
 from hub.program_targets import person_key
 from hub.storage.models import Member, room_member_table
 
-__all__ = ["PULSE_DAYS", "DigestService", "Edition"]
+__all__ = ["PULSE_DAYS", "DigestService", "Edition", "email_row"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class Edition:
     view: CohortView
     issue: dg.DigestIssue
     builder: dg.DigestBuilder
+
+
+def email_row(builder: dg.DigestBuilder, issue: dg.DigestIssue, recipient: dg.Recipient, address: str,
+              lid: str, key: str) -> dict[str, Any]:
+    """One recipient's digest email as an outbox row (rendered here: about a millisecond)."""
+    mail = builder.email(issue, recipient)
+    payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
+                            to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+    return {"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
+            "payload": dict(payload), "dedupe_key": key}
 
 
 def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -206,11 +216,8 @@ class DigestService:
             address = ed.view.address(member)
             if address is None:
                 continue
-            mail = ed.builder.email(ed.issue, recipient)
-            payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
-                                    to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
-            out.append({"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
-                        "payload": dict(payload), "dedupe_key": dedupe_key(item, wanted[member.id or 0])})
+            out.append(email_row(ed.builder, ed.issue, recipient, address, lid,
+                                 dedupe_key(item, wanted[member.id or 0])))
         return out
 
     async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,

@@ -61,6 +61,8 @@ class OutboxRow(SQLModel, table=True):
     """
 
     __tablename__ = "outbox"
+    # (status, seq), not (status): the claim walks queued rows in seq order (migration 0007).
+    __table_args__ = (Index("ix_outbox_status_seq", "status", "seq"),)
     seq: int | None = Field(default=None, primary_key=True)
     txn_id: str = Field(unique=True, max_length=64)
     dedupe_key: str = Field(unique=True, max_length=400)
@@ -68,7 +70,7 @@ class OutboxRow(SQLModel, table=True):
     kind: str = Field(max_length=64)
     lane: str = Field(index=True, max_length=320)
     payload: str  # JSON
-    status: str = Field(default="queued", index=True, max_length=16)  # queued|sending|sent|failed
+    status: str = Field(default="queued", max_length=16)  # queued|sending|sent|failed
     attempts: int = 0
     not_before: float = 0.0
     claimed_until: float | None = None
