@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_digest_wiring import HUB, _event, _sync, _text
-from test_program_wiring import BERLIN, CONTROL, MOD, World, give_rooms_ids, make_world, run_calendar
+from test_digest_wiring import HUB, _event, _sync, _text, digest_world
+from test_program_wiring import BERLIN, CONTROL, MOD, World, give_rooms_ids, run_calendar
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
 from hub.features import membership as ms
-from hub.features.digest import DigestService
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
@@ -32,12 +31,7 @@ HOSTILE_POST = "hostile-post-9k2q"
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    # Sunday before week 2's digest (the cohort's digest slot is Monday 09:00 Berlin).
-    w = await make_world(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}",
-                         datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
-    service = DigestService(w.program, control_room=lambda: CONTROL)
-    w.program.digest = service.rows
-    w.runner.app.digest = service  # type: ignore[attr-defined]
+    w = await digest_world(tmp_path)
     async with w.db.transaction() as s:
         env = await ms.load_env(s, w.outbox, w.clock, w.settings)
         cohort = await ms.get_cohort(s, "winter")

@@ -49,14 +49,20 @@ def _text(body: str) -> dict[str, Any]:
     return {"msgtype": "m.text", "body": body}
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    # Sunday before week 2's digest (the cohort's digest slot is Monday 09:00 Berlin).
+async def digest_world(tmp_path: Path) -> World:
+    """The program's world with the digest wired as `hub.service` wires it, the Sunday before
+    week 2's digest (the cohort's digest slot is Monday 09:00 Berlin)."""
     w = await make_world(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}",
                          datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
     service = DigestService(w.program, control_room=lambda: CONTROL)
     w.program.digest = service.rows
     w.runner.app.digest = service
+    return w
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = await digest_world(tmp_path)
     async with w.db.transaction() as s:  # an email-only mentee, to prove `mailto:` preferences work
         env = await ms.load_env(s, w.outbox, w.clock, w.settings)
         cohort = await ms.get_cohort(s, "winter")
