@@ -42,7 +42,7 @@ from hub.storage.models import (
 )
 
 from cohort_helpers import room_of
-from conftest import hub_settings, running_hub
+from conftest import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 
@@ -93,8 +93,7 @@ async def test_digest_send_unsubscribe_and_privacy(
         settings = hub_settings(
             homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[mod.user_id],
             database_url=database_urls.get("postgresql"),
-            extra={"email": {"enabled": True, "from": "Hub <hub@example.org>", "smtp_host": sink.hostname,
-                             "smtp_port": sink.port, "security": "none"},
+            extra={"email": sink_email(sink),
                    "web": {"public_url": PUBLIC}})
         async with running_hub(settings) as hub:
             assert hub.db is not None and hub.web is not None and hub.program is not None
