@@ -1,7 +1,7 @@
 """Digest fan-out: render and send the weekly digest to 2,000 recipients through the hub vs raw aiosmtplib.
 
 Hub side, timed from the first render to the last outcome recorded, on the path `hub run` takes
-(`DigestService.rows`): `hub.features.digest.email_row` renders one email per recipient (subject,
+(`DigestService.rows`): `hub.features.digest.email_rows` renders one email per recipient (subject,
 text, HTML with inlined CSS, signed unsubscribe link, List-Id plus List-Unsubscribe headers), all
 are queued in one transaction, and the dispatcher (already running, idle) claims, builds, sends
 through `EmailSender` and the `SmtpPool` and records every row. Only the database reads
@@ -34,7 +34,7 @@ from hub.core import digest as dg
 from hub.core.tokens import TokenSigner, new_handle
 from hub.email.message import build_message
 from hub.email.payload import EmailPayload
-from hub.features.digest import email_row
+from hub.features.digest import email_rows
 
 __all__ = ["main"]
 
@@ -83,8 +83,8 @@ def make_recipients(n: int) -> list[tuple[str, dg.Recipient]]:
 
 def rows(builder: dg.DigestBuilder, issue: dg.DigestIssue, recipients: list[tuple[str, dg.Recipient]],
          tag: str) -> list[dict[str, Any]]:
-    return [email_row(builder, issue, r, address, LIST_ID, f"bench:{tag}:{address}")
-            for address, r in recipients]
+    return email_rows(builder, issue, [(r, address, f"bench:{tag}:{address}") for address, r in recipients],
+                      LIST_ID)
 
 
 def render(builder: dg.DigestBuilder, issue: dg.DigestIssue,

@@ -19,6 +19,7 @@ or bidi-override characters, so it cannot fake a section in the plain text.
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 import unicodedata
@@ -203,9 +204,13 @@ _SPACE = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 
 
+# Exactly Unicode's Cc category (C0, DEL, C1) less tab and newline: one regex pass instead
+# of a category lookup per character, which was a fifth of a digest's rendering time.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _strip_controls(text: str) -> str:
-    text = text.translate(_BIDI)
-    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return _CONTROLS.sub("", text.translate(_BIDI))
 
 
 def _line(text: str) -> str:
@@ -349,6 +354,7 @@ def _pair_view(number: int, pair: PairCounts) -> _PairView:
 # --------------------------------------------------------------------------- builder
 
 
+@functools.lru_cache(maxsize=4096)  # the week's prompts and tip fold the same for every recipient
 def _wrap(text: str, first: str = "", rest: str = "", width: int = 72) -> str:
     """Fold plain text for the text/plain part; URLs and long words stay whole."""
     return textwrap.fill(

@@ -6,6 +6,7 @@ spec allows in `formatted_body` (client-server API, "m.room.message msgtypes").
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 
@@ -50,6 +51,14 @@ _BLANKS = re.compile(r"\n{3,}")
 _ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>])")
 
 
+@functools.cache
+def _renderer() -> markdown.Markdown:
+    # Building a Markdown instance (its extensions and patterns) costs about as much as
+    # converting a welcome; one instance, reset before each use, serves the whole process
+    # (rendering is synchronous, so no two conversions interleave).
+    return markdown.Markdown(extensions=["sane_lists", "nl2br"], output_format="html")
+
+
 def markdown_to_matrix(text: str) -> tuple[str, str]:
     """Return (plain body, sanitised HTML) for a Markdown message.
 
@@ -57,6 +66,6 @@ def markdown_to_matrix(text: str) -> tuple[str, str]:
     that only protect untrusted text from the renderer: a client without HTML should show
     a name as typed, not as `Ada\\_B &amp; co`.
     """
-    rendered = markdown.markdown(text, extensions=["sane_lists", "nl2br"], output_format="html")
+    rendered = _renderer().reset().convert(text)
     body = html.unescape(_ESCAPED.sub(r"\1", _BLANKS.sub("\n\n", text.strip())))
     return body, sanitize_matrix_html(rendered).strip()

@@ -42,7 +42,7 @@ from hub.matrix.events import notice_content
 from hub.program_targets import person_key
 from hub.storage.models import Member, room_member_table
 
-__all__ = ["PULSE_DAYS", "DigestService", "Edition", "email_row"]
+__all__ = ["PULSE_DAYS", "DigestService", "Edition", "email_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,18 @@ class Edition:
     builder: dg.DigestBuilder
 
 
-def email_row(builder: dg.DigestBuilder, issue: dg.DigestIssue, recipient: dg.Recipient, address: str,
-              lid: str, key: str) -> dict[str, Any]:
-    """One recipient's digest email as an outbox row (rendered here: about a millisecond)."""
-    mail = builder.email(issue, recipient)
-    payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
-                            to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
-    return {"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
-            "payload": dict(payload), "dedupe_key": key}
+def email_rows(builder: dg.DigestBuilder, issue: dg.DigestIssue,
+               mails: Sequence[tuple[dg.Recipient, str, str]], lid: str) -> list[dict[str, Any]]:
+    """Outbox rows for (recipient, address, dedupe key): each person's digest email, rendered
+    here (about a millisecond each); the cohort-wide part is prepared once for all of them."""
+    rendered = builder.emails(issue, (recipient for recipient, _, _ in mails))
+    out: list[dict[str, Any]] = []
+    for (recipient, address, key), (_, mail) in zip(mails, rendered, strict=True):
+        payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
+                                to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+        out.append({"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
+                    "payload": dict(payload), "dedupe_key": key})
+    return out
 
 
 def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -211,14 +215,12 @@ class DigestService:
         wanted = {int(t.id): t for t in targets}
         members = [m for mid, m in ed.view.members.items() if mid in wanted]
         lid = list_id(settings, ed.view.cohort)
-        out: list[dict[str, Any]] = []
+        mails: list[tuple[dg.Recipient, str, str]] = []
         for member, recipient in await self.recipients(s, ed.view, members, now):
             address = ed.view.address(member)
-            if address is None:
-                continue
-            out.append(email_row(ed.builder, ed.issue, recipient, address, lid,
-                                 dedupe_key(item, wanted[member.id or 0])))
-        return out
+            if address is not None:
+                mails.append((recipient, address, dedupe_key(item, wanted[member.id or 0])))
+        return email_rows(ed.builder, ed.issue, mails, lid)
 
     async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,
                          key: str) -> dict[str, Any] | None:
