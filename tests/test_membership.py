@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -288,3 +289,142 @@ async def test_the_cohort_migration_downgrades_and_upgrades_again(world: Any) ->
     async with world.db.engine.begin() as conn:
         await conn.run_sync(go, "head", True)
     assert (await _cohort(world)).id == 1
+
+
+# -- a batch (the roster import's indexes and bulk writes) changes nothing but the speed ---------
+
+
+class _Undo(Exception):
+    """Rolls a transaction back once what it wrote has been read."""
+
+
+async def _said(s: Any, result: Any) -> Any:
+    """A function's result in words that do not depend on ids (PostgreSQL's differ between runs)."""
+    async def who(member_id: int) -> str:
+        m = await s.get(Member, member_id)
+        return ms.member_label(m)
+
+    if isinstance(result, list):
+        return [await _said(s, r) for r in result]
+    if isinstance(result, CommandError):
+        return f"error: {result}"
+    if isinstance(result, tuple) and isinstance(result[0], Pair):
+        pair, created = result
+        return ("pair", await who(pair.mentor_id), await who(pair.mentee_id), pair.status, created)
+    if isinstance(result, tuple) and isinstance(result[0], Member):
+        m, extra = result
+        return ("member", m.role, m.name, m.email, m.matrix_id, m.status, extra)
+    if isinstance(result, Pair):
+        return ("pair", await who(result.mentor_id), await who(result.mentee_id), result.status)
+    assert isinstance(result, HubRoom)
+    return ("room", result.key, result.kind, result.status)
+
+
+async def _everything(s: Any) -> dict[str, Any]:
+    """The five tables as seen inside the transaction, ids replaced by their order of creation."""
+    import re
+
+    from sqlalchemy import text
+
+    async def rows(sql: str) -> list[Any]:
+        return [tuple(r) for r in (await s.execute(text(sql))).all()]
+
+    members = {r[0]: i for i, r in enumerate(await rows("SELECT id FROM member ORDER BY id"))}
+    pairs = {r[0]: i for i, r in enumerate(await rows("SELECT id FROM pair ORDER BY id"))}
+    video = re.compile(r"CohortHub-[a-z2-7]{26}")
+
+    def norm(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = video.sub("VIDEO", re.sub(r"[0-9a-f]{32}", "UUID", value))
+        value = re.sub(r"pair:(\d+)", lambda m: f"pair:P{pairs[int(m[1])]}", value)
+        value = re.sub(r"welcome-email:(\d+)", lambda m: f"welcome-email:M{members[int(m[1])]}", value)
+        return re.sub(r"pair-email:(\d+):(\d+)",
+                      lambda m: f"pair-email:P{pairs[int(m[1])]}:M{members[int(m[2])]}", value)
+
+    return {
+        "members": [(members[r[0]], *r[1:]) for r in await rows(
+            "SELECT id, role, name, email, matrix_id, timezone, status, removed_at IS NULL FROM member")],
+        "pairs": sorted((pairs[r[0]], members[r[1]], members[r[2]], r[3]) for r in await rows(
+            "SELECT id, mentor_id, mentee_id, status FROM pair")),
+        "rooms": sorted(tuple(map(norm, r)) for r in await rows(
+            "SELECT key, kind, generation, room_id, status, pair_id IS NULL FROM hub_room")),
+        "room_members": sorted(tuple(map(norm, r)) for r in await rows(
+            "SELECT h.key, m.user_id, m.state FROM room_member m JOIN hub_room h ON h.id = m.room_pk")),
+        "outbox": [tuple(map(norm, r)) for r in await rows(
+            "SELECT dedupe_key, channel, kind, lane, payload, status FROM outbox ORDER BY seq")],
+    }
+
+
+async def test_a_batch_writes_what_the_same_calls_write_one_after_another(
+    world: Any, tmp_path: Path, database_urls: dict[str, str], backend: str
+) -> None:
+    """Several commands on the same people in one transaction, with and without a Batch: the
+    same answers and the same rows, in the same order. Its indexes must follow every change
+    the calls before made (a removal, a reactivation, a closed pair, a new Matrix id)."""
+    world.settings = settings_for(tmp_path, database_urls[backend],
+                                  email={"enabled": True, "from": "hub@x.org"})
+    cohort = await _cohort(world)
+    ada, bo, cy, di, eve = (Who(matrix_id="@ada:x.org"), Who(email="bo@x.org"), Who(matrix_id="@cy:x.org"),
+                            Who(email="di@x.org"), Who(email="eve@x.org"))
+    async with world.db.transaction() as s:  # before: a pair whose room is ready, its mentee email-only
+        env = await world.env(s)
+        await ms.add_member(s, env, cohort, "mentor", ada, name="Ada")
+        await ms.add_member(s, env, cohort, "mentee", bo, name="Bo")
+        pair, _ = await ms.make_pair(s, env, cohort, ada, bo)
+        room = await ms.ensure_pair_room(s, env, pair)
+        assert room is not None
+        room.room_id, room.status = "!ab:x.org", "ready"
+
+    async def story(s: Any, env: ms.Env) -> list[Any]:
+        steps = [
+            lambda: ms.add_member(s, env, cohort, "mentor", cy, name="Cy"),
+            lambda: ms.add_member(s, env, cohort, "mentee", di, name="Di"),
+            lambda: ms.make_pair(s, env, cohort, cy, di),
+            # Bo gets a Matrix id: wanted in the space, the lounge and Ada's ready pair room.
+            lambda: ms.add_member(s, env, cohort, "mentee", bo, matrix_id="@bo:x.org"),
+            lambda: ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org")),
+            lambda: ms.remove_member(s, env, cohort, cy),  # closes Cy and Di's pair
+            lambda: ms.add_member(s, env, cohort, "mentor", cy),  # back: the same row, invited again
+            lambda: ms.add_member(s, env, cohort, "mentee", cy),
+            lambda: ms.make_pair(s, env, cohort, ada, di),  # Di is free again
+            lambda: ms.make_pair(s, env, cohort, cy, di),
+            lambda: ms.add_member(s, env, cohort, "moderator", Who(matrix_id="@mo:x.org")),
+            lambda: ms.add_member(s, env, cohort, "mentee", eve),
+            lambda: ms.make_pairs(s, env, [(cohort, cy, eve), (cohort, cy, eve), (cohort, ada, eve),
+                                           (cohort, eve, cy), (cohort, cy, Who(email="nobody@x.org"))]),
+            lambda: ms.remove_member(s, env, cohort, eve),
+            lambda: ms.ensure_direct_room(s, env, "@ada:x.org"),  # not a cohort room: asked of the database
+            lambda: ms.find_open_pair(s, env, cohort, ada, di),
+        ]
+        said = []
+        for step in steps:
+            try:
+                result = await step()
+            except CommandError as e:
+                result = e
+            said.append(await _said(s, result))
+        return said
+
+    seen: dict[bool, Any] = {}
+    for batched in (False, True):
+        with contextlib.suppress(_Undo):
+            async with world.db.transaction() as s:
+                env = await world.env(s)
+                if batched:
+                    async with ms.batch(s, env, [cohort.id]):
+                        said = await story(s, env)
+                else:
+                    said = await story(s, env)
+                seen[batched] = (said, await _everything(s))
+                raise _Undo
+    assert seen[True][0] == seen[False][0]
+    for table, rows in seen[False][1].items():
+        assert seen[True][1][table] == rows, table
+    said, tables = seen[False]
+    assert said[9] == "error: di@x.org is already paired with Ada; `!hub unpair` them first."
+    assert [r if isinstance(r, str) else r[-1] for r in said[12]] == [
+        True, False, "error: eve@x.org is already paired with Cy; `!hub unpair` them first.",
+        "error: eve@x.org is a mentee in winter, not a mentor.",
+        "error: nobody@x.org is not a member of winter; `!hub add winter ROLE WHO` first."]
+    assert ("!ab:x.org" in {r[3] for r in tables["outbox"]})  # Bo's invite, on the ready room's lane

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,12 @@ def write_config(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def roster(pairs: int, *, bad_line: int | None = None, bad: str = "") -> str:
+def roster(pairs: int, *, bad_line: int | None = None, bad: str = "", all_on_matrix: bool = False) -> str:
     """`pairs` mentors and mentees; mentees name their mentor by email, half of them email-only."""
     lines = [HEADER]
     for i in range(pairs):
         lines.append(f"winter,mentor,Mentor {i},mentor{i}@example.org,@mentor{i}:example.org,Europe/Berlin,")
-        mx = f"@mentee{i}:example.org" if i % 2 else ""
+        mx = f"@mentee{i}:example.org" if i % 2 or all_on_matrix else ""
         lines.append(f'winter,mentee,"Mentee {i}",mentee{i}@example.org,{mx},,mentor{i}@example.org')
     if bad_line is not None:
         lines[bad_line - 1] = bad
@@ -114,6 +115,47 @@ def test_two_hundred_rows_make_one_hundred_pairs_once(
     out = capsys.readouterr().out
     assert "0 people added, 0 updated, 200 unchanged; 0 new pairs, 100 already paired" in out
     assert snapshot(url) == before  # importing again changes nothing, queues nothing
+
+
+def test_a_second_file_giving_people_matrix_ids_invites_them_once(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """People already imported, paired and in rooms: the import reads them once up front and must
+    still act on what the file changes (here: the email-only mentees' new Matrix ids)."""
+    url = database_urls[backend]
+    config = write_config(tmp_path, url)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(roster(20), encoding="utf-8")
+    second.write_text(roster(20, all_on_matrix=True), encoding="utf-8")
+    assert run(str(first), "-c", str(config)) == 0
+    before = counts(url)
+    capsys.readouterr()
+    assert run(str(second), "-c", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "0 people added, 10 updated, 30 unchanged; 0 new pairs, 20 already paired" in out
+    after = counts(url)
+    assert {k: after[k] for k in ("members", "pairs", "pair_rooms", "creates")} == {
+        k: before[k] for k in ("members", "pairs", "pair_rooms", "creates")}
+    # Each of the ten is invited into their pair's room; the space and the lounge get one row each.
+    assert after["outbox"] == before["outbox"] + 12
+
+    async def invites() -> list[list[str]]:
+        db = await open_database(url)
+        try:
+            async with db.session() as s:
+                rows = (await s.execute(select(T.c.payload).where(T.c.kind == "room-invite")
+                                        .order_by(T.c.seq))).scalars().all()
+                return [json.loads(r)["users"] for r in rows]
+        finally:
+            await db.close()
+
+    new = asyncio.run(invites())[-12:]
+    ten = sorted(f"@mentee{i}:example.org" for i in range(0, 20, 2))
+    assert sorted(u for users in new[:10] for u in users) == ten
+    assert new[10] == new[11] == ten
+    snap = snapshot(url)
+    assert run(str(second), "-c", str(config)) == 0
+    assert snapshot(url) == snap
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import Table, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,6 +55,7 @@ from hub.storage.models import (
     HubRoom,
     KeyValue,
     Member,
+    OutboxRow,
     Pair,
     RoomMember,
     cohort_table,
@@ -67,8 +69,10 @@ from hub.storage.models import (
 __all__ = [
     "ACTIVE_PAIR",
     "OPEN",
+    "Batch",
     "Env",
     "add_member",
+    "batch",
     "build_spec",
     "close_pair",
     "cohort_rooms",
@@ -106,6 +110,7 @@ _SECRET_KEY = "cohorts.video_secret"
 _CONFIG_MODS_KEY = "cohorts.config_moderators"
 _NEW_ROOMS = "hub.new_rooms"  # Session.info: keys of rooms made in this transaction
 _DEFERRED = "hub.deferred_invites"  # Session.info: room key -> users to invite in one row
+_BATCH = "hub.batch"  # Session.info: the Batch of a bulk operation (a roster import), if any
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,247 @@ async def load_env(s: AsyncSession, outbox: Outbox, clock: Clock, settings: Sett
     return Env(outbox, clock, settings, install, bytes.fromhex(secret))
 
 
+# -- bulk operations: one transaction's lookups answered from memory ------------------------
+
+
+class Batch:
+    """What a bulk operation (a roster import) would otherwise ask the database row by row.
+
+    An import runs `add_member` once per CSV row and `make_pairs` once, in one transaction.
+    Asked of the database each time, the cohort's rooms, the people named, their pairs and
+    the rooms' members cost ~50 round trips per row (each query first flushing what the row
+    before it added), and on SQLite the import holds the write lock all the while. A Batch
+    reads the cohorts' members, pairs and rooms once (`load`), answers those lookups from
+    memory and keeps its indexes up to date as this module adds or changes rows. New room
+    memberships and outbox rows are kept as plain rows and written with one executemany
+    each when the batch ends, in the order they were made; on SQLite new rows get their ids
+    from the batch (`new_id`) so the ORM can write them in bulk too.
+
+    The indexes hold the session's own ORM objects, so they see every change made through
+    those objects; they do not see rows changed by SQL statements or by another module, and
+    SQL run inside the batch does not see the buffered rows until `flush`. So a Batch is only
+    for a transaction that changes people, pairs and rooms through this module alone (the
+    roster import); a chat command makes a few queries and uses none. Rooms and cohorts
+    outside the batch's cohorts fall back to queries.
+    """
+
+    def __init__(self, cohort_ids: Iterable[int]) -> None:
+        self.cohorts = frozenset(cohort_ids)
+        # (cohort id, matrix id or email) -> member, any status: both are unique per cohort.
+        self._by_matrix: dict[tuple[int, str], Member] = {}
+        self._by_email: dict[tuple[int, str], Member] = {}
+        # Creation order of the members above (id order, also for members not flushed yet):
+        # find_member's query returns the lowest id when the two identifiers name two people.
+        self._rank: dict[int, int] = {}  # id(member) -> order
+        self._pairs_of: dict[int, list[Pair]] = {}  # member id -> their pairs (any status), by id
+        # Room key -> room, or None where the key is known to have no room yet: the cohorts'
+        # spaces and lounges and every pair room of their pairs.
+        self._rooms: dict[str, HubRoom | None] = {}
+        # Room pk -> user -> membership row; a room's rows are read the first time it is asked.
+        self._room_members: dict[int, dict[str, RoomMember | _NewMembership]] = {}
+        self._new_memberships: list[_NewMembership] = []
+        self._outbox: list[dict[str, Any]] = []
+        self._next_id: dict[str, int] = {}  # table -> the next id to give (SQLite only)
+
+    @classmethod
+    async def load(cls, s: AsyncSession, cohort_ids: Iterable[int]) -> Batch:
+        """Three queries, whatever the cohorts' size."""
+        b = cls(cohort_ids)
+        if not b.cohorts:
+            return b
+        ids = sorted(b.cohorts)
+        for m in (await s.execute(select(Member).where(member_table.c.cohort_id.in_(ids))
+                                  .order_by(member_table.c.id))).scalars():
+            b.note_member(m)
+        for cid in ids:
+            b._rooms[f"space:{cid}"] = b._rooms[f"lounge:{cid}"] = None
+        for pair in (await s.execute(select(Pair).where(pair_table.c.cohort_id.in_(ids))
+                                     .order_by(pair_table.c.id))).scalars():
+            b.note_pair(pair)
+        # A cohort's space, lounge and pair rooms all carry its id (`_new_room` callers).
+        for room in (await s.execute(select(HubRoom).where(hub_room_table.c.cohort_id.in_(ids)))).scalars():
+            b._rooms[room.key] = room
+        return b
+
+    def covers(self, cohort_id: int | None) -> bool:
+        return cohort_id is not None and cohort_id in self.cohorts
+
+    # members
+
+    def note_member(self, m: Member) -> None:
+        """Index a member, new or just given an email or Matrix id (idempotent)."""
+        self._rank.setdefault(id(m), len(self._rank))
+        if m.matrix_id:
+            self._by_matrix[(m.cohort_id, m.matrix_id)] = m
+        if m.email:
+            self._by_email[(m.cohort_id, m.email)] = m
+
+    def find_member(self, cohort_id: int, who: Who, *, active_only: bool) -> Member | None:
+        found = [
+            m for m in (
+                self._by_matrix.get((cohort_id, who.matrix_id)) if who.matrix_id else None,
+                self._by_email.get((cohort_id, who.email.lower())) if who.email else None,
+            )
+            if m is not None and (m.status == "active" or not active_only)
+        ]
+        return min(found, key=lambda m: self._rank[id(m)]) if found else None
+
+    # pairs
+
+    def note_pair(self, pair: Pair) -> None:
+        """Index a pair (its id known); its room key is known to be free until a room is made."""
+        assert pair.id is not None
+        for member_id in {pair.mentor_id, pair.mentee_id}:
+            self._pairs_of.setdefault(member_id, []).append(pair)
+        self._rooms.setdefault(f"pair:{pair.id}", None)
+
+    def pairs_of(self, member: Member) -> list[Pair]:
+        if member.id is None:
+            return []  # not even flushed: a member made in this batch, with no pairs yet
+        return self._pairs_of.get(member.id, [])
+
+    # rooms
+
+    def room(self, key: str) -> tuple[bool, HubRoom | None]:
+        """(known, room): whether the batch can answer for `key`, and the room if there is one."""
+        if key in self._rooms:
+            return True, self._rooms[key]
+        return False, None
+
+    def note_room(self, room: HubRoom, *, new: bool) -> None:
+        assert room.id is not None
+        self._rooms[room.key] = room
+        if new:
+            self._room_members[room.id] = {}
+
+    async def room_members(self, s: AsyncSession, room: HubRoom) -> dict[str, RoomMember | _NewMembership]:
+        assert room.id is not None
+        rows = self._room_members.get(room.id)
+        if rows is None:
+            rows = self._room_members[room.id] = {
+                rm.user_id: rm for rm in (await s.execute(select(RoomMember).where(
+                    room_member_table.c.room_pk == room.id))).scalars()
+            }
+        return rows
+
+    async def add_membership(self, s: AsyncSession, room: HubRoom, user_id: str, now: float) -> None:
+        """A new room_member row, written when the batch ends.
+
+        Three in five of an import's new rows are these (everyone in the space and the
+        lounge, both people in their pair room), and nothing in the import needs them as ORM
+        objects: plain rows and one executemany save most of the import's ORM bookkeeping.
+        """
+        assert room.id is not None
+        row = _NewMembership(await self.new_id(s, room_member_table), room.id, user_id, "pending", now)
+        (await self.room_members(s, room))[user_id] = row
+        self._new_memberships.append(row)
+
+    # ids
+
+    async def new_id(self, s: AsyncSession, table: Table) -> int | None:
+        """On SQLite, the id the new row will get; None elsewhere (the database assigns it).
+
+        SQLite's ORM inserts with a database-assigned id go one statement per row (their
+        RETURNING order is not guaranteed, so SQLAlchemy does not batch them); with the id
+        given, a flush is one executemany per table. SQLite itself gives max(id) + 1 (these
+        tables have no AUTOINCREMENT) and the transaction holds the write lock (BEGIN
+        IMMEDIATE), so these are the ids the rows would have got. Every insert into these
+        tables made through this module while the batch is open takes its id from here.
+        PostgreSQL batches inserts with RETURNING by itself and keeps its sequences.
+        """
+        if s.bind is None or s.bind.dialect.name != "sqlite":
+            return None
+        next_id = self._next_id.get(table.name)
+        if next_id is None:
+            next_id = int((await s.execute(select(func.max(table.c.id)))).scalar() or 0) + 1
+        self._next_id[table.name] = next_id + 1
+        return next_id
+
+    # the outbox
+
+    def queue(self, env: Env, *, channel: str, kind: str, lane: str, payload: dict[str, Any],
+              dedupe_key: str) -> None:
+        """Buffer one row, exactly as `Outbox.enqueue` would have written it."""
+        now = env.outbox.clock.now().timestamp()
+        self._outbox.append(dict(
+            txn_id=uuid.uuid4().hex, dedupe_key=dedupe_key[:400], channel=channel, kind=kind,
+            lane=lane, payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            status="queued", attempts=0, not_before=now, created_at=now,
+        ))
+
+    async def flush(self, s: AsyncSession, env: Env) -> int:
+        """Write everything: the ORM's pending rows, then the buffered outbox rows in queue order.
+
+        As with `Outbox.enqueue`, a row whose dedupe_key exists already is skipped (also one
+        queued twice in this batch). Returns how many rows were buffered.
+        """
+        await s.flush()
+        # After the ORM's rows: their rooms may have been among them.
+        memberships, self._new_memberships = self._new_memberships, []
+        values = [m.values() for m in memberships]
+        for i in range(0, len(values), _BATCH_ROWS):
+            await s.execute(room_member_table.insert(), values[i:i + _BATCH_ROWS])
+        rows, self._outbox = self._outbox, []
+        if not rows:
+            return 0
+        stmt: Any
+        if s.bind is not None and s.bind.dialect.name == "postgresql":
+            stmt = postgresql.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        else:
+            stmt = sqlite.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        for i in range(0, len(rows), _BATCH_ROWS):
+            await s.execute(stmt, rows[i:i + _BATCH_ROWS])
+        env.outbox.notify()
+        return len(rows)
+
+
+_BATCH_ROWS = 5000  # rows per executemany: bounds the driver's buffers
+
+
+@dataclass
+class _NewMembership:
+    """A room_member row added in a batch (`Batch.add_membership`); changes until then are kept."""
+
+    id: int | None  # None: the database assigns it (PostgreSQL)
+    room_pk: int
+    user_id: str
+    state: str
+    updated_at: float
+
+    def values(self) -> dict[str, Any]:
+        row = {"room_pk": self.room_pk, "user_id": self.user_id, "state": self.state,
+               "updated_at": self.updated_at}
+        return row if self.id is None else {"id": self.id, **row}
+
+
+@asynccontextmanager
+async def batch(s: AsyncSession, env: Env, cohort_ids: Iterable[int]) -> AsyncIterator[Batch]:
+    """Run a bulk operation on `cohort_ids` with a Batch; everything is written when it ends.
+
+    On an exception nothing more is written (the caller's transaction is rolling back).
+    """
+    if _BATCH in s.info:
+        raise RuntimeError("a batch is already open in this transaction")
+    b = await Batch.load(s, cohort_ids)
+    s.info[_BATCH] = b
+    try:
+        yield b
+        await b.flush(s, env)
+    finally:
+        s.info.pop(_BATCH, None)
+
+
+def _batch(s: AsyncSession) -> Batch | None:
+    b = s.info.get(_BATCH)
+    return b if isinstance(b, Batch) else None
+
+
+async def _new_id(s: AsyncSession, table: Table) -> int | None:
+    """The id for a new row of `table`: None (the database's choice) unless a batch gives one."""
+    b = _batch(s)
+    return None if b is None else await b.new_id(s, table)
+
+
 # -- rooms and their outbox rows -----------------------------------------------------------
 
 
@@ -163,12 +409,23 @@ def room_lane(room: HubRoom) -> str:
     return f"room:{room.key}"
 
 
+async def _enqueue(s: AsyncSession, env: Env, *, channel: str, kind: str, lane: str,
+                   payload: dict[str, Any], dedupe_key: str) -> bool:
+    """`Outbox.enqueue`, or into the open batch's buffer (then True: its dedupe is checked at the end)."""
+    b = _batch(s)
+    if b is not None:
+        b.queue(env, channel=channel, kind=kind, lane=lane, payload=payload, dedupe_key=dedupe_key)
+        return True
+    return await env.outbox.enqueue(s, channel=channel, kind=kind, lane=lane, payload=payload,
+                                    dedupe_key=dedupe_key)
+
+
 async def queue_room_op(
     s: AsyncSession, env: Env, room: HubRoom, op: str, payload: dict[str, Any], *,
     kind: str, dedupe_key: str,
 ) -> bool:
-    return await env.outbox.enqueue(
-        s, channel=MATRIX, kind=kind, lane=room_lane(room),
+    return await _enqueue(
+        s, env, channel=MATRIX, kind=kind, lane=room_lane(room),
         payload={"op": op, "room_key": room.key, **payload}, dedupe_key=dedupe_key,
     )
 
@@ -190,8 +447,8 @@ async def _queue_email(s: AsyncSession, env: Env, to: str, subject: str, markdow
     if not env.settings.email.enabled:
         return False
     text, html = markdown_to_matrix(markdown)
-    return await env.outbox.enqueue(
-        s, channel=EMAIL, kind=kind, lane=to,
+    return await _enqueue(
+        s, env, channel=EMAIL, kind=kind, lane=to,
         payload={"to": to, "subject": subject, "text": text, "html": html},
         dedupe_key=dedupe_key,
     )
@@ -201,28 +458,62 @@ async def _new_room(
     s: AsyncSession, env: Env, *, key: str, kind: str, cohort_id: int | None = None,
     pair_id: int | None = None, user_id: str | None = None,
 ) -> HubRoom:
-    room = HubRoom(key=key, kind=kind, cohort_id=cohort_id, pair_id=pair_id, user_id=user_id,
-                   status="pending", created_at=env.now())
-    s.add(room)
+    room = await _add_room(s, env, key=key, kind=kind, cohort_id=cohort_id, pair_id=pair_id,
+                           user_id=user_id)
     await s.flush()
+    await _room_added(s, env, room)
+    return room
+
+
+async def _add_room(
+    s: AsyncSession, env: Env, *, key: str, kind: str, cohort_id: int | None = None,
+    pair_id: int | None = None, user_id: str | None = None,
+) -> HubRoom:
+    """The room's row, not flushed yet; `_room_added` once it is."""
+    room = HubRoom(id=await _new_id(s, hub_room_table), key=key, kind=kind, cohort_id=cohort_id,
+                   pair_id=pair_id, user_id=user_id, status="pending", created_at=env.now())
+    s.add(room)
+    return room
+
+
+async def _room_added(s: AsyncSession, env: Env, room: HubRoom) -> None:
+    b = _batch(s)
+    if b is not None:
+        b.note_room(room, new=True)
     await queue_create(s, env, room)
     # Nobody else can see this room until we commit, so its creation will find every
     # member wanted now (create_room invites them): no invite rows needed for them.
     s.info.setdefault(_NEW_ROOMS, set()).add(room.key)
-    return room
 
 
 async def queue_create(s: AsyncSession, env: Env, room: HubRoom) -> bool:
     # First on the room's key lane: whatever else is queued for the room waits for it.
-    return await env.outbox.enqueue(
-        s, channel=MATRIX, kind="room-create", lane=f"room:{room.key}",
+    return await _enqueue(
+        s, env, channel=MATRIX, kind="room-create", lane=f"room:{room.key}",
         payload={"op": "create_room", "room_key": room.key, "generation": room.generation},
         dedupe_key=f"create:{room.key}:{room.generation}",
     )
 
 
 async def _room(s: AsyncSession, key: str) -> HubRoom | None:
-    return (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
+    b = _batch(s)
+    if b is not None:
+        known, room = b.room(key)
+        if known:
+            return room
+    room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
+    if b is not None and room is not None:
+        b.note_room(room, new=False)  # keys are unique: a room found stays the answer
+    return room
+
+
+async def _room_member(s: AsyncSession, room: HubRoom, user_id: str) -> RoomMember | _NewMembership | None:
+    b = _batch(s)
+    if b is not None:
+        return (await b.room_members(s, room)).get(user_id)
+    return (await s.execute(select(RoomMember).where(
+        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
+    ))).scalar_one_or_none()
 
 
 async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str, *, queue: bool = True) -> bool:
@@ -230,13 +521,15 @@ async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str, *, queue
 
     With `queue=False` the caller queues invites itself (`queue_pending_invites`, in bulk).
     """
-    rm = (await s.execute(select(RoomMember).where(
-        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
-    ))).scalar_one_or_none()
+    rm = await _room_member(s, room, user_id)
     now = env.now()
     if rm is None:
         assert room.id is not None
-        s.add(RoomMember(room_pk=room.id, user_id=user_id, state="pending", updated_at=now))
+        b = _batch(s)
+        if b is not None:
+            await b.add_membership(s, room, user_id, now)
+        else:
+            s.add(RoomMember(room_pk=room.id, user_id=user_id, state="pending", updated_at=now))
     elif rm.state in ("removed", "left"):
         rm.state, rm.updated_at = "pending", now
     else:
@@ -261,9 +554,7 @@ async def queue_pending_invites(s: AsyncSession, env: Env, room: HubRoom) -> int
 
 
 async def _unwant(s: AsyncSession, env: Env, room: HubRoom, user_id: str, reason: str) -> bool:
-    rm = (await s.execute(select(RoomMember).where(
-        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
-    ))).scalar_one_or_none()
+    rm = await _room_member(s, room, user_id)
     if rm is None or rm.state in ("removed",):
         return False
     was = rm.state
@@ -393,13 +684,16 @@ async def sync_config(s: AsyncSession, env: Env) -> list[str]:
 async def find_member(
     s: AsyncSession, cohort_id: int, who: Who, *, active_only: bool = True
 ) -> Member | None:
+    if not (who.matrix_id or who.email):
+        return None
+    b = _batch(s)
+    if b is not None and b.covers(cohort_id):
+        return b.find_member(cohort_id, who, active_only=active_only)
     conds = []
     if who.matrix_id:
         conds.append(member_table.c.matrix_id == who.matrix_id)
     if who.email:
         conds.append(member_table.c.email == who.email.lower())
-    if not conds:
-        return None
     q = select(Member).where((member_table.c.cohort_id == cohort_id) & or_(*conds))
     if active_only:
         q = q.where(member_table.c.status == "active")
@@ -445,11 +739,12 @@ async def add_member(
             f"`{env.prefix} remove {cohort.slug} {who}` first to change their role."
         )
     fresh_email = False
+    b = _batch(s)
     if existing is None:
-        member = Member(cohort_id=cohort.id, role=role, name=name.strip()[:200], email=mail,
-                        matrix_id=mx, timezone=timezone, status="active", created_at=env.now())
+        member = Member(id=await _new_id(s, member_table), cohort_id=cohort.id, role=role,
+                        name=name.strip()[:200], email=mail, matrix_id=mx, timezone=timezone,
+                        status="active", created_at=env.now())
         s.add(member)
-        await s.flush()
         outcome, gained_matrix, fresh_email = "added", mx is not None, True
     else:
         member = existing
@@ -466,7 +761,12 @@ async def add_member(
         if mx and member.matrix_id is None:
             member.matrix_id, gained_matrix = mx, True
             outcome = "updated" if outcome == "unchanged" else outcome
+    if b is None:
         await s.flush()
+    else:
+        # In a batch the row waits for the next flush: one INSERT for many people instead of a
+        # round trip each (its id is the batch's on SQLite, the flush's on PostgreSQL).
+        b.note_member(member)
     if gained_matrix and member.matrix_id:
         for room in await cohort_rooms(s, cohort.id):
             if room is not None:
@@ -477,6 +777,8 @@ async def add_member(
         for pair in await _open_pairs_of(s, member):
             await ensure_pair_room(s, env, pair)
     if fresh_email and member.matrix_id is None and member.email:
+        if member.id is None:
+            await s.flush()  # the id names the email's dedupe key
         subject, body = welcome_email(name=member_label(member), cohort=cohort.name)
         await _queue_email(s, env, member.email, subject, body, kind="welcome-email",
                            dedupe_key=f"welcome-email:{member.id}:{uuid.uuid4().hex}")
@@ -510,6 +812,9 @@ async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> 
 
 
 async def _open_pairs_of(s: AsyncSession, member: Member) -> list[Pair]:
+    b = _batch(s)
+    if b is not None and b.covers(member.cohort_id):
+        return [p for p in b.pairs_of(member) if p.status in OPEN]
     q = select(Pair).where(
         ((pair_table.c.mentor_id == member.id) | (pair_table.c.mentee_id == member.id))
         & pair_table.c.status.in_(OPEN)
@@ -535,6 +840,99 @@ async def find_open_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who,
 
 async def make_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, mentee: Who) -> tuple[Pair, bool]:
     """Pair a mentor with a mentee; (pair, False) if exactly this pair exists already."""
+    [result] = await make_pairs(s, env, [(cohort, mentor, mentee)])
+    if isinstance(result, CommandError):
+        raise result
+    return result
+
+
+async def make_pairs(
+    s: AsyncSession, env: Env, requests: Sequence[tuple[Cohort, Who, Who]],
+) -> list[tuple[Pair, bool] | CommandError]:
+    """`make_pair` for each (cohort, mentor, mentee), in order; per request its result or its error.
+
+    The same rows as one `make_pair` after another (a request sees the pairs made by those
+    before it), written with a few INSERTs for all of them: the people's rows (if added in
+    this batch and not flushed yet), then the pairs, then their rooms, since each needs the
+    ids of the one before. The outbox rows come in the same order as one call after another.
+    """
+    results: list[tuple[Pair, bool] | CommandError | None] = []  # None: a new pair, made below
+    plans: list[tuple[int, Cohort, Member, Member]] = []  # (request index, cohort, mentor, mentee)
+    planned: dict[int, tuple[int, Member]] = {}  # id(mentee) -> (request index, mentor), this call
+    repeats: dict[int, int] = {}  # request index -> the earlier request here that pairs the same two
+    for i, (cohort, mentor, mentee) in enumerate(requests):
+        try:
+            a, b = await _pair_checks(s, env, cohort, mentor, mentee)
+            earlier = planned.get(id(b))
+            if earlier is not None:
+                if earlier[1] is not a:
+                    raise _already_paired(env, mentee, earlier[1])
+                repeats[i] = earlier[0]
+                results.append(None)
+                continue
+            current = await _open_pair_of_mentee(s, cohort, b)
+            if current is not None:
+                if current.mentor_id != a.id:
+                    raise _already_paired(env, mentee, await s.get(Member, current.mentor_id))
+                results.append((current, False))
+                continue
+        except CommandError as e:
+            results.append(e)
+            continue
+        planned[id(b)] = (i, a)
+        plans.append((i, cohort, a, b))
+        results.append(None)
+    if not plans:
+        return _resolved(results, repeats)
+    # Rows that new ones refer to are written first: the ORM orders a flush's INSERTs by
+    # table only along relationships, which these models do not declare. In a batch this
+    # writes the people added so far (one INSERT for all of them) and gives them their ids.
+    await s.flush()
+    made: list[tuple[Pair, Member, Member, Cohort]] = []
+    for i, cohort, a, b in plans:
+        assert cohort.id is not None and a.id is not None and b.id is not None
+        pair = Pair(id=await _new_id(s, pair_table), cohort_id=cohort.id, mentor_id=a.id, mentee_id=b.id,
+                    status=ACTIVE_PAIR, video_name=video_name(env.secret, secrets.token_hex(16)),
+                    created_at=env.now())
+        s.add(pair)
+        results[i] = (pair, True)
+        made.append((pair, a, b, cohort))
+    await s.flush()  # the pairs' ids name their rooms
+    cache = _batch(s)
+    for pair, _, _, cohort in made:
+        if cache is not None and cache.covers(cohort.id):
+            cache.note_pair(pair)
+    rooms = await _prepare_pair_rooms(s, env, [pair for pair, *_ in made])
+    for (pair, a, b, cohort), room in zip(made, rooms, strict=True):
+        if room is not None:
+            await _finish_pair_room(s, env, room)
+        link = video_url(env.settings.video.base_url, pair.video_name)
+        for me, partner in ((a, b), (b, a)):
+            if me.matrix_id is None and me.email:
+                subject, body = welcome_email(name=member_label(me), cohort=cohort.name,
+                                              partner=member_label(partner), link=link)
+                await _queue_email(s, env, me.email, subject, body, kind="pair-email",
+                                   dedupe_key=f"pair-email:{pair.id}:{me.id}")
+    return _resolved(results, repeats)
+
+
+def _resolved(
+    results: list[tuple[Pair, bool] | CommandError | None], repeats: dict[int, int],
+) -> list[tuple[Pair, bool] | CommandError]:
+    """A request repeating an earlier one of the same call gets its pair, as already existing."""
+    out: list[tuple[Pair, bool] | CommandError] = []
+    for i, r in enumerate(results):
+        if r is None:
+            earlier = out[repeats[i]]
+            assert not isinstance(earlier, CommandError)
+            r = (earlier[0], False)
+        out.append(r)
+    return out
+
+
+async def _pair_checks(
+    s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, mentee: Who,
+) -> tuple[Member, Member]:
     assert cohort.id is not None
     a = await find_member(s, cohort.id, mentor)
     b = await find_member(s, cohort.id, mentee)
@@ -547,31 +945,26 @@ async def make_pair(s: AsyncSession, env: Env, cohort: Cohort, mentor: Who, ment
         raise CommandError(f"{mentor} is a {a.role} in {cohort.slug}, not a mentor.")
     if b.role != "mentee":
         raise CommandError(f"{mentee} is a {b.role} in {cohort.slug}, not a mentee.")
-    current = (await s.execute(select(Pair).where(
-        (pair_table.c.mentee_id == b.id) & pair_table.c.status.in_(OPEN)
+    return a, b
+
+
+def _already_paired(env: Env, mentee: Who, other: Member | None) -> CommandError:
+    return CommandError(
+        f"{mentee} is already paired with {member_markdown(other) if other else 'another mentor'}; "
+        f"`{env.prefix} unpair` them first."
+    )
+
+
+async def _open_pair_of_mentee(s: AsyncSession, cohort: Cohort, mentee: Member) -> Pair | None:
+    cache = _batch(s)
+    if cache is not None and cache.covers(cohort.id):
+        return next((p for p in cache.pairs_of(mentee)
+                     if p.mentee_id == mentee.id and p.status in OPEN), None)
+    if mentee.id is None:
+        await s.flush()
+    return (await s.execute(select(Pair).where(
+        (pair_table.c.mentee_id == mentee.id) & pair_table.c.status.in_(OPEN)
     ))).scalar_one_or_none()
-    if current is not None:
-        if current.mentor_id == a.id:
-            return current, False
-        other = await s.get(Member, current.mentor_id)
-        raise CommandError(
-            f"{mentee} is already paired with {member_markdown(other) if other else 'another mentor'}; "
-            f"`{env.prefix} unpair` them first."
-        )
-    assert a.id is not None and b.id is not None
-    pair = Pair(cohort_id=cohort.id, mentor_id=a.id, mentee_id=b.id, status=ACTIVE_PAIR,
-                video_name=video_name(env.secret, secrets.token_hex(16)), created_at=env.now())
-    s.add(pair)
-    await s.flush()
-    await ensure_pair_room(s, env, pair)
-    link = video_url(env.settings.video.base_url, pair.video_name)
-    for me, partner in ((a, b), (b, a)):
-        if me.matrix_id is None and me.email:
-            subject, body = welcome_email(name=member_label(me), cohort=cohort.name,
-                                          partner=member_label(partner), link=link)
-            await _queue_email(s, env, me.email, subject, body, kind="pair-email",
-                               dedupe_key=f"pair-email:{pair.id}:{me.id}")
-    return pair, True
 
 
 async def _pair_people(s: AsyncSession, pair: Pair) -> tuple[Member, Member, Cohort]:
@@ -582,28 +975,60 @@ async def _pair_people(s: AsyncSession, pair: Pair) -> tuple[Member, Member, Coh
     return mentor, mentee, cohort
 
 
+@dataclass(frozen=True)
+class _PairRoom:
+    pair: Pair
+    room: HubRoom
+    new: bool
+    mentor: Member
+    mentee: Member
+    cohort: Cohort
+
+
 async def ensure_pair_room(s: AsyncSession, env: Env, pair: Pair) -> HubRoom | None:
     """The pair's room (queued for creation if new), with its members wanted and its welcome queued.
 
     No room for a pair where neither person has a Matrix id: they meet by the
     emailed link. The room appears as soon as one of them gets a Matrix id.
     """
-    mentor, mentee, cohort = await _pair_people(s, pair)
-    people = [m.matrix_id for m in (mentor, mentee) if m.matrix_id]
-    if not people or pair.status not in OPEN:
+    [prepared] = await _prepare_pair_rooms(s, env, [pair])
+    if prepared is None:
         return None
-    key = f"pair:{pair.id}"
-    room = await _room(s, key)
-    if room is None:
-        room = await _new_room(s, env, key=key, kind="pair", cohort_id=cohort.id, pair_id=pair.id)
-    for user in people:
-        await _want(s, env, room, user)
-    link = video_url(env.settings.video.base_url, pair.video_name)
-    text = pair_welcome(mentor=member_label(mentor), mentee=member_label(mentee), cohort=cohort.name,
+    await _finish_pair_room(s, env, prepared)
+    return prepared.room
+
+
+async def _prepare_pair_rooms(s: AsyncSession, env: Env, pairs: Sequence[Pair]) -> list[_PairRoom | None]:
+    """Each pair's room, found or added (one INSERT for all new ones); None where it gets none."""
+    out: list[_PairRoom | None] = []
+    for pair in pairs:
+        mentor, mentee, cohort = await _pair_people(s, pair)
+        if not (mentor.matrix_id or mentee.matrix_id) or pair.status not in OPEN:
+            out.append(None)
+            continue
+        key = f"pair:{pair.id}"
+        room = await _room(s, key)
+        new = room is None
+        if room is None:
+            room = await _add_room(s, env, key=key, kind="pair", cohort_id=cohort.id, pair_id=pair.id)
+        out.append(_PairRoom(pair, room, new, mentor, mentee, cohort))
+    if any(p is not None and p.new for p in out):
+        await s.flush()
+    return out
+
+
+async def _finish_pair_room(s: AsyncSession, env: Env, p: _PairRoom) -> None:
+    """Queue a prepared room's creation (if new), its members' invites and the welcome, in that order."""
+    if p.new:
+        await _room_added(s, env, p.room)
+    for user in (m.matrix_id for m in (p.mentor, p.mentee)):
+        if user:
+            await _want(s, env, p.room, user)
+    link = video_url(env.settings.video.base_url, p.pair.video_name)
+    text = pair_welcome(mentor=member_label(p.mentor), mentee=member_label(p.mentee), cohort=p.cohort.name,
                         link=link, prefix=env.prefix)
-    await queue_room_message(s, env, room, text, kind="pair-welcome",
-                             dedupe_key=f"welcome:{key}:{room.generation}")
-    return room
+    await queue_room_message(s, env, p.room, text, kind="pair-welcome",
+                             dedupe_key=f"welcome:{p.room.key}:{p.room.generation}")
 
 
 async def close_pair(s: AsyncSession, env: Env, pair: Pair) -> None:

@@ -13,13 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
+from hub.core.cohorts import Who
 from hub.core.roster import Roster, decode_roster, parse_roster
 from hub.delivery.outbox import Outbox
 from hub.errors import CommandError, RosterError
 from hub.features import membership as ms
 from hub.storage.db import Database, open_database
+from hub.storage.models import Cohort
 
 __all__ = ["ImportReport", "apply_roster", "import_file"]
 
@@ -58,7 +62,7 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
             # Cohorts from the config exist for the import even if the hub never ran.
             await ms.sync_config(s, env)
             problems: list[str] = []
-            cohorts = {}
+            cohorts: dict[str, Cohort | None] = {}
             for row in roster.rows:
                 if row.cohort in cohorts:
                     continue
@@ -69,39 +73,12 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
                 cohorts[row.cohort] = cohort
             if problems:
                 raise RosterError(problems)
-            for row in roster.rows:
-                cohort = cohorts[row.cohort]
-                assert cohort is not None
-                try:
-                    _, outcome = await ms.add_member(
-                        s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
-                        queue_invites=False)
-                except CommandError as e:
-                    problems.append(f"line {row.line}: {e}")
-                    continue
-                setattr(report, outcome, getattr(report, outcome) + 1)
-            for row in roster.rows:
-                if row.mentor is None or problems:
-                    continue
-                cohort = cohorts[row.cohort]
-                assert cohort is not None
-                try:
-                    _, created = await ms.make_pair(s, env, cohort, row.mentor, row.who)
-                except CommandError as e:
-                    problems.append(f"line {row.line}: {e}")
-                    continue
-                if created:
-                    report.pairs_new += 1
-                else:
-                    report.pairs_existing += 1
-            if problems:
-                raise RosterError(problems)
-            # One invite row per cohort room for everyone new, rather than one per person.
-            for cohort in cohorts.values():
-                assert cohort is not None and cohort.id is not None
-                for room in await ms.cohort_rooms(s, cohort.id):
-                    if room is not None:
-                        await ms.queue_pending_invites(s, env, room)
+            # On SQLite the import holds the write lock throughout, so it must be quick: the
+            # cohorts' people, pairs and rooms are read once, and what is new is written with
+            # a few bulk INSERTs, instead of dozens of round trips per row (ms.Batch).
+            ids = [c.id for c in cohorts.values() if c is not None and c.id is not None]
+            async with ms.batch(s, env, ids):
+                await _apply_rows(s, env, roster, cohorts, report)
             if dry_run:
                 raise _Rollback
     except _Rollback:
@@ -109,6 +86,46 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
     if not dry_run:
         outbox.notify()
     return report
+
+
+async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dict[str, Cohort | None],
+                      report: ImportReport) -> None:
+    """Members first, then pairs, then one invite row per cohort room; RosterError on a problem."""
+    problems: list[str] = []
+    for row in roster.rows:
+        cohort = cohorts[row.cohort]
+        assert cohort is not None
+        try:
+            _, outcome = await ms.add_member(
+                s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
+                queue_invites=False)
+        except CommandError as e:
+            problems.append(f"line {row.line}: {e}")
+            continue
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    if problems:
+        raise RosterError(problems)
+    paired = [row for row in roster.rows if row.mentor is not None]
+    requests: list[tuple[Cohort, Who, Who]] = []
+    for row in paired:
+        cohort = cohorts[row.cohort]
+        assert cohort is not None and row.mentor is not None
+        requests.append((cohort, row.mentor, row.who))
+    # All pairs in one call: a few INSERTs for all of them rather than a few per pair.
+    for row, result in zip(paired, await ms.make_pairs(s, env, requests), strict=True):
+        if isinstance(result, CommandError):
+            # The first refused pair fails the import (the rows after it are not reported).
+            raise RosterError([f"line {row.line}: {result}"])
+        if result[1]:
+            report.pairs_new += 1
+        else:
+            report.pairs_existing += 1
+    # One invite row per cohort room for everyone new, rather than one per person.
+    for cohort in cohorts.values():
+        assert cohort is not None and cohort.id is not None
+        for room in await ms.cohort_rooms(s, cohort.id):
+            if room is not None:
+                await ms.queue_pending_invites(s, env, room)
 
 
 async def import_file(settings: Settings, path: Path, *, dry_run: bool = False) -> ImportReport:
