@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock, SystemClock
@@ -22,7 +23,7 @@ from hub.core.roster import Roster, decode_roster, parse_roster
 from hub.delivery.outbox import Outbox
 from hub.errors import CommandError, RosterError
 from hub.features import membership as ms
-from hub.storage.db import Database, open_database
+from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
 from hub.storage.models import Cohort
 
 __all__ = ["ImportReport", "apply_roster", "import_file"]
@@ -83,6 +84,17 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
                 raise _Rollback
     except _Rollback:
         pass
+    except IntegrityError:
+        # PostgreSQL only: someone added one of these people (`!hub add`) between the
+        # import's read of the cohort and its write. Nothing was applied; a rerun sees them.
+        raise RosterError(["the cohort changed while the import ran (someone was added at the same "
+                           "moment), so nothing was imported; run the import again"]) from None
+    except OperationalError as e:
+        if "locked" not in str(e):
+            raise
+        raise RosterError([f"the database stayed locked for more than {SQLITE_BUSY_MS // 1000} s "
+                           "(the running hub was writing), so nothing was imported; run the import "
+                           "again"]) from None
     if not dry_run:
         outbox.notify()
     return report

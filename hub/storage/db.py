@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 from hub.errors import SchemaTooNewError, StorageError
 from hub.storage.models import KeyValue
 
-__all__ = ["Database", "async_url", "open_database"]
+__all__ = ["SQLITE_BUSY_MS", "Database", "async_url", "open_database"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -149,12 +149,16 @@ async def _put(session: AsyncSession, key: str, value: str) -> None:
         row.value = value
 
 
+# How long a SQLite writer waits for another's write lock before "database is locked".
+SQLITE_BUSY_MS = 10_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the web endpoint and the dispatcher read while the sync loop writes.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
