@@ -8,6 +8,7 @@ What a participant's mail client and Matrix client receive is in test_digest_liv
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -212,6 +213,9 @@ async def test_preview_command_and_cli_change_nothing(world: World, tmp_path: Pa
     reply = await world.command(MOD, CONTROL, "!hub digest winter preview")
     assert "week 1 of 12" in reply["body"] and LOUNGE_TOP in reply["body"]  # Sunday of week 1
     assert "Icebreaker: Icebreaker" not in reply["body"]
+    # The label is cut from a title that repeats it, and what is left starts with a capital.
+    assert re.search(r"ICEBREAKER|Icebreaker", reply["body"])
+    assert not re.search(r"Icebreaker\W+[a-z]", reply["body"]), reply["body"]
     refused = await world.command(PEOPLE[0][0], CONTROL, "!hub digest winter send")
     assert "moderator" in refused["body"].lower()
     before = await _dump_database(world)

@@ -123,6 +123,7 @@ class DigestService:
             # "Icebreaker: three questions" under the label "Icebreaker" would say it twice.
             if title.lower().startswith(label.lower() + ":"):
                 title = title[len(label) + 1:].strip() or label
+                title = title[:1].upper() + title[1:]  # it now starts the line: "Three questions..."
             out.append(dg.Prompt(label, title, _plain(item.summary, fallback)))
         return tuple(out)
 
