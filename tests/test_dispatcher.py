@@ -19,7 +19,10 @@ from hub.storage.models import outbox_table as T
 
 from conftest import backends
 
-pytestmark = pytest.mark.parametrize("backend", backends())
+BOTH = pytest.mark.parametrize("backend", backends())
+# Leases and several dispatchers sharing a queue exist on PostgreSQL only: SQLite runs one
+# process, with claims in memory. Not generated at all for SQLite, rather than skipped.
+POSTGRESQL = pytest.mark.parametrize("backend", [b for b in backends() if b == "postgresql"])
 
 
 class Recorder:
@@ -79,6 +82,7 @@ async def _until(predicate: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@BOTH
 async def test_many_lanes_keep_order_with_bounded_concurrency(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=30, per_lane=10)
@@ -103,6 +107,7 @@ async def test_many_lanes_keep_order_with_bounded_concurrency(database_urls, bac
     await db.close()
 
 
+@BOTH
 async def test_temporary_error_retries_in_order_and_permanent_is_reported(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=3, per_lane=3)
@@ -141,6 +146,7 @@ async def test_temporary_error_retries_in_order_and_permanent_is_reported(databa
     await db.close()
 
 
+@BOTH
 async def test_stop_gives_back_claimed_rows_and_waits_for_in_flight(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=40, per_lane=1)
@@ -160,6 +166,7 @@ async def test_stop_gives_back_claimed_rows_and_waits_for_in_flight(database_url
     await db.close()
 
 
+@BOTH
 async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=5, per_lane=1)
@@ -188,9 +195,8 @@ async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backe
     await db.close()
 
 
+@POSTGRESQL
 async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
-    if backend != "postgresql":
-        pytest.skip("leases are how processes sharing PostgreSQL hand work over")
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=1, per_lane=2)
     d = Dispatcher(db, outbox, SystemClock(), {MATRIX: Recorder()})
@@ -205,6 +211,7 @@ async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
     await db.close()
 
 
+@BOTH
 async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     now = SystemClock().now().timestamp()
@@ -225,9 +232,8 @@ async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(databa
     await db.close()
 
 
+@POSTGRESQL
 async def test_two_dispatchers_share_postgresql_without_double_sends(database_urls, backend) -> None:
-    if backend != "postgresql":
-        pytest.skip("several dispatchers share a queue on PostgreSQL only (SQLite runs one)")
     db_a, outbox_a = await _db(database_urls, backend)
     db_b, outbox_b = await _db(database_urls, backend)
     await _queue(db_a, outbox_a, lanes=25, per_lane=8)
@@ -254,6 +260,7 @@ async def test_two_dispatchers_share_postgresql_without_double_sends(database_ur
     await db_b.close()
 
 
+@BOTH
 async def test_temporary_failures_give_up_after_24_hours_and_report(database_urls, backend) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=2, per_lane=1)
