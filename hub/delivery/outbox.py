@@ -26,6 +26,7 @@ from hub.storage.models import OutboxRow, outbox_table
 __all__ = ["EMAIL", "MATRIX", "Outbox", "OutboxStats"]
 
 T = outbox_table
+_INSERT_CHUNK = 5000  # rows per executemany in `insert_new`
 MATRIX = "matrix"
 EMAIL = "email"
 
@@ -53,6 +54,42 @@ class Outbox:
         for listener in self._listeners:
             listener()
 
+    def row(
+        self, *, channel: str, kind: str, lane: str, payload: dict[str, Any], dedupe_key: str,
+        not_before: float | None = None,
+    ) -> dict[str, Any]:
+        """The column values of one new row (a fresh transaction id, queued now)."""
+        now = self.clock.now().timestamp()
+        return dict(
+            txn_id=uuid.uuid4().hex,
+            dedupe_key=dedupe_key[:400],
+            channel=channel,
+            kind=kind,
+            lane=lane,
+            payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            status="queued",
+            attempts=0,
+            not_before=now if not_before is None else not_before,
+            created_at=now,
+        )
+
+    @staticmethod
+    async def insert_new(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+        """Insert `row()` values in order, skipping any whose dedupe_key exists; returns the rowcount."""
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        else:
+            stmt = sqlite.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        if len(rows) == 1:
+            result = await session.execute(stmt.values(**rows[0]))
+            return int(getattr(result, "rowcount", 0) or 0)
+        # Bounded executemany chunks: the driver buffers a whole call's parameters.
+        for i in range(0, len(rows), _INSERT_CHUNK):
+            await session.execute(stmt, rows[i:i + _INSERT_CHUNK])
+        return len(rows)
+
     async def enqueue(
         self,
         session: AsyncSession,
@@ -65,33 +102,12 @@ class Outbox:
         not_before: float | None = None,
     ) -> bool:
         """Queue one row in the caller's transaction; False if `dedupe_key` was queued before."""
-        now = self.clock.now().timestamp()
-        values = dict(
-            txn_id=uuid.uuid4().hex,
-            dedupe_key=dedupe_key[:400],
-            channel=channel,
-            kind=kind,
-            lane=lane,
-            payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
-            status="queued",
-            attempts=0,
-            not_before=now if not_before is None else not_before,
-            created_at=now,
-        )
-        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-        stmt: Any
-        if dialect == "postgresql":
-            stmt = postgresql.insert(OutboxRow).values(**values).on_conflict_do_nothing(
-                index_elements=["dedupe_key"]
-            )
-        else:
-            stmt = sqlite.insert(OutboxRow).values(**values).on_conflict_do_nothing(
-                index_elements=["dedupe_key"]
-            )
-        result = await session.execute(stmt)
+        row = self.row(channel=channel, kind=kind, lane=lane, payload=payload, dedupe_key=dedupe_key,
+                       not_before=not_before)
+        inserted = await self.insert_new(session, [row])
         # Wake after commit would be ideal; waking early only makes the dispatcher look once more.
         self.notify()
-        return bool(getattr(result, "rowcount", 0))
+        return bool(inserted)
 
     async def enqueue_many(
         self, session: AsyncSession, rows: list[dict[str, Any]]
@@ -105,20 +121,9 @@ class Outbox:
             .scalars()
             .all()
         )
-        now = self.clock.now().timestamp()
         fresh = [
-            dict(
-                txn_id=uuid.uuid4().hex,
-                dedupe_key=r["dedupe_key"],
-                channel=r["channel"],
-                kind=r["kind"],
-                lane=r["lane"],
-                payload=json.dumps(r["payload"], separators=(",", ":"), ensure_ascii=False),
-                status="queued",
-                attempts=0,
-                not_before=r.get("not_before", now),
-                created_at=now,
-            )
+            self.row(channel=r["channel"], kind=r["kind"], lane=r["lane"], payload=r["payload"],
+                     dedupe_key=r["dedupe_key"], not_before=r.get("not_before"))
             for r in rows
             if r["dedupe_key"] not in existing
         ]

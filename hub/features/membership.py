@@ -55,7 +55,6 @@ from hub.storage.models import (
     HubRoom,
     KeyValue,
     Member,
-    OutboxRow,
     Pair,
     RoomMember,
     cohort_table,
@@ -319,12 +318,8 @@ class Batch:
     def queue(self, env: Env, *, channel: str, kind: str, lane: str, payload: dict[str, Any],
               dedupe_key: str) -> None:
         """Buffer one row, exactly as `Outbox.enqueue` would have written it."""
-        now = env.outbox.clock.now().timestamp()
-        self._outbox.append(dict(
-            txn_id=uuid.uuid4().hex, dedupe_key=dedupe_key[:400], channel=channel, kind=kind,
-            lane=lane, payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
-            status="queued", attempts=0, not_before=now, created_at=now,
-        ))
+        self._outbox.append(env.outbox.row(channel=channel, kind=kind, lane=lane, payload=payload,
+                                           dedupe_key=dedupe_key))
 
     async def flush(self, s: AsyncSession, env: Env) -> int:
         """Write everything: the ORM's pending rows, then the buffered outbox rows in queue order.
@@ -341,13 +336,7 @@ class Batch:
         rows, self._outbox = self._outbox, []
         if not rows:
             return 0
-        stmt: Any
-        if s.bind is not None and s.bind.dialect.name == "postgresql":
-            stmt = postgresql.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
-        else:
-            stmt = sqlite.insert(OutboxRow).on_conflict_do_nothing(index_elements=["dedupe_key"])
-        for i in range(0, len(rows), _BATCH_ROWS):
-            await s.execute(stmt, rows[i:i + _BATCH_ROWS])
+        await env.outbox.insert_new(s, rows)
         env.outbox.notify()
         return len(rows)
 
