@@ -15,6 +15,7 @@
     │   └── PermissionDenied
     ├── RosterError            a roster CSV has problems (carries each as "line N: reason")
     ├── ContentError           the content library is invalid or an item cannot render ("file:line: reason")
+    ├── TemplateStyleError     an email template's CSS cannot be inlined once per class (a bug in the hub)
     └── InvalidToken           a signed web token (unsubscribe link) is forged, damaged or stale
 
 Callers catch the narrowest class they can act on; `HubError` is what the CLI
@@ -38,6 +39,7 @@ __all__ = [
     "RosterError",
     "SchemaTooNewError",
     "StorageError",
+    "TemplateStyleError",
     "TemporaryDeliveryError",
     "UsageError",
 ]
@@ -130,6 +132,14 @@ class ContentError(HubError):
     def __init__(self, problems: str | list[str]) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class TemplateStyleError(HubError):
+    """An email template's stylesheet or markup cannot be inlined once, when the template loads.
+
+    Raised when the hub starts, never while rendering: the templates ship with
+    the hub, so this is a bug in a template, not something an operator did.
+    """
 
 
 class InvalidToken(HubError):

@@ -105,7 +105,9 @@ async def test_a_sqlite_write_transaction_writes_against_what_it_read(tmp_path: 
 
 
 @pytest.mark.parametrize("backend", [b for b in backends() if b == "postgresql"])
-async def test_postgresql_compresses_outbox_payloads_with_lz4(backend: str, database_urls: dict[str, str]) -> None:
+async def test_postgresql_compresses_outbox_payloads_with_lz4(
+    backend: str, database_urls: dict[str, str]
+) -> None:
     """Migration 0008: a digest-sized payload is TOASTed; lz4 compresses it several times faster
     than pglz, which made queueing a 2,000-recipient digest take a second on PostgreSQL."""
     db = await open_database(database_urls[backend])
@@ -116,8 +118,9 @@ async def test_postgresql_compresses_outbox_payloads_with_lz4(backend: str, data
                 "WHERE attrelid = 'outbox'::regclass AND attname = 'payload'"))).scalar()
             payload = '{"html":"' + "<p>week 3</p>" * 2000 + '"}'
             await conn.execute(text(
-                "INSERT INTO outbox (txn_id, dedupe_key, channel, kind, lane, payload, status, attempts,"
-                " not_before, created_at) VALUES ('t1', 'k1', 'email', 'digest', 'l', :p, 'queued', 0, 0, 0)"),
+                "INSERT INTO outbox (txn_id, dedupe_key, channel, kind, lane, payload, status,"
+                " attempts, not_before, created_at)"
+                " VALUES ('t1', 'k1', 'email', 'digest', 'l', :p, 'queued', 0, 0, 0)"),
                 {"p": payload})
             stored = (await conn.execute(text(
                 "SELECT payload, pg_column_compression(payload) FROM outbox WHERE txn_id = 't1'"))).one()

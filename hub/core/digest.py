@@ -30,9 +30,9 @@ from typing import Any
 from urllib.parse import quote, urlparse
 from zoneinfo import ZoneInfo
 
-import css_inline
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from hub.core.email_css import preinline
 from hub.core.markup import sanitize_matrix_html
 from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers, unsubscribe_url
 
@@ -363,9 +363,12 @@ def _wrap(text: str, first: str = "", rest: str = "", width: int = 72) -> str:
     )
 
 
+_TEMPLATES = PackageLoader("hub", "templates")
+
+
 def _environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("hub", "templates"),
+        loader=_TEMPLATES,
         # .html templates escape every value; .txt ones are plain text on purpose.
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
         undefined=StrictUndefined,  # a typo in a template fails loudly, never renders blank
@@ -399,14 +402,14 @@ class DigestBuilder:
         self.hub_user_id = hub_user_id
         self.command_prefix = command_prefix
         env = _environment()
-        self._email_html = env.get_template("digest_email.html")
+        # The email's CSS is inlined into the template once, here, not into each
+        # email: the same classes get the same styles for every recipient (see
+        # hub.core.email_css). Only the dark-mode @media query stays in <style>.
+        source, _, _ = _TEMPLATES.get_source(env, "digest_email.html")
+        self._email_html = env.from_string(preinline(source))
         self._email_text = env.get_template("digest_email.txt")
         self._lounge_html = env.get_template("digest_lounge.html")
         self._lounge_text = env.get_template("digest_lounge.txt")
-        # No remote stylesheets, ever (rendering must not touch the network);
-        # at-rules stay in a <style> block because the dark-mode @media query
-        # cannot be inlined; everything else lands in style attributes.
-        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
     # ----------------------------------------------------------------- shared parts
 
@@ -504,6 +507,19 @@ class DigestBuilder:
             yield recipient, self._email(issue, shared, recipient)
 
     def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
+        ctx, token = self._email_context(issue, shared, recipient)
+        return DigestEmail(
+            subject=ctx["subject"],
+            text=self._email_text.render(ctx),
+            html=self._email_html.render(ctx),
+            headers=list_unsubscribe_headers(self.public_url, token),
+            unsubscribe_url=ctx["unsubscribe_url"],
+        )
+
+    def _email_context(
+        self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient
+    ) -> tuple[dict[str, Any], str]:
+        """What the email templates see for one person, and their unsubscribe token."""
         for pair in recipient.pairs:
             # Exact type, not isinstance: a subclass could add a text field and
             # the template would never know the difference.
@@ -524,15 +540,7 @@ class DigestBuilder:
             unsubscribe_url=unsubscribe,
         )
         ctx["preheader"] = self._preheader(ctx)
-        text = self._email_text.render(ctx)
-        html = self._inliner.inline(self._email_html.render(ctx))
-        return DigestEmail(
-            subject=subject,
-            text=text,
-            html=html,
-            headers=list_unsubscribe_headers(self.public_url, token),
-            unsubscribe_url=unsubscribe,
-        )
+        return ctx, token
 
     @staticmethod
     def _preheader(ctx: dict[str, Any]) -> str:
