@@ -471,15 +471,21 @@ class DigestBuilder:
             "tip": tip,
             "plural": _plural,
             "command_prefix": self.command_prefix,
-            "_webinars": webinars,
+            # Titles and links are checked once per digest; the times, once per time zone.
+            "_webinars": [(w.starts_at, _line(w.title), _http_url(w.url)) for w in webinars],
+            "_webinars_by_zone": {},
         }
 
     @staticmethod
-    def _webinar_views(webinars: list[Webinar], zone: ZoneInfo) -> list[dict[str, str | None]]:
-        return [
-            {"when": format_when(w.starts_at, zone), "title": _line(w.title), "url": _http_url(w.url)}
-            for w in webinars
-        ]
+    def _webinar_views(shared: dict[str, Any], zone: ZoneInfo) -> list[dict[str, str | None]]:
+        by_zone: dict[str, list[dict[str, str | None]]] = shared["_webinars_by_zone"]
+        views = by_zone.get(zone.key)
+        if views is None:
+            views = by_zone[zone.key] = [
+                {"when": format_when(starts_at, zone), "title": title, "url": url}
+                for starts_at, title, url in shared["_webinars"]
+            ]
+        return views
 
     # ----------------------------------------------------------------- outputs
 
@@ -487,7 +493,7 @@ class DigestBuilder:
         """The cohort-wide digest for the lounge: no greeting, no pairs, no links to anyone's settings."""
         ctx = self._shared(issue)
         zone = issue.cohort.timezone
-        ctx["webinars"] = self._webinar_views(ctx.pop("_webinars"), zone)
+        ctx["webinars"] = self._webinar_views(ctx, zone)
         ctx["zone_name"] = zone.key
         ctx["subject"] = self.subject(issue)
         body = self._lounge_text.render(ctx).strip()
@@ -526,7 +532,7 @@ class DigestBuilder:
             if type(pair) is not PairCounts:
                 raise TypeError(f"pairs must be PairCounts, not {type(pair).__name__}")
         ctx = dict(shared)
-        ctx["webinars"] = self._webinar_views(ctx.pop("_webinars"), recipient.timezone)
+        ctx["webinars"] = self._webinar_views(shared, recipient.timezone)
         ctx["zone_name"] = recipient.timezone.key
         token = self.signer.sign(recipient.handle, Purpose.UNSUBSCRIBE, issued_at=issue.generated_at)
         unsubscribe = unsubscribe_url(self.public_url, token)
