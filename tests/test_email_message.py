@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
+import html as html_module
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
 
 from hub.email.message import build_message, message_id
-from hub.email.payload import email_payload
+from hub.email.payload import EmailPayload, email_payload
 
 FROM = "Mentoring Hub <hub@example.org>"
 NOW = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
@@ -60,8 +62,50 @@ def test_digest_is_multipart_alternative_with_list_headers() -> None:
     assert msg["From"].addresses[0].addr_spec == "hub@example.org"
     assert msg["Date"].datetime == NOW
     assert _content(msg.get_body(("plain",))) == text
-    assert _content(msg.get_body(("html",))) == html
+    # Non-ASCII characters arrive as character references, which a browser shows as the same text.
+    assert html_module.unescape(_content(msg.get_body(("html",)))) == html
     assert not msg.defects and all(not p.defects for p in msg.walk())
+
+
+def _html_part(html: str) -> EmailMessage:
+    payload = email_payload(to="d@example.org", subject="s", text="plain", html=html)
+    part = _parse(build_message(payload, txn_id="h", from_header=FROM, date=NOW).data).get_body(("html",))
+    assert isinstance(part, EmailMessage)
+    return part
+
+
+def test_html_with_non_ascii_text_goes_as_7bit_character_references() -> None:
+    html = '<p class="p" style="margin: 0;">Hi Zoë · 日本 “quoted”</p>\n' * 40
+    part = _html_part(html)
+    assert part["Content-Transfer-Encoding"] == "7bit"
+    body = _content(part)
+    assert body.isascii() and "Zo&#235; &#183; &#26085;&#26412; &#8220;quoted&#8221;" in body
+    assert html_module.unescape(body) == html
+    # Smaller than quoted-printable, which spends =3D on every attribute's "=".
+    assert len(body.encode()) < len(binascii.b2a_qp(html.encode(), istext=True))
+
+
+def test_a_row_queued_with_non_ascii_html_is_sent_as_7bit_too() -> None:
+    # Rows queued before email_payload made HTML ASCII carry it as UTF-8.
+    row: EmailPayload = {"to": "e@example.org", "subject": "s", "text": "t", "html": "<p>Zoë</p>\n"}
+    part = _parse(build_message(row, txn_id="o", from_header=FROM, date=NOW).data).get_body(("html",))
+    assert part is not None and part["Content-Transfer-Encoding"] == "7bit"
+    assert _content(part) == "<p>Zo&#235;</p>\n"
+
+
+def test_non_ascii_inside_style_is_not_turned_into_references() -> None:
+    # <style> does not decode references, so `content: "&#8594;"` would show literally.
+    html = '<style>.a::after { content: "→"; }</style><p class="a">Zoë</p>\n'
+    part = _html_part(html)
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert _content(part) == html
+
+
+def test_html_with_a_line_too_long_for_7bit_stays_quoted_printable() -> None:
+    html = "<p>" + "Zoë " * 300 + "</p>\n"
+    part = _html_part(html)
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html_module.unescape(_content(part)) == html
 
 
 def test_message_id_is_stable_per_row_and_unique_across_rows() -> None:

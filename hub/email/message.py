@@ -28,7 +28,7 @@ from email import policy
 from email.utils import encode_rfc2231, format_datetime, formataddr, parseaddr
 from functools import lru_cache
 
-from hub.email.payload import ALLOWED_HEADERS, EmailPayload
+from hub.email.payload import ALLOWED_HEADERS, EmailPayload, ascii_html
 
 __all__ = ["BuiltMessage", "build_message", "message_id", "sender_address"]
 
@@ -150,9 +150,9 @@ def build_message(
 ) -> BuiltMessage:
     boundary = f"=_hub_{txn_id}".encode("ascii")
     text_part = _text_part("plain", payload["text"])
-    html = payload.get("html")
+    html = payload.get("html")  # rows queued before email_payload made it ASCII are made so here
     body = (
-        _multipart("alternative", boundary + b"_alt", [text_part, _text_part("html", html)])
+        _multipart("alternative", boundary + b"_alt", [text_part, _text_part("html", ascii_html(html))])
         if html
         else text_part
     )
