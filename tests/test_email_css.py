@@ -7,10 +7,11 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 import pytest
+from markupsafe import Markup
 from test_digest import builder, full_issue, hostile_issue, person
 
 from hub.core.digest import CohortPulse, DigestIssue, PairCounts, Recipient, _environment
-from hub.core.email_css import preinline
+from hub.core.email_css import preinline, stylesheet
 from hub.errors import TemplateStyleError
 
 
@@ -47,7 +48,9 @@ class Elements(HTMLParser):
             self.text.append(" ".join(data.split()))
 
 
-RAW = _environment().get_template("digest_email.html")  # the template as written, CSS in <style>
+# The templates as written, CSS in <style>: the page and its cohort-wide sections.
+RAW = _environment().get_template("digest_email.html")
+RAW_SECTIONS = _environment().get_template("digest_email_sections.html")
 PAGE_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
 CASES: dict[str, tuple[DigestIssue, Recipient]] = {
@@ -65,7 +68,9 @@ CASES: dict[str, tuple[DigestIssue, Recipient]] = {
 def test_every_element_gets_the_style_css_inline_gives_the_whole_page(case: str) -> None:
     issue, recipient = CASES[case]
     ctx, _ = builder._email_context(issue, builder._shared(issue), recipient)
-    per_page = Elements(PAGE_INLINER.inline(RAW.render(ctx)))
+    blocks = RAW_SECTIONS.new_context(ctx)
+    sections = {name: Markup("".join(render(blocks))) for name, render in RAW_SECTIONS.blocks.items()}
+    per_page = Elements(PAGE_INLINER.inline(RAW.render(ctx, sections=sections)))
     once = Elements(builder.email(issue, recipient).html)
     assert once.elements == per_page.elements
     assert once.text == per_page.text
@@ -98,6 +103,14 @@ def test_later_rules_win_and_only_at_rules_stay_in_the_style_block() -> None:
     assert "<br/>" in out and "<p>{{ other }}</p>" in out  # no class, no style
     block = out.split("<style>")[1].split("</style>")[0]
     assert block.strip() == "@media (prefers-color-scheme: dark) { .note { color: #fff !important; } }"
+
+
+def test_a_part_of_a_page_is_inlined_with_the_page_stylesheet() -> None:
+    part = '<tr><td class="note">{{ x }}</td></tr>\n<p>plain</p>'
+    out = preinline(part, stylesheet(TEMPLATE))
+    assert out == '<tr><td class="note" style="color: #123456;padding: 4px;">{{ x }}</td></tr>\n<p>plain</p>'
+    with pytest.raises(TemplateStyleError, match="no <style> block"):
+        preinline(part)
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -31,8 +31,9 @@ from urllib.parse import quote, urlparse
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
-from hub.core.email_css import preinline
+from hub.core.email_css import preinline, stylesheet
 from hub.core.markup import sanitize_matrix_html
 from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers, unsubscribe_url
 
@@ -408,6 +409,11 @@ class DigestBuilder:
         source, _, _ = _TEMPLATES.get_source(env, "digest_email.html")
         self._email_html = env.from_string(preinline(source))
         self._email_text = env.get_template("digest_email.txt")
+        # The cohort-wide sections (prompts, pulse, tip) are rendered once per
+        # digest and inserted into each email, in both parts.
+        sections, _, _ = _TEMPLATES.get_source(env, "digest_email_sections.html")
+        self._sections_html = env.from_string(preinline(sections, stylesheet(source)))
+        self._sections_text = env.get_template("digest_email_sections.txt")
         self._lounge_html = env.get_template("digest_lounge.html")
         self._lounge_text = env.get_template("digest_lounge.txt")
 
@@ -502,22 +508,34 @@ class DigestBuilder:
 
     def email(self, issue: DigestIssue, recipient: Recipient) -> DigestEmail:
         """One person's digest email: subject, plain text, HTML with inlined CSS, headers."""
-        return self._email(issue, self._shared(issue), recipient)
+        return self._email(issue, self._email_shared(issue), recipient)
 
     def emails(
         self, issue: DigestIssue, recipients: Iterable[Recipient]
     ) -> Iterator[tuple[Recipient, DigestEmail]]:
         """`email` for many people; the cohort-wide part is prepared once, not per person."""
-        shared = self._shared(issue)
+        shared = self._email_shared(issue)
         for recipient in recipients:
             yield recipient, self._email(issue, shared, recipient)
+
+    def _email_shared(self, issue: DigestIssue) -> dict[str, Any]:
+        shared = self._shared(issue)
+        html = self._sections_html.new_context(shared)
+        text = self._sections_text.new_context(shared)
+        shared["sections_html"] = {
+            name: Markup("".join(render(html))) for name, render in self._sections_html.blocks.items()
+        }
+        shared["sections_text"] = {
+            name: "".join(render(text)) for name, render in self._sections_text.blocks.items()
+        }
+        return shared
 
     def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
         ctx, token = self._email_context(issue, shared, recipient)
         return DigestEmail(
             subject=ctx["subject"],
-            text=self._email_text.render(ctx),
-            html=self._email_html.render(ctx),
+            text=self._email_text.render(ctx, sections=ctx["sections_text"]),
+            html=self._email_html.render(ctx, sections=ctx["sections_html"]),
             headers=list_unsubscribe_headers(self.public_url, token),
             unsubscribe_url=ctx["unsubscribe_url"],
         )

@@ -25,7 +25,7 @@ import css_inline
 
 from hub.errors import TemplateStyleError
 
-__all__ = ["preinline"]
+__all__ = ["preinline", "stylesheet"]
 
 # On lines of their own, so that a template comment mentioning <style> is not taken for it.
 _STYLE_BLOCK = re.compile(r"^<style>(?P<css>.*?)^</style>", re.S | re.M)
@@ -85,18 +85,27 @@ def _style_for(css: str, tag: str, cls: str | None) -> str:
     return found.group("style") if found else ""
 
 
-def preinline(source: str) -> str:
+def stylesheet(source: str) -> str:
+    """The text of the `<style>` block of an HTML template's `source`."""
+    block = _STYLE_BLOCK.search(source)
+    if block is None:
+        raise TemplateStyleError("the template has no <style> block")
+    return block.group("css")
+
+
+def preinline(source: str, css: str | None = None) -> str:
     """`source` (an HTML email template) with each styled element's CSS in a `style` attribute.
 
+    The rules come from the template's own `<style>` block, which keeps only
+    its at-rules; or, for a part of a page (a template whose output is
+    inserted into another), from `css`, another template's `stylesheet()`.
     Raises `TemplateStyleError` when the stylesheet or the markup is one this
     cannot inline exactly: a selector other than `body` or a single class, a
     class attribute written by the template (`class="{{ x }}"`), or an element
     that already has a `style` attribute.
     """
-    block = _STYLE_BLOCK.search(source)
-    if block is None:
-        raise TemplateStyleError("the template has no <style> block")
-    plain, at_rules = _split_rules(block.group("css"))
+    block = _STYLE_BLOCK.search(source) if css is None else None
+    plain, at_rules = _split_rules(stylesheet(source) if css is None else css)
     for rule in plain:
         _check_selectors(rule)
     css = "\n".join(plain)
@@ -117,6 +126,8 @@ def preinline(source: str) -> str:
         end = len(attrs.rstrip("/ "))  # the style goes before a self-closing slash
         return f'<{tag_match.group("tag")}{attrs[:end]} style="{style}"{attrs[end:]}>'
 
+    if block is None:  # a part of a page: its at-rules live in the page's <style>
+        return _START_TAG.sub(styled, source)
     head = source[: block.start()]
     tail = source[block.end():]
     kept = "<style>\n" + "\n".join(at_rules) + "\n</style>" if at_rules else ""
