@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nio import AsyncClient, MegolmEvent, SyncResponse
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.activity import ActivityRecorder
@@ -19,7 +20,7 @@ from hub.clock import Clock, SystemClock
 from hub.config import Settings
 from hub.core.commands import CommandRegistry, RoomKind
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
-from hub.delivery.outbox import EMAIL, MATRIX, Outbox
+from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Suppressed
@@ -170,6 +171,7 @@ class Hub:
         if self.smtp_pool is not None:
             self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
+        self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
 
     async def _cross_sign(self) -> None:
         from hub.matrix.crosssign import ensure_cross_signing
@@ -407,6 +409,20 @@ class Hub:
             await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
                                       payload=payload, dedupe_key=f"alert:failed:{row.txn_id}")
 
+
+    async def _compact_outbox(self, every: float = 6 * 3600.0) -> None:
+        """Empty the payloads of long-sent outbox rows, at start and every few hours."""
+        assert self.outbox is not None
+        while True:
+            try:
+                emptied = await self.outbox.compact()
+            except (SQLAlchemyError, OSError) as e:  # the database is away: try again next time
+                log.warning("outbox compaction failed, retrying in %d h: %s", every // 3600, e)
+            else:
+                if emptied:
+                    log.info("emptied the payloads of %d outbox rows sent more than %d days ago",
+                             emptied, SENT_PAYLOAD_DAYS)
+            await asyncio.sleep(every)
 
     async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
         """Keep /healthz's SMTP check true to life while no mail is flowing."""

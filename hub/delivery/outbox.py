@@ -23,10 +23,13 @@ from hub.clock import Clock
 from hub.storage.db import Database
 from hub.storage.models import OutboxRow, outbox_table
 
-__all__ = ["EMAIL", "MATRIX", "Outbox", "OutboxStats"]
+__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "Outbox", "OutboxStats"]
 
 T = outbox_table
 _INSERT_CHUNK = 5000  # rows per executemany in `insert_new`
+SENT_PAYLOAD_DAYS = 30  # how long a sent row keeps its payload (`Outbox.compact`)
+_COMPACT_BATCH = 500  # rows per transaction in `compact`: SQLite's write lock stays short
+_EMPTY_PAYLOAD = "{}"
 MATRIX = "matrix"
 EMAIL = "email"
 
@@ -163,6 +166,31 @@ class Outbox:
             failed=counts["failed"],
             oldest_queued_age=max(0.0, now - oldest) if oldest is not None else 0.0,
         )
+
+    async def compact(self, *, keep_days: float = SENT_PAYLOAD_DAYS, batch: int = _COMPACT_BATCH) -> int:
+        """Empty the payloads of rows sent more than `keep_days` ago; returns how many.
+
+        Nothing reads a sent row's payload again, and a digest email's is about
+        21 KB: without this the table grows by the whole text of every message
+        ever sent. The row itself stays, because its dedupe_key is what keeps
+        "at most once, ever" true when a catch-up or a re-run queues the same
+        key again. Failed rows keep their payload for the operator.
+        """
+        cutoff = self.clock.now().timestamp() - keep_days * 86400
+        due = (
+            select(T.c.seq)
+            .where((T.c.status == "sent") & (T.c.sent_at < cutoff) & (T.c.payload != _EMPTY_PAYLOAD))
+            .order_by(T.c.seq)
+            .limit(batch)
+        )
+        total = 0
+        while True:
+            async with self.db.transaction() as s:
+                result = await s.execute(update(T).where(T.c.seq.in_(due)).values(payload=_EMPTY_PAYLOAD))
+            done = int(getattr(result, "rowcount", 0) or 0)
+            total += done
+            if done < batch:
+                return total
 
     async def release_stale_claims(self, *, all_claims: bool) -> int:
         """Put rows left `sending` by a crashed process back in the queue.

@@ -1,0 +1,101 @@
+"""The outbox's own upkeep: a sent row's payload is emptied after 30 days, its dedupe key kept.
+
+(Claiming, sending and recording outcomes are the dispatcher's, in test_dispatcher.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from hub.clock import FakeClock, SystemClock
+from hub.delivery.outbox import MATRIX, SENT_PAYLOAD_DAYS, Outbox
+from hub.devserver.synapse import SynapseServer
+from hub.storage.db import Database, open_database
+from hub.storage.models import outbox_table as T
+
+from conftest import backends, hub_settings, running_hub
+
+DAY = 86400.0
+START = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
+PAYLOAD = {"op": "message", "room_id": "!r:localhost", "body": "week 3 " * 1000}
+
+
+async def _queue(db: Database, outbox: Outbox, *keys: str) -> None:
+    async with db.transaction() as s:
+        for key in keys:
+            await outbox.enqueue(s, channel=MATRIX, kind="t", lane="!r", payload=PAYLOAD, dedupe_key=key)
+
+
+async def _payloads(db: Database) -> dict[str, str]:
+    async with db.session() as s:
+        return {k: p for k, p in (await s.execute(select(T.c.dedupe_key, T.c.payload))).all()}
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_old_sent_payloads_are_emptied_and_their_keys_still_block_a_resend(
+    backend: str, database_urls: dict[str, str]
+) -> None:
+    clock = FakeClock(START)
+    db = await open_database(database_urls[backend])
+    outbox = Outbox(db, clock)
+    try:
+        await _queue(db, outbox, "old-1", "old-2", "old-3", "recent", "failed", "queued")
+        now = START.timestamp()
+        async with db.transaction() as s:
+            for key, at in {"old-1": now, "old-2": now, "old-3": now + 1, "recent": now + 20 * DAY}.items():
+                await s.execute(update(T).where(T.c.dedupe_key == key).values(status="sent", sent_at=at))
+            await s.execute(update(T).where(T.c.dedupe_key == "failed")
+                            .values(status="failed", sent_at=None, last_error="550 no such user"))
+        clock.advance((SENT_PAYLOAD_DAYS + 1) * DAY)  # old-*: 31 days since sent; recent: 11
+
+        assert await outbox.compact(batch=2) == 3  # two transactions: 2 rows, then 1
+        payloads = await _payloads(db)
+        assert {k for k, p in payloads.items() if p == "{}"} == {"old-1", "old-2", "old-3"}
+        for key in ("recent", "failed", "queued"):
+            assert json.loads(payloads[key]) == PAYLOAD, key
+        assert await outbox.compact() == 0  # nothing left: a second run changes nothing
+
+        # The row stays, so the same logical message is still refused: at most once, ever.
+        async with db.transaction() as s:
+            assert not await outbox.enqueue(s, channel=MATRIX, kind="t", lane="!r", payload=PAYLOAD,
+                                            dedupe_key="old-1")
+        async with db.session() as s:
+            assert (await s.execute(select(T.c.status).where(T.c.dedupe_key == "old-1"))).scalar() == "sent"
+    finally:
+        await db.close()
+
+
+@pytest.mark.synapse
+async def test_the_running_hub_compacts_at_start(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    db = await open_database(url)
+    outbox = Outbox(db, SystemClock())
+    await _queue(db, outbox, "long-ago", "yesterday")
+    now = SystemClock().now().timestamp()
+    async with db.transaction() as s:
+        for key, at in {"long-ago": now - (SENT_PAYLOAD_DAYS + 5) * DAY, "yesterday": now - DAY}.items():
+            await s.execute(update(T).where(T.c.dedupe_key == key).values(status="sent", sent_at=at))
+    await db.close()
+
+    bot = await register("hub")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[],
+                            database_url=url)
+    async with running_hub(settings) as hub:
+        assert hub.db is not None
+        for _ in range(100):
+            payloads = await _payloads(hub.db)
+            if payloads["long-ago"] == "{}":
+                break
+            await asyncio.sleep(0.1)
+    assert payloads["long-ago"] == "{}"
+    assert json.loads(payloads["yesterday"]) == PAYLOAD
