@@ -10,7 +10,7 @@ import pytest
 from markupsafe import Markup
 from test_digest import builder, full_issue, hostile_issue, person
 
-from hub.core.digest import CohortPulse, DigestIssue, PairCounts, Recipient, _environment
+from hub.core.digest import CohortPulse, DigestIssue, PairCounts, Recipient, _environment, render_blocks
 from hub.core.email_css import preinline, stylesheet
 from hub.errors import TemplateStyleError
 
@@ -68,8 +68,7 @@ CASES: dict[str, tuple[DigestIssue, Recipient]] = {
 def test_every_element_gets_the_style_css_inline_gives_the_whole_page(case: str) -> None:
     issue, recipient = CASES[case]
     ctx, _ = builder._email_context(issue, builder._shared(issue), recipient)
-    blocks = RAW_SECTIONS.new_context(ctx)
-    sections = {name: Markup("".join(render(blocks))) for name, render in RAW_SECTIONS.blocks.items()}
+    sections = {name: Markup(html) for name, html in render_blocks(RAW_SECTIONS, ctx).items()}
     per_page = Elements(PAGE_INLINER.inline(RAW.render(ctx, sections=sections)))
     once = Elements(builder.email(issue, recipient).html)
     assert once.elements == per_page.elements

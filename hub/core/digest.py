@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select_autoescape
 from markupsafe import Markup
 
 from hub.core.email_css import preinline, stylesheet
@@ -55,6 +55,7 @@ __all__ = [
     "excerpt",
     "format_when",
     "matrix_to",
+    "render_blocks",
 ]
 
 TOP_POSTS = 3
@@ -367,6 +368,12 @@ def _wrap(text: str, first: str = "", rest: str = "", width: int = 72) -> str:
 _TEMPLATES = PackageLoader("hub", "templates")
 
 
+def render_blocks(template: Template, ctx: dict[str, Any]) -> dict[str, str]:
+    """Each `{% block %}` of `template` rendered on its own with `ctx`, by block name."""
+    context = template.new_context(ctx)
+    return {name: "".join(render(context)) for name, render in template.blocks.items()}
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=_TEMPLATES,
@@ -520,14 +527,10 @@ class DigestBuilder:
 
     def _email_shared(self, issue: DigestIssue) -> dict[str, Any]:
         shared = self._shared(issue)
-        html = self._sections_html.new_context(shared)
-        text = self._sections_text.new_context(shared)
         shared["sections_html"] = {
-            name: Markup("".join(render(html))) for name, render in self._sections_html.blocks.items()
+            name: Markup(html) for name, html in render_blocks(self._sections_html, shared).items()
         }
-        shared["sections_text"] = {
-            name: "".join(render(text)) for name, render in self._sections_text.blocks.items()
-        }
+        shared["sections_text"] = render_blocks(self._sections_text, shared)
         return shared
 
     def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:

@@ -108,7 +108,7 @@ def preinline(source: str, css: str | None = None) -> str:
     plain, at_rules = _split_rules(stylesheet(source) if css is None else css)
     for rule in plain:
         _check_selectors(rule)
-    css = "\n".join(plain)
+    rules = "\n".join(plain)
 
     def styled(tag_match: re.Match[str]) -> str:
         tag, attrs = tag_match.group("tag").lower(), tag_match.group("attrs")
@@ -120,7 +120,7 @@ def preinline(source: str, css: str | None = None) -> str:
             raise TemplateStyleError(f"<{tag} class={cls!r}>: one literal class per element, please")
         if re.search(r"\sstyle=", attrs):
             raise TemplateStyleError(f"<{tag}{attrs}> already has a style attribute")
-        style = _style_for(css, tag, cls)
+        style = _style_for(rules, tag, cls)
         if not style:
             return tag_match.group(0)
         end = len(attrs.rstrip("/ "))  # the style goes before a self-closing slash
