@@ -115,8 +115,9 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
         yield hub
     finally:
         stop.set()
-        # Shutdown flushes the last outcomes; on a loaded 2-core CI box a SQLite
-        # write lock held by a concurrent test writer (roster import) can delay it.
+        # Shutdown gives in-flight sends 3 s and flushes the last outcomes; generous for
+        # a loaded 2-core CI box. (This once timed out when a task cancelled mid-read left
+        # a SQLite connection holding the write lock; see db._sqlite_rollback_before_close.)
         await asyncio.wait_for(task, timeout=60)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from hub.errors import SchemaTooNewError
 from hub.storage.db import _script, open_database
@@ -101,6 +102,57 @@ async def test_a_sqlite_write_transaction_writes_against_what_it_read(tmp_path: 
         await asyncio.gather(first(), second())
         assert await db.get_state("k") == "first,second"
     finally:
+        await db.close()
+
+
+async def test_a_sqlite_transaction_cancelled_mid_read_releases_the_write_lock(tmp_path: Any) -> None:
+    """Cancelling a task inside a write transaction while a read is under way (the hub does
+    this to its tasks at shutdown) makes SQLAlchemy throw the connection away. Python's
+    sqlite3 then closes it with the read's statement still open, which leaves a "zombie"
+    that keeps the transaction, and the write lock, until the cursor is garbage-collected:
+    every other writer got "database is locked". The pool rolls back before closing."""
+    url = f"sqlite:///{tmp_path / 'cancel.db'}"
+    db = await open_database(url)
+    other = await open_database(url)
+    reading = asyncio.Event()
+
+    def slow(x: int) -> int:
+        time.sleep(0.05)  # runs on the connection's worker thread
+        return x
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def _slow_function(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("slow", 1, slow)
+
+    await db.engine.dispose()  # the pool's connections were made before the function existed
+    held: list[BaseException] = []  # keeps the traceback, and with it the open cursor, alive
+
+    async def writer() -> None:
+        try:
+            async with db.transaction() as s:
+                s.add(KeyValue(key="k", value="never"))
+                await s.flush()
+                reading.set()
+                await s.execute(text("SELECT slow(value) FROM kv, (SELECT 1 UNION SELECT 2)"))
+        except BaseException as e:
+            held.append(e)
+            raise
+
+    try:
+        await db.set_state("a", "1")  # a second row, so the read has more to step through
+        task = asyncio.create_task(writer())
+        await reading.wait()
+        await asyncio.sleep(0.02)  # inside the slow read
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert held
+        started = time.monotonic()
+        await other.set_state("b", "2")  # waits up to the busy timeout (10 s) if still locked
+        assert time.monotonic() - started < 2
+        assert await other.get_state("k") is None  # the cancelled write did not land
+    finally:
+        await other.close()
         await db.close()
 
 

@@ -163,6 +163,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_rollback_before_close(dbapi_conn: Any, _record: Any) -> None:
+    """Roll back whatever the connection still has open before the pool closes it.
+
+    A task cancelled inside a transaction (the hub cancels its tasks at shutdown) makes
+    SQLAlchemy invalidate and close the connection mid-statement. Python's sqlite3 then
+    closes it with that statement unfinished, which SQLite turns into a "zombie" that keeps
+    the transaction, and its write lock, until the cursor is garbage-collected; every other
+    writer meanwhile fails with "database is locked". The rollback is queued on the
+    connection's worker thread ahead of the close, so it runs even if this wait is cut short.
+    """
+    try:
+        dbapi_conn.rollback()
+    except asyncio.CancelledError:
+        # Cancelled again while waiting: the rollback is queued all the same. Hand the
+        # request on to the close that follows rather than swallow it.
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
+    except Exception:
+        # Outside an event loop's greenlet (a connection garbage-collected by the pool)
+        # this raises, and no statement is left open there to worry about.
+        pass
+
+
 async def open_database(url: str, *, migrate: bool = True) -> Database:
     """Open (creating the SQLite file's folder if needed) and migrate to the newest schema."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -175,6 +199,7 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
     engine = create_async_engine(async_url(url), **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine.pool, "close", _sqlite_rollback_before_close)
     db = Database(url, engine)
     if migrate:
         try:
