@@ -19,6 +19,7 @@ from hub.delivery.outbox import Outbox
 from hub.devserver.synapse import RegisteredUser
 from hub.errors import CommandError
 from hub.features import membership as ms
+from hub.features import membership_batch
 from hub.storage.db import Database, open_database
 from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
 from hub.storage.models import outbox_table as T
@@ -412,7 +413,7 @@ async def test_a_batch_writes_what_the_same_calls_write_one_after_another(
             async with world.db.transaction() as s:
                 env = await world.env(s)
                 if batched:
-                    async with ms.batch(s, env, [cohort.id]):
+                    async with membership_batch.batch(s, env, [cohort.id]):
                         said = await story(s, env)
                 else:
                     said = await story(s, env)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, func, or_, select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,6 +48,7 @@ from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.errors import CommandError
+from hub.features.membership_batch import NewMembership, current_batch, new_id
 from hub.matrix.events import notice_content
 from hub.storage.models import (
     Cohort,
@@ -68,10 +68,8 @@ from hub.storage.models import (
 __all__ = [
     "ACTIVE_PAIR",
     "OPEN",
-    "Batch",
     "Env",
     "add_member",
-    "batch",
     "build_spec",
     "close_pair",
     "cohort_rooms",
@@ -109,7 +107,6 @@ _SECRET_KEY = "cohorts.video_secret"
 _CONFIG_MODS_KEY = "cohorts.config_moderators"
 _NEW_ROOMS = "hub.new_rooms"  # Session.info: keys of rooms made in this transaction
 _DEFERRED = "hub.deferred_invites"  # Session.info: room key -> users to invite in one row
-_BATCH = "hub.batch"  # Session.info: the Batch of a bulk operation (a roster import), if any
 
 
 @dataclass(frozen=True)
@@ -157,237 +154,6 @@ async def load_env(s: AsyncSession, outbox: Outbox, clock: Clock, settings: Sett
     return Env(outbox, clock, settings, install, bytes.fromhex(secret))
 
 
-# -- bulk operations: one transaction's lookups answered from memory ------------------------
-
-
-class Batch:
-    """What a bulk operation (a roster import) would otherwise ask the database row by row.
-
-    An import runs `add_member` once per CSV row and `make_pairs` once, in one transaction.
-    Asked of the database each time, the cohort's rooms, the people named, their pairs and
-    the rooms' members cost ~50 round trips per row (each query first flushing what the row
-    before it added), and on SQLite the import holds the write lock all the while. A Batch
-    reads the cohorts' members, pairs and rooms once (`load`), answers those lookups from
-    memory and keeps its indexes up to date as this module adds or changes rows. New room
-    memberships and outbox rows are kept as plain rows and written with one executemany
-    each when the batch ends, in the order they were made; on SQLite new rows get their ids
-    from the batch (`new_id`) so the ORM can write them in bulk too.
-
-    The indexes hold the session's own ORM objects, so they see every change made through
-    those objects; they do not see rows changed by SQL statements or by another module, and
-    SQL run inside the batch does not see the buffered rows until `flush`. So a Batch is only
-    for a transaction that changes people, pairs and rooms through this module alone (the
-    roster import); a chat command makes a few queries and uses none. Rooms and cohorts
-    outside the batch's cohorts fall back to queries.
-    """
-
-    def __init__(self, cohort_ids: Iterable[int]) -> None:
-        self.cohorts = frozenset(cohort_ids)
-        # (cohort id, matrix id or email) -> member, any status: both are unique per cohort.
-        self._by_matrix: dict[tuple[int, str], Member] = {}
-        self._by_email: dict[tuple[int, str], Member] = {}
-        # Creation order of the members above (id order, also for members not flushed yet):
-        # find_member's query returns the lowest id when the two identifiers name two people.
-        self._rank: dict[int, int] = {}  # id(member) -> order
-        self._pairs_of: dict[int, list[Pair]] = {}  # member id -> their pairs (any status), by id
-        # Room key -> room, or None where the key is known to have no room yet: the cohorts'
-        # spaces and lounges and every pair room of their pairs.
-        self._rooms: dict[str, HubRoom | None] = {}
-        # Room pk -> user -> membership row; a room's rows are read the first time it is asked.
-        self._room_members: dict[int, dict[str, RoomMember | _NewMembership]] = {}
-        self._new_memberships: list[_NewMembership] = []
-        self._outbox: list[dict[str, Any]] = []
-        self._next_id: dict[str, int] = {}  # table -> the next id to give (SQLite only)
-
-    @classmethod
-    async def load(cls, s: AsyncSession, cohort_ids: Iterable[int]) -> Batch:
-        """Three queries, whatever the cohorts' size."""
-        b = cls(cohort_ids)
-        if not b.cohorts:
-            return b
-        ids = sorted(b.cohorts)
-        for m in (await s.execute(select(Member).where(member_table.c.cohort_id.in_(ids))
-                                  .order_by(member_table.c.id))).scalars():
-            b.note_member(m)
-        for cid in ids:
-            b._rooms[f"space:{cid}"] = b._rooms[f"lounge:{cid}"] = None
-        for pair in (await s.execute(select(Pair).where(pair_table.c.cohort_id.in_(ids))
-                                     .order_by(pair_table.c.id))).scalars():
-            b.note_pair(pair)
-        # A cohort's space, lounge and pair rooms all carry its id (`_new_room` callers).
-        for room in (await s.execute(select(HubRoom).where(hub_room_table.c.cohort_id.in_(ids)))).scalars():
-            b._rooms[room.key] = room
-        return b
-
-    def covers(self, cohort_id: int | None) -> bool:
-        return cohort_id is not None and cohort_id in self.cohorts
-
-    # members
-
-    def note_member(self, m: Member) -> None:
-        """Index a member, new or just given an email or Matrix id (idempotent)."""
-        self._rank.setdefault(id(m), len(self._rank))
-        if m.matrix_id:
-            self._by_matrix[(m.cohort_id, m.matrix_id)] = m
-        if m.email:
-            self._by_email[(m.cohort_id, m.email)] = m
-
-    def find_member(self, cohort_id: int, who: Who, *, active_only: bool) -> Member | None:
-        found = [
-            m for m in (
-                self._by_matrix.get((cohort_id, who.matrix_id)) if who.matrix_id else None,
-                self._by_email.get((cohort_id, who.email.lower())) if who.email else None,
-            )
-            if m is not None and (m.status == "active" or not active_only)
-        ]
-        return min(found, key=lambda m: self._rank[id(m)]) if found else None
-
-    # pairs
-
-    def note_pair(self, pair: Pair) -> None:
-        """Index a pair (its id known); its room key is known to be free until a room is made."""
-        assert pair.id is not None
-        for member_id in {pair.mentor_id, pair.mentee_id}:
-            self._pairs_of.setdefault(member_id, []).append(pair)
-        self._rooms.setdefault(f"pair:{pair.id}", None)
-
-    def pairs_of(self, member: Member) -> list[Pair]:
-        if member.id is None:
-            return []  # not even flushed: a member made in this batch, with no pairs yet
-        return self._pairs_of.get(member.id, [])
-
-    # rooms
-
-    def room(self, key: str) -> tuple[bool, HubRoom | None]:
-        """(known, room): whether the batch can answer for `key`, and the room if there is one."""
-        if key in self._rooms:
-            return True, self._rooms[key]
-        return False, None
-
-    def note_room(self, room: HubRoom, *, new: bool) -> None:
-        assert room.id is not None
-        self._rooms[room.key] = room
-        if new:
-            self._room_members[room.id] = {}
-
-    async def room_members(self, s: AsyncSession, room: HubRoom) -> dict[str, RoomMember | _NewMembership]:
-        assert room.id is not None
-        rows = self._room_members.get(room.id)
-        if rows is None:
-            rows = self._room_members[room.id] = {
-                rm.user_id: rm for rm in (await s.execute(select(RoomMember).where(
-                    room_member_table.c.room_pk == room.id))).scalars()
-            }
-        return rows
-
-    async def add_membership(self, s: AsyncSession, room: HubRoom, user_id: str, now: float) -> None:
-        """A new room_member row, written when the batch ends.
-
-        Three in five of an import's new rows are these (everyone in the space and the
-        lounge, both people in their pair room), and nothing in the import needs them as ORM
-        objects: plain rows and one executemany save most of the import's ORM bookkeeping.
-        """
-        assert room.id is not None
-        row = _NewMembership(await self.new_id(s, room_member_table), room.id, user_id, "pending", now)
-        (await self.room_members(s, room))[user_id] = row
-        self._new_memberships.append(row)
-
-    # ids
-
-    async def new_id(self, s: AsyncSession, table: Table) -> int | None:
-        """On SQLite, the id the new row will get; None elsewhere (the database assigns it).
-
-        SQLite's ORM inserts with a database-assigned id go one statement per row (their
-        RETURNING order is not guaranteed, so SQLAlchemy does not batch them); with the id
-        given, a flush is one executemany per table. SQLite itself gives max(id) + 1 (these
-        tables have no AUTOINCREMENT) and the transaction holds the write lock (BEGIN
-        IMMEDIATE), so these are the ids the rows would have got. Every insert into these
-        tables made through this module while the batch is open takes its id from here.
-        PostgreSQL batches inserts with RETURNING by itself and keeps its sequences.
-        """
-        if s.bind is None or s.bind.dialect.name != "sqlite":
-            return None
-        next_id = self._next_id.get(table.name)
-        if next_id is None:
-            next_id = int((await s.execute(select(func.max(table.c.id)))).scalar() or 0) + 1
-        self._next_id[table.name] = next_id + 1
-        return next_id
-
-    # the outbox
-
-    def queue(self, env: Env, *, channel: str, kind: str, lane: str, payload: dict[str, Any],
-              dedupe_key: str) -> None:
-        """Buffer one row, exactly as `Outbox.enqueue` would have written it."""
-        self._outbox.append(env.outbox.row(channel=channel, kind=kind, lane=lane, payload=payload,
-                                           dedupe_key=dedupe_key))
-
-    async def flush(self, s: AsyncSession, env: Env) -> int:
-        """Write everything: the ORM's pending rows, then the buffered outbox rows in queue order.
-
-        As with `Outbox.enqueue`, a row whose dedupe_key exists already is skipped (also one
-        queued twice in this batch). Returns how many rows were buffered.
-        """
-        await s.flush()
-        # After the ORM's rows: their rooms may have been among them.
-        memberships, self._new_memberships = self._new_memberships, []
-        values = [m.values() for m in memberships]
-        for i in range(0, len(values), _BATCH_ROWS):
-            await s.execute(room_member_table.insert(), values[i:i + _BATCH_ROWS])
-        rows, self._outbox = self._outbox, []
-        if not rows:
-            return 0
-        await env.outbox.insert_new(s, rows)
-        env.outbox.notify()
-        return len(rows)
-
-
-_BATCH_ROWS = 5000  # rows per executemany: bounds the driver's buffers
-
-
-@dataclass
-class _NewMembership:
-    """A room_member row added in a batch (`Batch.add_membership`); changes until then are kept."""
-
-    id: int | None  # None: the database assigns it (PostgreSQL)
-    room_pk: int
-    user_id: str
-    state: str
-    updated_at: float
-
-    def values(self) -> dict[str, Any]:
-        row = {"room_pk": self.room_pk, "user_id": self.user_id, "state": self.state,
-               "updated_at": self.updated_at}
-        return row if self.id is None else {"id": self.id, **row}
-
-
-@asynccontextmanager
-async def batch(s: AsyncSession, env: Env, cohort_ids: Iterable[int]) -> AsyncIterator[Batch]:
-    """Run a bulk operation on `cohort_ids` with a Batch; everything is written when it ends.
-
-    On an exception nothing more is written (the caller's transaction is rolling back).
-    """
-    if _BATCH in s.info:
-        raise RuntimeError("a batch is already open in this transaction")
-    b = await Batch.load(s, cohort_ids)
-    s.info[_BATCH] = b
-    try:
-        yield b
-        await b.flush(s, env)
-    finally:
-        s.info.pop(_BATCH, None)
-
-
-def _batch(s: AsyncSession) -> Batch | None:
-    b = s.info.get(_BATCH)
-    return b if isinstance(b, Batch) else None
-
-
-async def _new_id(s: AsyncSession, table: Table) -> int | None:
-    """The id for a new row of `table`: None (the database's choice) unless a batch gives one."""
-    b = _batch(s)
-    return None if b is None else await b.new_id(s, table)
-
-
 # -- rooms and their outbox rows -----------------------------------------------------------
 
 
@@ -401,7 +167,7 @@ def room_lane(room: HubRoom) -> str:
 async def _enqueue(s: AsyncSession, env: Env, *, channel: str, kind: str, lane: str,
                    payload: dict[str, Any], dedupe_key: str) -> bool:
     """`Outbox.enqueue`, or into the open batch's buffer (then True: its dedupe is checked at the end)."""
-    b = _batch(s)
+    b = current_batch(s)
     if b is not None:
         b.queue(env, channel=channel, kind=kind, lane=lane, payload=payload, dedupe_key=dedupe_key)
         return True
@@ -459,14 +225,14 @@ async def _add_room(
     pair_id: int | None = None, user_id: str | None = None,
 ) -> HubRoom:
     """The room's row, not flushed yet; `_room_added` once it is."""
-    room = HubRoom(id=await _new_id(s, hub_room_table), key=key, kind=kind, cohort_id=cohort_id,
+    room = HubRoom(id=await new_id(s, hub_room_table), key=key, kind=kind, cohort_id=cohort_id,
                    pair_id=pair_id, user_id=user_id, status="pending", created_at=env.now())
     s.add(room)
     return room
 
 
 async def _room_added(s: AsyncSession, env: Env, room: HubRoom) -> None:
-    b = _batch(s)
+    b = current_batch(s)
     if b is not None:
         b.note_room(room, new=True)
     await queue_create(s, env, room)
@@ -485,7 +251,7 @@ async def queue_create(s: AsyncSession, env: Env, room: HubRoom) -> bool:
 
 
 async def _room(s: AsyncSession, key: str) -> HubRoom | None:
-    b = _batch(s)
+    b = current_batch(s)
     if b is not None:
         known, room = b.room(key)
         if known:
@@ -496,8 +262,8 @@ async def _room(s: AsyncSession, key: str) -> HubRoom | None:
     return room
 
 
-async def _room_member(s: AsyncSession, room: HubRoom, user_id: str) -> RoomMember | _NewMembership | None:
-    b = _batch(s)
+async def _room_member(s: AsyncSession, room: HubRoom, user_id: str) -> RoomMember | NewMembership | None:
+    b = current_batch(s)
     if b is not None:
         return (await b.room_members(s, room)).get(user_id)
     return (await s.execute(select(RoomMember).where(
@@ -514,7 +280,7 @@ async def _want(s: AsyncSession, env: Env, room: HubRoom, user_id: str, *, queue
     now = env.now()
     if rm is None:
         assert room.id is not None
-        b = _batch(s)
+        b = current_batch(s)
         if b is not None:
             await b.add_membership(s, room, user_id, now)
         else:
@@ -675,7 +441,7 @@ async def find_member(
 ) -> Member | None:
     if not (who.matrix_id or who.email):
         return None
-    b = _batch(s)
+    b = current_batch(s)
     if b is not None and b.covers(cohort_id):
         return b.find_member(cohort_id, who, active_only=active_only)
     conds = []
@@ -728,9 +494,9 @@ async def add_member(
             f"`{env.prefix} remove {cohort.slug} {who}` first to change their role."
         )
     fresh_email = False
-    b = _batch(s)
+    b = current_batch(s)
     if existing is None:
-        member = Member(id=await _new_id(s, member_table), cohort_id=cohort.id, role=role,
+        member = Member(id=await new_id(s, member_table), cohort_id=cohort.id, role=role,
                         name=name.strip()[:200], email=mail, matrix_id=mx, timezone=timezone,
                         status="active", created_at=env.now())
         s.add(member)
@@ -801,7 +567,7 @@ async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> 
 
 
 async def _open_pairs_of(s: AsyncSession, member: Member) -> list[Pair]:
-    b = _batch(s)
+    b = current_batch(s)
     if b is not None and b.covers(member.cohort_id):
         return [p for p in b.pairs_of(member) if p.status in OPEN]
     q = select(Pair).where(
@@ -880,14 +646,14 @@ async def make_pairs(
     made: list[tuple[Pair, Member, Member, Cohort]] = []
     for i, cohort, a, b in plans:
         assert cohort.id is not None and a.id is not None and b.id is not None
-        pair = Pair(id=await _new_id(s, pair_table), cohort_id=cohort.id, mentor_id=a.id, mentee_id=b.id,
+        pair = Pair(id=await new_id(s, pair_table), cohort_id=cohort.id, mentor_id=a.id, mentee_id=b.id,
                     status=ACTIVE_PAIR, video_name=video_name(env.secret, secrets.token_hex(16)),
                     created_at=env.now())
         s.add(pair)
         results[i] = (pair, True)
         made.append((pair, a, b, cohort))
     await s.flush()  # the pairs' ids name their rooms
-    cache = _batch(s)
+    cache = current_batch(s)
     for pair, _, _, cohort in made:
         if cache is not None and cache.covers(cohort.id):
             cache.note_pair(pair)
@@ -945,7 +711,7 @@ def _already_paired(env: Env, mentee: Who, other: Member | None) -> CommandError
 
 
 async def _open_pair_of_mentee(s: AsyncSession, cohort: Cohort, mentee: Member) -> Pair | None:
-    cache = _batch(s)
+    cache = current_batch(s)
     if cache is not None and cache.covers(cohort.id):
         return next((p for p in cache.pairs_of(mentee)
                      if p.mentee_id == mentee.id and p.status in OPEN), None)

@@ -23,6 +23,7 @@ from hub.core.roster import Roster, decode_roster, parse_roster
 from hub.delivery.outbox import Outbox
 from hub.errors import CommandError, RosterError
 from hub.features import membership as ms
+from hub.features import membership_batch
 from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
 from hub.storage.models import Cohort
 
@@ -76,9 +77,9 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
                 raise RosterError(problems)
             # On SQLite the import holds the write lock throughout, so it must be quick: the
             # cohorts' people, pairs and rooms are read once, and what is new is written with
-            # a few bulk INSERTs, instead of dozens of round trips per row (ms.Batch).
+            # a few bulk INSERTs, instead of dozens of round trips per row (membership_batch.Batch).
             ids = [c.id for c in cohorts.values() if c is not None and c.id is not None]
-            async with ms.batch(s, env, ids):
+            async with membership_batch.batch(s, env, ids):
                 await _apply_rows(s, env, roster, cohorts, report)
             if dry_run:
                 raise _Rollback
