@@ -31,7 +31,7 @@ from nio import (
     RoomInviteResponse,
     RoomSendResponse,
 )
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from hub.core.cohorts import Who, pair_welcome
 from hub.core.markup import markdown_to_matrix
@@ -104,16 +104,11 @@ async def raw(client: AsyncClient, people: list[str], concurrency: int, round_no
 
 
 async def quiet(hub: Hub, timeout: float = 600) -> None:
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            busy = (await s.execute(text(
-                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'sending')"))).scalar()
-        if not busy:
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError("the hub's outbox did not drain")
+    assert hub.outbox is not None
+    try:
+        await asyncio.wait_for(hub.outbox.wait_until_drained(), timeout)
+    except TimeoutError:
+        raise TimeoutError("the hub's outbox did not drain") from None
 
 
 async def through_hub(

@@ -553,25 +553,13 @@ class Demo:
 
     async def _drain(self) -> None:
         """Wait until everything due has left the outbox, so each step's effects are visible."""
-        from sqlalchemy import func, select
-
-        from hub.storage.models import outbox_table as T
-
-        db = self.hub.db
-        assert db is not None
-        deadline = time.monotonic() + _DRAIN_TIMEOUT
-        calm = 0
-        while time.monotonic() < deadline:
-            async with db.session() as s:
-                waiting = (await s.execute(select(func.count()).select_from(T).where(
-                    T.c.status.in_(("queued", "sending")) & (T.c.not_before <= self.clock.now().timestamp())
-                ))).scalar() or 0
-            # Twice in a row: a sent reply can make the next row (a pin, an invite) right after.
-            calm = calm + 1 if waiting == 0 else 0
-            if calm >= 2:
-                return
-            await asyncio.sleep(0.2)
-        self.tally.problems.append(f"outbox not drained within {_DRAIN_TIMEOUT:g}s")
+        assert self.hub.outbox is not None
+        # Twice in a row: a sent reply can make the next row (a pin, an invite) right after.
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT):
+                await self.hub.outbox.wait_until_drained(due_only=True, settle=2)
+        except TimeoutError:
+            self.tally.problems.append(f"outbox not drained within {_DRAIN_TIMEOUT:g}s")
 
     async def _ask(self, who: str, room: str, command: str) -> str:
         sim = self.sims[who]

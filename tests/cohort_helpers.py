@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from hub.service import Hub
 from hub.storage.models import HubRoom, hub_room_table
@@ -28,14 +28,9 @@ async def room_of(hub: Hub, key: str, timeout: float = 60) -> str:
 
 async def quiet(hub: Hub, timeout: float = 30) -> None:
     """Wait until nothing is left to send, so the database holds still."""
-    assert hub.db is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with hub.db.session() as s:
-            busy = (await s.execute(text(
-                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'sending')"))).scalar()
-        if not busy:
-            await asyncio.sleep(0.5)
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the outbox did not drain")
+    assert hub.outbox is not None
+    try:
+        await asyncio.wait_for(hub.outbox.wait_until_drained(poll=0.1), timeout)
+    except TimeoutError:
+        raise TimeoutError("the outbox did not drain") from None
+    await asyncio.sleep(0.5)

@@ -73,6 +73,40 @@ async def test_old_sent_payloads_are_emptied_and_their_keys_still_block_a_resend
         await db.close()
 
 
+@pytest.mark.parametrize("backend", backends())
+async def test_wait_until_drained_waits_for_due_rows_and_ignores_later_ones_when_asked(
+    backend: str, database_urls: dict[str, str]
+) -> None:
+    clock = FakeClock(START)
+    db = await open_database(database_urls[backend])
+    outbox = Outbox(db, clock)
+    try:
+        await asyncio.wait_for(outbox.wait_until_drained(), 1)  # empty
+        await _queue(db, outbox, "now")
+        async with db.transaction() as s:
+            await outbox.enqueue(s, channel=MATRIX, kind="t", lane="!r", payload=PAYLOAD,
+                                 dedupe_key="next-week", not_before=START.timestamp() + 7 * DAY)
+        assert await outbox.unsent() == 2 and await outbox.unsent(due_only=True) == 1
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(outbox.wait_until_drained(poll=0.05), 0.3)
+
+        async def send_later() -> None:
+            await asyncio.sleep(0.2)
+            async with db.transaction() as s:
+                await s.execute(update(T).where(T.c.dedupe_key == "now").values(status="sent"))
+
+        sender = asyncio.create_task(send_later())
+        await asyncio.wait_for(outbox.wait_until_drained(due_only=True, settle=2, poll=0.05), 5)
+        await sender
+        assert await outbox.unsent(due_only=True) == 0
+        with pytest.raises(TimeoutError):  # next week's row is still to send
+            await asyncio.wait_for(outbox.wait_until_drained(poll=0.05), 0.1)
+        clock.advance(7 * DAY)
+        assert await outbox.unsent(due_only=True) == 1
+    finally:
+        await db.close()
+
+
 @pytest.mark.synapse
 async def test_the_running_hub_compacts_at_start(
     synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path

@@ -9,6 +9,7 @@ across restarts, catch-ups and several processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from hub.clock import Clock
 from hub.storage.db import Database
@@ -191,6 +193,30 @@ class Outbox:
             total += done
             if done < batch:
                 return total
+
+    async def unsent(self, *, due_only: bool = False) -> int:
+        """Rows still to send (queued or being sent); with `due_only`, only those due now."""
+        cond: ColumnElement[bool] = T.c.status.in_(("queued", "sending"))
+        if due_only:
+            cond = cond & (T.c.not_before <= self.clock.now().timestamp())
+        async with self.db.session() as s:
+            return int((await s.execute(select(func.count()).select_from(T).where(cond))).scalar() or 0)
+
+    async def wait_until_drained(self, *, due_only: bool = False, settle: int = 1, poll: float = 0.2) -> None:
+        """Return once nothing is left to send; bound it with `asyncio.timeout`.
+
+        `settle` readings of zero in a row are needed: a sent row can cause the next one (a
+        room created, then its invites), queued a moment after the last reading. `due_only`
+        ignores rows waiting for a later time, including a retry's backoff, so it returns
+        while a retry is pending; without it a row scheduled for next week never drains.
+        Used by `hub demo` between steps, and by the tests and benchmarks.
+        """
+        calm = 0
+        while True:
+            calm = calm + 1 if await self.unsent(due_only=due_only) == 0 else 0
+            if calm >= settle:
+                return
+            await asyncio.sleep(poll)
 
     async def release_stale_claims(self, *, all_claims: bool) -> int:
         """Put rows left `sending` by a crashed process back in the queue.
