@@ -8,6 +8,10 @@ Acceptance for issue 6:
    person); a tampered token and a GET change nothing.
 3. Privacy: a unique string said in a pair room and in a direct room appears in no email, no
    lounge post and no report, while the most-reacted lounge post's string does.
+4. A member named `<img src=x onerror=alert(1)>` who writes a liked lounge post is shown as text
+   in every received email (both parts) and in the lounge post's Matrix HTML.
+5. Recipients in Asia/Tokyo and America/Los_Angeles (from a roster import) each receive the
+   same webinar at their own local time, and only that.
 
 The hub's database is read only to wait for the hub to have seen something, and to learn which
 room is which; every assertion is on what Matrix clients and the SMTP server received.
@@ -34,6 +38,7 @@ from hub.core.calendar import CalendarItem, ItemKind
 from hub.devserver.smtp import ReceivedMail, SmtpSink
 from hub.devserver.synapse import SynapseServer
 from hub.email.message import message_id
+from hub.features.roster import import_file
 from hub.storage.models import (
     PersonPref,
     lounge_reaction_table,
@@ -50,6 +55,19 @@ PUBLIC = "https://hub.example.test"
 PAIR_SECRET = "pairsecret-q81zv"
 DIRECT_SECRET = "directsecret-k27wm"
 LOUNGE_TOP = "loungetop-m55xr"
+HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE_ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
+HOSTILE_POST = "hostilepost-v3n8d"
+# 16:00 UTC (the cohort's zone) on Monday 1 February 2027, as each recipient reads it.
+WEBINAR = "2027-02-01T16:00"
+TOKYO_TIME, LA_TIME, UTC_TIME = "Tue 2 Feb, 01:00 JST", "Mon 1 Feb, 08:00 PST", "Mon 1 Feb, 16:00 UTC"
+ROSTER = (
+    "cohort,role,name,email,matrix_id,timezone,mentor\n"
+    "spring,mentee,Haruki,haruki@example.org,,Asia/Tokyo,\n"
+    "spring,mentee,Lupe,lupe@example.org,,America/Los_Angeles,\n"
+)
+EVERYONE = ["ada@example.org", "bo@example.org", "carol@example.org", "haruki@example.org",
+            "hostile@example.org", "lupe@example.org"]
 
 
 
@@ -89,6 +107,7 @@ async def test_digest_send_unsubscribe_and_privacy(
 ) -> None:
     bot = await register("hub")
     mod, mentor, mentee = await participant("mod"), await participant("mentor"), await participant("mentee")
+    hostile = await participant("hostile")
     with SmtpSink() as sink:
         settings = hub_settings(
             homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[mod.user_id],
@@ -104,13 +123,17 @@ async def test_digest_send_unsubscribe_and_privacy(
                             f"!hub add spring mentor {mentor.user_id} Ada email=ada@example.org",
                             f"!hub add spring mentee {mentee.user_id} Bo email=bo@example.org",
                             "!hub add spring mentee carol@example.org Carol",
-                            f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
+                            f'!hub add spring mentee {hostile.user_id} "{HOSTILE}" email=hostile@example.org',
+                            f"!hub pair spring {mentor.user_id} {mentee.user_id}",
+                            f'!hub webinar spring {WEBINAR} "Midpoint"']:
                 await mod.ask(control, command)
+            (tmp_path / "zones.csv").write_text(ROSTER, encoding="utf-8")
+            await import_file(hub.settings, tmp_path / "zones.csv")  # time zones come from the roster
             lounge, pair = await room_of(hub, "lounge:1"), await room_of(hub, "pair:1")
             await mod.ask(control, "!hub send reflection spring")  # makes the mentee's direct room
             direct = await room_of(hub, f"direct:{mentee.user_id}")
-            for user, room in ((mentor, lounge), (mentee, lounge), (mod, lounge), (mentor, pair),
-                               (mentee, pair), (mentee, direct)):
+            for user, room in ((mentor, lounge), (mentee, lounge), (mod, lounge), (hostile, lounge),
+                               (mentor, pair), (mentee, pair), (mentee, direct)):
                 await user.wait_joined(room, user.user_id, timeout=30)
 
             # Private words in the pair room and the direct room (both end-to-end encrypted).
@@ -121,28 +144,31 @@ async def test_digest_send_unsubscribe_and_privacy(
             await mentee.send(lounge, "hello from Bo")
             await _react(mentee, lounge, top)
             await _react(mod, lounge, top)
+            liked = await hostile.send(lounge, f"Hi all, {HOSTILE_POST}")
+            await _react(mentor, lounge, liked)
 
             async def seen() -> bool:
                 assert hub.db is not None
                 async with hub.db.session() as s:
                     kinds = set((await s.execute(select(room_activity_table.c.kind))).scalars().all())
                     reactions = (await s.execute(select(func.count()).select_from(lounge_reaction_table)))
-                return kinds >= {"lounge", "pair", "direct"} and reactions.scalar() == 2
+                return kinds >= {"lounge", "pair", "direct"} and reactions.scalar() == 3
 
             await _until(seen, 20, "the hub did not see the lounge, pair and direct activity")
+            # Welcomes and the webinar's announcement go first (its reminders wait for January).
+            await asyncio.wait_for(hub.outbox.wait_until_drained(due_only=True, settle=2), 30)
             before = sink.count
 
             # 1. One send: the lounge once, each opted-in address once.
             reply = await mod.ask(control, "!hub digest spring send")
-            assert "to the lounge and 3 people by email" in reply, reply
-            await sink.wait_for(before + 3, timeout=30)
+            assert "to the lounge and 6 people by email" in reply, reply
+            await sink.wait_for(before + 6, timeout=30)
             await mentor.wait_until(lambda: bool(mentor.notices(lounge, "week 1 of 12")), 20)
             await mod.wait_until(lambda: bool(mod.notices(control, "Weekly report for `spring`")), 20)
             assert "already gone to everyone" in await mod.ask(control, "!hub digest spring send")
             await asyncio.sleep(1.5)  # a duplicate, if any, would have arrived by now
             digests = [m for m in sink.messages[before:] if "week 1 of 12" in m.subject]
-            assert sorted(a for m in digests for a in m.rcpt_tos) == [
-                "ada@example.org", "bo@example.org", "carol@example.org"]
+            assert sorted(a for m in digests for a in m.rcpt_tos) == EVERYONE
             assert len(mentor.notices(lounge, "week 1 of 12")) == 1
             lounge_post = mentor.notices(lounge, "week 1 of 12")[0]
 
@@ -163,6 +189,19 @@ async def test_digest_send_unsubscribe_and_privacy(
                 html = mail.html or ""
                 assert 'style="' in html and "<link" not in html  # CSS inlined, nothing remote
                 assert LOUNGE_TOP in (mail.text or "") and LOUNGE_TOP in html
+                # 4. The hostile name, as its sender in the pulse: text, never a tag.
+                assert HOSTILE_POST in html and HOSTILE_ESCAPED in html
+                assert "<img" not in html.lower() and "onerror=alert" not in html.replace(HOSTILE_ESCAPED, "")
+                assert HOSTILE in (mail.text or "")
+                # 5. The webinar at the recipient's own local time, and only that one.
+                own = {"haruki@example.org": TOKYO_TIME, "lupe@example.org": LA_TIME}.get(
+                    mail.rcpt_tos[0], UTC_TIME)
+                for part in (mail.text or "", html):
+                    assert "Midpoint" in part
+                    assert [t for t in (TOKYO_TIME, LA_TIME, UTC_TIME) if t in part] == [own], mail.rcpt_tos
+            hostile_mail = next(m for m in digests if m.rcpt_tos == ("hostile@example.org",))
+            assert f"Hi {HOSTILE_ESCAPED}," in (hostile_mail.html or "")
+            assert f"Hi {HOSTILE}," in (hostile_mail.text or "")
 
             # 3. Privacy, over everything received: mail, the lounge, the control room.
             report = await mod.ask(control, "!hub report spring")
@@ -175,6 +214,11 @@ async def test_digest_send_unsubscribe_and_privacy(
                                     ("control room", control_text), ("report", report)):
                     assert secret not in text, f"{secret} leaked into the {where}"
             assert LOUNGE_TOP in lounge_post.body and "hello from Bo" not in lounge_post.body
+            # 4. The lounge post as a Matrix client receives it: the name escaped in its HTML.
+            formatted = lounge_post.source["content"]["formatted_body"]
+            assert HOSTILE_POST in formatted and HOSTILE_ESCAPED in formatted
+            assert "<img" not in formatted.lower()
+            assert HOSTILE in lounge_post.body
 
             # 2. Unsubscribe with the link from Bo's received header.
             bo = next(m for m in digests if m.rcpt_tos == ("bo@example.org",))
@@ -206,7 +250,7 @@ async def test_digest_send_unsubscribe_and_privacy(
                                 due=now)
             before = sink.count
             await hub.program.emit(item, await hub.program.targets_of(item, now))
-            await sink.wait_for(before + 2, timeout=30)
+            await sink.wait_for(before + 5, timeout=30)
             await asyncio.sleep(1.5)
             week2 = [a for m in sink.messages[before:] if "week 2 of 12" in m.subject for a in m.rcpt_tos]
-            assert sorted(week2) == ["ada@example.org", "carol@example.org"]
+            assert sorted(week2) == [a for a in EVERYONE if a != "bo@example.org"]
