@@ -37,6 +37,33 @@ from hub.storage.models import outbox_table as T
 FROM = "Mentoring Hub <hub@example.org>"
 
 
+@asynccontextmanager
+async def scratch_database(folder: Path, server_url: str | None) -> AsyncIterator[str]:
+    """The database a run works in: a SQLite file in `folder`; or, given a PostgreSQL URL, a
+    fresh database made on that server and dropped afterwards. So a run never counts rows an
+    earlier one left, and leaves none behind in the database it was pointed at (runs that
+    worked in a shared `test` database once left 4,000 sent rows there, which skewed the next)."""
+    if not server_url:
+        yield f"sqlite:///{folder / 'hub.db'}"
+        return
+    import asyncpg  # PostgreSQL only
+
+    name = f"hub_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"{server_url.rpartition('/')[0]}/{name}"
+    finally:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 def backend_name(database_url: str | None) -> str:
     return "postgresql" if database_url else "sqlite"
 
@@ -164,10 +191,10 @@ def matrix_client(url: str, user: RegisteredUser, *, store: Path | None = None) 
     return client
 
 
-def hub_settings(base: Path, homeserver: str, bot: RegisteredUser, database_url: str | None) -> Settings:
+def hub_settings(base: Path, homeserver: str, bot: RegisteredUser, database_url: str) -> Settings:
     return settings_from_dict({
         "hub": {"data_dir": str(base / "hub")},
-        "database": {"url": database_url or f"sqlite:///{base / 'hub' / 'hub.db'}"},
+        "database": {"url": database_url},
         "matrix": {"homeserver": homeserver, "user_id": bot.user_id, "password": bot.password,
                    "control_room": "#bench-mods:localhost"},
         "web": {"listen": "127.0.0.1:0"},

@@ -20,7 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import backend_name, hub_settings, matrix_client, running_hub, runs, synapse_at
+from _common import (
+    backend_name,
+    hub_settings,
+    matrix_client,
+    running_hub,
+    runs,
+    scratch_database,
+    synapse_at,
+)
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
 from hub.service import Hub
@@ -92,7 +100,8 @@ async def run(args: argparse.Namespace) -> None:
             raws: list[float] = []
             hubs: list[float] = []
             enqueues: list[float] = []
-            async with running_hub(hub_settings(base, synapse.url, bot, args.database_url)) as hub:
+            async with scratch_database(base, args.database_url) as url, \
+                    running_hub(hub_settings(base, synapse.url, bot, url)) as hub:
                 for i in range(args.rounds):
                     # Alternate which goes first: Synapse speeds up as its caches warm.
                     if i % 2:

@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from _common import FROM, EmailRig, backend_name, prebuild, raw_smtp, runs, start_sink, stop_sink
+from _common import (
+    FROM,
+    EmailRig,
+    backend_name,
+    prebuild,
+    raw_smtp,
+    runs,
+    scratch_database,
+    start_sink,
+    stop_sink,
+)
 
 from hub.core import digest as dg
 from hub.core.tokens import TokenSigner, new_handle
@@ -132,24 +142,24 @@ async def run(args: argparse.Namespace) -> None:
     loads = [load()]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+            async with scratch_database(Path(tmp), args.database_url) as url:
 
-            async def raw_round() -> None:
-                began = time.perf_counter()
-                payloads = render(builder, issue, recipients)  # rendering alone: ms/recipient
-                renders.append(time.perf_counter() - began)
-                raws.append((await raw_smtp(port, prebuild(payloads), args.connections))[0])
+                async def raw_round() -> None:
+                    began = time.perf_counter()
+                    payloads = render(builder, issue, recipients)  # rendering alone: ms/recipient
+                    renders.append(time.perf_counter() - began)
+                    raws.append((await raw_smtp(port, prebuild(payloads), args.connections))[0])
 
-            async def hub_round() -> None:
-                q, total = await hub(port, builder, issue, recipients, args.connections, url)
-                queued.append(q)
-                hubs.append(total)
+                async def hub_round() -> None:
+                    q, total = await hub(port, builder, issue, recipients, args.connections, url)
+                    queued.append(q)
+                    hubs.append(total)
 
-            for i in range(args.rounds):
-                rounds: list[Any] = [hub_round, raw_round] if i % 2 else [raw_round, hub_round]
-                for one in rounds:  # alternate which goes first
-                    await one()
-                loads.append(load())
+                for i in range(args.rounds):
+                    rounds: list[Any] = [hub_round, raw_round] if i % 2 else [raw_round, hub_round]
+                    for one in rounds:  # alternate which goes first
+                        await one()
+                    loads.append(load())
     finally:
         received = stop_sink(proc)
     best = min(range(len(hubs)), key=hubs.__getitem__)

@@ -19,7 +19,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import FROM, EmailRig, backend_name, prebuild, raw_smtp, runs, start_sink, stop_sink
+from _common import (
+    FROM,
+    EmailRig,
+    backend_name,
+    prebuild,
+    raw_smtp,
+    runs,
+    scratch_database,
+    start_sink,
+    stop_sink,
+)
 
 from hub.delivery.outbox import EMAIL
 from hub.email.message import build_message
@@ -74,24 +84,24 @@ async def run(args: argparse.Namespace) -> None:
     proc, port = start_sink()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
-            raws: list[float] = []
-            hubs: list[float] = []
-            enqueues: list[float] = []
-            raw_cpu: list[float] = []
-            hub_cpu: list[float] = []
-            for i in range(args.rounds):
-                if i % 2:  # alternate which goes first
-                    enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
-                    r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
-                else:
-                    r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
-                    enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
-                raws.append(r_time)
-                raw_cpu.append(r_cpu)
-                enqueues.append(enqueue)
-                hubs.append(dispatch)
-                hub_cpu.append(cpu)
+            async with scratch_database(Path(tmp), args.database_url) as url:
+                raws: list[float] = []
+                hubs: list[float] = []
+                enqueues: list[float] = []
+                raw_cpu: list[float] = []
+                hub_cpu: list[float] = []
+                for i in range(args.rounds):
+                    if i % 2:  # alternate which goes first
+                        enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
+                        r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
+                    else:
+                        r_time, r_cpu = await raw_smtp(port, prebuild(payloads), args.connections)
+                        enqueue, dispatch, cpu = await hub(port, payloads, args.connections, url)
+                    raws.append(r_time)
+                    raw_cpu.append(r_cpu)
+                    enqueues.append(enqueue)
+                    hubs.append(dispatch)
+                    hub_cpu.append(cpu)
     finally:
         received = stop_sink(proc)
     n = args.messages

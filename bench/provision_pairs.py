@@ -23,7 +23,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _common import backend_name, cpu_seconds, hub_settings, matrix_client, running_hub, synapse_at
+from _common import (
+    backend_name,
+    cpu_seconds,
+    hub_settings,
+    matrix_client,
+    running_hub,
+    scratch_database,
+    synapse_at,
+)
 from nio import (
     AsyncClient,
     MatrixRoom,
@@ -175,7 +183,8 @@ async def run(args: argparse.Namespace) -> None:
             enqueues: list[float] = []
             process = getattr(synapse, "_process", None)  # the devserver's child; bench-only peek
             pid = process.pid if process is not None else None
-            async with running_hub(hub_settings(base, synapse.url, hub_bot, args.database_url)) as hub:
+            async with scratch_database(base, args.database_url) as url, \
+                    running_hub(hub_settings(base, synapse.url, hub_bot, url)) as hub:
                 assert hub.dispatcher is not None
                 concurrency = hub.dispatcher.concurrency
                 for r in range(args.rounds):

@@ -12,8 +12,8 @@ timed; the counts of what each wrote are compared at the end. Every person has a
 
 Prints both times, ms per row and the ratio, the re-import's time, and the load average
 (the machine is shared: compare figures taken at similar load).
-Run: `python bench/roster_import.py [--rows 10000] [--database-url URL]`; a PostgreSQL URL
-must name a scratch database (the bench adds two cohorts' worth of rows to it).
+Run: `python bench/roster_import.py [--rows 10000] [--database-url URL]`; given a PostgreSQL
+URL, the run works in a fresh database it makes on that server and drops afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _common import scratch_database
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -170,46 +171,46 @@ def load() -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'hub.db'}"
-        settings = settings_from_dict({
-            "hub": {"data_dir": tmp},
-            "database": {"url": url},
-            "matrix": {"homeserver": "https://matrix.example.org", "user_id": "@hub:example.org",
-                       "password": "not-used", "moderators": ["@lead:example.org"]},
-        }, base=Path(tmp), env={})
-        db = await open_database(url)
-        try:
-            tag = secrets.token_hex(2)
-            n = args.rows
-            # Raw first: the hub's side then runs on tables that are not smaller than raw's were.
-            raw_cohort = await new_cohort(db, settings, f"raw-{tag}")
-            async with db.transaction() as s:
-                secret = (await ms.load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)).secret
-            print(f"{load()} before the raw side")
-            markdown_to_matrix("**warm-up**: the first call loads the Markdown extensions")
-            began = time.perf_counter()
-            async with db.transaction() as s:
-                rendering = await raw_import(s, settings, raw_cohort, n, secret)
-            raw = time.perf_counter() - began
+        async with scratch_database(Path(tmp), args.database_url) as url:
+            settings = settings_from_dict({
+                "hub": {"data_dir": tmp},
+                "database": {"url": url},
+                "matrix": {"homeserver": "https://matrix.example.org", "user_id": "@hub:example.org",
+                           "password": "not-used", "moderators": ["@lead:example.org"]},
+            }, base=Path(tmp), env={})
+            db = await open_database(url)
+            try:
+                tag = secrets.token_hex(2)
+                n = args.rows
+                # Raw first: the hub's side then runs on tables that are not smaller than raw's were.
+                raw_cohort = await new_cohort(db, settings, f"raw-{tag}")
+                async with db.transaction() as s:
+                    secret = (await ms.load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)).secret
+                print(f"{load()} before the raw side")
+                markdown_to_matrix("**warm-up**: the first call loads the Markdown extensions")
+                began = time.perf_counter()
+                async with db.transaction() as s:
+                    rendering = await raw_import(s, settings, raw_cohort, n, secret)
+                raw = time.perf_counter() - began
 
-            hub_cohort = await new_cohort(db, settings, f"hub-{tag}")
-            text = roster_csv(hub_cohort.slug, n)
-            began = time.perf_counter()
-            roster = parse_roster(text)
-            parsed = time.perf_counter() - began
-            print(f"{load()} before the hub side")
-            began = time.perf_counter()
-            report = await apply_roster(db, settings, roster)
-            hub = time.perf_counter() - began
-            print(f"  {report.summary()}")
-            began = time.perf_counter()
-            again = await apply_roster(db, settings, roster)
-            reimport = time.perf_counter() - began
-            print(f"  {again.summary()}")
-            assert raw_cohort.id is not None and hub_cohort.id is not None
-            raw_counts, hub_counts = await counts(db, raw_cohort.id), await counts(db, hub_cohort.id)
-        finally:
-            await db.close()
+                hub_cohort = await new_cohort(db, settings, f"hub-{tag}")
+                text = roster_csv(hub_cohort.slug, n)
+                began = time.perf_counter()
+                roster = parse_roster(text)
+                parsed = time.perf_counter() - began
+                print(f"{load()} before the hub side")
+                began = time.perf_counter()
+                report = await apply_roster(db, settings, roster)
+                hub = time.perf_counter() - began
+                print(f"  {report.summary()}")
+                began = time.perf_counter()
+                again = await apply_roster(db, settings, roster)
+                reimport = time.perf_counter() - began
+                print(f"  {again.summary()}")
+                assert raw_cohort.id is not None and hub_cohort.id is not None
+                raw_counts, hub_counts = await counts(db, raw_cohort.id), await counts(db, hub_cohort.id)
+            finally:
+                await db.close()
     backend = "postgresql" if args.database_url else "sqlite"
     print(f"roster import: {n} rows ({n // 2} pairs), one transaction, {backend}; {load()} after")
     print(f"  plain SQLAlchemy Core: {raw:6.2f} s  {1000 * raw / n:6.2f} ms/row")
