@@ -60,6 +60,7 @@ class CommandRunner:
         is_moderator: Callable[[str], Awaitable[bool]],
         control_room: Callable[[], str | None],
         app: Any = None,
+        after_change: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -69,6 +70,7 @@ class CommandRunner:
         self.is_moderator = is_moderator
         self.control_room = control_room
         self.app = app
+        self.after_change = after_change
 
     async def handle(self, msg: IncomingMessage) -> bool:
         """Handle one message; True if it was a command handled now (False: not for us, or seen)."""
@@ -103,6 +105,9 @@ class CommandRunner:
                     await self._audit(s, msg, audited)
         except IntegrityError:
             return False  # another process handled the same event first
+        if audited == "ok" and self.after_change is not None:
+            # After the commit, so whoever reacts (the program's calendar) sees the change.
+            self.after_change()
         return True
 
     async def _run(

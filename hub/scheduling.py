@@ -85,6 +85,14 @@ class TickScheduler:
         """Tick as soon as possible (after `!hub webinar`, a roster import, a config reload)."""
         self._arm(datetime.now(UTC))
 
+    async def tick_now(self) -> None:
+        """Run a tick now, after any tick in progress, and return when it is done.
+
+        For callers that must know the calendar has caught up (tests waiting for the
+        hub to hold still); `poke` is the fire-and-forget form.
+        """
+        await self._fire()
+
     async def stop(self, grace: float = 10.0) -> None:
         """No new ticks; wait (bounded) for a tick in progress to finish, then stop."""
         scheduler = self._scheduler

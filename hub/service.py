@@ -149,6 +149,9 @@ class Hub:
             room_kind=self.room_kind, is_moderator=self.is_moderator,
             control_room=lambda: self.control_room_id,
             app=self,
+            # A new cohort, person or pair may be due calendar items now (the launch post
+            # of a cohort that starts today): tick at once instead of within 30 s.
+            after_change=self._poke_program,
         )
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
         matrix_sender.ready = self.sync.first_done
@@ -386,6 +389,10 @@ class Hub:
         if room is None or user_id not in room.users:
             return False
         return bool(room.power_levels.get_user_level(user_id) >= 50)
+
+    def _poke_program(self) -> None:
+        if self.program is not None:
+            self.program.poke()
 
     async def room_kind(self, room_id: str) -> RoomKind:
         if room_id == self.control_room_id:

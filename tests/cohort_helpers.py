@@ -27,10 +27,19 @@ async def room_of(hub: Hub, key: str, timeout: float = 60) -> str:
 
 
 async def quiet(hub: Hub, timeout: float = 30) -> None:
-    """Wait until nothing is left to send, so the database holds still."""
-    assert hub.outbox is not None
+    """Wait until nothing is left to send and the calendar has nothing due, so the database holds still.
+
+    The program's periodic tick would otherwise queue (say) a new cohort's launch post
+    whenever it next fires, in the middle of a test comparing snapshots.
+    """
+    assert hub.outbox is not None and hub.program is not None
     try:
-        await asyncio.wait_for(hub.outbox.wait_until_drained(poll=0.1), timeout)
+        async with asyncio.timeout(timeout):
+            while True:
+                await hub.outbox.wait_until_drained(poll=0.1)
+                await hub.program.tick_now()
+                if await hub.outbox.unsent() == 0:
+                    break
     except TimeoutError:
         raise TimeoutError("the outbox did not drain") from None
     await asyncio.sleep(0.5)

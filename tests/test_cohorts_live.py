@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,38 @@ async def test_cohort_create_makes_a_space_whose_members_can_join_the_lounge(liv
     joined = await guest.client.join(lounge)
     assert type(joined).__name__ == "JoinResponse", joined
     await guest.wait_joined(lounge, guest.user_id)
+
+
+async def test_a_cohort_starting_today_gets_its_launch_post_at_once(live: Live) -> None:
+    # Launch is 09:00 in the cohort's zone: pick the fixed-offset zone where it is 10:xx now.
+    now = datetime.now(UTC)
+    offset = 10 - now.hour if 10 - now.hour >= -12 else 34 - now.hour
+    zone = f"Etc/GMT{-offset:+d}"  # POSIX sign: Etc/GMT-3 is UTC+3
+    today = (now + timedelta(hours=offset)).date()
+    reply = await live.command(f'!hub cohort create today "Launch Day" tz={zone} start={today}')
+    assert "Created cohort" in reply, reply
+    began = time.monotonic()
+    # The periodic tick is every 30 s; the successful command ticks the calendar at once.
+    assert live.hub.db is not None
+    while True:
+        async with live.hub.db.session() as s:
+            queued = (await s.execute(text(
+                "SELECT count(*) FROM outbox WHERE dedupe_key LIKE 'launch:today:lounge:%'"))).scalar()
+        if queued:
+            break
+        assert time.monotonic() - began < 5, "no launch post queued within 5 s of the command"
+        await asyncio.sleep(0.05)
+    lounge = await room_of(live.hub, "lounge:" + str(await cohort_id(live.hub, "today")))
+    await live.mod.wait_joined(lounge, live.mod.user_id)
+    await live.mod.wait_until(lambda: any(
+        isinstance(e, RoomMessageNotice) and "Welcome to the Launch Day lounge" in e.body
+        for e in live.mod.in_room(lounge)), 20)
+
+
+async def cohort_id(hub: Hub, slug: str) -> int:
+    assert hub.db is not None
+    async with hub.db.session() as s:
+        return int((await s.execute(text("SELECT id FROM cohort WHERE slug = :s"), {"s": slug})).scalar_one())
 
 
 async def test_pairing_makes_an_encrypted_room_of_exactly_the_pair(live: Live, people: Any) -> None:
@@ -240,14 +274,20 @@ def sample_args(spec: CommandSpec) -> str:
 MODERATOR_COMMANDS = sorted(s.name for s in build_registry("!hub").specs if s.moderator_only)
 
 
+_NOT_DOMAIN = ("handled_event", "outbox", "alembic_version", "program_tick")
+
+
 async def domain_snapshot(hub: Hub, only: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Everything a command could change (or just the tables `only`), minus answering it."""
+    """Everything a command could change (or just the tables `only`), minus answering it.
+
+    Not the calendar's bookmark (program_tick): every tick moves it, command or not.
+    """
     assert hub.db is not None
     out: dict[str, list[str]] = {}
     async with hub.db.session() as s:
         tables = [t for t in (await s.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'table'"))).scalars()
-            if t not in ("handled_event", "outbox", "alembic_version") and (t in only or not only)]
+            if t not in _NOT_DOMAIN and (t in only or not only)]
         for table in tables:
             where = " WHERE key <> 'sync.next_batch'" if table == "kv" else ""
             rows = (await s.execute(text(f"SELECT * FROM {table}{where}"))).all()

@@ -7,8 +7,10 @@ the outbox rows are the observable output.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -136,6 +138,7 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
 
     app = App()
     app.program = program  # type: ignore[attr-defined]
+    app.settings = settings  # type: ignore[attr-defined]
 
     async def is_mod(user: str) -> bool:
         return user == MOD
@@ -455,3 +458,24 @@ async def test_send_and_announce_reach_every_active_pair_and_opted_in_member(wor
     assert "no cohort `nosuch`" in (await w.command(MOD, CONTROL, "!hub send checkin nosuch"))["body"]
     refused = await w.command(PEOPLE[0][0], ids["pair:1"], "!hub send checkin winter")
     assert "moderators only" in refused["body"]
+
+
+async def test_a_moderator_change_ticks_the_calendar_after_its_commit(world: World, tmp_path: Path) -> None:
+    # The runner's after_change is how a new cohort's launch post goes out at once rather
+    # than at the next periodic tick; it must run after the commit, or the tick would not
+    # see the cohort, and only for a command that succeeded.
+    w = world
+    seen: list[int] = []
+
+    def after_change() -> None:
+        with contextlib.closing(sqlite3.connect(tmp_path / "hub.db")) as c:
+            seen.append(c.execute("SELECT count(*) FROM cohort WHERE slug = 'autumn'").fetchone()[0])
+
+    w.runner.after_change = after_change
+    assert "is not a cohort slug" in (await w.command(MOD, CONTROL, "!hub cohort create Bad_Slug X"))["body"]
+    refused = await w.command("@someone:example.org", CONTROL, '!hub cohort create autumn "A"')
+    assert "moderators only" in refused["body"]
+    assert "There is no cohort" in (await w.command(MOD, CONTROL, "!hub cohort show nope"))["body"]
+    assert seen == []
+    assert "Created cohort" in (await w.command(MOD, CONTROL, '!hub cohort create autumn "Autumn"'))["body"]
+    assert seen == [1]

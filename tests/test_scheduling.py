@@ -118,6 +118,28 @@ async def test_stop_lets_the_tick_in_flight_finish_and_then_nothing_fires() -> N
     await sched.stop()
 
 
+async def test_tick_now_waits_for_the_tick_in_flight_then_runs_its_own() -> None:
+    # What the tests' quiet() relies on: when tick_now returns, a whole tick began after the call.
+    started = asyncio.Event()
+    log: list[str] = []
+
+    async def tick() -> datetime | None:
+        log.append("begin")
+        started.set()
+        await asyncio.sleep(0.2)
+        log.append("end")
+        return None
+
+    sched = TickScheduler(tick, clock=SystemClock(), interval=60)
+    sched.start()
+    try:
+        await asyncio.wait_for(started.wait(), 1)  # the start-up tick is in flight
+        await sched.tick_now()
+        assert log == ["begin", "end", "begin", "end"]
+    finally:
+        await sched.stop()
+
+
 async def test_program_runner_driven_by_the_scheduler_sends_launch_on_time() -> None:
     spec = example()
     launch = build_calendar(spec).launch

@@ -187,6 +187,11 @@ class ProgramService:
         if self.scheduler is not None:
             self.scheduler.poke()
 
+    async def tick_now(self) -> None:
+        """A tick now, returning when it is done (no-op before `start`)."""
+        if self.scheduler is not None:
+            await self.scheduler.tick_now()
+
     # -- specs ----------------------------------------------------------------------------------
 
     async def specs(self) -> list[ProgramSpec]:
