@@ -31,7 +31,7 @@ async def run_checks(settings: Settings, *, offline: bool, problems: list[str], 
 
 def _check_content(settings: Settings, problems: list[str], notes: list[str]) -> None:
     """The same lint as `hub content check`, on the library `hub run` would load."""
-    from hub.core.content import check_library, default_library_path
+    from hub.core.content_library import check_library, default_library_path
 
     try:
         folder = settings.content.path or default_library_path()

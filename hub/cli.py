@@ -195,7 +195,7 @@ def _digest_preview(args: argparse.Namespace) -> int:
 def _content_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hub.core.content import check_library, default_library_path
+    from hub.core.content_library import check_library, default_library_path
 
     if args.dir:
         folder = Path(args.dir)

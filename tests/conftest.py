@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Synapse per test session, real SMTP, SQLite and PostgreSQL."""
+"""Shared fixtures: one real Synapse per session, real SMTP, SQLite and PostgreSQL, the content library."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from hub.config import Settings, settings_from_dict
+from hub.core.content import Library
+from hub.core.content_library import load_library
 from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.service import Hub
@@ -152,3 +154,10 @@ def backends() -> list[str]:
     if os.environ.get("CI"):
         raise RuntimeError("CI must set HUB_TEST_DATABASE_URL so storage tests run on PostgreSQL")
     return ["sqlite"]
+
+
+# The shipped content library, loaded once per module: test_content.py and
+# test_content_library.py both use it, and loading and checking it takes a while.
+@pytest.fixture(scope="module")
+def library() -> Library:
+    return load_library()

@@ -27,7 +27,8 @@ from hub.clock import FakeClock
 from hub.config import Settings, settings_from_dict
 from hub.core.cohorts import Who
 from hub.core.commands import RoomKind
-from hub.core.content import Library, load_library
+from hub.core.content import Library
+from hub.core.content_library import load_library
 from hub.delivery.outbox import Outbox
 from hub.features import membership as ms
 from hub.features.participants import load_cohort_view

@@ -1,8 +1,6 @@
-"""The content library: Markdown files with YAML front matter, rendered for Matrix and email.
+"""The content library: items, their variables, selection and rotation, rendered for Matrix and email.
 
-A library is a folder of ``*.md`` files (sub-folders allowed; files and
-folders whose names start with ``.`` or ``_``, and ``README.md``, are
-ignored). Each file is one item::
+Each item is one Markdown file with YAML front matter::
 
     ---
     id: icebreaker-pair-03-desk-tour
@@ -39,14 +37,12 @@ webinar   `Webinar`    title, at (aware datetime), url (link or None),
 Every printed value is made safe for its output: text from people (names,
 plans, titles) is escaped so it can never become Markdown or HTML; links the
 hub vouches for (`Url`) become autolinks; printing None or a whole object is an
-error, so a missing ``{% if %}`` guard is caught by `check_library`. A literal
-``!hub`` in the source is replaced by the configured command prefix.
+error, so a missing ``{% if %}`` guard is caught by `check_library` (in
+`hub.core.content_library`). A literal ``!hub`` in the source is replaced by
+the configured command prefix.
 
 Public API::
 
-    default_library_path() -> Path
-    check_library(path: Path, *, command_prefix="!hub") -> CheckReport
-    load_library(path: Path | None = None, *, command_prefix="!hub") -> Library   # raises ContentError
     rotate(candidates: Sequence[str], used: Iterable[str]) -> str
     available_variables(kind, audience) -> frozenset[str]
     format_local_time(at: datetime, zone: tzinfo | str) -> str
@@ -66,12 +62,14 @@ Public API::
     Rendered: item_id, kind, audience, use, subject, summary,
               body, formatted_body (Matrix), email_html, email_text; matrix_content()
     ContentItem: id, kind, audience, use, week, title, summary, tags, body, path, *_line
-    CheckReport: root, files, items, problems (Problem: path, line, message; str() is
-                 "file:line: message"); ok, counts(), summary()
     SLOTS: every (kind, audience, use) the hub sends -> when; SAMPLES: the check's sample Variables
 
-Errors are `hub.errors.ContentError`, whose `problems` are ``file:line: reason``
-lines. Email wrapping and escaping helpers live in `hub.core.content_format`.
+Elsewhere: `hub.core.content_library` finds, reads and checks a folder of item
+files into a `Library` (`load_library`, `check_library`, `default_library_path`,
+`CheckReport`, `Problem`); `hub.core.content_render` holds the Jinja sandbox
+and the rendering helpers `Library.render` is built on; email wrapping and
+escaping helpers live in `hub.core.content_format`. Errors are
+`hub.errors.ContentError`.
 
 Rotation (`rotate`, `Library.pick`): candidates are ordered (items for the
 requested week first, then items without a week, each by id); the first one
@@ -82,8 +80,6 @@ not candidates are ignored, and items added later are picked first.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -91,24 +87,22 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import Any, get_args, get_type_hints
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml  # type: ignore[import-untyped]
-from frontmatter.default_handlers import YAMLHandler
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateError, TemplateSyntaxError
 
-from hub.core.content_format import (
-    Url,
-    email_document,
-    escape_markdown,
-    html_to_text,
-    one_line,
-    strip_controls,
+from hub.core.content_format import Url, email_document, html_to_text, one_line
+from hub.core.content_render import (
+    _MARKDOWN_ENV,
+    _PLAIN_ENV,
+    _RENDER_ERRORS,
+    _Compiled,
+    _RenderFailure,
+    _Sandbox,
+    _shorten,
+    _template_line,
+    _tidy_tag_lines,
 )
 from hub.core.markup import markdown_to_matrix
 from hub.errors import ContentError
@@ -121,23 +115,18 @@ __all__ = [
     "SLOTS",
     "VARIABLE_TYPES",
     "Audience",
-    "CheckReport",
     "Cohort",
     "ContentItem",
     "Kind",
     "Library",
     "Pair",
     "Person",
-    "Problem",
     "Rendered",
     "Variables",
     "Webinar",
     "available_variables",
-    "check_library",
-    "default_library_path",
     "default_use",
     "format_local_time",
-    "load_library",
     "rotate",
 ]
 
@@ -189,9 +178,7 @@ SLOTS: dict[tuple[Kind, Audience, str], str] = {
 REQUIRED_KEYS = ("id", "kind", "audience")
 FRONT_MATTER_KEYS = (*REQUIRED_KEYS, "use", "week", "title", "summary", "tags")
 ROLES = ("mentor", "mentee", "moderator")
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 _COMMAND = re.compile(r"(?<![\w!])!hub\b")
-_MAX_EVENT_BYTES = 48_000  # Matrix caps an event at 65 536 bytes, JSON and encryption included
 
 
 def default_use(kind: Kind, audience: Audience) -> str:
@@ -336,20 +323,8 @@ def available_variables(kind: Kind, audience: Audience) -> frozenset[str]:
     return frozenset(names)
 
 
-def _fields(cls: type) -> dict[str, type | None]:
-    """Field name -> its dataclass type (for nested checks), None for plain values."""
-    hints = get_type_hints(cls)
-    out: dict[str, type | None] = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        inner = [a for a in get_args(hint) if a is not type(None)] or [hint]
-        first = inner[0]
-        out[f.name] = first if isinstance(first, type) and dataclasses.is_dataclass(first) else None
-    return out
-
-
-# Sample values for `check_library`: once with every optional value present,
-# once with every optional value missing, once at the program's last week.
+# Sample values for `check_library` (hub.core.content_library): once with every optional
+# value present, once with every optional value missing, once at the program's last week.
 # The mentor's hyphen shows whether a value landed inside `code`, where escaping would show.
 _ADA = Person("Ada-Marie Example", "mentor", "Europe/Berlin")
 _SAM = Person("Sam Sample", "mentee", "America/Toronto")
@@ -441,128 +416,7 @@ class Rendered:
         }
 
 
-# --- rendering ------------------------------------------------------------------------------
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, plus caps on `*` and `**` so a template cannot build a gigantic value."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError("exponent too large")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > 10_000:
-                    raise SecurityError("repetition too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _printable(value: object) -> str:
-    if value is None:
-        raise ContentError("a value is empty (None) here; guard it with {% if ... %}")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        name = type(value).__name__.lower()
-        raise ContentError(f"print one field of the {name} (e.g. .name or .title), not the whole {name}")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _finalize_markdown(value: object) -> str:
-    if isinstance(value, Url):
-        return value.markdown()
-    return escape_markdown(_printable(value))
-
-
-def _finalize_plain(value: object) -> str:
-    return strip_controls(_printable(value))
-
-
-def _environment(finalize: Any) -> _Sandbox:
-    # No trim_blocks: it also eats the newline after a tag that ends a line of
-    # text ("… different.{% endif %}"), silently merging lines. Tag-only lines
-    # are handled by `_tidy_tag_lines` instead.
-    return _Sandbox(
-        undefined=StrictUndefined, finalize=finalize, autoescape=False,
-        lstrip_blocks=True, auto_reload=False,
-    )
-
-
-_TAG_ONLY_LINE = re.compile(r"^[ \t]*(?:\{%(?:(?!%\}).)*%\}[ \t]*)+$")
-_RAW = re.compile(r"\{%-?\s*(?:end)?raw\s*-?%\}")
-_COMMENT_OR_RAW = re.compile(r"\{#|#\}|\{%-?\s*(?:end)?raw\s*-?%\}")
-
-
-def _tidy_tag_lines(source: str) -> str:
-    """Make a line holding only ``{% ... %}`` tags vanish from the output, newline included.
-
-    That is what authors expect of ``{% if %}`` / ``{% endif %}`` on their own
-    lines, while a tag inside a line of text leaves that line alone. The
-    newline is moved into a Jinja comment rather than deleted, so template
-    line numbers still match the file for error messages. A tag that already
-    uses whitespace control (``-%}``) is left to do exactly what it says.
-    """
-    lines = source.split("\n")
-    out: list[str] = []
-    inside: str | None = None  # "comment" or "raw" while a line starts inside one
-    for n, line in enumerate(lines):
-        last = n == len(lines) - 1
-        tidy = (inside is None and not last and _TAG_ONLY_LINE.match(line) is not None
-                and not line.rstrip().endswith("-%}") and not _RAW.search(line))
-        out.append(line.strip() + "{#\n#}" if tidy else line if last else line + "\n")
-        for token in _COMMENT_OR_RAW.findall(line):
-            if inside is None and token == "{#":
-                inside = "comment"
-            elif inside == "comment" and token == "#}":
-                inside = None
-            elif inside is None and _RAW.fullmatch(token) and "endraw" not in token:
-                inside = "raw"
-            elif inside == "raw" and "endraw" in token:
-                inside = None
-    return "".join(out)
-
-
-_MARKDOWN_ENV = _environment(_finalize_markdown)
-_PLAIN_ENV = _environment(_finalize_plain)
-
-
-class _RenderFailure(Exception):
-    def __init__(self, line: int, reason: str) -> None:
-        self.line = line
-        self.reason = reason
-        super().__init__(reason)
-
-
-def _template_line(tb: TracebackType | None, filename: str) -> int | None:
-    """The template line of the innermost frame Jinja attributed to `filename`."""
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-# What a template can raise at render time: Jinja's own errors (undefined, sandbox), ours
-# (None or an object printed), and plain Python errors from expressions such as
-# `{{ week / 0 }}` or a macro that recurses forever.
-_RENDER_ERRORS = (TemplateError, ContentError, TypeError, ValueError, ArithmeticError, LookupError,
-                  RecursionError)
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    body: Template
-    body_name: str
-    title: Template | None
-    summary: Template | None
-
-
-def _shorten(text: str, limit: int) -> str:
-    text = one_line(text)
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+# --- selecting, rotating and rendering ------------------------------------------------------
 
 
 def _as_kind(kind: Kind | str) -> Kind:
@@ -590,7 +444,7 @@ def rotate(candidates: Sequence[str], used: Iterable[str]) -> str:
 
 
 class Library:
-    """A loaded, checked library. Build it with `load_library`."""
+    """A loaded, checked library. Build it with `hub.core.content_library.load_library`."""
 
     def __init__(
         self, items: Iterable[ContentItem], *, root: Path | None = None,
@@ -760,355 +614,3 @@ class Library:
             email_html=email_document(subject, fragment),
             email_text=text,
         )
-
-
-# --- loading and checking -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: Path
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    root: Path
-    files: int
-    items: tuple[ContentItem, ...]
-    problems: tuple[Problem, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def counts(self) -> Counter[tuple[Kind, Audience, str]]:
-        return Counter((i.kind, i.audience, i.use) for i in self.items)
-
-    def summary(self) -> str:
-        """``78 items in 78 files: icebreaker 16 pair + 8 cohort, ...`` (or the problem count)."""
-        if self.problems:
-            return f"{self.root}: {len(self.problems)} problem(s) in {self.files} file(s)"
-        per_kind: list[str] = []
-        for kind in Kind:
-            by_audience = Counter(i.audience for i in self.items if i.kind is kind)
-            if by_audience:
-                parts = " + ".join(f"{by_audience[a]} {a}" for a in Audience if by_audience[a])
-                per_kind.append(f"{kind} {parts}")
-        return f"{self.root}: {len(self.items)} items in {self.files} files, OK ({'; '.join(per_kind)})"
-
-
-def default_library_path() -> Path:
-    """The library shipped with the package.
-
-    ``hub/content`` in an installed wheel; in a checkout that is a symlink to
-    the repository's ``content/``, which is also tried directly in case the
-    symlink did not survive (e.g. a Windows checkout without symlinks).
-    """
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "content", package.parent / "content"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    raise ContentError(f"the shipped content library is missing (looked in {package / 'content'})")
-
-
-def _library_files(root: Path) -> list[Path]:
-    found = []
-    for path in root.rglob("*.md"):
-        rel = path.relative_to(root)
-        if any(part.startswith((".", "_")) for part in rel.parts) or path.name.lower() == "readme.md":
-            continue
-        if path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class _FileParser:
-    """Front matter of one file -> a `ContentItem` (or None) and its problems, each with a line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[Problem] = []
-
-    def problem(self, line: int | None, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
-
-    def parse(self) -> ContentItem | None:
-        try:
-            text = self.path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            self.problem(e.object[: e.start].count(b"\n") + 1, "not UTF-8 text")
-            return None
-        except OSError as e:
-            self.problem(None, f"cannot read: {e.strerror or e}")
-            return None
-        handler = YAMLHandler()
-        boundaries = list(handler.FM_BOUNDARY.finditer(text))
-        if not boundaries or text[: boundaries[0].start()].strip():
-            self.problem(1, "no front matter: the file must start with a '---' line, then id, kind and "
-                            "audience, then another '---' line")
-            return None
-        if len(boundaries) < 2:
-            self.problem(text.count("\n", 0, boundaries[0].start()) + 1,
-                         "the front matter is never closed: add a '---' line after it")
-            return None
-        start, end = boundaries[0], boundaries[1]
-        yaml_text = text[start.end(): end.start()]
-        yaml_line = text.count("\n", 0, start.end()) + 1  # file line of yaml_text's first line
-        body_line = text.count("\n", 0, end.end()) + 1
-        try:
-            node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
-            data = handler.load(yaml_text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            context_mark = getattr(e, "context_mark", None)
-            reason = getattr(e, "problem", None) or str(e)
-            if getattr(e, "context", None):
-                reason = f"{reason} ({e.context}"
-                if context_mark is not None:
-                    reason += f" on line {yaml_line + context_mark.line}"
-                reason += ")"
-            self.problem(yaml_line + mark.line if mark is not None else yaml_line,
-                         f"front matter is not valid YAML: {reason}")
-            return None
-        if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-            self.problem(yaml_line, "front matter must be 'key: value' lines")
-            return None
-        lines: dict[str, int] = {}
-        for key_node, _value in node.value:
-            key = str(key_node.value)
-            line = yaml_line + key_node.start_mark.line
-            if key in lines:
-                self.problem(line, f"front-matter key {key!r} appears twice (also on line {lines[key]})")
-            lines.setdefault(key, line)
-            if key not in FRONT_MATTER_KEYS:
-                self.problem(line, f"unknown front-matter key {key!r}{_suggest(key, FRONT_MATTER_KEYS)}; "
-                                   f"allowed: {', '.join(FRONT_MATTER_KEYS)}")
-        opening_line = text.count("\n", 0, start.start()) + 1
-        for key in REQUIRED_KEYS:
-            if key not in data:
-                self.problem(opening_line, f"missing required front-matter key {key!r}")
-        closing_line = text.count("\n", 0, end.start()) + 1
-        return self._item(data, lines, text[end.end():], body_line, yaml_line, closing_line)
-
-    def _item(self, data: dict[Any, Any], lines: dict[str, int], body: str, body_line: int,
-              yaml_line: int, closing_line: int) -> ContentItem | None:
-        def at(key: str) -> int:
-            return lines.get(key, yaml_line)
-
-        ok = True
-        item_id = data.get("id")
-        if "id" in data and not (isinstance(item_id, str) and _ID.match(item_id)):
-            self.problem(at("id"), f"id {item_id!r} must be lowercase letters, digits, '-', '_' or '.', "
-                                   "starting with a letter or digit (e.g. icebreaker-pair-desk-tour)")
-            ok = False
-        kind = audience = None
-        if "kind" in data:
-            try:
-                kind = Kind(str(data["kind"]))
-            except ValueError:
-                self.problem(at("kind"), f"kind {data['kind']!r} is not one of {', '.join(Kind)}"
-                                         f"{_suggest(str(data['kind']), Kind)}")
-        if "audience" in data:
-            try:
-                audience = Audience(str(data["audience"]))
-            except ValueError:
-                given = str(data["audience"])
-                self.problem(at("audience"), f"audience {given!r} is not one of "
-                                             f"{', '.join(Audience)}{_suggest(given, Audience)}")
-        use = None
-        if kind is not None and audience is not None:
-            uses = [u for (k, a, u) in SLOTS if k is kind and a is audience]
-            if not uses:
-                fits = sorted({a.value for (k, a, _u) in SLOTS if k is kind})
-                self.problem(at("audience"), f"the hub never sends {kind} items to audience {audience} "
-                                             f"({kind} items are for audience {' or '.join(fits)})")
-            elif "use" in data:
-                if data["use"] in uses:
-                    use = str(data["use"])
-                else:
-                    self.problem(at("use"), f"use {data['use']!r} is not one of {', '.join(uses)} for "
-                                            f"{kind}/{audience}{_suggest(str(data['use']), uses)}")
-            else:
-                use = default_use(kind, audience)
-        week = data.get("week")
-        if week is not None and (isinstance(week, bool) or not isinstance(week, int) or not 1 <= week <= 520):
-            self.problem(at("week"), f"week {week!r} must be a program week number: 1, 2, 3, ...")
-            week = None
-        texts: dict[str, str | None] = {}
-        for key in ("title", "summary"):
-            value = data.get(key)
-            if value is not None and not (isinstance(value, str) and value.strip()):
-                self.problem(at(key), f"{key} must be a line of text")
-                value = None
-            texts[key] = value
-        tags = data.get("tags", [])
-        if isinstance(tags, str) or not isinstance(tags, list) or not all(
-                isinstance(t, str) and t.strip() for t in tags):
-            self.problem(at("tags"), "tags must be a list of words, e.g. [video, light]")
-            tags = []
-        if not body.strip():
-            self.problem(closing_line, "the body is empty: write the message under the front matter")
-            ok = False
-        if not ok or not isinstance(item_id, str) or kind is None or audience is None or use is None:
-            return None
-        return ContentItem(
-            id=item_id, kind=kind, audience=audience, use=use, body=body, path=self.path,
-            week=week, title=texts["title"], summary=texts["summary"], tags=tuple(tags),
-            id_line=at("id"), title_line=at("title"), summary_line=at("summary"), body_line=body_line,
-        )
-
-
-def _lint_template(item: ContentItem, source: str, first_line: int, problems: list[Problem]) -> bool:
-    """Static checks of one template: syntax, variables, fields. False when it does not even parse."""
-    try:
-        ast = _MARKDOWN_ENV.parse(_tidy_tag_lines(source))
-    except TemplateSyntaxError as e:
-        problems.append(Problem(item.path, first_line + (e.lineno or 1) - 1, f"template syntax: {e.message}"))
-        return False
-    found: dict[tuple[int, str], None] = {}  # ordered set: the same mistake once per line
-
-    def report(node: nodes.Node, message: str) -> None:
-        found[(first_line + (node.lineno or 1) - 1, message)] = None
-
-    for stmt in ast.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
-        report(stmt, "include, extends and import are not available: each file stands alone")
-    available = available_variables(item.kind, item.audience)
-    undeclared = meta.find_undeclared_variables(ast)
-    for name_node in ast.find_all(nodes.Name):
-        name = name_node.name
-        if name_node.ctx != "load" or name not in undeclared or name in available:
-            continue
-        if name in VARIABLE_TYPES:
-            report(name_node, f"variable {name!r} is not available in a {item.kind}/{item.audience} item "
-                              f"(available: {', '.join(sorted(available))})")
-        else:
-            report(name_node, f"unknown variable {name!r}{_suggest(name, available)} "
-                              f"(available here: {', '.join(sorted(available))})")
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        chain: list[str] = []
-        cur: nodes.Expr = node
-        while isinstance(cur, nodes.Getattr | nodes.Getitem):
-            if isinstance(cur, nodes.Getattr):
-                chain.append(cur.attr)
-            elif isinstance(cur.arg, nodes.Const) and isinstance(cur.arg.value, str):
-                chain.append(cur.arg.value)
-            else:
-                chain = []
-                break
-            cur = cur.node
-        if not chain or not isinstance(cur, nodes.Name) or cur.name not in undeclared:
-            continue
-        if cur.name not in available:
-            continue  # already reported as a variable
-        chain.reverse()
-        owner: type | None = VARIABLE_TYPES[cur.name]
-        path = cur.name
-        for attr in chain:
-            if owner is None or not dataclasses.is_dataclass(owner):
-                break  # a plain value (text, number, date): its methods are the sandbox's business
-            fields = _fields(owner)
-            if attr not in fields:
-                report(node, f"{path!r} has no field {attr!r}{_suggest(attr, fields)} "
-                             f"(fields: {', '.join(fields)})")
-                break
-            owner = fields[attr]
-            path = f"{path}.{attr}"
-    problems.extend(Problem(item.path, line, message) for (line, message) in found)
-    return True
-
-
-_IMAGE = re.compile(r"!\[|<img", re.IGNORECASE)
-_CODE_VARIABLE = re.compile(r"`[^`]*\{\{|^( {4}|\t)")
-
-
-def _sample_check(library: Library, item: ContentItem, problems: list[Problem]) -> None:
-    for label, variables in SAMPLES:
-        try:
-            rendered = library._render(item, variables)
-        except _RenderFailure as e:
-            problems.append(Problem(item.path, e.line,
-                                    f"does not render with the sample variables ({label}): {e.reason}"))
-            return
-        if not rendered.body.strip():
-            problems.append(Problem(item.path, item.text_line, f"renders to nothing ({label})"))
-            return
-        if "<img" in rendered.formatted_body:
-            problems.append(Problem(item.path, item.line_of(_IMAGE),
-                                    "images are not supported: emails load nothing remote "
-                                    "and Matrix needs uploaded (mxc://) images"))
-            return
-        if "Ada\\-Marie" in rendered.body:
-            problems.append(Problem(item.path, item.line_of(_CODE_VARIABLE),
-                                    "a variable is printed inside `code` or a code block, where its escaping "
-                                    "shows (Ada\\-Marie); move it out of the backticks"))
-            return
-        size = len(rendered.body.encode()) + len(rendered.formatted_body.encode())
-        if size > _MAX_EVENT_BYTES:
-            problems.append(Problem(item.path, item.text_line,
-                                    f"too long for one Matrix message ({size} bytes; keep it under "
-                                    f"{_MAX_EVENT_BYTES})"))
-            return
-
-
-def check_library(path: Path, *, command_prefix: str = "!hub") -> CheckReport:
-    """Lint a library folder: front matter, ids, template variables and fields, sample renders, coverage."""
-    root = Path(path)
-    if not root.is_dir():
-        return CheckReport(root, 0, (), (Problem(root, None, "not a folder"),))
-    files = _library_files(root)
-    problems: list[Problem] = []
-    items: list[ContentItem] = []
-    seen: dict[str, ContentItem] = {}
-    for file in files:
-        parser = _FileParser(file)
-        item = parser.parse()
-        problems.extend(parser.problems)
-        if item is None:
-            continue
-        if item.id in seen:
-            problems.append(Problem(file, item.id_line,
-                                    f"duplicate id {item.id!r} (also in {seen[item.id].where})"))
-            continue
-        seen[item.id] = item
-        items.append(item)
-    library = Library(items, root=root, command_prefix=command_prefix)
-    for item in library.items:
-        parsed = [_lint_template(item, item.body, item.body_line, problems)]
-        for text, line in ((item.title, item.title_line), (item.summary, item.summary_line)):
-            if text is not None:
-                parsed.append(_lint_template(item, text, line, problems))
-        clean = not any(p.path == item.path for p in problems)
-        if all(parsed) and clean:
-            _sample_check(library, item, problems)
-    if not files:
-        problems.append(Problem(root, None, "no content files (*.md) in this folder"))
-    else:
-        have = {(i.kind, i.audience, i.use) for i in items}
-        for slot, what in SLOTS.items():
-            if slot not in have:
-                kind, audience, use = slot
-                problems.append(Problem(root, None, f"no {kind} item for audience {audience} with use {use}: "
-                                                    f"the hub needs one for {what}"))
-    return CheckReport(root, len(files), library.items, tuple(problems))
-
-
-def load_library(path: Path | None = None, *, command_prefix: str = "!hub") -> Library:
-    """Check and load a library (the shipped one when `path` is None).
-
-    Raises `ContentError` listing every problem, as `hub content check` would.
-    """
-    root = Path(path) if path is not None else default_library_path()
-    report = check_library(root, command_prefix=command_prefix)
-    if report.problems:
-        raise ContentError([str(p) for p in report.problems])
-    return Library(report.items, root=root, command_prefix=command_prefix)

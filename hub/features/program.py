@@ -39,6 +39,7 @@ from hub.core.calendar import (
     Webinar,
     dedupe_key,
 )
+from hub.core.content_library import load_library
 from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import EMAIL, Outbox
@@ -155,7 +156,7 @@ class ProgramService:
         self.clock = clock
         self.settings = settings
         s = settings()
-        self.library = library or ct.load_library(s.content.path, command_prefix=s.matrix.command_prefix)
+        self.library = library or load_library(s.content.path, command_prefix=s.matrix.command_prefix)
         self.digest = digest
         self.targets = SqlTargets(db)
         self.state = SqlProgramState(db, clock)
