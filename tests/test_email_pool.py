@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.clock import SystemClock
 from hub.config import EmailSettings
 from hub.devserver.smtp import SmtpSink
 from hub.email.message import BuiltMessage, build_message
 from hub.email.payload import email_payload
-from hub.email.pool import RecipientRejectedError, SmtpPool
+from hub.email.pool import RecipientRejectedError, SmtpPool, dot_stuffed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
 FROM = "Hub <hub@example.org>"
@@ -90,6 +93,23 @@ async def test_4xx_is_temporary_5xx_is_a_rejected_recipient(sink: SmtpSink) -> N
     await pool.close()
 
 
+async def test_refusals_at_the_end_of_data_are_classified_and_the_session_goes_on(sink: SmtpSink) -> None:
+    sink.data_fault = lambda rcpts: (
+        "451 4.7.1 greylisted, try later" if rcpts[0].startswith("grey") else
+        "554 5.7.1 rejected" if rcpts[0].startswith("spam") else None
+    )
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    with pytest.raises(TemporaryDeliveryError, match="451 at DATA"):
+        await pool.send(_msg("grey@example.org"))
+    with pytest.raises(RecipientRejectedError, match="554 at DATA") as info:
+        await pool.send(_msg("spam@example.org"))
+    assert info.value.code == 554
+    await pool.send(_msg("fine@example.org", 7))
+    assert [m.rcpt_tos for m in await sink.wait_for(1)] == [("fine@example.org",)]
+    assert sink.count == 1 and pool.connects == 1  # nothing else kept; one connection throughout
+    await pool.close()
+
+
 async def test_server_down_is_temporary_pauses_and_recovers(sink: SmtpSink) -> None:
     pool = SmtpPool(_settings(sink), SystemClock())
     await pool.send(_msg("before@example.org"))
@@ -133,4 +153,40 @@ async def test_an_address_that_would_break_out_of_the_smtp_command_is_refused(si
     mails = await sink.wait_for(1)
     await asyncio.sleep(0.2)
     assert [m.rcpt_tos for m in sink.messages] == [("a@example.org",)] and len(mails) == 1
+    await pool.close()
+
+
+# -- DATA: the message's own CRLFs, dots doubled --------------------------------------------------------
+
+# Lines that start or end with dots, each ended mostly by CRLF, sometimes by a bare CR or LF.
+_LINES = st.lists(st.tuples(st.sampled_from([b"", b".", b"..", b".x", b"a.", b"x", b"\xc3\xa9"]),
+                            st.sampled_from([b"\r\n"] * 6 + [b"\r", b"\n", b""])), min_size=1, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LINES)
+def test_dot_stuffed_is_what_aiosmtplib_would_send(lines: list[tuple[bytes, bytes]]) -> None:
+    data = b"".join(text + end for text, end in lines)
+    mine = dot_stuffed(data)
+    bare = data.replace(b"\r\n", b"")
+    if data.endswith(b"\r\n") and b"\r" not in bare and b"\n" not in bare:
+        assert mine == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+    else:
+        assert mine is None  # such a message goes through aiosmtplib's own data()
+
+
+async def test_lines_of_dots_arrive_exactly_as_built(sink: SmtpSink) -> None:
+    text = ".\n..\n.hidden line\nend.\n. \n"
+    message = build_message(email_payload(to="d@example.org", subject="dots", text=text, html="<p>.</p>\n"),
+                            txn_id="dots", from_header=FROM, date=datetime.now(UTC))
+    assert dot_stuffed(message.data) is not None  # built messages take the fast path
+    pool = SmtpPool(_settings(sink), SystemClock())
+    await pool.send(message)
+    # A message with bare LFs (none that build_message makes) is normalised on the way.
+    bare = dataclasses.replace(message, data=message.data.replace(b"\r\n", b"\n"))
+    await pool.send(bare)
+    first, second = await sink.wait_for(2)
+    assert first.raw == message.data  # the server undid exactly the dot-stuffing, nothing else
+    assert second.raw == message.data
+    assert first.text == text, repr(first.text)
     await pool.close()

@@ -34,12 +34,17 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from hub.devserver import free_port
 
-__all__ = ["FaultHook", "ReceivedMail", "SmtpSink"]
+__all__ = ["DataFaultHook", "FaultHook", "ReceivedMail", "SmtpSink"]
 
 FaultHook = Callable[[str, int], "str | None"]
 """``fault(rcpt, attempt) -> reply | None``: ``attempt`` is the number of earlier RCPT
 commands for that address (0 on the first). A returned string such as
 ``"451 4.3.0 try later"`` is sent as the RCPT reply instead of ``250 OK``."""
+
+DataFaultHook = Callable[[tuple[str, ...]], "str | None"]
+"""``data_fault(rcpt_tos) -> reply | None``, after the message's final dot: a returned
+string such as ``"554 5.7.1 rejected as spam"`` answers DATA instead of ``250``, and the
+message is not kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,10 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data_fault = self._sink.data_fault
+        reply = data_fault(tuple(envelope.rcpt_tos)) if data_fault is not None else None
+        if reply is not None:
+            return reply
         content = envelope.original_content or envelope.content or b""
         raw = content if isinstance(content, bytes) else content.encode("utf-8")
         self._sink._deliver(envelope.mail_from or "", tuple(envelope.rcpt_tos), raw)
@@ -164,6 +173,7 @@ class SmtpSink:
         hostname: str = "127.0.0.1",
         out_dir: Path | None = None,
         fault: FaultHook | None = None,
+        data_fault: DataFaultHook | None = None,
         store: bool = True,
         credentials: tuple[str, str] | None = None,
         on_message: Callable[[ReceivedMail], None] | None = None,
@@ -173,6 +183,8 @@ class SmtpSink:
         self.out_dir = out_dir
         self.fault: FaultHook | None = fault
         """Consulted for every RCPT; may be replaced while the sink runs."""
+        self.data_fault: DataFaultHook | None = data_fault
+        """Consulted for every message at the end of DATA; may be replaced while the sink runs."""
         self.store = store
         self.credentials = credentials
         self.on_message = on_message

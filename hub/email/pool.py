@@ -33,7 +33,7 @@ from hub.delivery.ratelimit import SharedPause
 from hub.email.message import BuiltMessage
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
-__all__ = ["RecipientRejectedError", "SmtpPool"]
+__all__ = ["RecipientRejectedError", "SmtpPool", "dot_stuffed"]
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class SmtpPool:
             reply = await smtp.execute_command(b"RCPT", rcpt_to)
             if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
                 raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, message.recipient)
-            response = await smtp.data(message.data)
+            response = await _data(smtp, message.data)
         except aiosmtplib.SMTPResponseException:
             try:
                 await smtp.rset()
@@ -259,3 +259,42 @@ class SmtpPool:
         await asyncio.gather(*(self._close(s, polite=True) for s in slots), return_exceptions=True)
         for s in slots:
             self._idle.put_nowait(s)
+
+
+def dot_stuffed(data: bytes) -> bytes | None:
+    """`data` as DATA carries it (RFC 5321 4.5.2), or None if its line ends are not all CRLF.
+
+    The same bytes as aiosmtplib's `data()` produces, without its two regex passes
+    over the whole message: one to rewrite every line end, one to double leading
+    dots. For a 20 KB digest those cost about 0.2 ms, a sixth of what the hub's
+    dispatcher spends on a message. `build_message` writes CRLF throughout, so the
+    line ends only need checking (`bytes.count` is a memchr, not a regex), and the
+    dots a `bytes.replace`.
+    """
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r") or not data.endswith(b"\r\n"):
+        return None
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
+async def _data(smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA with the message's own CRLFs, through aiosmtplib's public command API.
+
+    A message with other line ends (none that `build_message` makes) takes
+    `smtp.data`, which normalises them. The reply's flag is safe without the
+    protocol's lock: `read_response` arms it before the loop can deliver the
+    server's answer, and a pool slot's connection has one user at a time.
+    """
+    stuffed = dot_stuffed(data)
+    protocol = smtp.protocol
+    if stuffed is None or protocol is None:
+        return await smtp.data(data)
+    start = await smtp.execute_command(b"DATA")
+    if start.code != SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol.write(stuffed + b".\r\n")
+    reply = await protocol.read_response(timeout=smtp.timeout)
+    if reply.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    return reply
