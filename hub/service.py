@@ -120,7 +120,7 @@ class Hub:
         self.rooms = RoomKeeper(
             db=self.db, outbox=self.outbox, clock=self.clock, provision=Provision(self.client, pause),
             settings=lambda: self.settings, control_room=lambda: self.control_room_id,
-            on_settings=self._apply_settings,
+            on_settings=self._apply_settings, on_config_applied=self._poke_program,
         )
         self.rooms.install(matrix_sender)
         self.program = ProgramService(db=self.db, outbox=self.outbox, clock=self.clock,

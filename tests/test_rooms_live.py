@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from nio import RoomMessageNotice
 from sqlalchemy import select, text, update
 
+from hub.clock import SystemClock
 from hub.config import load_settings
 from hub.core.cohorts import ROOM_TAG, Who
 from hub.core.commands import RoomKind
+from hub.delivery.outbox import Outbox
 from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.features import membership as ms
+from hub.features.rooms import RoomKeeper
 from hub.features.roster import import_file
+from hub.matrix.provision import Provision
 from hub.service import Hub
 from hub.storage.db import open_database
 from hub.storage.models import HubRoom, RoomMember, hub_room_table, room_member_table
@@ -355,6 +362,40 @@ async def test_direct_rooms_are_made_when_first_needed(
 
 
 # -- changes while running -------------------------------------------------------------------------
+
+
+async def test_a_config_change_that_adds_a_cohort_ticks_the_calendar_after_its_commit(tmp_path: Path) -> None:
+    # No homeserver needed: reading the config and applying it touch only the database.
+    # The hook is how a cohort added to the config gets its launch post at once.
+    bot = RegisteredUser("@hub:localhost", "pw", "token", "DEVICE")
+    data, config = tmp_path / "data", tmp_path / "config.toml"
+    data.mkdir()
+    fake = cast(SynapseServer, SimpleNamespace(url="http://127.0.0.1:1"))
+    write_config(config, synapse=fake, bot=bot, data=data, cohorts=["first"])
+    current = [load_settings(config)]  # as the hub keeps it: replaced by on_settings
+    db = await open_database(current[0].database.url)
+    seen: list[list[str]] = []
+
+    def applied() -> None:
+        with contextlib.closing(sqlite3.connect(data / "hub.db")) as c:
+            seen.append([slug for (slug,) in c.execute("SELECT slug FROM cohort ORDER BY id")])
+
+    keeper = RoomKeeper(db=db, outbox=Outbox(db, SystemClock()), clock=SystemClock(),
+                        provision=cast(Provision, None), settings=lambda: current[0],
+                        control_room=lambda: None, on_settings=lambda s: current.__setitem__(0, s),
+                        on_config_applied=applied)
+    try:
+        assert await keeper.check_config() and seen == [["first"]]
+        assert not await keeper.check_config()  # unchanged file: nothing applied, no tick
+        write_config(config, synapse=fake, bot=bot, data=data, cohorts=["first", "second"])
+        os.utime(config, (time.time() + 5, time.time() + 5))  # a new mtime even within one tick
+        assert await keeper.check_config() and seen == [["first"], ["first", "second"]]
+        config.write_text(config.read_text() + "[[cohort]]\nslug = 'Bad Slug'\n", encoding="utf-8")
+        os.utime(config, (time.time() + 10, time.time() + 10))
+        assert not await keeper.check_config()  # refused (the moderators are told): no tick
+        assert len(seen) == 2
+    finally:
+        await db.close()
 
 
 async def test_config_and_roster_changes_are_picked_up_while_running(

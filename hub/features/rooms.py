@@ -92,6 +92,7 @@ class RoomKeeper:
         settings: Callable[[], Settings],
         control_room: Callable[[], str | None],
         on_settings: Callable[[Settings], None] | None = None,
+        on_config_applied: Callable[[], None] | None = None,
         tick_seconds: float = 5.0,
     ) -> None:
         self.db = db
@@ -101,6 +102,7 @@ class RoomKeeper:
         self.settings = settings
         self.control_room = control_room
         self.on_settings = on_settings
+        self.on_config_applied = on_config_applied
         self.tick_seconds = tick_seconds
         self.reconciled = asyncio.Event()
         self.last_report: ReconcileReport | None = None
@@ -720,8 +722,11 @@ class RoomKeeper:
             self.on_settings(fresh)
         async with self.db.transaction() as s:
             env = await self.env(s)
-            for change in await ms.sync_config(s, env):
+            changes = await ms.sync_config(s, env)
+            for change in changes:
                 log.info("config: %s", change)
+        if changes and self.on_config_applied is not None:
+            self.on_config_applied()  # after the commit: a new cohort may be due its launch post
         return True
 
 
