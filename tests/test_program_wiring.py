@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hub.clock import FakeClock
 from hub.config import Settings, settings_from_dict
@@ -45,6 +45,7 @@ from hub.storage.models import (
     content_use_table,
     hub_room_table,
     outbox_table,
+    room_member_table,
 )
 
 from conftest import backends
@@ -480,3 +481,30 @@ async def test_a_moderator_change_ticks_the_calendar_after_its_commit(world: Wor
     assert seen == []
     assert "Created cohort" in (await w.command(MOD, CONTROL, '!hub cohort create autumn "Autumn"'))["body"]
     assert seen == [1]
+
+
+async def test_report_gives_each_count_the_moderators_need(world: World) -> None:
+    w = world
+    ids = await give_rooms_ids(w)
+    # The world's clock is a day after launch and catch_up_hours is 12: the launch is skipped.
+    await w.program.runner.tick()
+    async with w.db.transaction() as s:
+        s.add(EmailSuppression(address="mentor1@example.org", code=550, reason="gone", created_at=0.0))
+    await w.command(PEOPLE[1][1], ids["lounge:1"], "!hub email off")
+    paused = await w.command(MOD, CONTROL, f"!hub pause winter {PEOPLE[2][0]} {PEOPLE[2][1]}")
+    assert "Paused" in paused["body"]
+    await w.command(PEOPLE[0][0], ids["pair:1"], "!hub met video")
+    async with w.db.transaction() as s:  # both people of pair 1 accepted their invitation
+        room = await w.room("pair:1")
+        await s.execute(update(room_member_table).where(room_member_table.c.room_pk == room.id)
+                        .values(state="joined"))
+    body = (await w.command(MOD, CONTROL, "!hub report winter"))["body"]
+    assert body.splitlines()[1:] == [
+        "- Pairs: 2 active, 0 of them quiet for 14+ days, 1 paused",
+        '- Check-in answers ("did you meet?"): video 1, voice 0, text 0, notyet 0',
+        # Space and lounge: six people and the moderator each; three pair rooms of two; less pair 1.
+        "- Invitations not accepted yet: 18",
+        "- Email: 1 bounced (suppressed), 1 opted out, 0 without an address",
+        "- Scheduled items skipped while the hub was down: digest 1, launch 1, webinar-1h 1, "
+        "webinar-announce 1, webinar-followup 1",
+    ]
