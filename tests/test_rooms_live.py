@@ -267,12 +267,16 @@ async def test_rooms_lost_or_changed_behind_the_hubs_back_are_repaired_and_repor
         assert state.get(("m.space.child", lounge), {}) == {}
         await mod.wait_joined(new_lounge, mod.user_id, timeout=20)
         # Moderators were told what happened.
+        # One "Room check" with all three, or the pair room's loss first on its own (when the
+        # hub's sync sees it gone before the full check ends): either way each loss once.
+        def lost() -> list[str]:
+            return [line for e in mod.in_room(control) if isinstance(e, RoomMessageNotice)
+                    for line in e.body.splitlines() if "was lost" in line]
+
+        await mod.wait_until(lambda: len(lost()) >= 2, 20)
         alerts = [e.body for e in mod.in_room(control) if isinstance(e, RoomMessageNotice)]
-        await mod.wait_until(lambda: sum("was lost" in e.body for e in mod.in_room(control)
-                                         if isinstance(e, RoomMessageNotice)) >= 2, 20)
-        alerts = [e.body for e in mod.in_room(control) if isinstance(e, RoomMessageNotice)]
-        assert any("pair room of Ada & Bo" in a and "was lost" in a for a in alerts), alerts
-        assert any("Drift lounge" in a and "was lost" in a for a in alerts), alerts
+        assert sum("pair room of Ada & Bo" in line for line in lost()) == 1, alerts
+        assert sum("Drift lounge" in line for line in lost()) == 1, alerts
         assert any("the Drift space: name" in a for a in alerts), alerts
         # Nothing duplicated: one room per key.
         tags = await api.tagged_rooms()
