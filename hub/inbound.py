@@ -19,16 +19,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
 from hub.core.commands import CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import CommandError, PermissionDenied, UsageError
+from hub.features.membership import is_participant
 from hub.matrix.events import IncomingMessage, notice_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
 
-__all__ = ["CommandRunner", "Ports"]
+__all__ = ["OPEN_TO_ALL", "CommandRunner", "Ports"]
 
 log = logging.getLogger(__name__)
+
+# PRODUCT.md: commands other than these are for participants and moderators only.
+OPEN_TO_ALL = frozenset({"help", "ping"})
 
 _OOPS = (
     "Sorry, something went wrong on my side and nothing was changed. "
@@ -61,6 +66,7 @@ class CommandRunner:
         control_room: Callable[[], str | None],
         app: Any = None,
         after_change: Callable[[], None] | None = None,
+        rate_limiter: CommandRateLimiter | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -71,6 +77,9 @@ class CommandRunner:
         self.control_room = control_room
         self.app = app
         self.after_change = after_change
+        # Moderators are exempt: they run bulk set-up (a cohort, 30 adds) and are trusted.
+        self.rate_limiter = rate_limiter or CommandRateLimiter(clock)
+        self.strangers = OncePerWindow(clock, 86400.0)
 
     async def handle(self, msg: IncomingMessage) -> bool:
         """Handle one message; True if it was a command handled now (False: not for us, or seen)."""
@@ -81,6 +90,11 @@ class CommandRunner:
             return False
         kind = await self.room_kind(msg.room_id)
         moderator = await self.is_moderator(msg.sender)
+        verdict = Verdict.ALLOW if moderator else self.rate_limiter.check(msg.sender)
+        if verdict is Verdict.DROP:
+            # Told once already: a flood must not become a flood of answers (or of writes).
+            log.info("dropped a command from %s in %s: over the rate limit", msg.sender, msg.room_id)
+            return False
         try:
             async with self.db.transaction() as s:
                 if await s.get(HandledEvent, msg.event_id) is not None:
@@ -88,19 +102,13 @@ class CommandRunner:
                 s.add(HandledEvent(event_id=msg.event_id, room_id=msg.room_id,
                                    handled_at=self.clock.now().timestamp()))
                 await s.flush()
-                reply, audited = await self._run(s, msg, rest, kind, moderator)
-                body, html = markdown_to_matrix(reply.text)
-                await self.outbox.enqueue(
-                    s,
-                    channel=MATRIX,
-                    kind="reply",
-                    lane=msg.room_id,
-                    payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message",
-                             "content": notice_content(body, reply.html or html,
-                                                       reply_to=msg.event_id,
-                                                       thread_root=msg.thread_root)},
-                    dedupe_key=f"reply:{msg.event_id}",
-                )
+                if verdict is Verdict.WARN:
+                    reply: Reply | None = Reply(self._slow_down(msg.sender))
+                    audited = None
+                else:
+                    reply, audited = await self._run(s, msg, rest, kind, moderator)
+                if reply is not None:
+                    await self._reply(s, msg, reply)
                 if audited is not None:
                     await self._audit(s, msg, audited)
         except IntegrityError:
@@ -110,10 +118,37 @@ class CommandRunner:
             self.after_change()
         return True
 
+    async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply) -> None:
+        body, html = markdown_to_matrix(reply.text)
+        await self.outbox.enqueue(
+            s,
+            channel=MATRIX,
+            kind="reply",
+            lane=msg.room_id,
+            payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message",
+                     "content": notice_content(body, reply.html or html,
+                                               reply_to=msg.event_id,
+                                               thread_root=msg.thread_root)},
+            dedupe_key=f"reply:{msg.event_id}",
+        )
+
+    def _slow_down(self, sender: str) -> str:
+        wait = max(1, round(self.rate_limiter.wait_seconds(sender)))
+        return (f"Slow down, please: I take at most {self.rate_limiter.per_minute:g} commands a "
+                f"minute from one person. I'll ignore your commands for the next {wait} s "
+                "without answering; the ones I ignore change nothing.")
+
     async def _run(
         self, s: AsyncSession, msg: IncomingMessage, rest: str, kind: RoomKind, moderator: bool
-    ) -> tuple[Reply, str | None]:
-        """Run the command inside a savepoint, so a refusal or a crash changes nothing."""
+    ) -> tuple[Reply | None, str | None]:
+        """Run the command inside a savepoint, so a refusal or a crash changes nothing.
+
+        The reply is None when the hub stays silent: a stranger it has already refused.
+        """
+        if len(msg.body) > MAX_COMMAND_CHARS:
+            # Never echoed: an answer quoting it could be too large to send, and go unanswered.
+            return Reply(f"That command is {len(msg.body):,} characters long; I take at most "
+                         f"{MAX_COMMAND_CHARS:,}. Nothing was changed: please shorten it."), None
         ctx = CommandContext(
             sender=msg.sender, room_id=msg.room_id, room_kind=kind, is_moderator=moderator,
             event_id=msg.event_id,
@@ -124,7 +159,16 @@ class CommandRunner:
             parsed = self.registry.parse(rest)
             spec = parsed.spec
             ctx.args = parsed.args
+            if not moderator and spec.name not in OPEN_TO_ALL and not await is_participant(s, msg.sender):
+                try:
+                    self.registry.authorize(spec, ctx)  # the most specific reason, if there is one
+                except PermissionDenied as e:
+                    return self._refuse_stranger(msg, str(e)), None
+                return self._refuse_stranger(msg), None
             self.registry.authorize(spec, ctx)
+            too_long = text_too_long(spec, parsed.args)
+            if too_long is not None:
+                return Reply(too_long), None
             async with s.begin_nested():
                 reply = await spec.handler(ctx)
         except PermissionDenied as e:
@@ -133,6 +177,8 @@ class CommandRunner:
             # A refusal changes nothing, the audit log included; it is only logged.
             return Reply(str(e)), None
         except UsageError as e:
+            if spec is None and not moderator and not await is_participant(s, msg.sender):
+                return self._refuse_stranger(msg), None  # no lesson in commands they may not use
             return Reply(str(e)), None
         except CommandError as e:
             return Reply(str(e)), ("error" if spec and spec.moderator_only else None)
@@ -140,6 +186,18 @@ class CommandRunner:
             log.exception("command %r from %s failed", rest[:80], msg.sender)
             return Reply(_OOPS), ("crashed" if spec and spec.moderator_only else None)
         return reply, ("ok" if spec.moderator_only else None)
+
+    def _refuse_stranger(self, msg: IncomingMessage, reason: str | None = None) -> Reply | None:
+        """One polite refusal per stranger and room a day; silence after that."""
+        log.info("refused a command from %s in %s: not a participant or moderator",
+                 msg.sender, msg.room_id)
+        if not self.strangers.first((msg.sender, msg.room_id)):
+            return None
+        p = self.registry.prefix
+        why = reason or ("Sorry, I only take commands from this mentoring program's participants "
+                         "and moderators, so nothing was done.")
+        return Reply(f"{why} `{p} help` and `{p} ping` work for everyone; I won't answer your "
+                     "other commands here again today.")
 
     async def _audit(self, s: AsyncSession, msg: IncomingMessage, outcome: str) -> None:
         command = f"{self.registry.prefix} {self.registry.addressed(msg.body) or ''}".strip()

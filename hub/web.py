@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from hub.delivery.outbox import Outbox
 
-__all__ = ["HealthSource", "WebServer"]
+__all__ = ["ControlRoomFailures", "HealthSource", "WebServer"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControlRoomFailures:
+    """Deliveries to the control room that failed for good: the one failure no alert can report.
+
+    Counted since the process started (a Prometheus counter); /healthz shows
+    "undelivered" while the last one is less than `recent` seconds old. It does
+    not turn /healthz 503: the hub is working, and a restart would not help.
+    """
+
+    total: int = 0
+    last_at: float | None = None  # monotonic seconds
+    recent: float = 86400.0
+
+    def record(self, now: float) -> None:
+        self.total += 1
+        self.last_at = now
+
+    def recently(self, now: float) -> bool:
+        return self.last_at is not None and now - self.last_at < self.recent
 
 
 @dataclass
@@ -23,6 +45,8 @@ class HealthSource:
     smtp_ok: Callable[[], bool]
     outbox: Outbox
     max_queue_age: float = 900.0  # seconds a row may wait before the hub counts as unhealthy
+    control_room: ControlRoomFailures = field(default_factory=ControlRoomFailures)
+    monotonic: Callable[[], float] = time.monotonic  # the clock `control_room` is recorded on
 
 
 class WebServer:
@@ -68,6 +92,10 @@ class WebServer:
             "status": "ok" if all(v == "ok" for v in checks.values()) else "failing",
             "checks": checks,
             "oldest_queued_seconds": round(stats.oldest_queued_age, 1) if stats else None,
+            # Outside `checks`: visible to monitoring, but never a 503 (see ControlRoomFailures).
+            "control_room": ("undelivered" if self.health.control_room.recently(self.health.monotonic())
+                             else "ok"),
+            "control_room_failed": self.health.control_room.total,
         }
         return web.Response(
             status=200 if body["status"] == "ok" else 503,
@@ -98,5 +126,8 @@ class WebServer:
             "# HELP hub_smtp_up 1 when the SMTP server answered the last attempt (1 if email is off).",
             "# TYPE hub_smtp_up gauge",
             f"hub_smtp_up {1 if self.health.smtp_ok() else 0}",
+            "# HELP hub_control_room_failed_total Messages to the control room that failed for good.",
+            "# TYPE hub_control_room_failed_total counter",
+            f"hub_control_room_failed_total {self.health.control_room.total}",
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

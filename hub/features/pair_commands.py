@@ -84,7 +84,9 @@ def register_pair_commands(registry: CommandRegistry) -> None:
                            "to you both.", plan=pv.plan)
         return Reply(plain, html)
 
-    @registry.command("plan set", "save and pin your backup plan", Arg("text", kind="text"), where=PAIR)
+    # Capped where it enters (hub.core.limits.text_too_long): the plan is posted, pinned and mailed.
+    @registry.command("plan set", "save and pin your backup plan", Arg("text", kind="text", maximum=2000),
+                      where=PAIR)
     async def plan_set(ctx: CommandContext) -> Reply:
         text = " ".join(str(ctx.args["text"]).split("\n")).strip()
         if len(text) > MAX_PLAN:

@@ -9,7 +9,10 @@ private room to the moderators, and it carries only the words typed after it.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core import content as ct
 from hub.core.cohorts import display_name, is_email
@@ -30,14 +33,39 @@ from hub.features.participants import (
 )
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
-from hub.storage.models import PrivateCheckin
+from hub.storage.models import CommandUse, PrivateCheckin
+from hub.storage.models import command_use_table as U
 
-__all__ = ["CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "register_person_commands"]
+__all__ = ["CONFIRM_PER_DAY", "CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "MAX_SUPPORT_CHARS",
+           "register_person_commands"]
 
 LOW_SCORE = 2  # a score at or below this brings the private reflection guide
 MAX_SNOOZE_DAYS = 60
 CONFIRM_WITHIN = timedelta(hours=48)  # how long the code mailed to a new address stays valid
 DIRECT = frozenset({RoomKind.DIRECT})
+# `!hub email ADDRESS` mails whatever address it is given: without a limit it is a
+# way to make the hub spam a third party. Per person and per address, a day.
+CONFIRM_PER_DAY = 3
+MAX_SUPPORT_CHARS = 2000  # a request the control room can always receive (a Matrix event is 64 KiB)
+_DAY = 86400.0
+
+
+async def _use_daily(session: AsyncSession, keys: list[str], now: datetime, limit: int) -> float | None:
+    """Count one use under every key, unless one of them had `limit` uses in the last day.
+
+    Returns None when counted, else the time (UNIX) the oldest use in the full
+    key's day expires. Kept in the database, so a restart does not reset it.
+    """
+    since = now.timestamp() - _DAY
+    await session.execute(delete(U).where(U.c.key.in_(keys) & (U.c.at <= since)))
+    rows = (await session.execute(
+        select(U.c.key, func.count(), func.min(U.c.at)).where(U.c.key.in_(keys)).group_by(U.c.key)
+    )).all()
+    full = [oldest for _, n, oldest in rows if n >= limit]
+    if full:
+        return float(max(full)) + _DAY
+    session.add_all([CommandUse(key=k, at=now.timestamp()) for k in keys])
+    return None
 
 
 async def _guide(ctx: CommandContext) -> Reply:
@@ -89,7 +117,7 @@ def register_person_commands(registry: CommandRegistry) -> None:
         return await _guide(ctx)
 
     @registry.command("support", "ask the moderators for help (only these words reach them)",
-                      Arg("text", kind="text"), where=DIRECT)
+                      Arg("text", kind="text", maximum=MAX_SUPPORT_CHARS), where=DIRECT)
     async def support(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         control = ports.control_room
@@ -148,6 +176,13 @@ def register_person_commands(registry: CommandRegistry) -> None:
         if not settings.email.enabled:
             raise CommandError("Email is turned off on this hub, so there is nothing to change.")
         address = normalize_address(setting)
+        again = await _use_daily(ports.session, [f"email-confirm:person:{ctx.sender}",
+                                                 f"email-confirm:address:{address}"], now, CONFIRM_PER_DAY)
+        if again is not None:
+            raise CommandError(
+                f"I send at most {CONFIRM_PER_DAY} confirmation emails a day per person and per "
+                f"address, and that limit is reached; nothing was sent or changed. You can ask "
+                f"again after {datetime.fromtimestamp(again, now.tzinfo):%H:%M} UTC.")
         # The new address is used only once its owner proves it by sending back the mailed code.
         new_code = secrets.token_hex(4).upper()
         pref.pending_email, pref.pending_code, pref.pending_at = address, code_hash(new_code), now.timestamp()
@@ -161,7 +196,8 @@ def register_person_commands(registry: CommandRegistry) -> None:
         await enqueue_email(ports.outbox, ports.session, payload,
                             kind="email-confirm", dedupe_key=f"email-confirm:{ctx.event_id}")
         return Reply(f"Almost done: I've emailed a code to {address}. Send `{prefix} email confirm CODE` "
-                     "here to start using it; until then mail keeps going to your current address.")
+                     "here to start using it; until then mail keeps going to your current address. "
+                     f"(At most {CONFIRM_PER_DAY} such emails a day per person and per address.)")
 
     @registry.command("snooze", f"pause nudges to you for DAYS days (at most {MAX_SNOOZE_DAYS})",
                       Arg("days", kind="int", minimum=1, maximum=MAX_SNOOZE_DAYS))

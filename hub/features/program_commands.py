@@ -202,7 +202,8 @@ def register_program_commands(registry: CommandRegistry) -> None:
         return Reply(f"Sent the {kind.value} now to {' and '.join(parts)} of `{view.cohort.slug}`.")
 
     @registry.command("announce", "post in the lounge and email every opted-in member",
-                      Arg("slug"), Arg("markdown", kind="text"), moderator_only=True)
+                      # Capped where it enters (hub.core.limits.text_too_long): the post must fit an event.
+                      Arg("slug"), Arg("markdown", kind="text", maximum=10_000), moderator_only=True)
     async def announce(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s = ports.session

@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "AuditEntry",
+    "CommandUse",
     "EmailSuppression",
     "HandledEvent",
     "KeyValue",
@@ -22,6 +23,7 @@ __all__ = [
     "RoomActivity",
     "Subscriber",
     "audit_table",
+    "command_use_table",
     "email_suppression_table",
     "lounge_post_table",
     "lounge_reaction_table",
@@ -363,6 +365,16 @@ class Subscriber(SQLModel, table=True):
     created_at: float
 
 
+class CommandUse(SQLModel, table=True):
+    """One use of a rate-limited command under one key (migration 0009, hub.features.person_commands)."""
+
+    __tablename__ = "command_use"
+    __table_args__ = (Index("ix_command_use_key_at", "key", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=400)
+    at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
@@ -387,3 +399,4 @@ room_activity_table: Table = RoomActivity.__table__  # type: ignore[attr-defined
 lounge_post_table: Table = LoungePost.__table__  # type: ignore[attr-defined]
 lounge_reaction_table: Table = LoungeReaction.__table__  # type: ignore[attr-defined]
 subscriber_table: Table = Subscriber.__table__  # type: ignore[attr-defined]
+command_use_table: Table = CommandUse.__table__  # type: ignore[attr-defined]
