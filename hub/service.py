@@ -124,7 +124,8 @@ class Hub:
         )
         self.rooms.install(matrix_sender)
         self.program = ProgramService(db=self.db, outbox=self.outbox, clock=self.clock,
-                                      settings=lambda: self.settings)
+                                      settings=lambda: self.settings,
+                                      control_room=lambda: self.control_room_id)
         # The op must exist before the dispatcher runs: a pin row may be left from the last run.
         self.program.install(matrix_sender, self.client)
         self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)

@@ -226,3 +226,37 @@ async def test_preview_command_and_cli_change_nothing(world: World, tmp_path: Pa
     by_mxid = await preview(world.settings, "winter", who=PEOPLE[0][1])
     assert "Mentee 0" in by_mxid.text
     assert await _dump_database(world) == before  # no handle, no secret, no row kept
+
+
+async def test_a_name_with_a_line_break_from_an_older_hub_skips_one_mail_and_is_reported_once(
+        world: World) -> None:
+    """A name the hub now refuses can still be in the database (an older hub took it). Its one
+    email is skipped and reported once; the digest, the icebreakers and the tick go on."""
+    await give_rooms_ids(world)
+    async with world.db.transaction() as s:
+        await s.execute(text("UPDATE member SET name = :n WHERE matrix_id = :m"),
+                        {"n": "Line\nBreak", "m": PEOPLE[1][1]})
+    ticks = await run_calendar(world.program, world.clock, datetime(2027, 1, 19, 12, 0, tzinfo=BERLIN))
+    assert ticks >= 2
+    rows = await world.rows()
+    emails = sorted(r["lane"] for r in rows if r["kind"] == "digest" and r["channel"] == "email")
+    everyone = ["eve@example.org"] + [f"{who}{i}@example.org" for i in range(3)
+                                      for who in ("mentor", "mentee")]
+    assert emails == sorted(a for a in everyone if a != "mentee1@example.org")
+    assert len([r for r in rows if r["kind"] == "digest" and r["channel"] == "matrix"]) == 1
+    week2 = [r for r in rows if r["kind"] == "program-icebreaker" and ":w2:" in r["key"]]
+    assert len(week2) == 3 + 1  # every pair room and the lounge
+    alerts = [r for r in rows if r["kind"] == "alert"]
+    assert len(alerts) == 1 and alerts[0]["lane"] == CONTROL
+    body = alerts[0]["payload"]["content"]["body"]
+    assert "mentee1@example.org" in body and "name contains a line break" in body and "week 2" in body
+    assert "Traceback" not in body and "\n" not in body.split("mentee1@example.org")[0].splitlines()[-1]
+    async with world.db.session() as s:
+        last = (await s.execute(text("SELECT last_tick FROM program_tick WHERE cohort = 'winter'"))).scalar()
+    assert last is not None and last >= datetime(2027, 1, 19, 10, 0, tzinfo=BERLIN).timestamp()
+
+    # More ticks and `!hub digest send` for the same week meet the same name: still one alert.
+    world.clock.advance(3600)
+    await world.program.runner.tick()
+    await world.command(MOD, CONTROL, "!hub digest winter send")
+    assert len([r for r in await world.rows() if r["kind"] == "alert"]) == 1

@@ -133,7 +133,8 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
             await ms.make_pair(s, env, cohort, Who(matrix_id=mentor), Who(matrix_id=mentee))
     global _LIBRARY
     _LIBRARY = _LIBRARY or load_library()  # loading and checking it is most of a test's set-up
-    program = ProgramService(db=db, outbox=outbox, clock=clock, settings=lambda: settings, library=_LIBRARY)
+    program = ProgramService(db=db, outbox=outbox, clock=clock, settings=lambda: settings, library=_LIBRARY,
+                             control_room=lambda: CONTROL)
 
     class App:
         pass

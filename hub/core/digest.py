@@ -23,7 +23,7 @@ import functools
 import re
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -521,9 +521,18 @@ class DigestBuilder:
         self, issue: DigestIssue, recipients: Iterable[Recipient]
     ) -> Iterator[tuple[Recipient, DigestEmail]]:
         """`email` for many people; the cohort-wide part is prepared once, not per person."""
-        shared = self._email_shared(issue)
+        render = self.email_renderer(issue)
         for recipient in recipients:
-            yield recipient, self._email(issue, shared, recipient)
+            yield recipient, render(recipient)
+
+    def email_renderer(self, issue: DigestIssue) -> Callable[[Recipient], DigestEmail]:
+        """`email` as a function of the person, with the cohort-wide part prepared once.
+
+        For callers that handle each person's failure on its own (a generator
+        like `emails` ends at the first exception).
+        """
+        shared = self._email_shared(issue)
+        return lambda recipient: self._email(issue, shared, recipient)
 
     def _email_shared(self, issue: DigestIssue) -> dict[str, Any]:
         shared = self._shared(issue)

@@ -37,6 +37,7 @@ from hub.errors import ContentError
 from hub.features.participants import CohortView, content_cohort, load_cohort_view, room_row
 from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
+from hub.features.program_unsent import Unsent, is_transient, person_reason, unsent_alert
 from hub.features.subscribers import handles_for, list_id, signing_secret
 from hub.matrix.events import notice_content
 from hub.program_targets import person_key
@@ -59,14 +60,27 @@ class Edition:
 
 
 def email_rows(builder: dg.DigestBuilder, issue: dg.DigestIssue,
-               mails: Sequence[tuple[dg.Recipient, str, str]], lid: str) -> list[dict[str, Any]]:
+               mails: Sequence[tuple[dg.Recipient, str, str]], lid: str,
+               unsent: list[Unsent] | None = None) -> list[dict[str, Any]]:
     """Outbox rows for (recipient, address, dedupe key): each person's digest email, rendered
-    here (about a millisecond each); the cohort-wide part is prepared once for all of them."""
-    rendered = builder.emails(issue, (recipient for recipient, _, _ in mails))
+    here (about a millisecond each); the cohort-wide part is prepared once for all of them.
+
+    With `unsent`, a person whose email cannot be made (a name with a line break, stored by
+    an older hub, cannot be a `To:` name) is recorded there and left out; the others still go.
+    """
+    render = builder.email_renderer(issue)
     out: list[dict[str, Any]] = []
-    for (recipient, address, key), (_, mail) in zip(mails, rendered, strict=True):
-        payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
-                                to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+    for recipient, address, key in mails:
+        try:
+            mail = render(recipient)
+            payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
+                                    to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+        except Exception as e:
+            if unsent is None or is_transient(e):
+                raise
+            log.warning("%s: no digest email for %s: %r", key, address, e)
+            unsent.append(Unsent(f"{recipient.name} <{address}>", person_reason(recipient.name, e)))
+            continue
         out.append({"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
                     "payload": dict(payload), "dedupe_key": key})
     return out
@@ -198,18 +212,24 @@ class DigestService:
         ed = await self.edition(s, view, item.week or 1, now)
         await activity.prune(s, now)
         out: list[dict[str, Any]] = []
+        unsent: list[Unsent] = []
         if view.lounge is not None and any(t.audience is Audience.LOUNGE for t in targets):
             target = next(t for t in targets if t.audience is Audience.LOUNGE)
-            out.append(room_row(view.lounge, ed.builder.lounge_post(ed.issue).content(), kind="digest",
-                                dedupe_key=dedupe_key(item, target)))
-        out += await self._emails(s, ed, item, [t for t in targets if t.audience is Audience.MEMBER], now)
+            try:
+                out.append(room_row(view.lounge, ed.builder.lounge_post(ed.issue).content(), kind="digest",
+                                    dedupe_key=dedupe_key(item, target)))
+            except Exception as e:
+                self.program.leave_out(unsent, item, "the lounge", e)
+        out += await self._emails(s, ed, item, [t for t in targets if t.audience is Audience.MEMBER], now,
+                                  unsent)
         report = await self.report_row(s, view, now, key=f"{item.key}:report")
         if report is not None:
             out.append(report)
-        return out
+        alert = unsent_alert(self.control_room(), item, unsent)
+        return out + ([alert] if alert is not None else [])
 
     async def _emails(self, s: AsyncSession, ed: Edition, item: CalendarItem, targets: Sequence[Target],
-                      now: datetime) -> list[dict[str, Any]]:
+                      now: datetime, unsent: list[Unsent]) -> list[dict[str, Any]]:
         settings = self.program.settings()
         if not settings.email.enabled or not targets:
             return []
@@ -221,7 +241,7 @@ class DigestService:
             address = ed.view.address(member)
             if address is not None:
                 mails.append((recipient, address, dedupe_key(item, wanted[member.id or 0])))
-        return email_rows(ed.builder, ed.issue, mails, lid)
+        return email_rows(ed.builder, ed.issue, mails, lid, unsent)
 
     async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,
                          key: str) -> dict[str, Any] | None:

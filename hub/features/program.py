@@ -48,6 +48,7 @@ from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
 from hub.features.participants import (
     CohortView,
+    PairView,
     content_cohort,
     content_pair,
     content_person,
@@ -56,6 +57,7 @@ from hub.features.participants import (
     room_row,
     used_items,
 )
+from hub.features.program_unsent import Unsent, is_transient, reason_of, unsent_alert
 from hub.features.subscribers import list_headers, list_id
 from hub.program import ProgramRunner
 from hub.program_store import SqlProgramState
@@ -90,6 +92,7 @@ _DEFAULT_SLOTS = {"digest": "mon 09:00", "icebreaker": "tue 10:00", "checkin": "
                   "reflection": "wed 10:00"}
 _DEFAULT_CHECKIN_WEEKS = (1, 2, 4, 8)
 _DEFAULT_REFLECTION_WEEKS = (3, 6, 9)
+_ROTATING = {ItemKind.ICEBREAKER: ct.Kind.ICEBREAKER, ItemKind.REFLECTION: ct.Kind.REFLECTION}
 _STARTS_IN = {ItemKind.WEBINAR_REMINDER_24H: "in 24 hours", ItemKind.WEBINAR_REMINDER_1H: "in 1 hour"}
 _WEBINAR_USE = {ItemKind.WEBINAR_ANNOUNCE: "announcement", ItemKind.WEBINAR_REMINDER_24H: "reminder",
                 ItemKind.WEBINAR_REMINDER_1H: "reminder", ItemKind.WEBINAR_FOLLOWUP: "follow-up"}
@@ -150,8 +153,11 @@ class ProgramService:
         settings: Callable[[], Settings],
         library: ct.Library | None = None,
         digest: DigestHook | None = None,
+        control_room: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.db = db
+        # Where an item that could not be made for someone is reported (hub.features.program_unsent).
+        self.control_room = control_room
         self.outbox = outbox
         self.clock = clock
         self.settings = settings
@@ -243,9 +249,22 @@ class ProgramService:
     # -- emitting -------------------------------------------------------------------------------
 
     async def emit(self, item: CalendarItem, targets: Sequence[Target]) -> None:
-        async with self.db.transaction() as s:
-            rows = await self.rows(s, item, targets, source="schedule")
-            await self.outbox.enqueue_many(s, rows)
+        try:
+            async with self.db.transaction() as s:
+                rows = await self.rows(s, item, targets, source="schedule")
+                await self.outbox.enqueue_many(s, rows)
+        except Exception as e:
+            if is_transient(e):
+                raise  # the tick fails and the next one retries this item
+            # Retrying cannot cure it and would hold back everything after it in the
+            # calendar: the item is skipped, and the moderators are told once.
+            log.exception("%s could not be made; skipped it and told the moderators", item.key)
+            alert = unsent_alert(self.control_room(), item, [Unsent(
+                f"all {len(targets)} recipient{'s' if len(targets) != 1 else ''}", reason_of(e))],
+                everything=True)
+            if alert is not None:
+                async with self.db.transaction() as s:
+                    await self.outbox.enqueue_many(s, [alert])
 
     async def rows(self, s: AsyncSession, item: CalendarItem, targets: Sequence[Target], *,
                    source: str) -> list[dict[str, Any]]:
@@ -269,20 +288,37 @@ class ProgramService:
         if view is None:
             return []
         out: list[dict[str, Any]] = []
+        unsent: list[Unsent] = []
         week = item.week or 0
         for audience in (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER):
             group = [t for t in todo if t.audience is audience]
             if not group:
                 continue
             if audience is Audience.LOUNGE:
-                out += await self._lounge(s, view, item, group[0], keys[group[0]], week, source)
+                try:
+                    out += await self._lounge(s, view, item, group[0], keys[group[0]], week, source)
+                except Exception as e:
+                    self.leave_out(unsent, item, "the lounge", e)
             elif audience is Audience.PAIR:
-                out += await self._pairs(s, view, item, group, keys, week, source)
+                out += await self._pairs(s, view, item, group, keys, week, source, unsent)
             elif audience is Audience.DIRECT:
-                out += await self._direct(s, view, item, group, keys, week)
+                out += await self._direct(s, view, item, group, keys, week, unsent)
             else:
-                out += await self._members(s, view, item, group, keys, week)
-        return out
+                out += await self._members(s, view, item, group, keys, week, unsent)
+        alert = unsent_alert(self.control_room(), item, unsent)
+        return out + ([alert] if alert is not None else [])
+
+    @staticmethod
+    def leave_out(unsent: list[Unsent], item: CalendarItem, who: str, e: Exception) -> None:
+        """Record that `item` is not made for `who` (re-raising what a retry can cure).
+
+        Callers render before they write (a rotation, a direct room), so what is
+        left out has changed nothing in the transaction.
+        """
+        if is_transient(e):
+            raise e
+        log.warning("%s: not made for %s: %r", item.key, who, e)
+        unsent.append(Unsent(who, reason_of(e)))
 
     def _vars(self, view: CohortView, week: int, **more: Any) -> ct.Variables:
         return ct.Variables(cohort=content_cohort(view), week=week, **more)
@@ -315,43 +351,54 @@ class ProgramService:
                          dedupe_key=key)]
 
     async def _pairs(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
-                     keys: dict[Target, str], week: int, source: str) -> list[dict[str, Any]]:
-        lib = self.library
-        video = self.settings().video.base_url
-        rotating = {ItemKind.ICEBREAKER: ct.Kind.ICEBREAKER, ItemKind.REFLECTION: ct.Kind.REFLECTION}
-        used = (await used_items(s, [t.id for t in group], rotating[item.kind].value)
-                if item.kind in rotating else {})
+                     keys: dict[Target, str], week: int, source: str,
+                     unsent: list[Unsent]) -> list[dict[str, Any]]:
+        rotating = _ROTATING.get(item.kind)
+        used = await used_items(s, [t.id for t in group], rotating.value) if rotating is not None else {}
         out: list[dict[str, Any]] = []
         now = self.clock.now()
         for t in group:
             pv = view.pairs.get(t.id)
             if pv is None or pv.room is None:
                 continue
-            variables = self._vars(view, week, pair=content_pair(view, pv, video))
-            kind = f"program-{item.kind.value}"
-            if item.kind is ItemKind.LAUNCH:
-                launch = lib.pick(ct.Kind.WELCOME, ct.Audience.PAIR, use="launch")
-                out.append(room_row(pv.room, lib.render(launch, variables).matrix_content(),
-                                    kind=kind, dedupe_key=keys[t]))
-                if not pv.plan:
-                    prompt = lib.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="prompt")
-                    out.append(room_row(pv.room, lib.render(prompt, variables).matrix_content(),
-                                        kind="program-plan-prompt", dedupe_key=f"{keys[t]}:plan"))
-                continue
-            if item.kind in rotating:
-                chosen = lib.pick(rotating[item.kind], ct.Audience.PAIR, week=week or None,
-                                  used=used.get(t.id, []))
-                record_use(s, t.id, rotating[item.kind].value, chosen.id, source, now)
-            elif item.kind is ItemKind.CHECKIN:
-                chosen = lib.pick(ct.Kind.CHECKIN, ct.Audience.PAIR)
-            else:
-                continue
-            out.append(room_row(pv.room, lib.render(chosen, variables).matrix_content(),
-                                kind=kind, dedupe_key=keys[t]))
+            try:
+                out += self._pair_rows(s, view, item, pv, t.id, keys[t], week, source, used.get(t.id, []),
+                                       now)
+            except Exception as e:
+                self.leave_out(unsent, item, f"the pair room of {ms.member_label(pv.mentor)} & "
+                                             f"{ms.member_label(pv.mentee)}", e)
         return out
 
+    def _pair_rows(self, s: AsyncSession, view: CohortView, item: CalendarItem, pv: PairView, scope: str,
+                   key: str, week: int, source: str, used: list[str],
+                   now: datetime) -> list[dict[str, Any]]:
+        lib = self.library
+        assert pv.room is not None
+        variables = self._vars(view, week, pair=content_pair(view, pv, self.settings().video.base_url))
+        kind = f"program-{item.kind.value}"
+        if item.kind is ItemKind.LAUNCH:
+            launch = lib.pick(ct.Kind.WELCOME, ct.Audience.PAIR, use="launch")
+            rows = [room_row(pv.room, lib.render(launch, variables).matrix_content(),
+                             kind=kind, dedupe_key=key)]
+            if not pv.plan:
+                prompt = lib.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="prompt")
+                rows.append(room_row(pv.room, lib.render(prompt, variables).matrix_content(),
+                                     kind="program-plan-prompt", dedupe_key=f"{key}:plan"))
+            return rows
+        rotating = _ROTATING.get(item.kind)
+        if rotating is not None:
+            chosen = lib.pick(rotating, ct.Audience.PAIR, week=week or None, used=used)
+        elif item.kind is ItemKind.CHECKIN:
+            chosen = lib.pick(ct.Kind.CHECKIN, ct.Audience.PAIR)
+        else:
+            return []
+        row = room_row(pv.room, lib.render(chosen, variables).matrix_content(), kind=kind, dedupe_key=key)
+        if rotating is not None:  # only once it rendered: a pair left out keeps its place in the rotation
+            record_use(s, scope, rotating.value, chosen.id, source, now)
+        return [row]
+
     async def _direct(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
-                      keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
+                      keys: dict[Target, str], week: int, unsent: list[Unsent]) -> list[dict[str, Any]]:
         if item.kind is not ItemKind.REFLECTION:
             return []
         env = await ms.load_env(s, self.outbox, self.clock, self.settings())
@@ -362,15 +409,20 @@ class ProgramService:
             if member is None:
                 continue
             partner = view.partner_of(t.id)
-            variables = self._vars(view, week, person=content_person(view, member),
-                                   partner=content_person(view, partner) if partner else None)
+            try:
+                variables = self._vars(view, week, person=content_person(view, member),
+                                       partner=content_person(view, partner) if partner else None)
+                content = self.library.render(chosen, variables).matrix_content()
+            except Exception as e:
+                self.leave_out(unsent, item, f"{ms.member_label(member)} ({t.id})", e)
+                continue
+            # Made only once the message rendered: a person left out gets no room for nothing.
             room = await ms.ensure_direct_room(s, env, t.id)
-            out.append(room_row(room, self.library.render(chosen, variables).matrix_content(),
-                                kind="program-private-checkin", dedupe_key=keys[t]))
+            out.append(room_row(room, content, kind="program-private-checkin", dedupe_key=keys[t]))
         return out
 
     async def _members(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
-                       keys: dict[Target, str], week: int) -> list[dict[str, Any]]:
+                       keys: dict[Target, str], week: int, unsent: list[Unsent]) -> list[dict[str, Any]]:
         settings = self.settings()
         if not settings.email.enabled or item.kind not in _WEBINAR_USE or item.webinar is None:
             return []
@@ -394,14 +446,18 @@ class ProgramService:
             # "weekly" means the digest only; "off" is filtered by the targets already.
             if member is None or address is None or view.email_mode(member) != "all":
                 continue
-            person = content_person(view, member)
-            variables = self._vars(view, week, webinar=self._webinar(item, person.timezone))
-            rendered = self.library.render(chosen, variables)
-            payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
-                                    html=rendered.email_html, to_name=person.name,
-                                    headers=unsubscribe.get(person_key(member.matrix_id, member.email) or "",
-                                                            headers),
-                                    attachments=ics)
+            try:
+                person = content_person(view, member)
+                variables = self._vars(view, week, webinar=self._webinar(item, person.timezone))
+                rendered = self.library.render(chosen, variables)
+                payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
+                                        html=rendered.email_html, to_name=person.name,
+                                        headers=unsubscribe.get(
+                                            person_key(member.matrix_id, member.email) or "", headers),
+                                        attachments=ics)
+            except Exception as e:
+                self.leave_out(unsent, item, f"{ms.member_label(member)} <{address}>", e)
+                continue
             out.append({"channel": EMAIL, "kind": f"program-{item.kind.value}",
                         "lane": normalize_address(address), "payload": dict(payload),
                         "dedupe_key": keys[t]})
