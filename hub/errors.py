@@ -10,6 +10,8 @@
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
+    │       ├── RecipientRejectedError  the SMTP server refused the address: suppress it
+    │       └── MessageRejectedError    it refused the message or the hub's sender, not the address
     ├── CommandError           a room command was malformed or refused
     │   ├── UsageError
     │   └── PermissionDenied
@@ -34,8 +36,10 @@ __all__ = [
     "InvalidTokenError",
     "LoginError",
     "MatrixError",
+    "MessageRejectedError",
     "PermanentDeliveryError",
     "PermissionDenied",
+    "RecipientRejectedError",
     "RosterError",
     "SchemaTooNewError",
     "StorageError",
@@ -100,6 +104,28 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Retrying cannot help: the row is marked failed and moderators are told."""
+
+
+class RecipientRejectedError(PermanentDeliveryError):
+    """The SMTP server refused the recipient for good (bad mailbox): the address is to be suppressed."""
+
+    def __init__(self, reason: str, *, code: int) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class MessageRejectedError(PermanentDeliveryError):
+    """The SMTP server refused this message, or the hub's sender, for good (spam, policy, size).
+
+    Says nothing about the address, so it is not suppressed: the row fails, and the
+    same message to other recipients is likely to be refused the same way.
+    `enhanced` is the RFC 3463 status code ("5.7.1"), or "" when the server gave none.
+    """
+
+    def __init__(self, reason: str, *, code: int, enhanced: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.enhanced = enhanced
 
 
 class CommandError(HubError):

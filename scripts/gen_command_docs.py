@@ -46,6 +46,8 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "support": ("!hub support I'd like to talk about my pairing",
                 "Confirmation that the moderators got it; only these words reach them."),
     "email": ("!hub email weekly", "Confirmation of the new email preference."),
+    "email unsuppress": ("!hub email unsuppress ben@example.org",
+                         "Nothing at once: the next email to that address is sent again."),
     "snooze": ("!hub snooze 7", "Confirmation; no nudges to you for 7 days."),
     "unsnooze": ("!hub unsnooze", "Confirmation; nudges resume."),
     "audit": ("!hub audit 20", "Nothing: the last 20 moderator actions are listed for you only."),

@@ -18,7 +18,14 @@ from hub.config import EmailSettings
 from hub.devserver.smtp import SmtpSink
 from hub.email.message import BuiltMessage, build_message
 from hub.email.payload import email_payload
-from hub.email.pool import RecipientRejectedError, SmtpPool, dot_stuffed
+from hub.email.pool import (
+    MAILBOX_FULL_RETRY,
+    MessageRejectedError,
+    RecipientRejectedError,
+    SmtpPool,
+    dot_stuffed,
+    refusal_kind,
+)
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
 FROM = "Hub <hub@example.org>"
@@ -95,6 +102,61 @@ async def test_4xx_is_temporary_5xx_is_a_rejected_recipient(sink: SmtpSink, stag
     await pool.send(_msg("fine@example.org"))
     assert [m.rcpt_tos for m in await sink.wait_for(1)] == [("fine@example.org",)]
     assert sink.count == 1 and pool.connects == 1
+    await pool.close()
+
+
+@pytest.mark.parametrize(("code", "text", "stage", "kind"), [
+    (550, "5.1.1 no such user", "RCPT", "recipient"),
+    (550, "5.1.1 no such user", "DATA", "recipient"),
+    (550, "5.2.1 mailbox disabled", "DATA", "recipient"),
+    (552, "5.2.2 mailbox full", "RCPT", "mailbox-full"),
+    (552, "5.2.3 message too long", "DATA", "message"),
+    (554, "5.7.1 rejected as spam", "DATA", "message"),
+    (554, "5.7.1 client host blocked using zen.spamhaus.org", "RCPT", "message"),
+    (550, "5.6.0 content rejected", "DATA", "message"),
+    (552, "5.3.4 message size exceeds fixed limit", "DATA", "message"),
+    (550, "no such user here", "RCPT", "recipient"),  # no enhanced code: as before
+    (554, "Transaction failed", "DATA", "message"),  # the address was accepted at RCPT
+    (553, "5.1.8 sender domain does not exist", "MAIL FROM", "message"),
+    (530, "5.7.0 Authentication required", "MAIL FROM", "session"),
+    (550, "5.5.0 syntax", "RCPT", "recipient"),
+    (550, "5.1.1\n5.1.1 more lines", "RCPT", "recipient"),
+])
+def test_refusals_are_told_apart_by_enhanced_code_and_stage(
+        code: int, text: str, stage: str, kind: str) -> None:
+    assert refusal_kind(code, text, stage) == kind
+
+
+async def test_spam_at_data_is_the_message_not_the_recipient(sink: SmtpSink) -> None:
+    """The defect: a DATA-stage 554 5.7.1 was a RecipientRejectedError, so the address was suppressed."""
+    sink.data_fault = lambda rcpts: "554 5.7.1 rejected as spam"
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    with pytest.raises(MessageRejectedError, match=r"554 at DATA: 5\.7\.1 rejected as spam") as info:
+        await pool.send(_msg("ada@example.org"))
+    assert not isinstance(info.value, RecipientRejectedError)
+    assert (info.value.code, info.value.enhanced) == (554, "5.7.1")
+    sink.data_fault = lambda rcpts: "552 5.2.2 mailbox full"
+    with pytest.raises(TemporaryDeliveryError, match=r"552 at DATA: 5\.2\.2") as full:
+        await pool.send(_msg("ada@example.org", 1))
+    assert full.value.retry_after == MAILBOX_FULL_RETRY
+    sink.data_fault = None
+    await pool.send(_msg("ada@example.org", 2))  # the same connection, after RSET
+    assert [m.subject for m in await sink.wait_for(1)] == ["hello 2"] and pool.connects == 1
+    await pool.close()
+
+
+async def test_a_refused_sender_is_a_message_problem_and_auth_required_is_temporary(
+        sink: SmtpSink) -> None:
+    pool = SmtpPool(_settings(sink, connections=1), SystemClock())
+    sink.mail_fault = lambda sender: "550 5.7.1 sender address rejected by policy"
+    with pytest.raises(MessageRejectedError, match="550 at MAIL FROM"):
+        await pool.send(_msg("ada@example.org"))
+    sink.mail_fault = lambda sender: "530 5.7.0 Authentication required"
+    with pytest.raises(TemporaryDeliveryError, match="530 at MAIL FROM"):
+        await pool.send(_msg("ada@example.org"))
+    sink.mail_fault = None
+    await pool.send(_msg("ada@example.org", 1))
+    assert [m.subject for m in await sink.wait_for(1)] == ["hello 1"]
     await pool.close()
 
 

@@ -17,7 +17,7 @@ from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.devserver.smtp import SmtpSink
 from hub.email.payload import email_payload, enqueue_email
 from hub.email.pool import SmtpPool
-from hub.email.sender import EmailSender, Suppressed
+from hub.email.sender import EmailSender, Rejected, Suppressed, lift_suppression
 from hub.storage.db import Database, open_database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import outbox_table as T
@@ -34,7 +34,7 @@ class Rig:
     sink: SmtpSink
     pool: SmtpPool
     dispatcher: Dispatcher
-    alerts: list[Suppressed]
+    alerts: list[Suppressed | Rejected]
 
 
 @pytest.fixture
@@ -47,12 +47,14 @@ async def rig(database_urls: dict[str, str], request: pytest.FixtureRequest) -> 
     settings = EmailSettings(enabled=True, sender=FROM, smtp_host=sink.hostname, smtp_port=sink.port,
                              security="none", connections=2)
     pool = SmtpPool(settings, SystemClock())
-    alerts: list[Suppressed] = []
+    alerts: list[Suppressed | Rejected] = []
 
-    async def alert(session, event: Suppressed) -> None:  # type: ignore[no-untyped-def]
+    async def alert(session, event: Suppressed | Rejected) -> None:  # type: ignore[no-untyped-def]
         alerts.append(event)
+        # Keyed as the hub keys them (Hub._alert_suppressed): one per message refused.
+        key = f"alert:rejected:{event.group}" if isinstance(event, Rejected) else f"alert:{event.txn_id}"
         await outbox.enqueue(session, channel=MATRIX, kind="alert", lane="!control",
-                             payload={"text": event.reason}, dedupe_key=f"alert:{event.txn_id}")
+                             payload={"text": event.reason}, dedupe_key=key)
 
     sender = EmailSender(db, pool, SystemClock(), from_header=FROM, on_suppressed=alert)
     dispatcher = Dispatcher(db, outbox, SystemClock(), {EMAIL: sender}, poll_seconds=0.2)
@@ -67,10 +69,21 @@ async def rig(database_urls: dict[str, str], request: pytest.FixtureRequest) -> 
     await db.close()
 
 
-async def _queue(rig: Rig, to: str, key: str) -> None:
+async def _queue(rig: Rig, to: str, key: str, subject: str | None = None) -> None:
     async with rig.db.transaction() as s:
-        await enqueue_email(rig.outbox, s, email_payload(to=to, subject=f"about {key}", text="hi\n"),
+        await enqueue_email(rig.outbox, s, email_payload(to=to, subject=subject or f"about {key}",
+                                                         text="hi\n"),
                             kind="announcement", dedupe_key=key)
+
+
+async def _alert_rows(rig: Rig) -> int:
+    async with rig.db.session() as s:
+        return len((await s.execute(select(T.c.seq).where(T.c.channel == MATRIX))).all())
+
+
+async def _suppressed(rig: Rig) -> list[str]:
+    async with rig.db.session() as s:
+        return sorted((await s.execute(select(EmailSuppression.address))).scalars().all())
 
 
 async def _row(rig: Rig, key: str) -> tuple[str, int, str | None]:
@@ -110,6 +123,8 @@ async def test_550_suppresses_alerts_once_and_stops_mail(rig: Rig) -> None:
         alert_rows = (await s.execute(select(T.c.lane, T.c.kind).where(T.c.channel == MATRIX))).all()
     assert sup is not None and sup.code == 550 and "no such user" in sup.reason
     assert [(a.address, a.code) for a in rig.alerts] == [("gone@example.org", 550)]
+    async with rig.db.session() as s:
+        assert (await s.execute(select(EmailSuppression.address))).scalars().all() == ["gone@example.org"]
     assert [(r.lane, r.kind) for r in alert_rows] == [("!control", "alert")]
     # Later mail to the address fails at send time, without touching the SMTP server.
     tried = rig.sink.attempts("gone@example.org")
@@ -119,6 +134,58 @@ async def test_550_suppresses_alerts_once_and_stops_mail(rig: Rig) -> None:
     assert "suppressed" in ((await _row(rig, "second"))[2] or "")
     assert len(rig.alerts) == 1  # moderators are told once, when it was suppressed
     assert [m.rcpt_tos for m in rig.sink.messages] == [("ok@example.org",)]
+
+
+@pytest.mark.parametrize("rig", backends(), indirect=True)
+async def test_spam_at_data_fails_the_message_suppresses_nobody_and_alerts_once(rig: Rig) -> None:
+    """Issue 18 item 9: one `554 5.7.1 spam` for an announcement suppressed all 8 recipients."""
+    rig.sink.data_fault = lambda rcpts: "554 5.7.1 message rejected as spam"
+    people = [f"p{i}@example.org" for i in range(8)]
+    for i, to in enumerate(people):
+        await _queue(rig, to, f"spam{i}", subject="Kick-off on Thursday")
+    for i in range(8):
+        await _until_status(rig, f"spam{i}", "failed")
+    assert await _suppressed(rig) == []
+    _, _, error = await _row(rig, "spam0")
+    assert error is not None and "5.7.1 message rejected as spam" in error and "not suppressed" in error
+    # Each refusal reached the hook, all as the same message: the outbox keeps one alert.
+    assert len(rig.alerts) == 8 and all(isinstance(a, Rejected) for a in rig.alerts)
+    assert len({a.group for a in rig.alerts if isinstance(a, Rejected)}) == 1
+    assert await _alert_rows(rig) == 1
+    # The addresses still get the next (acceptable) message.
+    rig.sink.data_fault = None
+    await _queue(rig, people[0], "after-spam")
+    await _until_status(rig, "after-spam", "sent")
+    assert [m.rcpt_tos for m in rig.sink.messages] == [(people[0],)]
+    # A different message refused the same way is a new alert.
+    rig.sink.data_fault = lambda rcpts: "554 5.7.1 message rejected as spam"
+    await _queue(rig, people[1], "other-spam", subject="Week 2 digest")
+    await _until_status(rig, "other-spam", "failed")
+    assert await _alert_rows(rig) == 2
+
+
+async def test_refused_sender_fails_the_row_without_suppressing(rig: Rig) -> None:
+    rig.sink.mail_fault = lambda sender: "553 5.1.8 sender address domain does not exist"
+    await _queue(rig, "ada@example.org", "sender")
+    await _until_status(rig, "sender", "failed")
+    assert await _suppressed(rig) == [] and await _alert_rows(rig) == 1
+
+
+async def test_lifted_suppression_lets_the_next_email_through(rig: Rig) -> None:
+    rig.sink.fault = lambda rcpt, attempt: "550 5.1.1 no such user" if attempt == 0 else None
+    await _queue(rig, "back@example.org", "bounce")
+    await _until_status(rig, "bounce", "failed")
+    assert await _suppressed(rig) == ["back@example.org"]
+    await _queue(rig, "back@example.org", "while-suppressed")
+    await _until_status(rig, "while-suppressed", "failed")
+    async with rig.db.transaction() as s:
+        lifted = await lift_suppression(s, "Back@Example.org")
+    assert lifted is not None and lifted.code == 550
+    async with rig.db.transaction() as s:
+        assert await lift_suppression(s, "back@example.org") is None
+    await _queue(rig, "back@example.org", "lifted")
+    await _until_status(rig, "lifted", "sent")
+    assert [m.rcpt_tos for m in rig.sink.messages] == [("back@example.org",)]
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from hub.devserver import free_port
 
-__all__ = ["DataFaultHook", "FaultHook", "ReceivedMail", "SmtpSink"]
+__all__ = ["DataFaultHook", "FaultHook", "MailFaultHook", "ReceivedMail", "SmtpSink"]
 
 FaultHook = Callable[[str, int], "str | None"]
 """``fault(rcpt, attempt) -> reply | None``: ``attempt`` is the number of earlier RCPT
@@ -45,6 +45,10 @@ DataFaultHook = Callable[[tuple[str, ...]], "str | None"]
 """``data_fault(rcpt_tos) -> reply | None``, after the message's final dot: a returned
 string such as ``"554 5.7.1 rejected as spam"`` answers DATA instead of ``250``, and the
 message is not kept."""
+
+MailFaultHook = Callable[[str], "str | None"]
+"""``mail_fault(mail_from) -> reply | None``: a returned string such as
+``"550 5.7.1 sender rejected"`` answers MAIL FROM instead of ``250 OK``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,10 @@ class _Handler:
         # (UserWarning + log) on every connection when TLS is not also required.
         if self._sink.credentials is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        mail_fault = self._sink.mail_fault
+        reply = mail_fault(address) if mail_fault is not None else None
+        if reply is not None:
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -174,6 +182,7 @@ class SmtpSink:
         out_dir: Path | None = None,
         fault: FaultHook | None = None,
         data_fault: DataFaultHook | None = None,
+        mail_fault: MailFaultHook | None = None,
         store: bool = True,
         credentials: tuple[str, str] | None = None,
         on_message: Callable[[ReceivedMail], None] | None = None,
@@ -185,6 +194,8 @@ class SmtpSink:
         """Consulted for every RCPT; may be replaced while the sink runs."""
         self.data_fault: DataFaultHook | None = data_fault
         """Consulted for every message at the end of DATA; may be replaced while the sink runs."""
+        self.mail_fault: MailFaultHook | None = mail_fault
+        """Consulted for every MAIL FROM; may be replaced while the sink runs."""
         self.store = store
         self.credentials = credentials
         self.on_message = on_message

@@ -10,19 +10,26 @@ Outcomes are classified here, where the SMTP reply is known:
 
 - connection refused/lost, timeouts, 4xx: :class:`TemporaryDeliveryError`
   (and the shared outage pause: a dead server is probed, not hammered);
-- 5xx to the recipient (RCPT, or DATA, which is per recipient because each
-  row has one): :class:`RecipientRejectedError`, the caller suppresses it;
-- 5xx to our own session (MAIL FROM, AUTH, EHLO): a problem with the hub's
-  account or config, not the address: temporary, so it is retried (and
-  reported after 24 h) rather than suppressing every address it touches.
+- 5xx, by the RFC 3463 enhanced status code and the stage (`refusal_kind`):
+  a bad mailbox (5.1.x, 5.2.x, 5.4.x, or a bare 5xx at RCPT) is
+  :class:`RecipientRejectedError`, and the caller suppresses the address; the
+  message or the hub's sender (5.3.x, 5.6.x, 5.7.x, 5.2.3, a bare 5xx at DATA,
+  any 5xx at MAIL FROM) is :class:`MessageRejectedError`: the row fails, the
+  address stays, since a spam verdict on one announcement says nothing about
+  its eight recipients; a full mailbox (5.2.2) is temporary;
+- 5xx to our own session (AUTH, EHLO, or "authentication required" at MAIL
+  FROM): a problem with the hub's account or config, not the address or the
+  message: temporary, so it is retried (and reported after 24 h).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from dataclasses import dataclass
+from typing import Literal
 
 import aiosmtplib
 from aiosmtplib.typing import SMTPStatus
@@ -31,9 +38,15 @@ from hub.clock import Clock
 from hub.config import EmailSettings
 from hub.delivery.ratelimit import SharedPause
 from hub.email.message import BuiltMessage
-from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.errors import (
+    MessageRejectedError,
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    TemporaryDeliveryError,
+)
 
-__all__ = ["RecipientRejectedError", "SmtpPool", "dot_stuffed"]
+__all__ = ["MessageRejectedError", "RecipientRejectedError", "SmtpPool", "dot_stuffed",
+           "enhanced_code", "refusal_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +61,46 @@ def _envelope(address: str, encoding: str) -> bytes:
     return b"<" + address.encode(encoding) + b">"
 
 
-class RecipientRejectedError(PermanentDeliveryError):
-    """The server refused the recipient for good (5xx): the address is to be suppressed."""
+# A full mailbox is retried this long apart: its owner may empty it, and RFC 3463
+# calls X.2.2 a status worth retrying; after `give_up_after` (24 h) the row fails.
+MAILBOX_FULL_RETRY = 3600.0
 
-    def __init__(self, reason: str, *, code: int) -> None:
-        super().__init__(reason)
-        self.code = code
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+# At MAIL FROM these mean the hub did not log in (RFC 4954): its config, not the message.
+_AUTH_CODES = frozenset({"5.7.0", "5.7.8", "5.7.9", "5.7.11"})
+RefusalKind = Literal["recipient", "message", "mailbox-full", "session"]
+
+
+def enhanced_code(text: str) -> str:
+    """The RFC 3463 status code a reply's text starts with ("5.7.1"), or "" if it has none."""
+    m = _ENHANCED.match(text)
+    return ".".join(m.groups()) if m else ""
+
+
+def refusal_kind(code: int, text: str, stage: str) -> RefusalKind:
+    """What a 5xx refuses: the address, the message (or the hub's sender), or neither for good.
+
+    Enhanced codes name the subject of the failure (RFC 3463 section 3): 1 addressing,
+    2 mailbox, 4 routing are about the recipient; 3 mail system (too big), 6 content,
+    7 policy and security (spam, SPF, DMARC, blocklists) are about the message or its
+    sender, at any stage: a blocklisted sending IP is refused at RCPT as often as at DATA.
+    5.2.3 is "message too long", so about the message. Without a usable code, the stage
+    decides: RCPT refuses the address; DATA comes after the address was accepted, so it
+    refuses the message. MAIL FROM names only the hub's own sender.
+    """
+    enhanced = enhanced_code(text)
+    if stage not in ("MAIL FROM", "RCPT", "DATA"):
+        return "session"  # EHLO, AUTH: the hub's account or config
+    if stage == "MAIL FROM":
+        return "session" if code == 530 or enhanced in _AUTH_CODES else "message"
+    subject, detail = (enhanced.split(".")[1:] if enhanced.startswith("5.") else ("", ""))
+    if subject == "2" and detail == "2":
+        return "mailbox-full"
+    if subject in ("3", "6", "7") or (subject, detail) == ("2", "3"):
+        return "message"
+    if subject in ("1", "2", "4"):
+        return "recipient"
+    return "recipient" if stage == "RCPT" else "message"
 
 
 @dataclass
@@ -149,9 +196,10 @@ class SmtpPool:
             self._ok()
             raise self._classify(e.code, e.message, stage="RCPT") from e
         except aiosmtplib.SMTPResponseException as e:
-            stage = "DATA" if isinstance(e, aiosmtplib.SMTPDataError) else "session"
+            stage = ("DATA" if isinstance(e, aiosmtplib.SMTPDataError) else
+                     "MAIL FROM" if isinstance(e, aiosmtplib.SMTPSenderRefused) else "session")
             if stage == "session" or e.code == 421:
-                # The session itself is in doubt (AUTH, MAIL FROM, 421 closing): start afresh.
+                # The session itself is in doubt (EHLO, AUTH, 421 closing): start afresh.
                 await self._close(slot, polite=False)
             raise self._classify(e.code, e.message, stage=stage) from e
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
@@ -223,9 +271,14 @@ class SmtpPool:
 
     def _classify(self, code: int, text: str, *, stage: str) -> Exception:
         reason = f"SMTP {code} at {stage}: {text}".strip()
-        if 500 <= code < 600 and stage in ("RCPT", "DATA"):
+        kind = refusal_kind(code, text, stage) if 500 <= code < 600 else None
+        if kind == "recipient":
             return RecipientRejectedError(reason, code=code)
-        if 500 <= code < 600:
+        if kind == "message":
+            return MessageRejectedError(reason, code=code, enhanced=enhanced_code(text))
+        if kind == "mailbox-full":
+            return TemporaryDeliveryError(reason, retry_after=MAILBOX_FULL_RETRY)
+        if kind == "session":
             log.error("the SMTP server refused the hub's own session (%s); check the email "
                       "settings. Mail stays queued and is retried.", reason)
             return TemporaryDeliveryError(reason, retry_after=300.0)

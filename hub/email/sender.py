@@ -4,20 +4,28 @@ Email is delivered at least once: a crash after the server accepted a
 message but before the outcome was committed sends it again (with the same
 Message-ID, so mail clients that thread or de-duplicate by it show one).
 
-A permanent refusal (5xx) suppresses the address: the suppression row and the
+A permanent refusal of the address (5.1.1 no such user, see
+`hub.email.pool.refusal_kind`) suppresses it: the suppression row and the
 moderators' alert (a control-room notice, queued through the outbox) are
 written in one transaction, and every later row to that address fails at
-send time with the suppression's reason instead of being sent.
+send time with the suppression's reason instead of being sent, until a
+moderator lifts it (`lift_suppression`, `!hub email unsuppress ADDRESS`).
+
+A permanent refusal of the message (5.7.1 spam, 5.3.4 too big) fails that
+row only; the address stays. The moderators are told once per message: every
+recipient of one announcement is usually refused the same way, and eight
+identical alerts would bury the one that matters.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,13 +33,13 @@ from hub.clock import Clock
 from hub.delivery.dispatcher import Claimed
 from hub.email.message import build_message
 from hub.email.payload import EmailPayload, normalize_address
-from hub.email.pool import RecipientRejectedError, SmtpPool
-from hub.errors import PermanentDeliveryError
+from hub.email.pool import SmtpPool
+from hub.errors import MessageRejectedError, PermanentDeliveryError, RecipientRejectedError
 from hub.storage.db import Database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import email_suppression_table as S
 
-__all__ = ["EmailSender", "Suppressed", "SuppressionHook"]
+__all__ = ["EmailSender", "Rejected", "Suppressed", "SuppressionHook", "lift_suppression"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +55,40 @@ class Suppressed:
     txn_id: str
 
 
-SuppressionHook = Callable[[AsyncSession, Suppressed], Awaitable[None]]
-"""Queues the moderators' alert in the suppression's own transaction. It may raise
-TemporaryDeliveryError (e.g. the control room is not known yet): nothing is then
-suppressed, and the row is retried."""
+@dataclass(frozen=True)
+class Rejected:
+    """What the moderators are told when the server refused a message (not its address)."""
+
+    address: str  # the first recipient it was refused for
+    code: int
+    reason: str
+    kind: str
+    subject: str
+    group: str  # the same for every recipient of one message refused the same way
+
+    @staticmethod
+    def group_of(kind: str, subject: str, code: int, enhanced: str) -> str:
+        """One message is many rows (one per recipient) that share their kind and subject."""
+        key = f"{kind}\n{subject}\n{code}\n{enhanced}".encode()
+        return hashlib.sha256(key).hexdigest()[:24]
+
+
+SuppressionHook = Callable[[AsyncSession, "Suppressed | Rejected"], Awaitable[None]]
+"""Queues the moderators' alert in the suppression's own transaction (for a `Rejected`
+message, in a transaction of its own). It may raise TemporaryDeliveryError (e.g. the
+control room is not known yet): nothing is then suppressed, and the row is retried."""
+
+
+async def lift_suppression(session: AsyncSession, address: str) -> EmailSuppression | None:
+    """Delete `address`'s suppression in the caller's transaction; the row it was, or None.
+
+    Senders check the database before failing a row (their cache is only a hint), so
+    the next email to the address goes out.
+    """
+    found = await session.get(EmailSuppression, normalize_address(address))
+    if found is not None:
+        await session.execute(delete(S).where(S.c.address == found.address))
+    return found
 
 
 class EmailSender:
@@ -110,6 +148,23 @@ class EmailSender:
             raise PermanentDeliveryError(
                 f"{e.reason}; {address} is now suppressed", reported=self.on_suppressed is not None
             ) from e
+        except MessageRejectedError as e:
+            await self._report_rejected(address, e, row, payload)
+            log.warning("the SMTP server refused a %s to %s (the message, not the address; "
+                        "not suppressed): %s", row.kind, address, e.reason)
+            raise PermanentDeliveryError(
+                f"{e.reason}; the message was refused, not the address: {address} is not suppressed",
+                reported=self.on_suppressed is not None,
+            ) from e
+
+    async def _report_rejected(self, address: str, e: MessageRejectedError, row: Claimed,
+                               payload: EmailPayload) -> None:
+        if self.on_suppressed is None:
+            return
+        subject = str(payload.get("subject", ""))
+        group = Rejected.group_of(row.kind, subject, e.code, e.enhanced)
+        async with self.db.transaction() as s:
+            await self.on_suppressed(s, Rejected(address, e.code, e.reason, row.kind, subject, group))
 
     async def _suppress(self, address: str, e: RecipientRejectedError, row: Claimed) -> None:
         values: dict[str, Any] = dict(address=address, code=e.code, reason=e.reason[:2000],
