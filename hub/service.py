@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from hub.activity import ActivityRecorder
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
 from hub.core.commands import CommandRegistry, RoomKind
+from hub.core.limits import AlertAggregator
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
@@ -45,7 +47,7 @@ from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
 from hub.storage.db import Database, open_database
 from hub.storage.lock import InstanceLock
-from hub.web import HealthSource, WebServer
+from hub.web import ControlRoomFailures, HealthSource, WebServer
 from hub.web_unsubscribe import routes as unsubscribe_routes
 
 __all__ = ["Hub", "build_registry"]
@@ -99,6 +101,8 @@ class Hub:
         self.extra_senders: dict[str, Sender] = {}
         self.smtp_pool: SmtpPool | None = None
         self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
+        self.alerts = AlertAggregator(self.clock, window=3600.0)  # "failed for good": one an hour
+        self.control_room_failures = ControlRoomFailures()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -163,6 +167,8 @@ class Hub:
                 database_ok=self.db.ping,
                 smtp_ok=lambda: self.smtp_pool is None or self.smtp_pool.healthy is not False,
                 outbox=self.outbox,
+                control_room=self.control_room_failures,
+                monotonic=self.clock.monotonic,
             ),
         )
         async with self.db.transaction() as tx:
@@ -176,6 +182,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
         self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
+        self._tasks.append(asyncio.create_task(self._summarise_alerts(), name="alert-summaries"))
 
     async def _cross_sign(self) -> None:
         from hub.matrix.crosssign import ensure_cross_signing
@@ -402,20 +409,53 @@ class Hub:
         return kind or RoomKind.OTHER
 
     async def _report_failure(self, row: Claimed, reason: str) -> None:
-        """Nothing is dropped silently: a row that failed for good is reported to moderators."""
+        """Nothing is dropped silently: a row that failed for good is reported to moderators.
+
+        At most one alert per kind and room an hour (`alerts`): a flood of failures
+        to one place is one alert and a count, not a flood in the control room.
+        """
+        if row.kind == "alert" or (self.control_room_id and row.lane == self.control_room_id):
+            # An alert about the control room would fail the same way: the log and
+            # /healthz (control_room) are where this one is seen.
+            self.control_room_failures.record(self.clock.monotonic())
+            log.error("a %s to the control room failed for good and no moderator was told: %s",
+                      row.kind, reason)
+            return
         if self.outbox is None or self.db is None or not self.control_room_id:
             return
-        if row.kind == "alert" or row.lane == self.control_room_id:
-            return  # an alert about the control room itself would fail the same way
-        text = (f"Delivery failed for good ({row.channel}, {row.kind}, to {row.lane}): {reason}. "
-                "Nothing will retry it; check the target and resend if needed.")
+        send, held = self.alerts.admit((row.kind, row.lane))
+        if not send:
+            log.warning("delivery failed for good (%s, %s, to %s): %s; reported in the next "
+                        "summary alert", row.channel, row.kind, row.lane, reason)
+            return
+        more = f" (And {held} more like it before this one.)" if held else ""
+        await self._alert(f"Delivery failed for good ({row.channel}, {row.kind}, to {row.lane}): "
+                          f"{reason}. Nothing will retry it; check the target and resend if needed."
+                          f"{more}", f"alert:failed:{row.txn_id}")
+
+    async def _alert(self, text: str, dedupe_key: str) -> None:
+        assert self.outbox is not None and self.db is not None and self.control_room_id
         payload: dict[str, Any] = {
             "op": "message", "room_id": self.control_room_id, "type": "m.room.message",
             "content": notice_content(text),
         }
         async with self.db.transaction() as s:
             await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
-                                      payload=payload, dedupe_key=f"alert:failed:{row.txn_id}")
+                                      payload=payload, dedupe_key=dedupe_key)
+
+    async def _summarise_alerts(self, every: float = 60.0) -> None:
+        """When an hour's alert window closes with failures held back, say how many."""
+        while True:
+            # Real time, like the other housekeeping loops: a demo's fake clock must not spin here.
+            await asyncio.sleep(every)
+            for (kind, lane), n in self.alerts.due():
+                try:
+                    await self._alert(f"{n} more deliveries ({kind}, to {lane}) failed for good in "
+                                      "the hour after the last alert about them. Nothing will "
+                                      "retry them; check the target and resend if needed.",
+                                      f"alert:failed-more:{secrets.token_hex(8)}")
+                except (SQLAlchemyError, OSError) as e:
+                    log.error("could not queue the summary of %d failed %s to %s: %s", n, kind, lane, e)
 
 
     async def _compact_outbox(self, every: float = 6 * 3600.0) -> None:
