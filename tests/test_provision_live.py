@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -135,3 +136,53 @@ async def test_direct_chats_are_recorded_in_account_data(
                              headers={"Authorization": f"Bearer {client.access_token}"})
     assert await resp.json() == {"@a:localhost": ["!one:localhost", "!two:localhost"],
                                  "@b:localhost": ["!three:localhost"]}
+
+
+async def test_find_tagged_ignores_tags_the_hub_did_not_write(
+    synapse: SynapseServer, register: Callable[..., Any], bot: tuple[Provision, AsyncClient]
+) -> None:
+    provision, client = bot
+    mod_user, forger_user = await register("mod"), await register("forger")
+    mod, forger = client_for(synapse, mod_user), client_for(synapse, forger_user)
+    try:
+        tag = {"install": "me", "generation": 1}
+        mine = await provision.create(pair_spec("pair:1", "A", "B", "https://v/x", encrypted=False,
+                                                tag={**tag, "key": "pair:1"}, prefix="!hub"), "12")
+        # A room the hub made, where a power-50 moderator relabels it as another pair's room.
+        lounge = await provision.create(
+            space_spec("lounge:1", "L", {mod_user.user_id: 50}, {**tag, "key": "lounge:1"}), "12")
+        await provision.invite(lounge, mod_user.user_id)
+        assert type(await mod.join(lounge)).__name__ == "JoinResponse"
+        relabel = await mod.room_put_state(lounge, ROOM_TAG, {**tag, "key": "pair:2"})
+        assert type(relabel).__name__ == "RoomPutStateResponse", relabel
+        # Rooms a participant made with a copied tag, the hub invited and joined: one where
+        # the forger alone is creator, one naming the hub as an additional creator too.
+        forged: list[str] = []
+        for extra in ([], [client.user_id]):
+            body: dict[str, Any] = {
+                "room_version": "12", "invite": [client.user_id],
+                "initial_state": [{"type": ROOM_TAG, "state_key": "", "content": {**tag, "key": "pair:3"}}],
+            }
+            if extra:
+                body["creation_content"] = {"additional_creators": extra}
+            resp = await forger.send("POST", "/_matrix/client/v3/createRoom", json.dumps(body),
+                                     headers={"Authorization": f"Bearer {forger.access_token}"})
+            made = await resp.json()
+            assert resp.status == 200, made
+            assert type(await client.join(made["room_id"])).__name__ == "JoinResponse"
+            forged.append(made["room_id"])
+
+        fresh = Provision(client, SharedPause(SystemClock(), "test"))  # a restart: nothing cached
+        assert await fresh.find_tagged({**tag, "key": "pair:1"}, skip=set()) == mine
+        assert await fresh.find_tagged({**tag, "key": "pair:2"}, skip=set()) is None
+        assert await fresh.find_tagged({**tag, "key": "pair:3"}, skip=set()) is None
+
+        # The snapshot tells a room the hub owns from one it was only let into.
+        own, theirs = await provision.snapshot(mine), await provision.snapshot(forged[0])
+        assert own is not None and own.owned_by(client.user_id)
+        assert theirs is not None and not theirs.owned_by(client.user_id)
+        assert theirs.outranks(forger_user.user_id, client.user_id)
+        assert not own.outranks(forger_user.user_id, client.user_id)
+    finally:
+        await mod.close()
+        await forger.close()

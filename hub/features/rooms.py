@@ -551,6 +551,15 @@ class RoomKeeper:
                 await self._replace(room, "the hub is no longer in it (deleted, or removed)", report)
                 return
             report.repaired.append(f"rejoined {room.key}")
+        if not snap.owned_by(hub):
+            # Recorded, but not made by the hub alone (adopted by a tag someone copied, before
+            # tags had to be the hub's own): whoever made it can read everything and cannot be
+            # removed. Nothing more goes there; the room is made again, and the hub leaves it.
+            others = ", ".join(escape_markdown(u) for u in sorted(snap.created_by - {hub})) or "someone else"
+            await self._replace(room, f"it was created by {others}, not by the hub", report)
+            with contextlib.suppress(TemporaryDeliveryError, PermanentDeliveryError):
+                await self.provision.leave(room.room_id)
+            return
         self.provision.feed(room.room_id, snap.events)
         async with self.db.transaction() as s:
             env = await self.env(s)
@@ -606,12 +615,22 @@ class RoomKeeper:
             hub = env.hub_user
             extra = [u for u, m in snap.members.items()
                      if m in ("join", "invite") and u not in wanted and u != hub]
-            for user in extra:
+            # Say only what the hub can do: a kick is queued (a failure is reported on its own);
+            # someone who outranks the hub cannot be removed, and the moderators must know that.
+            stuck = [u for u in extra if snap.outranks(u, hub)]
+            removing = [u for u in extra if u not in stuck]
+            for user in removing:
                 await ms.queue_room_op(s, env, room, "kick",
                                        {"user": user, "reason": "this room is only for its pair"},
                                        kind="room-kick", dedupe_key=f"kick:{room.key}:{user}:{now}")
-            if extra:
-                report.repaired.append(f"{await self._describe(s, room)}: removed {', '.join(extra)}")
+            what = await self._describe(s, room)
+            if removing:
+                report.repaired.append(f"{what}: removing {', '.join(map(escape_markdown, removing))}")
+            if stuck:
+                assert report.problems is not None
+                report.problems.append(f"{what}: cannot remove {', '.join(map(escape_markdown, stuck))}, "
+                                       "who has as much power "
+                                       "as the hub there (a creator of the room)")
 
     async def _replace(self, room: HubRoom, reason: str, report: ReconcileReport) -> None:
         """The room is gone for the hub: make a new one (new generation), invite again, tell moderators."""

@@ -9,6 +9,12 @@ install, the room's key and generation). `find_tagged` looks for it among
 the rooms the hub has joined, which is how a room created just before a crash
 (the room exists, the database never heard of it) is adopted instead of
 created a second time.
+
+A tag is only a label: anyone who can read it (every lounge member) can copy
+it into a room of their own and invite the hub. So a tag counts only in a
+room the hub created alone (`m.room.create` sent by the hub, no other
+creators) and only when the hub sent the tag itself: a power-50 moderator
+can set state in a hub room, but cannot make it look like another one.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from nio import (
     MatrixRoom,
     RoomCreateResponse,
     RoomEncryptionEvent,
-    RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomInviteResponse,
     RoomKickResponse,
@@ -50,7 +55,7 @@ from hub.errors import TemporaryDeliveryError
 from hub.matrix.rooms import default_room_version, power_levels_users
 from hub.matrix.sender import classify_error
 
-__all__ = ["Provision", "RoomSnapshot"]
+__all__ = ["Provision", "RoomSnapshot", "own_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,28 @@ class RoomSnapshot:
     room_version: str
     creators: frozenset[str]
     events: list[dict[str, Any]]  # the raw state events, to teach nio the room
+    created_by: frozenset[str] = frozenset()  # m.room.create's sender and additional creators
+
+    def owned_by(self, hub: str) -> bool:
+        """The hub made this room, alone: nobody else holds a creator's unremovable power."""
+        return self.created_by == {hub}
+
+    def outranks(self, user: str, hub: str) -> bool:
+        """`user` cannot be kicked by the hub: a creator (v12), or power at least the hub's."""
+        if user in self.creators:
+            return True
+        if self.room_version in CREATOR_POWER_VERSIONS and hub in self.creators:
+            return False  # the hub has unlimited power here
+        power = self.state.get(("m.room.power_levels", ""), {})
+        raw = power.get("users")
+        users: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        default = power.get("users_default", 0)
+
+        def level(u: str) -> int:
+            value = users.get(u, default)
+            return value if isinstance(value, int) else 0
+
+        return level(user) >= level(hub)
 
 
 def _already(resp: ErrorResponse) -> bool:
@@ -175,10 +202,12 @@ class Provision:
             sem = asyncio.Semaphore(8)
 
             async def read(room_id: str) -> None:
+                # The whole state, not just the tag's content: who created the room and
+                # who sent the tag decide whether the tag means anything (module docstring).
                 async with sem:
-                    got = await self.client.room_get_state_event(room_id, ROOM_TAG, "")
-                self._tags[room_id] = (dict(got.content) if isinstance(got, RoomGetStateEventResponse)
-                                       else None)
+                    got = await self.client.room_get_state(room_id)
+                self._tags[room_id] = (own_tag(got.events, self.user_id)
+                                       if isinstance(got, RoomGetStateResponse) else None)
 
             await asyncio.gather(*(read(r) for r in unknown))
             for room_id in resp.rooms:
@@ -226,7 +255,8 @@ class Provision:
         resp = await self.client.room_put_state(room_id, event_type, content, state_key=state_key)
         if isinstance(resp, RoomPutStateResponse):
             if event_type == ROOM_TAG:
-                self._tags[room_id] = dict(content)
+                # Read again on the next scan: the hub's own tag counts only in a room it created.
+                self._tags.pop(room_id, None)
             return str(resp.event_id)
         raise self._error(resp)
 
@@ -291,11 +321,35 @@ class Provision:
                 self.client.olm.update_tracked_users(room)
 
 
+def _created_by(create: dict[str, Any]) -> frozenset[str]:
+    """Everyone a room's m.room.create event makes a creator: its sender and additional creators
+    (and, before room version 11, the `creator` it names, which must be the sender anyway)."""
+    raw = create.get("content")
+    content: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    users = {str(create.get("sender", ""))}
+    extra = content.get("additional_creators") or []
+    users.update(str(u) for u in (extra if isinstance(extra, list) else [extra]))
+    if "creator" in content:
+        users.add(str(content["creator"]))
+    return frozenset(users)
+
+
+def own_tag(events: list[dict[str, Any]], hub: str) -> dict[str, Any] | None:
+    """The room's hub tag, if the hub alone created the room and sent the tag itself; else None."""
+    by_type = {(str(e.get("type", "")), str(e.get("state_key", ""))): e for e in events}
+    create, tag = by_type.get(("m.room.create", "")), by_type.get((ROOM_TAG, ""))
+    if create is None or tag is None or _created_by(create) != {hub} or tag.get("sender") != hub:
+        return None
+    content = tag.get("content")
+    return dict(content) if isinstance(content, dict) and content else None
+
+
 def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
     state: dict[tuple[str, str], dict[str, Any]] = {}
     members: dict[str, str] = {}
     version = "1"
     creators: set[str] = set()
+    created_by: frozenset[str] = frozenset()
     for e in events:
         kind, key = str(e.get("type", "")), str(e.get("state_key", ""))
         raw = e.get("content")
@@ -308,6 +362,7 @@ def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
             creators.add(str(e.get("sender", "")))
             extra = content.get("additional_creators") or []
             creators.update(u for u in extra if isinstance(u, str))
+            created_by = _created_by(e)
     if version not in CREATOR_POWER_VERSIONS:
         creators.clear()
-    return RoomSnapshot(room_id, state, members, version, frozenset(creators), events)
+    return RoomSnapshot(room_id, state, members, version, frozenset(creators), events, created_by)
