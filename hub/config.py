@@ -241,7 +241,7 @@ def _zone(sec: _Section, key: str, name: str | None, fallback: ZoneInfo) -> Zone
         return fallback
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America" is a folder of zones
         sec.check(key, False, f"{name!r} is not a known time zone (e.g. \"Europe/Berlin\")")
         return fallback
 
@@ -249,16 +249,20 @@ def _zone(sec: _Section, key: str, name: str | None, fallback: ZoneInfo) -> Zone
 def _url(sec: _Section, key: str, value: str | None, schemes: tuple[str, ...]) -> None:
     if value is None:
         return
-    parsed = urlparse(value)
-    sec.check(
-        key,
-        parsed.scheme in schemes and bool(parsed.netloc),
-        f"{value!r} is not a URL starting with {' or '.join(s + '://' for s in schemes)}",
-    )
+    try:
+        parsed = urlparse(value)
+        ok = parsed.scheme in schemes and bool(parsed.netloc)
+    except ValueError:  # "http://[::1" is an unclosed IPv6 address, not a crash
+        ok = False
+    sec.check(key, ok, f"{value!r} is not a URL starting with {' or '.join(s + '://' for s in schemes)}")
 
 
 def _path(base: Path, value: str) -> Path:
-    p = Path(value).expanduser()
+    """Raises ValueError for "~someone" when there is no such user (expanduser's RuntimeError)."""
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{value!r}: cannot expand ~ (no such user or no home folder)") from None
     return p if p.is_absolute() else (base / p)
 
 
@@ -276,8 +280,13 @@ def _load_hub(s: _Section, base: Path) -> HubSettings:
     catch_up = s.get("catch_up_hours", int, 12)
     assert catch_up is not None
     s.check("catch_up_hours", catch_up >= 0, "must be 0 or more")
+    try:
+        folder = _path(base, data_dir)
+    except ValueError as e:
+        s.check("data_dir", False, str(e))
+        folder = base / "data"
     s.finish()
-    return HubSettings(_path(base, data_dir), tz, catch_up)
+    return HubSettings(folder, tz, catch_up)
 
 
 def _load_matrix(s: _Section) -> MatrixSettings:
@@ -349,7 +358,8 @@ def _load_email(s: _Section) -> EmailSettings:
 def _load_web(s: _Section) -> WebSettings:
     listen = s.get("listen", str, "127.0.0.1:8080") or "127.0.0.1:8080"
     host, _, port_text = listen.rpartition(":")
-    port = int(port_text) if port_text.isdigit() else -1
+    # isascii: "²".isdigit() is True but int("²") raises
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else -1
     s.check("listen", bool(host) and 0 <= port < 65536, f"{listen!r} is not HOST:PORT")
     public = s.get("public_url", str, f"http://{listen}") or f"http://{listen}"
     _url(s, "public_url", public, ("https", "http"))
@@ -451,10 +461,15 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{file}: cannot read config: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError([f"{file}: not valid TOML: not UTF-8 text (at line {line})"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{file}: not valid TOML: {e}"]) from None
+    except RecursionError:  # tomllib recurses once per "[" of a nested array
+        raise ConfigError([f"{file}: not valid TOML: arrays or tables nested too deeply"]) from None
     return settings_from_dict(data, base=path.resolve().parent, file=file, env=env, path=path)
 
 
@@ -490,7 +505,11 @@ def settings_from_dict(
         url.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+asyncpg://")),
         f"{redact_url(url)!r} must start with sqlite:/// or postgresql://",
     )
-    pw = urlparse(url).password if "://" in url else None
+    try:
+        pw = urlparse(url).password if "://" in url else None
+    except ValueError:  # an unclosed "[" in the host part
+        pw = None
+        db.check("url", False, f"{redact_url(url)!r} is not a valid URL")
     if pw:
         secrets.add(pw)
     db.finish()
@@ -503,6 +522,12 @@ def settings_from_dict(
     vid.finish()
     cs = section("content")
     content_path = cs.get("path", str)
+    content_dir: Path | None = None
+    if content_path:
+        try:
+            content_dir = _path(base, content_path)
+        except ValueError as e:
+            cs.check("path", False, str(e))
     cs.finish()
 
     cohorts: list[CohortSettings] = []
@@ -530,7 +555,7 @@ def settings_from_dict(
         email=email,
         web=web,
         video=VideoSettings(video_url.rstrip("/")),
-        content=ContentSettings(_path(base, content_path) if content_path else None),
+        content=ContentSettings(content_dir),
         cohorts=tuple(cohorts),
         secrets=frozenset(s for s in secrets if len(s) >= 4),
     )
@@ -538,8 +563,12 @@ def settings_from_dict(
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, for messages that print it."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(parsed.password, "***")
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        # Unparseable (an unclosed "[" in the host): hide whatever sits between "://" and "@".
+        return re.sub(r"(://)[^/]*@", r"\1***@", url)
+    if password:
+        return url.replace(password, "***")
     return url
 
