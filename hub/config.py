@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from hub.core.names import name_problem
 from hub.core.schedule import WeeklySlot, parse_weekly_slot
 from hub.errors import ConfigError
 
@@ -369,7 +370,9 @@ def _load_web(s: _Section) -> WebSettings:
 
 
 def _weeks(s: _Section, key: str, default: list[int], total: int) -> tuple[int, ...]:
-    raw = s.get(key, list, default) or []
+    # The defaults are for a 12-week cohort: a shorter one keeps those that fit rather than
+    # failing `hub check` over weeks nobody wrote. Explicit weeks out of range stay errors.
+    raw = s.get(key, list, [w for w in default if w <= total]) or []
     out: list[int] = []
     for w in raw:
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= total:
@@ -392,7 +395,12 @@ def _load_cohort(s: _Section, default_tz: ZoneInfo) -> CohortSettings | None:
     slug = s.get("slug", str, required=True) or ""
     if slug:
         s.check("slug", bool(_SLUG.match(slug)), f"{slug!r} must be lowercase letters, digits, -")
-    name = s.get("name", str, slug) or slug
+    name = s.get("name", str, slug) or ""
+    if "name" in s.table and isinstance(s.table["name"], str):
+        # The same check as `!hub cohort create` and the roster (hub.core.names).
+        problem = name_problem(name)
+        s.check("name", problem is None, problem or "")
+    name = name.strip() or slug
     tz = _zone(s, "timezone", s.get("timezone", str), default_tz)
     start_raw = s.raw("start")
     start: date | None = None

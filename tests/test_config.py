@@ -98,6 +98,22 @@ webinar = { at = "tomorrow", title = "x" }
     assert len(problems) >= 10
 
 
+def test_default_checkin_and_reflection_weeks_fit_a_short_cohort(tmp_path: Path) -> None:
+    # The defaults (check-ins 1, 2, 4, 8; reflections 3, 6, 9) are for 12 weeks: a 4-week
+    # cohort keeps those that fit instead of failing `hub check` over weeks nobody wrote.
+    s = load_settings(_write(tmp_path, MINIMAL + '[[cohort]]\nslug = "short"\nweeks = 4\n'), env=DUMMY_ENV)
+    assert s.cohorts[0].checkin_weeks == (1, 2, 4) and s.cohorts[0].reflection_weeks == (3,)
+    s = load_settings(_write(tmp_path, MINIMAL + '[[cohort]]\nslug = "one"\nweeks = 1\n'), env=DUMMY_ENV)
+    assert s.cohorts[0].checkin_weeks == (1,) and s.cohorts[0].reflection_weeks == ()
+    # Weeks someone did write stay errors when the cohort is too short for them.
+    problems = _problems(tmp_path, MINIMAL + '[[cohort]]\nslug = "short"\nweeks = 4\n'
+                                             "checkin_weeks = [1, 5]\nreflection_weeks = [9]\n")
+    assert problems == [
+        f"{tmp_path / 'config.toml'}: cohort[0].checkin_weeks: 5 is not a week number between 1 and 4",
+        f"{tmp_path / 'config.toml'}: cohort[0].reflection_weeks: 9 is not a week number between 1 and 4",
+    ]
+
+
 def test_required_matrix_keys(tmp_path: Path) -> None:
     problems = _problems(tmp_path, "[hub]\n")
     joined = "\n".join(problems)

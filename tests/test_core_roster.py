@@ -56,7 +56,11 @@ def test_header_in_any_order() -> None:
         ("winter,mentee,A,a@b.org,,,nobody", "line 2: mentor: 'nobody' is neither a Matrix id"),
         ("winter,mentee,A,a@b.org,,,a@b.org", "line 2: a mentee cannot be their own mentor"),
         ("winter,mentor,A,a@b.org,,", "line 2: expected 7 fields like the header, found 6"),
-        ("winter,mentor,A\x00,a@b.org,,,", "line 2: name contains control characters"),
+        ("winter,mentor,A\x00,a@b.org,,,", "line 2: name: contains a control character (U+0000)"),
+        ("winter,mentor,A\u2028B,a@b.org,,,", "line 2: name: contains a line break"),
+        ("winter,mentor,A\u202eB,a@b.org,,,", "line 2: name: contains a bidirectional override (U+202E)"),
+        ("winter,mentor," + "x" * 101 + ",a@b.org,,,", "line 2: name: is longer than 100 characters (101)"),
+        ("winter,mentor,A,a@b.org\x00,,,", "line 2: email contains control characters"),
         ("winter,mentor," + "x" * 1001 + ",a@b.org,,,", "line 2: name is longer than 1000 characters"),
     ],
 )
@@ -103,7 +107,7 @@ def test_header_and_structure(text: str, expected: str) -> None:
 def test_a_quoted_newline_reports_the_row_start() -> None:
     text = f'{HEADER}\nwinter,mentor,"two\nlines",a@b.org,,,\nwinter,boss,B,b@b.org,,,\n'
     found = problems(text)
-    # The multi-line name is a control character problem on line 2; the bad role is on line 4.
+    # The multi-line name is a line break problem on line 2; the bad role is on line 4.
     assert [p.split(":")[0] for p in found] == ["line 2", "line 4"]
 
 
@@ -131,7 +135,10 @@ def test_any_text_parses_or_fails_with_line_numbered_problems(text: str) -> None
         assert all(p.startswith("line ") or p.startswith("...") for p in e.problems)
 
 
-_name = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=30).map(str.strip)
+# Any name hub.core.names accepts: no control characters, line or paragraph separators, bidi overrides.
+_name = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp"),
+                              exclude_characters="\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+                max_size=30).map(str.strip)
 
 
 @settings(max_examples=100, deadline=None)

@@ -165,6 +165,12 @@ def test_a_second_file_giving_people_matrix_ids_invites_them_once(
         ("winter,mentee,X,x@example.org,,,nobody@example.org",
          "line 57: nobody@example.org is not a member of winter"),
         ("spring,mentor,X,x@example.org,,,", "line 57: there is no cohort 'spring'"),
+        # The same name rule as `!hub add` and the config (hub.core.names); a quoted line break
+        # used to reach the database, and then stopped every digest of the cohort.
+        ('winter,mentor,"Line\nBreak",x@example.org,,,', "line 57: name: contains a line break"),
+        ('winter,mentor,"Line\r\nBreak",x@example.org,,,', "line 57: name: contains a line break"),
+        ("winter,mentor,Ann\u202egnp.exe,x@example.org,,,",
+         "line 57: name: contains a bidirectional override (U+202E)"),
         ("winter,mentee,X,x@example.org,,,mentee3@example.org",
          "line 57: mentor mentee3@example.org is a mentee on line 9, not a mentor"),
     ],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.core.cohorts import ROLES, Who, is_email, is_matrix_id, parse_who, valid_slug
+from hub.core.names import name_problem
 from hub.errors import RosterError
 
 __all__ = ["COLUMNS", "MAX_ROWS", "Roster", "RosterRow", "decode_roster", "parse_roster"]
@@ -155,6 +156,8 @@ def _row(values: dict[str, str], line: int, problems: _Problems) -> RosterRow | 
         if len(value) > _MAX_FIELD:
             problems.add(line, f"{column} is longer than {_MAX_FIELD} characters")
             return None
+        if column == "name":
+            continue  # checked below with the rules every name follows (hub.core.names)
         if any(ord(ch) < 32 and ch not in "\t" for ch in value) or "\x7f" in value:
             problems.add(line, f"{column} contains control characters")
             return None
@@ -171,8 +174,9 @@ def _row(values: dict[str, str], line: int, problems: _Problems) -> RosterRow | 
         problems.add(line, f"cohort {cohort!r} is not a cohort slug (lowercase letters, digits, -)")
     if role not in ROLES:
         problems.add(line, f"role must be mentor, mentee or moderator, not {role!r}")
-    if len(name) > 200:
-        problems.add(line, "name is longer than 200 characters")
+    problem = name_problem(name) if name else None  # an empty name is allowed: the id stands in
+    if problem is not None:
+        problems.add(line, f"name: {problem}")
     if email is None and matrix_id is None:
         problems.add(line, "needs an email or a matrix_id (or both)")
     if email is not None and not is_email(email):

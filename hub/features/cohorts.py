@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core.cohorts import Who, parse_who, valid_slug, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Handler, Reply
 from hub.core.content_format import escape_markdown
+from hub.core.names import check_name
 from hub.errors import CommandError, UsageError
 from hub.features import membership as ms
 from hub.inbound import Ports
@@ -89,9 +90,10 @@ def register_cohorts(registry: CommandRegistry) -> None:
         if not valid_slug(slug):
             raise UsageError(f"{slug!r} is not a cohort slug: lowercase letters, digits and -, "
                              f"like winter-2027. {_usage(registry, 'cohort create')}")
-        name = str(ctx.args["name"]).strip()
-        if not name or len(name) > 200:
-            raise UsageError("NAME must be 1 to 200 characters (quote it if it has spaces).")
+        try:
+            name = check_name(str(ctx.args["name"]), "NAME")
+        except ValueError as e:
+            raise UsageError(f"{e}. {_usage(registry, 'cohort create')}") from None
         opts = _options(registry, "cohort create", ctx.args.get("options"), ("tz", "start", "weeks"))
         tz = opts.get("tz", env.settings.hub.timezone.key)
         try:
@@ -200,10 +202,15 @@ def register_cohorts(registry: CommandRegistry) -> None:
                 name_words.append(word)
         if who.email and email and email != who.email:
             raise UsageError(f"WHO is already the address {who.email}; email= would be a second one.")
+        name = " ".join(name_words)
+        if name:
+            try:
+                check_name(name, "NAME")
+            except ValueError as e:
+                raise UsageError(f"{e}. {_usage(registry, 'add')}") from None
         cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
         role = str(ctx.args["role"])
-        member, outcome = await ms.add_member(s, env, cohort, role, who, name=" ".join(name_words),
-                                              email=email)
+        member, outcome = await ms.add_member(s, env, cohort, role, who, name=name, email=email)
         label = ms.member_label(member)
         if outcome == "unchanged":
             return Reply(f"{label} ({who}) is already a {role} in `{cohort.slug}`; nothing changed.")
