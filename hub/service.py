@@ -25,12 +25,13 @@ from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.pool import SmtpPool
-from hub.email.sender import EmailSender, Suppressed
+from hub.email.sender import EmailSender, Rejected, Suppressed
 from hub.errors import TemporaryDeliveryError
 from hub.features.basics import register_basics
 from hub.features.cohorts import register_cohorts
 from hub.features.digest import DigestService
 from hub.features.digest_commands import register_digest_commands
+from hub.features.email_commands import register_email_commands
 from hub.features.pair_commands import register_pair_commands
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
@@ -45,7 +46,7 @@ from hub.matrix.rooms import ensure_control_room
 from hub.matrix.sender import MatrixSender
 from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
-from hub.storage.db import Database, open_database
+from hub.storage.db import Database, open_database, private_dir
 from hub.storage.lock import InstanceLock
 from hub.web import ControlRoomFailures, HealthSource, WebServer
 from hub.web_unsubscribe import routes as unsubscribe_routes
@@ -64,6 +65,7 @@ def build_registry(prefix: str) -> CommandRegistry:
     register_person_commands(registry)
     register_program_commands(registry)
     register_digest_commands(registry)
+    register_email_commands(registry)
     return registry
 
 
@@ -109,7 +111,7 @@ class Hub:
     async def start(self) -> None:
         s = self.settings
         add_secrets(s.secrets)
-        s.hub.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(s.hub.data_dir)  # 0700: the database, token and crypto store live here
         self.db = await open_database(s.database.url)
         # Before the Matrix session: only one process may drive the hub's device.
         self.instance_lock = InstanceLock(self.db)
@@ -481,21 +483,33 @@ class Hub:
                 log.exception("SMTP health check crashed")
             await asyncio.sleep(every)
 
-    async def _alert_suppressed(self, session: AsyncSession, event: Suppressed) -> None:
-        """Tell moderators an address bounced for good, in the suppression's transaction."""
+    async def _alert_suppressed(self, session: AsyncSession, event: Suppressed | Rejected) -> None:
+        """Tell moderators an address bounced for good (in the suppression's transaction),
+        or that the server refused a message: once per message, not once per recipient."""
         room = self.control_room_id
         if self.outbox is None or not room:
             # Suppressing without telling anyone would be a silent drop: wait for the room.
             raise TemporaryDeliveryError("permanent SMTP failure seen; waiting for the control "
                                          "room to report it", retry_after=5.0)
-        text = (f"Email to {event.address} bounced permanently ({event.reason}). "
-                f"The address is suppressed: the hub sends it no more mail "
-                f"(this one was a {event.kind}). Ask the person for a working address.")
+        prefix = self.settings.matrix.command_prefix
+        if isinstance(event, Rejected):
+            text = (f"The mail server refused a {event.kind} (\"{event.subject[:120]}\"), first for "
+                    f"{event.address}: {event.reason}. That is about the message or the hub's "
+                    "sender (spam or policy filters, size), not the address, so nothing is "
+                    "suppressed; other recipients it is refused for the same way are not reported "
+                    "again. Check the hub's sending domain (SPF, DKIM) and the message's content.")
+            key = f"alert:rejected:{event.group}"
+        else:
+            text = (f"Email to {event.address} bounced permanently ({event.reason}). "
+                    f"The address is suppressed: the hub sends it no more mail "
+                    f"(this one was a {event.kind}). Ask the person for a working address; "
+                    f"`{prefix} email unsuppress {event.address}` lifts it.")
+            key = f"alert:suppressed:{event.txn_id}"
         await self.outbox.enqueue(
             session, channel=MATRIX, kind="alert", lane=room,
             payload={"op": "message", "room_id": room, "type": "m.room.message",
                      "content": notice_content(text)},
-            dedupe_key=f"alert:suppressed:{event.txn_id}",
+            dedupe_key=key,
         )
 
 

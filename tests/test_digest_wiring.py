@@ -260,3 +260,17 @@ async def test_a_name_with_a_line_break_from_an_older_hub_skips_one_mail_and_is_
     await world.program.runner.tick()
     await world.command(MOD, CONTROL, "!hub digest winter send")
     assert len([r for r in await world.rows() if r["kind"] == "alert"]) == 1
+
+
+async def test_a_cohort_name_with_a_line_break_from_an_older_hub_still_gets_its_mail(world: World) -> None:
+    """The cohort's name goes into every bulk email's List-Id header; one with a line break (an older
+    hub took it) is flattened there rather than costing the whole cohort its digest and webinar mail."""
+    await give_rooms_ids(world)
+    async with world.db.transaction() as s:
+        await s.execute(text("UPDATE cohort SET name = :n WHERE slug = 'winter'"), {"n": "Winter\r\n2027"})
+    await run_calendar(world.program, world.clock, datetime(2027, 1, 18, 12, 0, tzinfo=BERLIN))
+    rows = await world.rows()
+    emails = [r for r in rows if r["kind"] == "digest" and r["channel"] == "email"]
+    assert len(emails) == 7
+    assert {r["payload"]["headers"]["List-Id"] for r in emails} == {"Winter 2027 <winter.hub.example.org>"}
+    assert not [r for r in rows if r["kind"] == "alert"]

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
 from hub.config import Settings
+from hub.core.names import one_line
 from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers, new_handle
 from hub.program_targets import person_key
 from hub.storage.db import Database
@@ -61,7 +62,8 @@ async def signing_secret(s: AsyncSession, settings: Settings) -> str:
 
 def list_id(settings: Settings, cohort: Cohort) -> str:
     host = urlsplit(settings.web.public_url).hostname or settings.matrix.server_name
-    return f"{cohort.name.replace('<', '').replace('>', '')} <{cohort.slug}.{host}>"
+    # one_line: a name an older hub stored may hold a line break, which no header can carry.
+    return f"{one_line(cohort.name).replace('<', '').replace('>', '')} <{cohort.slug}.{host}>"
 
 
 async def handles_for(s: AsyncSession, persons: Sequence[str], now: datetime) -> dict[str, str]:
