@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, inspect, text
 
+from hub.config import MatrixSettings
 from hub.errors import SchemaTooNewError
-from hub.storage.db import _script, open_database
+from hub.matrix.session import MatrixSession, make_client
+from hub.storage.db import Database, _script, open_database, private_dir
+from hub.storage.lock import InstanceLock
 from hub.storage.models import KeyValue, metadata
 
 from conftest import backends
@@ -180,3 +188,85 @@ async def test_postgresql_compresses_outbox_payloads_with_lz4(
         assert stored == (payload, "lz4")
     finally:
         await db.close()
+
+
+# -- file modes (issue 18 item 10) --------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual login umask, under which the hub used to leave its secrets world-readable."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def _open_storage_as_the_hub_does(data_dir: Path) -> tuple[Database, InstanceLock]:
+    """Hub.start's order: data_dir, the database, the instance lock, the Matrix client's store."""
+    private_dir(data_dir)
+    db = await open_database(f"sqlite:///{data_dir / 'hub.db'}")
+    await db.set_state("matrix.access_token", "syt_secret")  # a write: the WAL and -shm exist
+    lock = InstanceLock(db)
+    await lock.acquire()
+    settings = MatrixSettings(homeserver="http://127.0.0.1:1", user_id="@hub:localhost",
+                              password=None, access_token=None)
+    client = make_client(settings, MatrixSession(settings, db, data_dir).store_dir)
+    await client.close()
+    return db, lock
+
+
+async def test_data_dir_database_and_crypto_store_are_private_under_umask_022(
+        tmp_path: Path, umask_022: None) -> None:
+    data_dir = tmp_path / "hub"
+    db, lock = await _open_storage_as_the_hub_does(data_dir)
+    try:
+        modes = {p.name: _mode(p) for p in [data_dir, *data_dir.iterdir()]}
+        assert modes == {"hub": 0o700, "hub.db": 0o600, "hub.db-wal": 0o600, "hub.db-shm": 0o600,
+                         "hub.db.lock": 0o600, "crypto": 0o700}, {k: oct(v) for k, v in modes.items()}
+    finally:
+        await lock.release()
+        await db.close()
+
+
+async def test_an_install_left_readable_by_an_older_hub_is_restricted_once(
+        tmp_path: Path, umask_022: None, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = tmp_path / "hub"
+    db, lock = await _open_storage_as_the_hub_does(data_dir)
+    await lock.release()
+    await db.close()
+    (data_dir / "hub.db-wal").touch()  # closing checkpoints the WAL away; an unclean stop leaves it
+    loose = [data_dir, data_dir / "crypto"]
+    for path in [*loose, data_dir / "hub.db", data_dir / "hub.db-wal", data_dir / "hub.db.lock"]:
+        path.chmod(0o755 if path in loose else 0o644)
+    with caplog.at_level(logging.WARNING, logger="hub.storage.db"):
+        db, lock = await _open_storage_as_the_hub_does(data_dir)
+    try:
+        assert _mode(data_dir) == _mode(data_dir / "crypto") == 0o700
+        assert {_mode(data_dir / n) for n in ("hub.db", "hub.db-wal", "hub.db-shm", "hub.db.lock")} == {0o600}
+        restricted = [r.getMessage() for r in caplog.records if "restricted" in r.getMessage()]
+        assert len(restricted) == 5, restricted
+        assert not any("syt_secret" in r.getMessage() for r in caplog.records)
+    finally:
+        await lock.release()
+        await db.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hub.storage.db"):
+        db, lock = await _open_storage_as_the_hub_does(data_dir)
+    await lock.release()
+    await db.close()
+    assert not [r for r in caplog.records if "restricted" in r.getMessage()]
+
+
+async def test_an_existing_parent_of_the_database_is_left_alone(tmp_path: Path, umask_022: None) -> None:
+    """`sqlite:////tmp/x.db` must never chmod /tmp; only the hub's own data_dir is restricted."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    db = await open_database(f"sqlite:///{shared / 'x.db'}")
+    await db.close()
+    assert _mode(shared) == 0o755 and _mode(shared / "x.db") == 0o600

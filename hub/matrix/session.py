@@ -21,7 +21,7 @@ from nio import (
 from hub.config import MatrixSettings
 from hub.errors import InvalidTokenError, LoginError
 from hub.logs import add_secrets
-from hub.storage.db import Database
+from hub.storage.db import Database, private_dir
 
 __all__ = ["DEVICE_NAME", "MatrixSession", "make_client"]
 
@@ -33,7 +33,7 @@ _USER = "matrix.user_id"
 
 
 def make_client(settings: MatrixSettings, store_dir: Path, device_id: str | None = None) -> AsyncClient:
-    store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(store_dir)  # the device's keys: 0700 even if an older hub made it looser
     config = AsyncClientConfig(
         # nio would otherwise retry 429s and timeouts forever inside one call,
         # hiding them from the dispatcher's shared limiter and backoff.

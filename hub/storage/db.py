@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from hub.errors import SchemaTooNewError, StorageError
 from hub.storage.models import KeyValue
 
-__all__ = ["SQLITE_BUSY_MS", "Database", "async_url", "open_database"]
+__all__ = ["SQLITE_BUSY_MS", "Database", "async_url", "open_database", "private_dir", "private_file"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -187,10 +189,82 @@ def _sqlite_rollback_before_close(dbapi_conn: Any, _record: Any) -> None:
         pass
 
 
-async def open_database(url: str, *, migrate: bool = True) -> Database:
-    """Open (creating the SQLite file's folder if needed) and migrate to the newest schema."""
+# -- files only the hub's user may read ------------------------------------------------------
+# The data directory and the SQLite database hold the Matrix access token, the video
+# secret and the crypto store. Their modes are set here rather than left to the
+# process umask: outside the systemd unit (UMask=0077) the usual 022 made them
+# world-readable, and another local user logged in as the hub with its token. The
+# files are created with their final mode (os.open, mkdir's mode), never chmod'ed
+# after the fact, and the umask is never changed: it is process-wide, and other
+# tasks create files at the same time.
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take away what `mode` does not grant, from a file or directory the hub's user owns."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    current = stat.S_IMODE(st.st_mode)
+    if not current & ~mode:
+        return
+    if st.st_uid != os.getuid():
+        # Not ours (a shared parent, /tmp): changing it could break someone else's setup.
+        log.warning("%s is readable by others (mode %o) and not owned by the hub's user; "
+                    "it holds the hub's secrets, so restrict it to %o", path, current, mode)
+        return
+    try:
+        path.chmod(current & mode)
+    except OSError as e:
+        log.warning("could not restrict %s to mode %o: %s", path, mode, e)
+        return
+    # Once: after this it is tight, and the next start says nothing.
+    log.warning("restricted %s from mode %o to %o: it holds the hub's secrets", path, current,
+                current & mode)
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 if missing and restricted to its owner if it was looser."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)  # parents: the umask's default
+    _tighten(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """`path`, created empty with mode 0600 if missing, restricted to its owner if it was looser."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        _tighten(path, 0o600)
+    return path
+
+
+def _sqlite_file(url: str) -> Path | None:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def _private_sqlite(path: Path) -> None:
+    """The database and its WAL and shared-memory files, 0600.
+
+    SQLite gives a new -wal or -shm file the database file's own mode (it fchmods it
+    past the umask), so an 0600 database is all a fresh install needs; files left by
+    an older hub are restricted here.
+    """
+    private_file(path)
+    for suffix in ("-wal", "-shm"):
+        _tighten(path.with_name(path.name + suffix), 0o600)
+
+
+async def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Open (creating the SQLite file 0600, in a new folder 0700, if needed) and migrate."""
+    sqlite_path = _sqlite_file(url)
+    if sqlite_path is not None:
+        if not sqlite_path.parent.exists():
+            # A folder the hub makes is its own; an existing one (maybe /tmp) is left as it is.
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_sqlite(sqlite_path)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}

@@ -25,7 +25,7 @@ from typing import IO
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hub.storage.db import Database
+from hub.storage.db import Database, private_file
 
 __all__ = ["InstanceLock"]
 
@@ -85,7 +85,8 @@ class InstanceLock:
         return Path(url[len("sqlite:///"):] + ".lock")
 
     def _try_file(self, path: Path) -> bool:
-        f = path.open("a+", encoding="utf-8")
+        # 0600 like the database beside it: only a pid, but nobody else's business.
+        f = private_file(path).open("a+", encoding="utf-8")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
