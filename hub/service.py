@@ -32,7 +32,6 @@ from hub.features.cohorts import register_cohorts
 from hub.features.digest import DigestService
 from hub.features.digest_commands import register_digest_commands
 from hub.features.email_commands import register_email_commands
-from hub.features.email_commands import register_email_commands
 from hub.features.pair_commands import register_pair_commands
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
