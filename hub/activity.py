@@ -188,12 +188,16 @@ async def lounge_messages_since(s: AsyncSession, room_id: str, since: datetime) 
 
 
 async def top_lounge_posts(s: AsyncSession, room_id: str, since: datetime, limit: int = 3) -> list[PostStats]:
-    """The most-reacted lounge posts sent since `since`, most reactions first."""
+    """The most-reacted lounge posts sent since `since`, most reactions first.
+
+    Only other people's reactions count: an author reacting to their own post (or
+    adding five emoji to it) would otherwise rank it above what others liked.
+    """
     P, Rx = lounge_post_table, lounge_reaction_table
     reactions = func.count(Rx.c.event_id)
     rows = (await s.execute(
         select(P.c.event_id, P.c.sender, P.c.sender_name, P.c.excerpt, reactions)
-        .join(Rx, Rx.c.post_event_id == P.c.event_id)
+        .join(Rx, (Rx.c.post_event_id == P.c.event_id) & (Rx.c.sender != P.c.sender))
         .where((P.c.room_id == room_id) & (P.c.sent_at >= since.timestamp()))
         .group_by(P.c.event_id, P.c.sender, P.c.sender_name, P.c.excerpt, P.c.sent_at)
         .order_by(reactions.desc(), P.c.sent_at).limit(limit)
