@@ -22,9 +22,11 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from hub.clock import FakeClock
 from hub.config import Settings, settings_from_dict
+from hub.core.calendar import build_calendar
 from hub.core.cohorts import Who
 from hub.core.commands import RoomKind
 from hub.core.content import Library
@@ -258,6 +260,56 @@ async def test_reemitting_an_item_neither_duplicates_nor_advances_rotation(world
         uses = (await s.execute(select(content_use_table.c.scope).where(
             content_use_table.c.kind == "icebreaker"))).scalars().all()
     assert sorted(Counter(uses).values()) == [1, 1, 1, 1]
+
+
+async def test_an_item_that_cannot_be_made_is_skipped_and_reported_once_a_database_hiccup_is_retried(
+        tmp_path: Path) -> None:
+    """Retrying cannot cure an item that fails on its data: it is skipped, the moderators are told
+    once, and the calendar goes on. A locked database can be cured: that tick fails and the next
+    one sends the item."""
+    w = await make_world(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}",
+                         datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
+    try:
+        await give_rooms_ids(w)
+        fault: list[Exception] = []
+
+        async def digest(s: Any, item: Any, targets: Any) -> list[dict[str, Any]]:
+            # The digest hook is the program's port to another feature; here it breaks as a bug would.
+            if fault:
+                raise fault[0]
+            return [{"channel": "matrix", "kind": "digest", "lane": CONTROL, "dedupe_key": f"{item.key}:x",
+                     "payload": {"op": "message", "room_id": CONTROL, "type": "m.room.message",
+                                 "content": {"msgtype": "m.notice", "body": "digest"}}}]
+
+        w.program.digest = digest
+        fault.append(OperationalError("INSERT INTO outbox", {}, Exception("database is locked")))
+        w.clock.set(datetime(2027, 1, 18, 9, 0, 5, tzinfo=BERLIN))
+        assert (await w.program.runner.tick()).failed == ("winter",)
+        assert not await w.rows(kind_prefix="alert") and not await w.rows(kind_prefix="digest")
+        fault.clear()
+        w.clock.advance(30)
+        assert (await w.program.runner.tick()).failed == ()
+        assert len(await w.rows(kind_prefix="digest")) == 1  # the retry sent it
+
+        fault.append(KeyError("week"))
+        await run_calendar(w.program, w.clock, datetime(2027, 1, 26, 12, 0, tzinfo=BERLIN))
+        assert len(await w.rows(kind_prefix="digest")) == 1  # week 3's digest was not made...
+        icebreakers = [r for r in await w.rows(kind_prefix="program-icebreaker") if ":w3:" in r["key"]]
+        assert len(icebreakers) == 3 + 1  # ...and the rest of the week went on after it
+        alerts = await w.rows(kind_prefix="alert")
+        assert len(alerts) == 1 and alerts[0]["lane"] == CONTROL
+        body = alerts[0]["payload"]["content"]["body"]
+        assert "the week 3 digest of `winter` could not be made, so nobody got it" in body
+        assert "internal error (KeyError)" in body and "Traceback" not in body
+        # A later tick (or a `send` of the same item) meeting the same failure says nothing new.
+        spec = (await w.program.specs())[0]
+        item = next(i for i in build_calendar(spec).items if i.key == "digest:winter:w3")
+        await w.program.emit(item, await w.program.targets_of(item, w.clock.now()))
+        w.clock.advance(60)
+        await w.program.runner.tick()
+        assert len(await w.rows(kind_prefix="alert")) == 1
+    finally:
+        await w.db.close()
 
 
 # -- targets ---------------------------------------------------------------------------------------
