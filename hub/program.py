@@ -96,7 +96,11 @@ class SkippedItem:
 
 # Called once per due item with every target that should get it, so one
 # transaction can enqueue the whole fan-out (Outbox.enqueue_many). Each outbox
-# row's dedupe key must be derived from `dedupe_key(item, target)`.
+# row's dedupe key must be derived from `dedupe_key(item, target)`. An emitter
+# raises only for what a retry can cure (the database away): a target or item it
+# cannot make because of its data is left out and reported by the emitter
+# (hub.features.program_unsent), or one bad name would fail every tick and hold
+# back everything due after it.
 Emit = Callable[[CalendarItem, Sequence[Target]], Awaitable[None]]
 # The cohorts as they are now (config reloads, `!hub cohort create`, `!hub webinar`).
 SpecSource = Callable[[], Awaitable[Sequence[ProgramSpec]]]
