@@ -186,7 +186,7 @@ def _row(values: dict[str, str], line: int, problems: _Problems) -> RosterRow | 
     if tz is not None:
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America" is a folder, or too long
             problems.add(line, f"timezone {tz!r} is not a known time zone (like Europe/Berlin)")
     mentor: Who | None = None
     if mentor_text:
