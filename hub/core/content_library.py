@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -187,6 +188,9 @@ class _FileParser:
             self.problem(yaml_line + mark.line if mark is not None else yaml_line,
                          f"front matter is not valid YAML: {reason}")
             return None
+        except RecursionError:  # PyYAML recurses once per "[" or "{": 2 000 of them would crash the check
+            self.problem(yaml_line, "front matter is not valid YAML: lists or mappings nested too deeply")
+            return None
         if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
             self.problem(yaml_line, "front matter must be 'key: value' lines")
             return None
@@ -214,7 +218,13 @@ class _FileParser:
 
         ok = True
         item_id = data.get("id")
-        if "id" in data and not (isinstance(item_id, str) and _ID.match(item_id)):
+        if isinstance(item_id, int | float | date) and not isinstance(item_id, bool):
+            # `id: 2027` is YAML for a number; "must be letters or digits" would puzzle the author.
+            what = "date" if isinstance(item_id, date) else "number"
+            self.problem(at("id"), f"id {item_id} is read as a {what}, not text: "
+                                   f"put it in quotes (id: '{item_id}')")
+            ok = False
+        elif "id" in data and not (isinstance(item_id, str) and _ID.match(item_id)):
             self.problem(at("id"), f"id {item_id!r} must be lowercase letters, digits, '-', '_' or '.', "
                                    "starting with a letter or digit (e.g. icebreaker-pair-desk-tour)")
             ok = False
@@ -281,6 +291,9 @@ def _lint_template(item: ContentItem, source: str, first_line: int, problems: li
         ast = _MARKDOWN_ENV.parse(_tidy_tag_lines(source))
     except TemplateSyntaxError as e:
         problems.append(Problem(item.path, first_line + (e.lineno or 1) - 1, f"template syntax: {e.message}"))
+        return False
+    except RecursionError:  # Jinja's parser recurses per "(" or "[": thousands would crash the check
+        problems.append(Problem(item.path, first_line, "template syntax: brackets nested too deeply"))
         return False
     found: dict[tuple[int, str], None] = {}  # ordered set: the same mistake once per line
 
