@@ -4,6 +4,8 @@ arrives once, in order, after it returns. Uses its own Synapse, since it is stop
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from delivery_helpers import make_rooms, raw_client, read_room, wait_for
+from nio import RoomSendResponse
 from sqlalchemy import func, select
 
 from hub.devserver.synapse import SynapseServer
@@ -88,3 +91,46 @@ async def test_homeserver_down_20s_during_fan_out(own_synapse: SynapseServer, tm
         await client.close()
     # The outage pause is capped at 10 s, so sending resumes within that of the return.
     assert recovered < 15
+
+
+async def test_commands_are_answered_soon_after_a_long_outage(
+        own_synapse: SynapseServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18 item 11: after an outage the sync had backed off up to 60 s, and a command sent
+    the moment the homeserver was back waited for that backoff to run out."""
+    tag = secrets.token_hex(3)
+    bot = await own_synapse.register(f"backoffhub{tag}", secrets.token_urlsafe(12))
+    reader = await own_synapse.register(f"backoffreader{tag}", secrets.token_urlsafe(12))
+    (room,) = await make_rooms(own_synapse.url, bot, reader, 1)
+    settings = hub_settings(homeserver=own_synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[])
+    caplog.set_level(logging.WARNING, logger="hub.matrix.sync")
+    async with running_hub(settings) as hub:
+        assert hub.sync is not None
+        own_synapse.kill()
+
+        delays: list[float] = []
+
+        async def long_backoff() -> bool:
+            # The sync has just begun a wait of 16 s or more (the 6th failure, 16-32 s after the kill).
+            delays[:] = [float(m.group(1)) for r in caplog.records
+                         if (m := re.search(r"retrying in ([0-9.]+)s", r.getMessage()))]
+            return bool(delays) and delays[-1] >= 16
+
+        await wait_for(long_backoff, timeout=90, interval=0.1)
+        await own_synapse.start()  # 3-5 s: the old sync would still wait 10 s or more after this
+        back = time.monotonic()  # answering again
+        client = raw_client(own_synapse.url, reader)
+        try:
+            sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "!hub ping"})
+            assert isinstance(sent, RoomSendResponse), sent
+
+            async def answered() -> bool:
+                return "pong" in await read_room(client, room, bot.user_id)
+
+            await wait_for(answered, timeout=90, interval=0.25)
+            waited = time.monotonic() - back
+        finally:
+            await client.close()
+    print(f"\nhomeserver back during a {delays[-1]:.1f} s backoff: `!hub ping` answered {waited:.1f} s "
+          "after its return")
+    # The sync probes every 2 s once it has failed, and resumes at the first answer.
+    assert waited < 6, f"answered {waited:.1f} s after the homeserver's return"

@@ -68,6 +68,7 @@ class SyncLoop:
         *,
         timeout_ms: int = 30_000,
         max_backoff: float = 60.0,
+        probe_seconds: float = 2.0,
     ) -> None:
         self.client = client
         self.db = db
@@ -75,6 +76,7 @@ class SyncLoop:
         self.handler = handler
         self.timeout_ms = timeout_ms
         self.max_backoff = max_backoff
+        self.probe_seconds = probe_seconds
         self.healthy = False
         self.last_success: float | None = None
         self.synced = asyncio.Event()  # set after every successful handled sync
@@ -115,9 +117,11 @@ class SyncLoop:
                     full_state=not self.first_done.is_set(),
                 )
             except (TimeoutError, OSError) as e:
-                resp = SyncError(f"{e.__class__.__name__}: {e}")
+                resp, unreachable = SyncError(f"{e.__class__.__name__}: {e}"), True
             except Exception as e:  # aiohttp raises its own connection errors
-                resp = SyncError(f"{e.__class__.__name__}: {e}")
+                resp, unreachable = SyncError(f"{e.__class__.__name__}: {e}"), True
+            else:
+                unreachable = False
             if isinstance(resp, SyncError):
                 if getattr(resp, "status_code", None) == "M_UNKNOWN_TOKEN":
                     self.healthy = False
@@ -131,7 +135,7 @@ class SyncLoop:
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
                 delay = random.uniform(delay / 2, delay)
                 log.warning("sync failed (%s); retrying in %.1fs", resp.message, delay)
-                await asyncio.sleep(delay)
+                await self._back_off(delay, unreachable=unreachable)
                 continue
             first = since is None
             await self._housekeeping()
@@ -145,6 +149,41 @@ class SyncLoop:
             self.first_done.set()
             self.synced.set()
             self.synced.clear()
+
+    async def _back_off(self, delay: float, *, unreachable: bool) -> None:
+        """Wait `delay` before syncing again, or less once a homeserver that was down answers.
+
+        After a long outage the backoff reaches `max_backoff`, and commands sent right
+        after the homeserver's return waited for it to run out. Meanwhile the server is
+        asked for its versions every `probe_seconds`: an unauthenticated GET that costs
+        it nothing, and costs an unreachable server nothing at all. The first answer ends
+        the wait. Only after the server was seen down (the sync itself got no answer, or
+        a probe did not): a server that answers while its syncs fail keeps the backoff.
+        """
+        deadline = self.clock.monotonic() + delay
+        seen_down = unreachable
+        while (left := deadline - self.clock.monotonic()) > 0:
+            await self.clock.sleep(min(self.probe_seconds, left))
+            if self._stop or self.clock.monotonic() >= deadline:
+                return
+            if await self._answers():
+                if seen_down:
+                    log.info("the homeserver answers again; syncing now")
+                    return
+            else:
+                seen_down = True
+
+    async def _answers(self) -> bool:
+        """True if the homeserver answers GET /_matrix/client/versions with 200."""
+        try:
+            resp = await self.client.send("GET", "/_matrix/client/versions",
+                                          timeout=min(5.0, self.probe_seconds * 2))
+        except Exception:  # refused, reset, timed out, a proxy's broken answer: not yet
+            return False
+        try:
+            return bool(resp.status == 200)
+        finally:
+            resp.release()
 
     async def _housekeeping(self) -> None:
         """Keep end-to-end encryption working: what nio's sync_forever would do for us."""
