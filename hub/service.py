@@ -445,10 +445,11 @@ class Hub:
             await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
                                       payload=payload, dedupe_key=dedupe_key)
 
-    async def _summarise_alerts(self, every: float = 60.0) -> None:
+    async def _summarise_alerts(self, every: float = 5.0) -> None:
         """When an hour's alert window closes with failures held back, say how many."""
         while True:
-            # Real time, like the other housekeeping loops: a demo's fake clock must not spin here.
+            # Real time, like the other housekeeping loops: a demo's fake clock must not spin
+            # here. Often, as it only looks at a small dict, so a test's short window works.
             await asyncio.sleep(every)
             for (kind, lane), n in self.alerts.due():
                 try:
