@@ -10,6 +10,7 @@
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
+    │       ├── UnsafeHeaderError   an email header name or address carries CR/LF or controls
     │       ├── RecipientRejectedError  the SMTP server refused the address: suppress it
     │       └── MessageRejectedError    it refused the message or the hub's sender, not the address
     ├── CommandError           a room command was malformed or refused
@@ -45,6 +46,7 @@ __all__ = [
     "StorageError",
     "TemplateStyleError",
     "TemporaryDeliveryError",
+    "UnsafeHeaderError",
     "UsageError",
 ]
 
@@ -126,6 +128,24 @@ class MessageRejectedError(PermanentDeliveryError):
         super().__init__(reason)
         self.code = code
         self.enhanced = enhanced
+
+
+class UnsafeHeaderError(PermanentDeliveryError, ValueError):
+    """An email header name, address or field cannot be written as exactly one header line.
+
+    `email_payload` raises it for any field with a line break or control
+    character, when a feature queues the row. The header builder
+    (`hub.email.message.header_line`) folds those in text values (a subject, a
+    display name) and raises it only where folding would change the meaning
+    (an address, a header name). Permanent: such a row can never be sent
+    safely, so the dispatcher marks it failed and tells the moderators instead
+    of retrying. Also a ValueError, which is what `email_payload` has always
+    raised for a malformed payload.
+    """
+
+    def __init__(self, what: str, value: str) -> None:
+        # repr() and a cut: the reason reaches the moderators' alert, never raw line breaks.
+        super().__init__(f"email {what} must be one line without control characters: {value[:60]!r}")
 
 
 class CommandError(HubError):

@@ -32,6 +32,14 @@ Payload shape (JSON in ``outbox.payload``)::
 ``From``, ``Date``, ``Message-ID`` (derived from the row's stable ``txn_id``),
 ``MIME-Version`` and ``Auto-Submitted: auto-generated`` are set by the sender
 and may not be given here.
+
+Header safety is checked twice. Here, when the row is queued, a value that
+would break out of its header line (CR, LF, NUL, other controls) is refused
+with `UnsafeHeaderError`: a feature must pass one-line text (`one_line`).
+When the message is built, `hub.email.message.header_line`, the only writer
+of header lines, folds such characters in text values and refuses them in
+names and addresses, so a row that got past this check (queued by an older
+hub, or by code that bypassed `email_payload`) still cannot add a header.
 """
 
 from __future__ import annotations
@@ -44,14 +52,20 @@ from typing import Any, NotRequired, TypedDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.delivery.outbox import EMAIL, Outbox
+from hub.errors import UnsafeHeaderError
 
 __all__ = [
     "ALLOWED_HEADERS",
     "Attachment",
     "EmailPayload",
     "ascii_html",
+    "check_address",
+    "check_header_name",
     "email_payload",
     "enqueue_email",
+    "fold_header_text",
+    "header_safe",
+    "is_address",
     "normalize_address",
 ]
 
@@ -88,9 +102,48 @@ def normalize_address(address: str) -> str:
     return address.strip().lower()
 
 
+# What can end or break a header line for some reader: CR and LF; NUL and the other C0
+# controls (parsers built on str.splitlines also split on VT, FF and FS..RS); DEL; the C1
+# controls (NEL is a line break in Unicode); the Unicode line and paragraph separators.
+# Tab is ordinary folding whitespace and stays.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# A run of them with the blanks around it becomes one space when a text value is folded.
+_UNSAFE_RUN = re.compile(r"[ \t]*[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029][\x00-\x20\x7f-\x9f\u2028\u2029]*")
+# RFC 5322 allows any printable ASCII but ':'; every header the hub writes fits this.
+_FIELD_NAME = re.compile(r"[A-Za-z0-9-]+\Z")
+
+
+def header_safe(value: str) -> bool:
+    """True if `value` has nothing that could end its header line (see `_UNSAFE`)."""
+    return _UNSAFE.search(value) is None
+
+
+def fold_header_text(value: str) -> str:
+    """A text header value (subject, display name) on one line: each control run becomes a space."""
+    return _UNSAFE_RUN.sub(" ", value)
+
+
+def check_header_name(name: str) -> str:
+    if not _FIELD_NAME.match(name):
+        raise UnsafeHeaderError("header name", name)
+    return name
+
+
+def check_address(address: str) -> str:
+    """An address as it goes into To and RCPT TO: one token, no controls or blanks."""
+    if not header_safe(address) or any(c.isspace() for c in address):
+        raise UnsafeHeaderError("address", address)
+    return address
+
+
+def is_address(text: str) -> bool:
+    """One plain address (no name, no list), as `email_payload` accepts for `to`."""
+    return bool(_ADDRESS.match(text)) and header_safe(text)
+
+
 def _one_line(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"email {name} must be a single line (no CR/LF): {value[:60]!r}")
+    if not header_safe(value):
+        raise UnsafeHeaderError(name, value)
     return value
 
 
@@ -128,7 +181,7 @@ def email_payload(
     Validation happens here, when the row is queued, so a malformed message
     fails in the feature's transaction instead of as a delivery failure later.
     """
-    to = to.strip()
+    to = check_address(to.strip())
     if not _ADDRESS.match(to):
         raise ValueError(f"{to!r} is not an email address")
     payload: EmailPayload = {"to": to, "subject": _one_line("subject", subject), "text": text}
@@ -138,6 +191,7 @@ def email_payload(
         payload["html"] = ascii_html(html)
     if headers:
         for name, value in headers.items():
+            check_header_name(name)
             if name.lower() not in ALLOWED_HEADERS and not name.lower().startswith("x-"):
                 raise ValueError(f"email header {name!r} may not be set by a feature")
             _one_line(name, value)

@@ -42,7 +42,7 @@ from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.dispatcher import Claimed
-from hub.delivery.outbox import EMAIL, MATRIX, Outbox
+from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
 from hub.matrix.events import notice_content
@@ -710,12 +710,9 @@ class RoomKeeper:
                 names = [await self._describe(s, r) for r in rooms]
                 subject, body = not_joined_reminder(name=ms.member_label(member), cohort=cohort.name,
                                                     rooms=names, homeserver=env.settings.matrix.homeserver)
-                text, html = markdown_to_matrix(body)
-                await env.outbox.enqueue(
-                    s, channel=EMAIL, kind="join-reminder", lane=member.email,
-                    payload={"to": member.email, "subject": subject, "text": text, "html": html},
-                    dedupe_key=f"join-reminder:{member.id}",
-                )
+                # Through email_payload like every email: the subject carries the cohort's name.
+                await ms.queue_email(s, env, member.email, subject, body, kind="join-reminder",
+                                     dedupe_key=f"join-reminder:{member.id}")
                 member.reminded_at = env.now()
                 sent += 1
         return sent
