@@ -164,6 +164,8 @@ def _fold_literal(name: str, value: str) -> bytes:
     Lines aim at 78 characters; a longer word (a List-Unsubscribe URL) stays whole, as
     mail clients read such headers raw and would not decode an encoded word in them.
     """
+    if len(name) + len(value) < 77:
+        return f"{name}: {value}\r\n".encode()
     words = value.split(" ")
     lines: list[str] = []
     line = f"{name}: {words[0]}"
@@ -187,6 +189,9 @@ def _one_header(name: str, line: bytes) -> bytes:
     or the end of the header block.
     """
     body = line[:-2]
+    if (line.endswith(_CRLF) and line.startswith(name.encode("ascii") + b":")
+            and b"\r" not in body and b"\n" not in body and b"\0" not in body):
+        return line  # one physical line: the common case, checked without splitting
     first, *rest = body.split(_CRLF)
     if not (line.endswith(_CRLF) and first.startswith(name.encode("ascii") + b":")
             and b"\0" not in body
@@ -204,7 +209,9 @@ def _display_name(name: str) -> str:
     into the name, never into syntax.
     """
     chunks: list[str] = []
-    for ch in name:
+    if len(name.encode("utf-8")) <= 45:
+        chunks.append(name)
+    for ch in name if not chunks else "":
         if chunks and len((chunks[-1] + ch).encode("utf-8")) <= 45:
             chunks[-1] += ch
         else:
@@ -237,9 +244,15 @@ def _address_list(name: str, value: str) -> str:
     return ", ".join(_mailbox(n, a) for n, a in pairs)
 
 
+@lru_cache(maxsize=16)
+def _from_line(from_header: str) -> bytes:
+    """The From line, rebuilt like To so a configured name can only be a name; once per setting."""
+    return header_line("From", _mailbox(*parseaddr(fold_header_text(from_header))))
+
+
 def _headers(payload: EmailPayload, *, txn_id: str, from_header: str, date: datetime) -> bytes:
     lines = [
-        header_line("From", _mailbox(*parseaddr(fold_header_text(from_header)))),
+        _from_line(from_header),
         header_line("To", _mailbox(payload.get("to_name") or "", payload["to"])),
         header_line("Subject", payload["subject"]),
         header_line("Date", format_datetime(date)),

@@ -109,6 +109,7 @@ def normalize_address(address: str) -> str:
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # A run of them with the blanks around it becomes one space when a text value is folded.
 _UNSAFE_RUN = re.compile(r"[ \t]*[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029][\x00-\x20\x7f-\x9f\u2028\u2029]*")
+_UNSAFE_OR_BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # RFC 5322 allows any printable ASCII but ':'; every header the hub writes fits this.
 _FIELD_NAME = re.compile(r"[A-Za-z0-9-]+\Z")
 
@@ -131,7 +132,7 @@ def check_header_name(name: str) -> str:
 
 def check_address(address: str) -> str:
     """An address as it goes into To and RCPT TO: one token, no controls or blanks."""
-    if not header_safe(address) or any(c.isspace() for c in address):
+    if _UNSAFE_OR_BLANK.search(address):
         raise UnsafeHeaderError("address", address)
     return address
 
