@@ -90,7 +90,7 @@ def test_state_fixes_for_a_correct_room_is_empty() -> None:
         ("m.room.topic", ""): {"topic": spec.topic},
         ("m.room.join_rules", ""): {"join_rule": "restricted",
                                     "allow": [{"type": "m.room_membership", "room_id": "!space"}]},
-        ("m.room.power_levels", ""): {"users": {"@mod:x": 50}},
+        ("m.room.power_levels", ""): {"users": {"@mod:x": 50}, "invite": 50},
         (ROOM_TAG, ""): dict(TAG),
         ("m.space.parent", "!space"): {"via": ["example.org"]},
     }

@@ -19,7 +19,9 @@ from hub.core.content_format import escape_markdown
 
 __all__ = [
     "CREATOR_POWER_VERSIONS",
+    "MEGOLM",
     "MODERATOR_LEVEL",
+    "OWNED_STATE",
     "RESTRICTED_VERSIONS",
     "ROLES",
     "ROOM_TAG",
@@ -207,6 +209,15 @@ def direct_spec(key: str, tag: Mapping[str, Any]) -> RoomSpec:
     )
 
 
+# The state `state_fixes` compares: a change to one of these by anyone but the hub, in a
+# room the hub owns, is drift to put back (and to tell the moderators about).
+OWNED_STATE = frozenset({
+    "m.room.name", "m.room.topic", "m.room.encryption", "m.room.join_rules", "m.room.power_levels",
+    "m.room.history_visibility", "m.room.guest_access", ROOM_TAG, "m.space.parent", "m.space.child",
+})
+MEGOLM = "m.megolm.v1.aes-sha2"
+
+
 @dataclass(frozen=True)
 class StateFix:
     """One state event to (re)send so a room matches its spec."""
@@ -232,8 +243,9 @@ def state_fixes(
 ) -> list[StateFix]:
     """What must change for the room's `state` ((type, state_key) -> content) to match `spec`.
 
-    Only what the hub owns is compared: name, topic, encryption, join rule,
-    moderators' power levels, the hub's tag and the space links. Anything a
+    Only what the hub owns is compared: name, topic, encryption, history
+    visibility, guest access, join rule, who may invite and post, moderators'
+    power levels, the hub's tag and the space links (`OWNED_STATE`). Anything a
     member added on top (an avatar, a pinned message) is left alone.
     """
     fixes: list[StateFix] = []
@@ -245,9 +257,15 @@ def state_fixes(
         fixes.append(StateFix("m.room.name", "", {"name": spec.name}, "name"))
     if spec.topic is not None and (get("m.room.topic") or {}).get("topic") != spec.topic:
         fixes.append(StateFix("m.room.topic", "", {"topic": spec.topic}, "topic"))
-    if spec.encrypted and not (get("m.room.encryption") or {}).get("algorithm"):
-        fixes.append(StateFix("m.room.encryption", "", {"algorithm": "m.megolm.v1.aes-sha2"},
-                              "encryption"))
+    if spec.encrypted and (get("m.room.encryption") or {}).get("algorithm") != MEGOLM:
+        fixes.append(StateFix("m.room.encryption", "", {"algorithm": MEGOLM}, "encryption"))
+    # A missing event means the Matrix default: "shared" history, guests forbidden.
+    history = (get("m.room.history_visibility") or {}).get("history_visibility", "shared")
+    if history != spec.history_visibility:
+        fixes.append(StateFix("m.room.history_visibility", "",
+                              {"history_visibility": spec.history_visibility}, "history visibility"))
+    if (get("m.room.guest_access") or {}).get("guest_access", "forbidden") != "forbidden":
+        fixes.append(StateFix("m.room.guest_access", "", {"guest_access": "forbidden"}, "guest access"))
     wanted_rule = join_rule_content(spec, room_version)
     actual_rule = dict(get("m.room.join_rules") or {})
     if (actual_rule.get("join_rule") != wanted_rule["join_rule"]
@@ -255,12 +273,17 @@ def state_fixes(
         # The allow list too: a replaced space must be the one whose members may join.
         fixes.append(StateFix("m.room.join_rules", "", wanted_rule, "join rule"))
     power = dict(get("m.room.power_levels") or {})
-    if spec.moderators and not _power_users_ok(power, spec.moderators):
+    # Who may invite and post is the hub's to say: a pair room where anyone may invite is
+    # not private. A level left out of the event is Matrix's default, 0.
+    levels = {"invite": spec.invite_level, "events_default": spec.events_level}
+    wrong_levels = {k: v for k, v in levels.items() if power.get(k, 0) != v}
+    if (spec.moderators and not _power_users_ok(power, spec.moderators)) or wrong_levels:
         users = dict(power.get("users") or {})
         users.update(spec.moderators)
         if room_version in CREATOR_POWER_VERSIONS:
             users.pop(hub, None)
-        fixes.append(StateFix("m.room.power_levels", "", {**power, "users": users}, "power levels"))
+        fixes.append(StateFix("m.room.power_levels", "", {**power, **wrong_levels, "users": users},
+                              "power levels"))
     if spec.tag and dict(get(ROOM_TAG) or {}) != dict(spec.tag):
         fixes.append(StateFix(ROOM_TAG, "", dict(spec.tag), "hub tag"))
     if spec.parent_space and get("m.space.parent", spec.parent_space) is None:

@@ -33,6 +33,8 @@ from hub.clock import Clock
 from hub.config import Settings, load_settings
 from hub.core.cohorts import (
     MODERATOR_LEVEL,
+    OWNED_STATE,
+    StateFix,
     not_joined_reminder,
     pair_welcome,
     state_fixes,
@@ -45,7 +47,7 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
-from hub.matrix.events import notice_content
+from hub.matrix.events import StateChange, notice_content, state_changes
 from hub.matrix.provision import Provision, RoomSnapshot
 from hub.matrix.sender import MatrixSender
 from hub.storage.db import Database
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 REMINDER_AFTER = 48 * 3600.0
 _KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT}
 _LIVE = ("pending", "creating", "ready", "closing")
+_DRIFT_RECHECKS = 5  # a drift fix looks again this many times for a change that came back
 
 
 @dataclass
@@ -110,6 +113,7 @@ class RoomKeeper:
         self._config_mtime: float | None = None
         self._env: ms.Env | None = None
         self._ticks = 0
+        self._told: set[str] = set()  # state event ids of drift already told to the moderators
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -374,9 +378,44 @@ class RoomKeeper:
                     users.pop(u)
             fixes = [f for f in fixes if f.event_type != "m.room.power_levels"]
             await self.provision.put_state(room_id, "m.room.power_levels", "", {**power, "users": users})
+        if fixes and p.get("drift"):
+            await self._tell_drift(row, key, snap, fixes, env.hub_user)
         for fix in fixes:
             await self.provision.put_state(room_id, fix.event_type, fix.state_key, fix.content)
+        if fixes and p.get("drift") and row.attempts < _DRIFT_RECHECKS:
+            # A change sent at the same moment as the fix forks the room's history, and state
+            # resolution can then pick the change over the fix (for join rules it favours the
+            # less powerful sender). Look again; the retry fixes whatever came back.
+            after = await self.provision.snapshot(room_id)
+            if after is not None and state_fixes(spec, after.state, hub=env.hub_user,
+                                                 room_version=after.room_version, child_rooms=children):
+                raise TemporaryDeliveryError(f"room {key} changed again while being fixed", retry_after=1.0)
         return "fixed: " + (", ".join(f.reason for f in fixes) or "nothing")
+
+    async def _tell_drift(self, row: Claimed, key: str, snap: RoomSnapshot, fixes: list[StateFix],
+                          hub: str) -> None:
+        """Tell the moderators who changed what the hub manages, once per change.
+
+        Told before the fix is sent: if sending it fails for good, that failure is reported
+        after this. A change is its state event; one seen again (a retry, a second sync
+        showing it) is not told twice. State the hub itself set (a changed config) is no one's doing.
+        """
+        changes = [(e, f) for f in fixes
+                   if (e := snap.state_event(f.event_type, f.state_key)) is not None
+                   and e.get("sender") != hub and str(e.get("event_id")) not in self._told]
+        if not changes:
+            return
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            room = await self._by_key(s, key)
+            assert room is not None
+            who = ", ".join(sorted({escape_markdown(str(e.get("sender"))) for e, _ in changes}))
+            await self._alert(s, env, f"{who} changed {await self._describe(s, room)}: "
+                              f"{', '.join(f.reason for _, f in changes)}. The hub manages these and "
+                              "is setting them back.", dedupe=f"drift:{row.txn_id}:{row.attempts}")
+        if len(self._told) > 10_000:  # only to bound memory; a repeat after that is harmless
+            self._told.clear()
+        self._told.update(str(e.get("event_id")) for e, _ in changes)
 
     # -- alerts ------------------------------------------------------------------------------------
 
@@ -418,9 +457,11 @@ class RoomKeeper:
                 if isinstance(ev, RoomMemberEvent):
                     changes[(room_id, ev.state_key)] = ev.membership
         lost = list(resp.rooms.leave.keys())
-        if not changes and not lost:
+        # The first sync of a run shows all state; the start's reconcile checks that.
+        drift = [] if first else state_changes(resp, hub, OWNED_STATE)
+        if not changes and not lost and not drift:
             return
-        room_ids = {r for r, _ in changes} | set(lost)
+        room_ids = {r for r, _ in changes} | set(lost) | {c.room_id for c in drift}
         async with self.db.transaction() as s:
             env = await self.env(s)
             rooms = {r.room_id: r for r in (await s.execute(select(HubRoom).where(
@@ -438,6 +479,24 @@ class RoomKeeper:
                     # Removed behind the hub's back while running: repair now, not at the next start.
                     task = asyncio.create_task(self._check_later(room.key))
                     self._tasks.append(task)
+            await self._queue_drift_fixes(s, env, rooms, drift, str(resp.next_batch))
+
+    async def _queue_drift_fixes(self, s: AsyncSession, env: ms.Env, rooms: dict[str | None, HubRoom],
+                                 drift: list[StateChange], batch: str) -> None:
+        """Someone changed what the hub owns in one of its rooms: a fix row per room and sync batch.
+
+        Only queued here (the sync handler does no network work); the fix compares the
+        room with its spec when it is sent, and tells the moderators if anything was off.
+        A batch replayed after a crash may queue a second row: it finds nothing to fix.
+        """
+        for room_id in dict.fromkeys(c.room_id for c in drift):
+            room = rooms.get(room_id)
+            if room is None or room.status != "ready":
+                continue
+            # Keyed by the batch, not the event: state resolution can bring an event back
+            # that was fixed already, and the sync then shows the same event id again.
+            await ms.queue_room_op(s, env, room, "room_fix", {"demote": [], "drift": True},
+                                   kind="room-fix", dedupe_key=f"fix:{room.key}:drift:{batch}")
 
     async def _check_later(self, key: str) -> None:
         async with self.db.session() as s:

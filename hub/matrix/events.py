@@ -6,6 +6,7 @@ Only this module and its siblings know nio's event classes; the handlers see
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,16 @@ from nio import (
     SyncResponse,
 )
 
+from hub.core.cohorts import CREATOR_POWER_VERSIONS
+
 __all__ = [
     "IncomingMessage",
     "InviteSeen",
+    "StateChange",
     "SyncFacts",
     "extract",
     "notice_content",
+    "state_changes",
 ]
 
 
@@ -43,6 +48,16 @@ class IncomingMessage:
 class InviteSeen:
     room_id: str
     inviter: str
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A state event someone else sent in a room the hub is in."""
+
+    room_id: str
+    event_id: str
+    event_type: str
+    sender: str
 
 
 @dataclass
@@ -79,7 +94,14 @@ def message_from_event(room_id: str, event: Any) -> IncomingMessage | None:
 
 
 def creators_from_create(event: RoomCreateEvent) -> frozenset[str]:
+    """Users with unlimited power in the room: its creators, in room versions that give them that.
+
+    In older versions a creator is whatever the power levels now say (they may have been
+    demoted), so creating the room grants nothing by itself.
+    """
     content = event.source.get("content", {})
+    if str(content.get("room_version", "1")) not in CREATOR_POWER_VERSIONS:
+        return frozenset()
     extra = content.get("additional_creators") or []
     users = {event.sender, *[u for u in extra if isinstance(u, str)]}
     return frozenset(users)
@@ -105,6 +127,23 @@ def extract(resp: SyncResponse, own_user_id: str) -> SyncFacts:
                 facts.messages.append(msg)
     facts.left.extend(resp.rooms.leave.keys())
     return facts
+
+
+def state_changes(resp: SyncResponse, own_user_id: str, types: Collection[str]) -> list[StateChange]:
+    """State events of `types` in joined rooms, sent by anyone but the hub, in sync order."""
+    out: list[StateChange] = []
+    seen: set[str] = set()
+    for room_id, joined in resp.rooms.join.items():
+        # Both lists: a change inside a gap arrives in `state`, one within the timeline there.
+        for ev in [*joined.state, *joined.timeline.events]:
+            source = getattr(ev, "source", None)
+            if not isinstance(source, dict) or "state_key" not in source:
+                continue
+            event_id, sender = str(source.get("event_id", "")), str(source.get("sender", ""))
+            if source.get("type") in types and sender != own_user_id and event_id not in seen:
+                seen.add(event_id)
+                out.append(StateChange(room_id, event_id, str(source["type"]), sender))
+    return out
 
 
 def notice_content(

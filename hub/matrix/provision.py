@@ -55,7 +55,7 @@ from hub.errors import TemporaryDeliveryError
 from hub.matrix.rooms import default_room_version, power_levels_users
 from hub.matrix.sender import classify_error
 
-__all__ = ["Provision", "RoomSnapshot", "own_tag"]
+__all__ = ["Provision", "RoomSnapshot", "own_tag", "snapshot_from_events"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,13 @@ class RoomSnapshot:
     creators: frozenset[str]
     events: list[dict[str, Any]]  # the raw state events, to teach nio the room
     created_by: frozenset[str] = frozenset()  # m.room.create's sender and additional creators
+
+    def state_event(self, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """The raw current state event (with its sender and id), or None."""
+        for e in self.events:
+            if e.get("type") == event_type and e.get("state_key") == state_key:
+                return e
+        return None
 
     def owned_by(self, hub: str) -> bool:
         """The hub made this room, alone: nobody else holds a creator's unremovable power."""
@@ -286,7 +293,7 @@ class Provision:
         """The room's full state, or None when the hub cannot see it (not in it, or it is gone)."""
         resp = await self.client.room_get_state(room_id)
         if isinstance(resp, RoomGetStateResponse):
-            return _snapshot(room_id, resp.events)
+            return snapshot_from_events(room_id, resp.events)
         if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
             return None
         raise self._error(resp)
@@ -344,7 +351,7 @@ def own_tag(events: list[dict[str, Any]], hub: str) -> dict[str, Any] | None:
     return dict(content) if isinstance(content, dict) and content else None
 
 
-def _snapshot(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
+def snapshot_from_events(room_id: str, events: list[dict[str, Any]]) -> RoomSnapshot:
     state: dict[tuple[str, str], dict[str, Any]] = {}
     members: dict[str, str] = {}
     version = "1"

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from nio import AsyncClient, SyncError, SyncResponse, UploadFilterResponse
 
 from hub.clock import Clock
+from hub.core.cohorts import ROOM_TAG
 from hub.errors import InvalidTokenError
 from hub.storage.db import Database
 
@@ -46,6 +47,12 @@ SYNC_FILTER = {
                 "m.room.encryption",
                 "m.room.name",
                 "m.room.topic",
+                # The rest of what the hub owns in its rooms: changed by others, it is
+                # put back at once (hub.features.rooms), so the sync must show it.
+                "m.room.join_rules",
+                "m.room.history_visibility",
+                "m.room.guest_access",
+                ROOM_TAG,
                 "m.room.pinned_events",
                 "m.room.tombstone",
                 "m.space.child",
