@@ -205,3 +205,11 @@ async def test_smtp_down_30s_then_everything_delivered(rig: Rig) -> None:
     assert sorted(m.rcpt_tos[0] for m in rig.sink.messages) == sorted(f"m{i}@example.org" for i in range(20))
     assert (await _row(rig, "down0"))[1] > 1  # it was tried during the outage
     assert recovered < 12  # the outage pause is capped, so delivery resumes promptly
+
+
+def test_one_refused_message_is_one_group_per_day() -> None:
+    same = Rejected.group_of("announcement", "Kick-off", 554, "5.7.1", "2027-03-01")
+    assert same == Rejected.group_of("announcement", "Kick-off", 554, "5.7.1", "2027-03-01")
+    assert same != Rejected.group_of("announcement", "Kick-off", 554, "5.7.1", "2027-03-02")
+    assert same != Rejected.group_of("announcement", "Week 2", 554, "5.7.1", "2027-03-01")
+    assert same != Rejected.group_of("digest", "Kick-off", 554, "5.7.1", "2027-03-01")

@@ -67,9 +67,13 @@ class Rejected:
     group: str  # the same for every recipient of one message refused the same way
 
     @staticmethod
-    def group_of(kind: str, subject: str, code: int, enhanced: str) -> str:
-        """One message is many rows (one per recipient) that share their kind and subject."""
-        key = f"{kind}\n{subject}\n{code}\n{enhanced}".encode()
+    def group_of(kind: str, subject: str, code: int, enhanced: str, day: str) -> str:
+        """One message is many rows (one per recipient) that share their kind and subject.
+
+        The UTC day too: the same subject sent again another day (a repeated
+        announcement) and refused again is news, not a duplicate.
+        """
+        key = f"{kind}\n{subject}\n{code}\n{enhanced}\n{day}".encode()
         return hashlib.sha256(key).hexdigest()[:24]
 
 
@@ -162,7 +166,8 @@ class EmailSender:
         if self.on_suppressed is None:
             return
         subject = str(payload.get("subject", ""))
-        group = Rejected.group_of(row.kind, subject, e.code, e.enhanced)
+        group = Rejected.group_of(row.kind, subject, e.code, e.enhanced,
+                                  self.clock.now().date().isoformat())
         async with self.db.transaction() as s:
             await self.on_suppressed(s, Rejected(address, e.code, e.reason, row.kind, subject, group))
 
