@@ -444,3 +444,56 @@ async def test_config_and_roster_changes_are_picked_up_while_running(
                 HubRoom, hub_room_table.c.id == room_member_table.c.room_pk).where(
                 hub_room_table.c.kind == "pair"))).scalars().all()
         assert len(waiting) == 4
+
+
+# -- a recorded room the hub did not create ------------------------------------------------------------
+
+
+async def test_a_recorded_room_someone_else_created_is_replaced_and_left(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
+) -> None:
+    # A room adopted by a copied tag before tags had to be the hub's own: its creator (room
+    # version 12: unlimited power) cannot be kicked, so the pair must get a room of the hub's.
+    bot = await register("hub")
+    mod, mentor, forger = await participant("lead"), await participant("mentor"), await participant("forger")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[mod.user_id])
+    async with running_hub(settings) as hub:
+        assert hub.db is not None and hub.outbox is not None
+        async with hub.db.transaction() as s:
+            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
+            cohort = await ms.create_cohort(s, env, slug="forge", name="Forge", timezone="UTC", start=None,
+                                            weeks=12, source="command")
+            await ms.add_member(s, env, cohort, "mentor", Who(matrix_id=mentor.user_id), name="Ada")
+            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=forger.user_id), name="Eve")
+            await ms.make_pair(s, env, cohort, Who(matrix_id=mentor.user_id), Who(matrix_id=forger.user_id))
+        pair = await room_of(hub, "pair:1")
+        forged = await forger.create_room(invite=[bot.user_id], name="Forged")
+        await forger.wait_joined(forged, bot.user_id, timeout=20)  # the inviter is a participant
+        await mod.wait_joined(hub.control_room_id or "", mod.user_id, timeout=20)
+        await quiet(hub)
+        api = await hub_api(hub, synapse.url)
+        control = hub.control_room_id
+        assert control is not None
+    # What an older hub would have recorded after adopting the forger's room for pair:1.
+    db = await open_database(settings.database.url)
+    async with db.transaction() as s:
+        await s.execute(update(HubRoom).where(hub_room_table.c.key == "pair:1").values(room_id=forged))
+    await db.close()
+
+    async with running_hub(settings) as hub:
+        assert hub.rooms is not None
+        await asyncio.wait_for(hub.rooms.reconciled.wait(), 30)
+        new_pair = await room_of(hub, "pair:1")
+        assert new_pair not in (forged, pair)
+        await mentor.wait_joined(new_pair, forger.user_id, timeout=20)  # the pair, in a room of the hub's
+        await quiet(hub)
+
+        def notices() -> list[str]:
+            return [e.body for e in mod.in_room(control) if isinstance(e, RoomMessageNotice)]
+
+        await mod.wait_until(lambda: any("not by the hub" in b for b in notices()), 20)
+        assert not any("removed" in b or "removing" in b for b in notices()), notices()
+    _, events = await api.call("GET", f"/_matrix/client/v3/rooms/{new_pair}/state")
+    assert [e["sender"] for e in events if e["type"] == "m.room.create"] == [bot.user_id]
+    assert (await api.members(forged)).get(bot.user_id) == "leave"  # nothing more goes there
