@@ -31,6 +31,7 @@ from hub.core.cohorts import Who
 from hub.core.commands import RoomKind
 from hub.core.content import Library
 from hub.core.content_library import load_library
+from hub.core.limits import CommandRateLimiter
 from hub.delivery.outbox import Outbox
 from hub.features import membership as ms
 from hub.features.participants import load_cohort_view
@@ -151,8 +152,11 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
     async def kind(room_id: str) -> RoomKind:
         return await _room_kind(db, room_id)
 
+    # The world's people run many commands while its clock stands still: no per-person
+    # rate limit here (tests/test_limits.py and test_stranger_live.py cover it).
+    unlimited = CommandRateLimiter(clock, per_minute=1.0, burst=10**9)
     runner = CommandRunner(db, outbox, clock, build_registry("!hub"), room_kind=kind, is_moderator=is_mod,
-                           control_room=lambda: CONTROL, app=app)
+                           control_room=lambda: CONTROL, app=app, rate_limiter=unlimited)
     return World(db, clock, outbox, settings, program, runner, itertools.count())
 
 
