@@ -42,7 +42,7 @@ def _assert_clear_usage(message: str) -> None:
     assert message.strip() and "Traceback" not in message
     clear = (
         (". Usage: `" + PREFIX + " ") in message
-        or (message.startswith("Unknown command `") and f"Send `{PREFIX} help` for the list." in message)
+        or (message.startswith("Unknown command ") and f"Send `{PREFIX} help` for the list." in message)
         or (message.startswith("could not read the command: ") and "(close your quotes)" in message)
     )
     assert clear, f"unclear usage message: {message!r}"
