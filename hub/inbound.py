@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.clock import Clock
 from hub.core.commands import CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
-from hub.core.markup import markdown_to_matrix
+from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import CommandError, PermissionDenied, UsageError
 from hub.features.membership import is_participant
@@ -205,7 +205,7 @@ class CommandRunner:
                          command=command[:1000], outcome=outcome))
         control = self.control_room()
         if control and control != msg.room_id:
-            text = f"{msg.sender} ran `{command[:300]}` ({outcome})"
+            text = f"{msg.sender} ran {echo(command, limit=300)} ({outcome})"
             body, html = markdown_to_matrix(text)
             await self.outbox.enqueue(
                 s, channel=MATRIX, kind="audit", lane=control,

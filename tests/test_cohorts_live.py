@@ -229,13 +229,13 @@ async def test_unpair_pause_resume_and_remove(live: Live, people: Any) -> None:
     [
         ("!hub cohort show nope", "There is no cohort `nope`"),
         ("!hub cohort create Bad_Slug X", "is not a cohort slug"),
-        ("!hub cohort create ok X tz=Mars/Base", "tz=Mars/Base is not a known time zone"),
-        ("!hub cohort create ok X weeks=0", "weeks=0 must be a whole number from 1 to 104"),
-        ("!hub cohort create ok X colour=red", "unexpected 'colour=red'"),
+        ("!hub cohort create ok X tz=Mars/Base", "`tz=Mars/Base` is not a known time zone"),
+        ("!hub cohort create ok X weeks=0", "`weeks=0` must be a whole number from 1 to 104"),
+        ("!hub cohort create ok X colour=red", "unexpected `colour=red`"),
         ("!hub add nope mentor @x:localhost", "There is no cohort `nope`"),
         ("!hub add nope mentor someone", "neither a Matrix id"),
         ("!hub add nope boss @x:localhost", "role must be one of mentor, mentee, moderator"),
-        ("!hub add nope mentor @x:localhost email=nope", "'nope' is not an email address"),
+        ("!hub add nope mentor @x:localhost email=nope", "`nope` is not an email address"),
         ("!hub pair nope @a:localhost", "mentee is missing"),
     ],
 )

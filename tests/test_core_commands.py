@@ -50,7 +50,7 @@ def test_quotes_group_words_and_two_word_commands_win() -> None:
         ("checkin 9", "score must be at most 5"),
         ("checkin five", "score must be a whole number"),
         ("met telepathy", "how must be one of video, voice, text"),
-        ("ping extra", "unexpected 'extra'"),
+        ("ping extra", "unexpected `extra`"),
         ('cohort create "unclosed', "close your quotes"),
     ],
 )

@@ -4,7 +4,9 @@ A command is a `CommandSpec`: its words (``"cohort create"``), typed
 arguments, who may run it and in which kinds of room. `CommandRegistry.parse`
 turns ``!hub cohort create x "X Y"`` into a `ParsedCommand` or raises a
 `UsageError` whose message carries the usage line; nothing runs until the
-whole line has parsed, so bad input never changes anything.
+whole line has parsed, so bad input never changes anything. Whatever of the
+input a message repeats goes through `markup.echo` (inline code, cut short),
+so a reply can never carry a link or an image someone typed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.core.markup import echo
 from hub.errors import PermissionDenied, UsageError
 
 __all__ = [
@@ -63,14 +66,14 @@ class Arg:
             try:
                 number = int(value)
             except ValueError:
-                raise ValueError(f"{self.name} must be a whole number, not {value!r}") from None
+                raise ValueError(f"{self.name} must be a whole number, not {echo(value)}") from None
             if self.minimum is not None and number < self.minimum:
                 raise ValueError(f"{self.name} must be at least {self.minimum}")
             if self.maximum is not None and number > self.maximum:
                 raise ValueError(f"{self.name} must be at most {self.maximum}")
             return number
         if self.kind == "choice" and value.lower() not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {value!r}")
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, not {echo(value)}")
         return value.lower() if self.kind == "choice" else value
 
 
@@ -214,7 +217,7 @@ class CommandRegistry:
             words[0].lower(), names, n=1, cutoff=0.5
         )
         hint = f" Did you mean `{self.prefix} {close[0]}`?" if close else ""
-        return f"Unknown command `{words[0]}`.{hint} Send `{self.prefix} help` for the list."
+        return f"Unknown command {echo(words[0])}.{hint} Send `{self.prefix} help` for the list."
 
     def _bind(self, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -238,7 +241,7 @@ class CommandRegistry:
                 raise self._usage(spec, str(e)) from None
             i += 1
         if i < len(words):
-            raise self._usage(spec, f"unexpected {words[i]!r}")
+            raise self._usage(spec, f"unexpected {echo(words[i])}")
         return values
 
     def _usage(self, spec: CommandSpec, problem: str) -> UsageError:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
+from hub.core.markup import echo
 from hub.inbound import Ports
 from hub.storage.models import AuditEntry, audit_table
 
@@ -41,5 +42,6 @@ def register_basics(registry: CommandRegistry) -> None:
         lines = [f"Last {len(rows)} moderator actions, newest first:"]
         for r in rows:
             when = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            lines.append(f"- {when} {r.actor}: `{r.command[:200]}` ({r.outcome})")
+            # The command as typed: quoted by echo, so a backtick in it cannot end the code.
+            lines.append(f"- {when} {r.actor}: {echo(r.command, limit=200)} ({r.outcome})")
         return Reply("\n".join(lines))

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core.cohorts import Who, parse_who, valid_slug, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Handler, Reply
 from hub.core.content_format import escape_markdown
+from hub.core.markup import echo
 from hub.core.names import check_name
 from hub.errors import CommandError, UsageError
 from hub.features import membership as ms
@@ -52,10 +53,13 @@ def _usage(registry: CommandRegistry, name: str) -> str:
 def _who(registry: CommandRegistry, name: str, value: str) -> Who:
     try:
         return parse_who(value)
-    except ValueError as e:
+    except ValueError:
         spec = registry.get(name)
         usage = f" Usage: `{spec.usage(registry.prefix)}`" if spec else ""
-        raise UsageError(f"{e}.{usage}") from None
+        # parse_who's own message repeats the value as typed; the reply quotes it as code.
+        what = ("is not a Matrix id (like @name:example.org)" if value.strip().startswith("@")
+                else "is neither a Matrix id (@name:server) nor an email address")
+        raise UsageError(f"{echo(value)} {what}.{usage}") from None
 
 
 def _options(
@@ -67,7 +71,8 @@ def _options(
     for word in (text or "").split():
         key, sep, value = word.partition("=")
         if not sep or key.lower() not in allowed or not value:
-            raise UsageError(f"unexpected {word!r} (options: {', '.join(k + '=' for k in allowed)}).{usage}")
+            options = ", ".join(k + "=" for k in allowed)
+            raise UsageError(f"unexpected {echo(word)} (options: {options}).{usage}")
         out[key.lower()] = value
     return out
 
@@ -88,7 +93,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
         s, env = await _env(ctx)
         slug = str(ctx.args["slug"]).lower()
         if not valid_slug(slug):
-            raise UsageError(f"{slug!r} is not a cohort slug: lowercase letters, digits and -, "
+            raise UsageError(f"{echo(slug)} is not a cohort slug: lowercase letters, digits and -, "
                              f"like winter-2027. {_usage(registry, 'cohort create')}")
         try:
             name = check_name(str(ctx.args["name"]), "NAME")
@@ -99,17 +104,17 @@ def register_cohorts(registry: CommandRegistry) -> None:
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"tz={tz} is not a known time zone (like Europe/Berlin).") from None
+            raise UsageError(f"{echo('tz=' + tz)} is not a known time zone (like Europe/Berlin).") from None
         start: date | None = None
         if "start" in opts:
             try:
                 start = date.fromisoformat(opts["start"])
             except ValueError:
-                raise UsageError(f"start={opts['start']} is not a date YYYY-MM-DD.") from None
+                raise UsageError(f"{echo('start=' + opts['start'])} is not a date YYYY-MM-DD.") from None
         weeks = 12
         if "weeks" in opts:
             if not opts["weeks"].isdigit() or not 1 <= int(opts["weeks"]) <= 104:
-                raise UsageError(f"weeks={opts['weeks']} must be a whole number from 1 to 104.")
+                raise UsageError(f"{echo('weeks=' + opts['weeks'])} must be a whole number from 1 to 104.")
             weeks = int(opts["weeks"])
         if await ms.get_cohort(s, slug) is not None:
             raise CommandError(f"Cohort `{slug}` exists already; `{prefix} cohort show {slug}`.")
@@ -197,7 +202,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
                 except ValueError:
                     email = None
                 if email is None:
-                    raise UsageError(f"{word[6:]!r} is not an email address. {_usage(registry, 'add')}")
+                    raise UsageError(f"{echo(word[6:])} is not an email address. {_usage(registry, 'add')}")
             elif word:
                 name_words.append(word)
         if who.email and email and email != who.email:

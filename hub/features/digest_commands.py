@@ -19,6 +19,7 @@ from hub.config import Settings
 from hub.core.calendar import CalendarItem, ItemKind
 from hub.core.cohorts import is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.markup import echo
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import normalize_address
 from hub.errors import CommandError, HubError
@@ -51,7 +52,7 @@ def register_digest_commands(registry: CommandRegistry) -> None:
         slug = str(ctx.args["slug"]).lower()
         view = await load_cohort_view(s, slug)
         if view is None:
-            raise CommandError(f"There is no cohort `{slug}`. `{prefix} cohort list` shows them.")
+            raise CommandError(f"There is no cohort {echo(slug)}. `{prefix} cohort list` shows them.")
         week = program_week_of(view, now)
         if ctx.args["action"] == "preview":
             ed = await service.edition(s, view, week or 1, now)
@@ -105,7 +106,7 @@ async def preview(settings: Settings, slug: str, *, week: int | None = None,
             try:
                 view = await load_cohort_view(s, slug.lower())
                 if view is None:
-                    raise HubError(f"there is no cohort {slug!r}")
+                    raise HubError(f"there is no cohort {echo(slug)}")
                 now = clock.now()
                 n = week if week is not None else (program_week_of(view, now) or 1)
                 if not 1 <= n <= view.cohort.weeks:
@@ -119,7 +120,7 @@ async def preview(settings: Settings, slug: str, *, week: int | None = None,
                 member = next((m for m in view.members.values()
                                if wanted in (m.matrix_id, view.address(m), m.email)), None)
                 if member is None:
-                    raise HubError(f"{who!r} is not an active member of {slug!r}")
+                    raise HubError(f"{echo(who)} is not an active member of {echo(slug)}")
                 _, recipient = (await service.recipients(s, view, [member], now))[0]
                 mail = ed.builder.email(ed.issue, recipient)
                 return PreviewResult(mail.subject, mail.text, mail.html)

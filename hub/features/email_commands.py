@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from hub.core.cohorts import is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.markup import echo
 from hub.email.payload import normalize_address
 from hub.email.sender import lift_suppression
 from hub.errors import UsageError
@@ -34,7 +35,7 @@ def register_email_commands(registry: CommandRegistry) -> None:
         if not is_email(raw):
             spec = registry.get("email unsuppress")
             usage = f" Usage: `{spec.usage(registry.prefix)}`" if spec else ""
-            raise UsageError(f"{raw!r} is not an email address; nothing changed.{usage}")
+            raise UsageError(f"{echo(raw)} is not an email address; nothing changed.{usage}")
         address = normalize_address(raw)
         lifted = await lift_suppression(ports.session, address)
         if lifted is None:

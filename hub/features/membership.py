@@ -46,7 +46,7 @@ from hub.core.cohorts import (
     welcome_email,
 )
 from hub.core.content_format import escape_markdown, one_line
-from hub.core.markup import markdown_to_matrix
+from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
@@ -352,7 +352,7 @@ async def get_cohort(s: AsyncSession, slug: str) -> Cohort | None:
 async def require_cohort(s: AsyncSession, env: Env, slug: str) -> Cohort:
     cohort = await get_cohort(s, slug.lower())
     if cohort is None:
-        raise CommandError(f"There is no cohort `{slug}`. `{env.prefix} cohort list` shows them.")
+        raise CommandError(f"There is no cohort {echo(slug)}. `{env.prefix} cohort list` shows them.")
     return cohort
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.markup import echo
 from hub.delivery.outbox import MATRIX
 from hub.email.payload import email_payload, enqueue_email, normalize_address
 from hub.errors import CommandError, UsageError
@@ -146,7 +147,7 @@ def register_person_commands(registry: CommandRegistry) -> None:
         usage = f"Usage: `{prefix} email off|weekly|on|ADDRESS` or `{prefix} email confirm CODE`"
         word = setting.lower()
         if word != "confirm" and code is not None:
-            raise UsageError(f"unexpected {code!r}. {usage}")
+            raise UsageError(f"unexpected {echo(code)}. {usage}")
         pref = await get_pref(ports.session, ctx.sender, now, create=True)
         assert pref is not None
         if word in ("off", "weekly", "on"):
@@ -171,7 +172,7 @@ def register_person_commands(registry: CommandRegistry) -> None:
             pref.updated_at = now.timestamp()
             return Reply(f"Confirmed: the hub's email now goes to {pref.email}.")
         if not is_email(setting):
-            raise UsageError(f"{setting!r} is not off, weekly, on or an email address. {usage}")
+            raise UsageError(f"{echo(setting)} is not off, weekly, on or an email address. {usage}")
         settings = program_of(ctx).settings()
         if not settings.email.enabled:
             raise CommandError("Email is turned off on this hub, so there is nothing to change.")

@@ -21,7 +21,7 @@ from hub.core import content as ct
 from hub.core.calendar import CalendarItem, ItemKind
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import Url, email_document, html_to_text, one_line
-from hub.core.markup import markdown_to_matrix
+from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import EMAIL
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError, ContentError, UsageError
@@ -51,7 +51,7 @@ _SEND_KINDS = ("icebreaker", "checkin", "reflection")
 async def _view(s: AsyncSession, slug: str, prefix: str) -> CohortView:
     view = await load_cohort_view(s, slug.lower())
     if view is None:
-        raise CommandError(f"There is no cohort `{slug}`. `{prefix} cohort list` shows them.")
+        raise CommandError(f"There is no cohort {echo(slug)}. `{prefix} cohort list` shows them.")
     return view
 
 
@@ -144,19 +144,19 @@ def register_program_commands(registry: CommandRegistry) -> None:
         usage = f"Usage: `{prefix} webinar SLUG YYYY-MM-DDTHH:MM \"TITLE\" [URL]`"
         raw_at, title, url = str(ctx.args["at"]), one_line(str(ctx.args["title"])), ctx.args.get("url")
         if not _AT.match(raw_at):
-            raise UsageError(f"{raw_at!r} is not a time like 2027-01-11T17:00. {usage}")
+            raise UsageError(f"{echo(raw_at)} is not a time like 2027-01-11T17:00. {usage}")
         if not title or len(title) > 200:
             raise UsageError(f"the title must be 1-200 characters. {usage}")
         if url is not None:
             try:
                 Url(str(url))
             except ContentError:
-                raise UsageError(f"{url!r} is not an http(s) link. {usage}") from None
+                raise UsageError(f"{echo(str(url))} is not an http(s) link. {usage}") from None
         view = await _view(s, str(ctx.args["slug"]), prefix)
         try:
             at = datetime.fromisoformat(raw_at).replace(tzinfo=view.zone)
         except ValueError:
-            raise UsageError(f"{raw_at!r} is not a real date and time. {usage}") from None
+            raise UsageError(f"{echo(raw_at)} is not a real date and time. {usage}") from None
         now = ports.clock.now()
         announce = now + ANNOUNCE_DELAY
         if at <= announce:
