@@ -157,31 +157,28 @@ def test_no_command_reply_carries_a_typed_link_or_image(
     check_reply(content, line, error=error)
 
 
-@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("payload", [
     "[Reset your password](https://evil.example/login)",
     "<img src=https://evil.example/pixel.png>",
     "`[Reset](https://evil.example/login)`",
     "x" * 500 + "[Reset](https://evil.example/login)",
 ])
-def test_every_command_with_a_link_in_each_argument(rig: Rig, name: str, payload: str) -> None:
+def test_every_command_with_a_link_in_each_argument(rig: Rig, payload: str) -> None:
     """Each command, the payload in each argument position (others plausible), from each place."""
-    spec = REGISTRY.get(name)
-    assert spec is not None
-    plausible = {"int": "1", "choice": None}
-    for i in range(len(spec.args) + 1):
-        words = []
-        for j, arg in enumerate(spec.args):
-            if j == i:
-                words.append(payload)
-            else:
-                words.append(plausible.get(arg.kind) or (arg.choices[0] if arg.choices else "winter"))
-        if i == len(spec.args):
-            words.append(payload)  # one too many
-        line = " ".join(["!hub", name, *(shlex.quote(w) for w in words)])
-        for place in ("control", "lounge", "pair"):
-            content, error = rig.command(*_where(rig, place), line)
-            check_reply(content, line, error=error)
+    for spec in REGISTRY.specs:
+        for i in range(len(spec.args) + 1):
+            words = []
+            for j, arg in enumerate(spec.args):
+                if j == i:
+                    words.append(payload)
+                else:
+                    words.append("1" if arg.kind == "int" else (arg.choices[0] if arg.choices else "winter"))
+            if i == len(spec.args):
+                words.append(payload)  # one too many
+            line = " ".join(["!hub", spec.name, *(shlex.quote(w) for w in words)])
+            for place in ("control", "lounge", "pair"):
+                content, error = rig.command(*_where(rig, place), line)
+                check_reply(content, line, error=error)
 
 
 def test_the_reported_met_example_shows_the_link_as_code() -> None:

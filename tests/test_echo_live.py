@@ -37,8 +37,10 @@ async def lead(synapse: SynapseServer, tmp_path_factory: pytest.TempPathFactory,
 @pytest.mark.parametrize(("command", "typed"), [
     ('!hub met "[Reset your password](https://evil.example/login)"',
      "[Reset your password](https://evil.example/login)"),
-    ("!hub <img src=https://evil.example/pixel.png>", "<img"),
-    ("!hub ping `[Reset](https://evil.example/login)`", "[Reset](https://evil.example/login)"),
+    # A raw tag: the old sanitiser let an https image through (a tracking pixel).
+    ('!hub met "<img src=https://evil.example/pixel.png>"', "<img src=https://evil.example/pixel.png>"),
+    # A backtick in an unknown command ended the hub's code span early; the link followed it.
+    ('!hub "x`[Reset](https://evil.example/login)"', "x`[Reset](https://evil.example/login)"),
 ])
 async def test_a_typed_link_comes_back_as_code(
     lead: tuple[Participant, str], command: str, typed: str,

@@ -25,19 +25,20 @@ def test_images_only_from_the_media_repository(html: str) -> None:
     assert kept == '<img src="mxc://example.org/abc" alt="a">'
 
 
-@pytest.mark.parametrize(("html", "kept"), [
-    ('<a href="https://ok.example/a">x</a>', True),
-    ('<a href="http://ok.example/a">x</a>', True),
-    ('<a href="mailto:a@ok.example">x</a>', True),
-    ('<a href="magnet:?xt=urn:btih:abc">x</a>', True),
-    ('<a href="javascript:alert(1)">x</a>', False),
-    ('<a href="//evil.example/login">x</a>', False),
-    ('<a href="/login">x</a>', False),
-    ('<a href="mxc://example.org/abc">x</a>', False),
-    ('<a href="data:text/html,hi">x</a>', False),
-])
-def test_links_only_with_the_specs_schemes(html: str, kept: bool) -> None:
-    assert ("href=" in sanitize_matrix_html(html)) is kept
+def test_links_only_with_the_specs_schemes() -> None:
+    for html, kept in [
+        ('<a href="https://ok.example/a">x</a>', True),
+        ('<a href="http://ok.example/a">x</a>', True),
+        ('<a href="mailto:a@ok.example">x</a>', True),
+        ('<a href="magnet:?xt=urn:btih:abc">x</a>', True),
+        ('<a href="javascript:alert(1)">x</a>', False),
+        ('<a href="data:text/html,hi">x</a>', False),
+        # Relative links have nothing to be relative to in a message; mxc is for images.
+        ('<a href="//evil.example/login">x</a>', False),
+        ('<a href="/login">x</a>', False),
+        ('<a href="mxc://example.org/abc">x</a>', False),
+    ]:
+        assert ("href=" in sanitize_matrix_html(html)) is kept, html
 
 
 def test_the_reported_image_and_link_render_as_text_once_echoed() -> None:
