@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +19,7 @@ from hub.core.commands import Arg, CommandContext, CommandRegistry, Handler, Rep
 from hub.core.content_format import escape_markdown
 from hub.core.markup import echo
 from hub.core.names import check_name
+from hub.core.zones import find_zone
 from hub.errors import CommandError, UsageError
 from hub.features import membership as ms
 from hub.inbound import Ports
@@ -101,10 +101,8 @@ def register_cohorts(registry: CommandRegistry) -> None:
             raise UsageError(f"{e}. {_usage(registry, 'cohort create')}") from None
         opts = _options(registry, "cohort create", ctx.args.get("options"), ("tz", "start", "weeks"))
         tz = opts.get("tz", env.settings.hub.timezone.key)
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"{echo('tz=' + tz)} is not a known time zone (like Europe/Berlin).") from None
+        if find_zone(tz) is None:
+            raise UsageError(f"{echo('tz=' + tz)} is not a known time zone (like Europe/Berlin).")
         start: date | None = None
         if "start" in opts:
             try:

@@ -28,6 +28,7 @@ from hub.core.cohorts import display_name, video_url
 from hub.core.commands import CommandContext
 from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
+from hub.core.zones import find_zone
 from hub.delivery.outbox import MATRIX
 from hub.errors import CommandError
 from hub.program_targets import effective_address, person_key
@@ -188,10 +189,8 @@ async def pair_of_room(s: AsyncSession, room_id: str) -> tuple[CohortView, PairV
 
 
 def _zone_name(name: str | None, fallback: str) -> str:
-    try:
-        return ZoneInfo(name).key if name else fallback
-    except (ValueError, KeyError):  # a stored zone that no longer exists: the cohort's
-        return fallback
+    zone = find_zone(name or "")  # a stored zone that no longer exists: the cohort's
+    return zone.key if zone is not None else fallback
 
 
 def content_cohort(view: CohortView) -> ct.Cohort:
