@@ -26,7 +26,7 @@ from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Rejected, Suppressed
-from hub.errors import TemporaryDeliveryError
+from hub.errors import DeliveryError, TemporaryDeliveryError
 from hub.features.basics import register_basics
 from hub.features.cohorts import register_cohorts
 from hub.features.digest import DigestService
@@ -96,6 +96,9 @@ class Hub:
         self.activity: ActivityRecorder | None = None  # counts from the sync; lounge excerpts only
         self.control_room_id: str | None = None
         self.creators: dict[str, frozenset[str]] = {}
+        # Power in the control room makes moderators only in a control room the hub
+        # created alone: in anyone else's, its creator decides who has power 50.
+        self.control_room_owned = False
         self._parked: dict[str, tuple[str, MegolmEvent]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._joining: set[str] = set()
@@ -210,6 +213,7 @@ class Hub:
         assert self.sync is not None and self.client is not None
         await self.sync.first_done.wait()
         self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
+        await self._check_control_room_owner()
         if self.rooms is not None:
             await self.rooms.start()
         for hook in self.after_start:
@@ -387,11 +391,29 @@ class Hub:
 
     # -- policy --------------------------------------------------------------------
 
+    async def _check_control_room_owner(self) -> None:
+        """Whether power in the control room may make moderators (see `is_moderator`).
+
+        The control room is found by alias; whoever registered the alias first (a
+        stranger, before the hub's first start) created the room and so decides who
+        has power 50 in it. Only a room the hub created alone lends its power levels.
+        """
+        assert self.rooms is not None and self.control_room_id is not None
+        try:
+            snapshot = await self.rooms.provision.snapshot(self.control_room_id)
+        except DeliveryError as e:  # unreadable now: listed moderators only, until the next start
+            log.warning("could not read the control room's creator: %s", e)
+            snapshot = None
+        self.control_room_owned = snapshot is not None and snapshot.owned_by(self.rooms.provision.user_id)
+        if not self.control_room_owned:
+            log.warning("the control room %s was not created by the hub: only matrix.moderators "
+                        "count as moderators, whatever their power there", self.settings.matrix.control_room)
+
     async def is_moderator(self, user_id: str) -> bool:
         if user_id in self.settings.matrix.moderators:
             return True
         room_id = self.control_room_id
-        if not room_id or self.client is None:
+        if not room_id or self.client is None or not self.control_room_owned:
             return False
         if user_id in self.creators.get(room_id, frozenset()):
             return True  # room v12: creators have unlimited power
