@@ -1,4 +1,4 @@
-"""Signed tokens for links in emails: one-click unsubscribe, confirm a new address.
+"""Signed tokens for links in emails: one-click unsubscribe, confirm a new address, one-click answers.
 
 A token is URL-safe base64 (no padding) of::
 
@@ -59,10 +59,12 @@ class Purpose(StrEnum):
 
     UNSUBSCRIBE = "unsubscribe"
     CONFIRM_ADDRESS = "confirm-address"
+    # A check-in answer by link (hub.core.answers): its handle spells the answer.
+    ANSWER = "answer"
 
 
 # Wire codes are fixed forever; never renumber, only append.
-_PURPOSE_CODE: dict[Purpose, int] = {Purpose.UNSUBSCRIBE: 1, Purpose.CONFIRM_ADDRESS: 2}
+_PURPOSE_CODE: dict[Purpose, int] = {Purpose.UNSUBSCRIBE: 1, Purpose.CONFIRM_ADDRESS: 2, Purpose.ANSWER: 3}
 
 
 @dataclass(frozen=True, slots=True)

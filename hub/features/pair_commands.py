@@ -37,13 +37,37 @@ from hub.features.participants import (
 from hub.features.program import email_headers, suppressed
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
-from hub.storage.models import CheckinAnswer, Cohort, HubRoom, PairPlan, checkin_answer_table, hub_room_table
+from hub.storage.models import (
+    CheckinAnswer,
+    Cohort,
+    HubRoom,
+    Pair,
+    PairPlan,
+    checkin_answer_table,
+    hub_room_table,
+)
 
-__all__ = ["ICEBREAKERS_PER_DAY", "MAX_PLAN", "register_pair_commands"]
+__all__ = ["ICEBREAKERS_PER_DAY", "MAX_PLAN", "record_met", "register_pair_commands"]
 
 ICEBREAKERS_PER_DAY = 3
 MAX_PLAN = 1000  # characters: a plan is a few sentences, and it is pinned and emailed
 PAIR = frozenset({RoomKind.PAIR})
+
+
+async def record_met(s: AsyncSession, pair: Pair, week: int, how: str, now: float) -> None:
+    """Record a pair's answer to week `week`'s "did you meet, and how?" (the latest wins).
+
+    The one way an answer is stored: `!hub met HOW` and an email answer link
+    (hub.features.answers) both call this.
+    """
+    assert pair.id is not None
+    answer = (await s.execute(select(CheckinAnswer).where(
+        (checkin_answer_table.c.pair_id == pair.id) & (checkin_answer_table.c.week == week)
+    ))).scalar_one_or_none()
+    if answer is None:
+        s.add(CheckinAnswer(pair_id=pair.id, cohort_id=pair.cohort_id, week=week, mode=how, answered_at=now))
+    else:
+        answer.mode, answer.answered_at = how, now
 
 
 def _reply(rendered: ct.Rendered, note: str = "") -> Reply:
@@ -216,14 +240,7 @@ def register_pair_commands(registry: CommandRegistry) -> None:
         now = ports.clock.now()
         week = program_week_of(view, now)
         how = str(ctx.args["how"])
-        answer = (await s.execute(select(CheckinAnswer).where(
-            (checkin_answer_table.c.pair_id == pv.pair.id) & (checkin_answer_table.c.week == week)
-        ))).scalar_one_or_none()
-        if answer is None:
-            s.add(CheckinAnswer(pair_id=pv.pair.id, cohort_id=view.cohort.id, week=week, mode=how,
-                                answered_at=now.timestamp()))
-        else:
-            answer.mode, answer.answered_at = how, now.timestamp()
+        await record_met(s, pv.pair, week, how, now.timestamp())
         link = video_url(program_of(ctx).settings().video.base_url, pv.pair.video_name)
         if how == "video":
             return Reply("Thanks, noted: you met on video. That's the best way to build a connection "

@@ -38,7 +38,7 @@ from hub.storage.models import CommandUse, PrivateCheckin
 from hub.storage.models import command_use_table as U
 
 __all__ = ["CONFIRM_PER_DAY", "CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "MAX_SUPPORT_CHARS",
-           "register_person_commands"]
+           "record_private_checkin", "register_person_commands"]
 
 LOW_SCORE = 2  # a score at or below this brings the private reflection guide
 MAX_SNOOZE_DAYS = 60
@@ -67,6 +67,15 @@ async def _use_daily(session: AsyncSession, keys: list[str], now: datetime, limi
         return float(max(full)) + _DAY
     session.add_all([CommandUse(key=k, at=now.timestamp()) for k in keys])
     return None
+
+
+async def record_private_checkin(s: AsyncSession, cohort_id: int | None, week: int, score: int,
+                                 now: float) -> None:
+    """Store a private 1-5 score, without the person.
+
+    `!hub checkin` and an email answer link (hub.features.answers) both call this.
+    """
+    s.add(PrivateCheckin(cohort_id=cohort_id, week=week, score=score, at=now))
 
 
 async def _guide(ctx: CommandContext) -> Reply:
@@ -106,8 +115,8 @@ def register_person_commands(registry: CommandRegistry) -> None:
             view = await load_cohort_view(ports.session, cohort.slug)
             week = program_week_of(view, now) if view is not None else 0
         score = int(ctx.args["score"])
-        ports.session.add(PrivateCheckin(cohort_id=cohort.id if cohort else None, week=week, score=score,
-                                         at=now.timestamp()))
+        await record_private_checkin(ports.session, cohort.id if cohort else None, week, score,
+                                     now.timestamp())
         if score <= LOW_SCORE:
             return await _guide(ctx)
         return Reply("Thanks, noted privately. It isn't shown to your partner or the program team. "
