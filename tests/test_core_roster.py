@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.core.roster import COLUMNS, MAX_ROWS, decode_roster, parse_roster
+from hub.core.roster import COLUMNS, MAX_ROWS, check_roster, decode_roster, parse_roster
 from hub.errors import RosterError
 
 HEADER = ",".join(COLUMNS)
@@ -86,6 +86,23 @@ def test_duplicates_and_role_references() -> None:
     assert "line 3: a@b.org is already on line 2 for cohort winter" in found
     assert "line 4: mentor d@b.org is a mentee on line 5, not a mentor" in found
     assert len(found) == 2
+
+
+def test_a_duplicate_of_a_bad_row_is_reported_with_it() -> None:
+    """Issue 16: the bad email on one row hid that the next row lists the same person."""
+    text = (f"{HEADER}\n"
+            "winter,mentor,A,a@@b.org,@a:b.org,,\n"
+            "winter,mentee,A again,,@A:b.org,,\n"
+            "winter,mentor,C,c@b.org,,Mars/Base,\n"
+            "winter,mentee,D,d@b.org,,,c@b.org\n")  # fine; its mentor's row is not
+    assert problems(text) == [
+        "line 2: email 'a@@b.org' is not an email address",
+        "line 3: @A:b.org is already on line 2 for cohort winter",
+        "line 4: timezone 'Mars/Base' is not a known time zone (like Europe/Berlin)",
+    ]
+    roster, found = check_roster(text)
+    assert [r.line for r in roster.rows] == [5]  # the importer checks the good rows further
+    assert found.has_failed("winter", "C@B.org") and not found.has_failed("winter", "d@b.org")
 
 
 @pytest.mark.parametrize(

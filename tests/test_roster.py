@@ -191,6 +191,62 @@ def test_one_bad_row_imports_nothing_and_names_its_line(
     assert snapshot(url) == before
 
 
+def test_every_bad_row_of_every_kind_is_reported_in_one_run(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: a bad email hid the duplicate, and both hid the unknown cohort. Now the file's
+    problems, the database's (role change, no such mentor) and the pairs' come in one run."""
+    url = database_urls[backend]
+    config = write_config(tmp_path, url)
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(1), encoding="utf-8")  # Mentor 0 is a mentor in the database now
+    assert run(str(csv), "-c", str(config)) == 0
+    capsys.readouterr()
+    csv.write_text("\n".join([
+        HEADER,
+        "winter,mentor,Ann,ann@example.org,,,",  # 2: fine
+        "winter,mentor,Bob,bob@@example.org,,,",  # 3: bad email
+        "wintr,mentee,Cy,cy@example.org,,,",  # 4: unknown cohort
+        "winter,mentee,Ann again,ANN@example.org,,,",  # 5: Ann's row again
+        "winter,mentee,Mentor 0,mentor0@example.org,,,",  # 6: a mentor in the database
+        "winter,mentee,Di,di@example.org,,,nobody@example.org",  # 7: no such mentor
+        "winter,mentor,Fay,fay@example.org,,Mars/Base,",  # 8: bad time zone
+        "winter,mentee,Gus,gus@example.org,,,fay@example.org",  # 9: fine, but Fay's row is not
+        "winter,mentee,Hal,hal@example.org,,,ann@example.org",  # 10: fine
+    ]) + "\n", encoding="utf-8")
+    before = snapshot(url)
+    assert run(str(csv), "-c", str(config)) == 1
+    err = capsys.readouterr().err
+    assert f"{csv}: nothing was imported:" in err
+    problems = [line.removeprefix(f"{csv}: ") for line in err.splitlines() if line.startswith(f"{csv}: line")]
+    assert [p.split(":")[0] for p in problems] == [f"line {n}" for n in (3, 4, 5, 6, 7, 8)], err
+    assert "email 'bob@@example.org' is not an email address" in problems[0]
+    assert problems[1] == ("line 4: there is no cohort 'wintr'; did you mean 'winter'? Or add it as "
+                           "[[cohort]] in the config, or with `!hub cohort create` in the control room")
+    assert problems[2] == "line 5: ann@example.org is already on line 2 for cohort winter"
+    assert "mentor0@example.org is already a mentor in winter" in problems[3]
+    assert "nobody@example.org is not a member of winter" in problems[4]
+    assert "timezone 'Mars/Base' is not a known time zone" in problems[5]
+    assert "Traceback" not in err
+    assert snapshot(url) == before
+
+
+def test_the_summary_counts_in_words(
+    backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, database_urls[backend])
+    csv = tmp_path / "roster.csv"
+    csv.write_text(roster(1), encoding="utf-8")
+    assert run(str(csv), "-c", str(config)) == 0
+    assert capsys.readouterr().out == ("Imported 2 rows for winter: 2 people added, 0 updated, 0 unchanged; "
+                                       "1 new pair, 0 already paired.\n")
+    csv.write_text(f"{HEADER}\nwinter,mentor,Mentor Zero,mentor0@example.org,,,\n", encoding="utf-8")
+    assert run(str(csv), "-c", str(config), "--dry-run") == 0
+    assert capsys.readouterr().out == ("Dry run, nothing was changed: would import 1 row for winter: "
+                                       "0 people added, 1 updated, 0 unchanged; 0 new pairs, "
+                                       "0 already paired.\n")
+
+
 def test_dry_run_changes_nothing(
     backend: str, database_urls: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "excerpt",
     "format_when",
     "matrix_to",
+    "plural",
     "render_blocks",
 ]
 
@@ -330,7 +331,8 @@ class _PairView:
     plan_set: bool
 
 
-def _plural(n: int, one: str, many: str | None = None) -> str:
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 pair``, ``2 pairs``, ``3 people``: a count with its noun."""
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
@@ -482,7 +484,7 @@ class DigestBuilder:
             "posts": posts,
             "lounge_link": matrix_to(lounge),
             "tip": tip,
-            "plural": _plural,
+            "plural": plural,
             "command_prefix": self.command_prefix,
             # Titles and links are checked once per digest; the times, once per time zone.
             "_webinars": [(w.starts_at, _line(w.title), _http_url(w.url)) for w in webinars],
@@ -581,9 +583,9 @@ class DigestBuilder:
     @staticmethod
     def _preheader(ctx: dict[str, Any]) -> str:
         # The grey line mail clients show after the subject in the inbox list.
-        parts = [_plural(len(ctx["prompts"]), "prompt")]
+        parts = [plural(len(ctx["prompts"]), "prompt")]
         if ctx["webinars"]:
-            parts.append(_plural(len(ctx["webinars"]), "upcoming webinar"))
+            parts.append(plural(len(ctx["webinars"]), "upcoming webinar"))
         if ctx["lounge_messages"]:
-            parts.append(_plural(ctx["lounge_messages"], "lounge message"))
+            parts.append(plural(ctx["lounge_messages"], "lounge message"))
         return f"Week {ctx['week']} of {ctx['weeks']}: " + ", ".join(parts)

@@ -1,12 +1,14 @@
 """The roster CSV (PRODUCT.md "Roster CSV"): parsed and checked whole before anything is applied.
 
 `parse_roster` either returns every row, typed and validated, or raises
-`RosterError` listing each problem as ``line N: reason``. Lines are the
-file's physical lines (a quoted field spanning lines is reported at the line
-where its row starts), counting the header as line 1 unless blank lines come
-first. Whether the cohorts and mentors named exist in the database is the
-importer's question; everything that can be checked from the file alone is
-checked here.
+`RosterError` listing each problem as ``line N: reason``. `check_roster` returns
+the rows without a problem and the problems found so far, so the importer can
+add what the database says about those rows and report every bad row of every
+kind in one run (hub.features.roster). Lines are the file's physical lines (a
+quoted field spanning lines is reported at the line where its row starts),
+counting the header as line 1 unless blank lines come first. Whether the
+cohorts and mentors named exist in the database is the importer's question;
+everything that can be checked from the file alone is checked here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from hub.core.cohorts import ROLES, Who, is_email, is_matrix_id, parse_who, vali
 from hub.core.names import name_problem
 from hub.errors import RosterError
 
-__all__ = ["COLUMNS", "MAX_ROWS", "Roster", "RosterRow", "decode_roster", "parse_roster"]
+__all__ = ["COLUMNS", "MAX_ROWS", "Roster", "RosterProblems", "RosterRow", "check_roster", "decode_roster",
+           "parse_roster"]
 
 COLUMNS = ("cohort", "role", "name", "email", "matrix_id", "timezone", "mentor")
 MAX_ROWS = 50_000
@@ -62,21 +65,40 @@ def decode_roster(data: bytes) -> str:
         raise RosterError([f"line {line}: not valid UTF-8 (save the file as UTF-8 CSV)"]) from None
 
 
-class _Problems:
+class RosterProblems:
+    """Every problem found in one import, from the file and then from the database.
+
+    `failed` holds the (cohort, identifier) of every row with a problem, so a later
+    check does not report a second, misleading problem about the same person (a
+    mentee whose mentor's row is bad is not also told that the mentor does not exist).
+    """
+
     def __init__(self) -> None:
-        self.items: list[str] = []
-        self.more = 0
+        self._found: list[tuple[int, str]] = []
+        self.failed: set[tuple[str, str]] = set()
+
+    def __len__(self) -> int:
+        return len(self._found)
 
     def add(self, line: int, message: str) -> None:
-        if len(self.items) < _MAX_PROBLEMS:
-            self.items.append(f"line {line}: {message}")
-        else:
-            self.more += 1
+        self._found.append((line, message))
+
+    def fail(self, cohort: str, *idents: str | None) -> None:
+        self.failed.update((cohort, i.lower()) for i in idents if i)
+
+    def has_failed(self, cohort: str, ident: str | None) -> bool:
+        return bool(ident) and (cohort, (ident or "").lower()) in self.failed
+
+    def lines(self) -> list[str]:
+        """``line N: reason`` in file order (a stable sort: one line's problems keep their order)."""
+        ordered = sorted(self._found, key=lambda p: p[0])
+        shown = [f"line {line}: {message}" for line, message in ordered[:_MAX_PROBLEMS]]
+        more = len(ordered) - len(shown)
+        return shown + ([f"... and {more} more problems"] if more else [])
 
     def raise_if_any(self) -> None:
-        if self.items:
-            extra = [f"... and {self.more} more problems"] if self.more else []
-            raise RosterError(self.items + extra)
+        if self._found:
+            raise RosterError(self.lines())
 
 
 def _clean(value: str) -> str:
@@ -85,14 +107,26 @@ def _clean(value: str) -> str:
 
 def parse_roster(text: str) -> Roster:
     """Parse and check the whole file; RosterError lists every problem (nothing is applied)."""
+    roster, problems = check_roster(text)
+    problems.raise_if_any()
+    return roster
+
+
+def check_roster(text: str) -> tuple[Roster, RosterProblems]:
+    """The rows without a problem, and every problem of the others.
+
+    Raises RosterError at once only when no row can be read at all (an empty file,
+    a bad header): there is nothing else to check then.
+    """
     if text.startswith("\ufeff"):
         text = text[1:]
-    problems = _Problems()
+    problems = RosterProblems()
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     rows: list[RosterRow] = []
     seen: dict[tuple[str, str], int] = {}
     last_line = 0
+    read = 0
     while True:
         start = last_line + 1
         try:
@@ -110,34 +144,44 @@ def parse_roster(text: str) -> Roster:
             _check_header(header, start, problems)
             problems.raise_if_any()
             continue
-        if len(rows) >= MAX_ROWS:
+        if read >= MAX_ROWS:
             problems.add(start, f"too many rows: at most {MAX_ROWS} per import")
             break
+        read += 1
         if len(record) != len(header):
             problems.add(start, f"expected {len(header)} fields like the header, found {len(record)} "
                                 "(a comma inside a value needs \"quotes\")")
             continue
-        row = _row(dict(zip(header, record, strict=True)), start, problems)
-        if row is None:
-            continue
-        for ident in (row.matrix_id, row.email):
-            if ident is None:
-                continue
-            key = (row.cohort, ident.lower())
+        values = dict(zip(header, record, strict=True))
+        row = _row(values, start, problems)
+        # Duplicates are found on the values as written, so a person listed twice is reported
+        # even when one of the two rows has another problem (a bad email, say).
+        cohort = _clean(values["cohort"]).lower()
+        idents = [i for i in (_clean(values["matrix_id"]), _clean(values["email"]).lower()) if i]
+        duplicate = False
+        for ident in idents:
+            key = (cohort, ident.lower())
             if key in seen:
-                problems.add(start, f"{ident} is already on line {seen[key]} for cohort {row.cohort}")
+                problems.add(start, f"{ident} is already on line {seen[key]} for cohort {cohort}")
+                duplicate = True
             else:
                 seen[key] = start
+        if row is None or duplicate:
+            problems.fail(cohort, *idents)
+            continue
         rows.append(row)
     if header is None:
         problems.add(1, "the file is empty; the first line must be the header "
                         + ",".join(COLUMNS))
-    _check_mentors(rows, problems)
-    problems.raise_if_any()
-    return Roster(tuple(rows))
+        problems.raise_if_any()
+    bad = _check_mentors(rows, problems)
+    for r in rows:
+        if r.line in bad:
+            problems.fail(r.cohort, r.matrix_id, r.email)
+    return Roster(tuple(r for r in rows if r.line not in bad)), problems
 
 
-def _check_header(header: list[str], line: int, problems: _Problems) -> None:
+def _check_header(header: list[str], line: int, problems: RosterProblems) -> None:
     missing = [c for c in COLUMNS if c not in header]
     unknown = [c for c in header if c not in COLUMNS]
     dupes = sorted({c for c in header if header.count(c) > 1})
@@ -150,8 +194,9 @@ def _check_header(header: list[str], line: int, problems: _Problems) -> None:
         problems.add(line, f"column(s) {', '.join(dupes)} appear more than once")
 
 
-def _row(values: dict[str, str], line: int, problems: _Problems) -> RosterRow | None:
-    before = len(problems.items) + problems.more
+def _row(values: dict[str, str], line: int, problems: RosterProblems) -> RosterRow | None:
+    """The row, or None when it has a problem (each one added to `problems`)."""
+    before = len(problems)
     for column, value in values.items():
         if len(value) > _MAX_FIELD:
             problems.add(line, f"{column} is longer than {_MAX_FIELD} characters")
@@ -197,18 +242,22 @@ def _row(values: dict[str, str], line: int, problems: _Problems) -> RosterRow | 
                 mentor = parse_who(mentor_text)
             except ValueError as e:
                 problems.add(line, f"mentor: {e}")
-    if len(problems.items) + problems.more != before:
+    if len(problems) != before:
         return None
     return RosterRow(line, cohort, role, name, email, matrix_id, tz, mentor)
 
 
-def _check_mentors(rows: list[RosterRow], problems: _Problems) -> None:
-    """A mentor named in the file must be a mentor there; one named elsewhere is the importer's check."""
+def _check_mentors(rows: list[RosterRow], problems: RosterProblems) -> set[int]:
+    """A mentor named in the file must be a mentor there; one named elsewhere is the importer's check.
+
+    Returns the lines of the mentee rows with a problem here.
+    """
     by_ident: dict[tuple[str, str], RosterRow] = {}
     for r in rows:
         for ident in (r.matrix_id, r.email):
             if ident:
                 by_ident[(r.cohort, ident.lower())] = r
+    bad: set[int] = set()
     for r in rows:
         if r.mentor is None:
             continue
@@ -216,5 +265,8 @@ def _check_mentors(rows: list[RosterRow], problems: _Problems) -> None:
         target = by_ident.get((r.cohort, ident))
         if target is r:
             problems.add(r.line, "a mentee cannot be their own mentor")
+            bad.add(r.line)
         elif target is not None and target.role != "mentor":
             problems.add(r.line, f"mentor {ident} is a {target.role} on line {target.line}, not a mentor")
+            bad.add(r.line)
+    return bad
