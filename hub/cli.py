@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="library folder (default: content.path from the config if one is found, "
                            "else the library shipped with the hub)")
     lint.add_argument("-c", "--config")
+    copy = content_sub.add_parser("copy", help="copy the library shipped with the hub into DIR, to edit")
+    copy.add_argument("dir", metavar="DIR", help="a new or empty folder, e.g. ./content")
 
     digest = sub.add_parser("digest", help="the weekly digest")
     digest_sub = digest.add_subparsers(dest="digest_command", metavar="COMMAND")
@@ -84,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_roster_import(args))
         if args.command == "content" and args.content_command == "check":
             return _content_check(args)
+        if args.command == "content" and args.content_command == "copy":
+            return _content_copy(args)
         if args.command == "digest" and args.digest_command == "preview":
             return _digest_preview(args)
         if args.command == "demo":
@@ -208,6 +212,17 @@ def _content_check(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     print(report.summary(), file=sys.stderr if report.problems else sys.stdout)
     return 0 if report.ok else 1
+
+
+def _content_copy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.core.content_library import copy_library
+
+    count = copy_library(Path(args.dir))
+    print(f"Copied the shipped content library ({count} items) to {args.dir}. Point the config at it "
+          f"with [content] path = \"{args.dir}\", then check your edits with `hub content check {args.dir}`.")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hub.cli import main
-from hub.core.content import SAMPLES, SLOTS, Audience, Kind, Library
+from hub.core.content import SAMPLES, SLOTS, VARIABLE_TYPES, Audience, Kind, Library
 from hub.core.content_library import Problem, check_library, default_library_path, load_library
 from hub.errors import ContentError
 
@@ -357,6 +357,57 @@ Again.
     assert lines == [f"{path}:4: duplicate id 'tip-cohort-digest' (also in {first}:2)"]
 
 
+def test_every_problem_of_a_file_is_reported_in_one_run(tmp_path: Path) -> None:
+    """Issue 16: a front-matter mistake hid a duplicate id and a mistake in the body; an unknown
+    key hid a body that does not render."""
+    folder = _minimal(tmp_path)
+    first = folder / "tip" / "tip-cohort-digest.md"
+    many = _write(folder, "zz/many.md", """
+---
+id: tip-cohort-digest
+kind: tipp
+audience: cohort
+---
+Hello {{ cohrt.name }}!
+""")
+    render = _write(folder, "zz/render.md", """
+---
+id: zz-render
+kind: tip
+audience: cohort
+titel: Oops
+---
+One.
+Two: {{ week / 0 }}
+""")
+    lines = [str(p) for p in check_library(folder).problems]
+    assert lines[:3] == [
+        f"{many}:3: kind 'tipp' is not one of {', '.join(Kind)} (did you mean 'tip'?)",
+        f"{many}:2: duplicate id 'tip-cohort-digest' (also in {first}:2)",
+        f"{many}:6: unknown variable 'cohrt' (did you mean 'cohort'?) (available here: "
+        f"{', '.join(sorted(VARIABLE_TYPES))})",
+    ], lines
+    assert lines[3].startswith(f"{render}:5: unknown front-matter key 'titel'"), lines
+    assert lines[4].startswith(f"{render}:8: does not render with the sample variables"), lines
+    assert len(lines) == 5, lines
+
+
+def test_a_file_that_is_no_item_still_has_its_templates_checked(tmp_path: Path) -> None:
+    folder = _minimal(tmp_path)
+    path = _write(folder, "zz/yaml.md", """
+---
+id: zz-yaml
+kind: tip
+audience: [cohort
+---
+Fine.
+{% if week %}
+""")
+    lines = [str(p) for p in check_library(folder).problems]
+    assert len(lines) == 2 and lines[0].startswith(f"{path}:5: front matter is not valid YAML"), lines
+    assert lines[1].startswith(f"{path}:7: template syntax:"), lines
+
+
 def test_missing_slots_and_empty_folders_are_reported(tmp_path: Path) -> None:
     folder = _minimal(tmp_path)
     (folder / "plan" / "plan-pair-dropped.md").unlink()
@@ -423,6 +474,45 @@ def test_cli_content_check_uses_the_configured_library(
                       'password = "x"\n\n[content]\npath = "minimal"\n', encoding="utf-8")
     assert main(["content", "check", "-c", str(config)]) == 1
     assert "kind 'icebraker'" in capsys.readouterr().err
+
+
+def test_cli_content_copy_gives_an_editable_copy_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "content"
+    assert main(["content", "copy", str(target)]) == 0
+    shipped = default_library_path()
+    names = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.md"))
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.md")) == names
+    report = check_library(target)
+    out = capsys.readouterr().out
+    assert report.ok and f"Copied the shipped content library ({len(report.items)} items)" in out
+    edited = target / "tips" / "01-camera-first.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nOur own words.\n", encoding="utf-8")
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert main(["content", "copy", str(target)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert main(["content", "copy", str(edited)]) == 1
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_guides_copy_command_works_outside_the_virtualenv(tmp_path: Path) -> None:
+    """Issue 16: the guide's `cp -r "$(python -c ...)"` needed the hub importable by whatever `python`
+    the shell finds. Run the documented command with only the `hub` command on the PATH."""
+    guide = (ROOT / "docs" / "content-authoring.md").read_text(encoding="utf-8")
+    section = guide.split("## Replacing or adding files", 1)[1]
+    command = next(line.strip().removeprefix("$ ") for line in section.splitlines()
+                   if line.strip().startswith("$ "))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hub").symlink_to(Path(sys.executable).parent / "hub")
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(["/bin/sh", "-c", command], cwd=work, capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}, check=False)
+    assert done.returncode == 0, (command, done.stderr)
+    assert check_library(work / "content").ok
 
 
 def test_cli_subprocess_and_hub_check(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ returns a library that passes it.
 Public API::
 
     default_library_path() -> Path
+    copy_library(dest: Path) -> int       # `hub content copy DIR`: the shipped library, to edit
     check_library(path: Path, *, command_prefix="!hub") -> CheckReport
     load_library(path: Path | None = None, *, command_prefix="!hub") -> Library   # raises ContentError
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from hub.core.content import (
 from hub.core.content_render import _MARKDOWN_ENV, _RenderFailure, _tidy_tag_lines
 from hub.errors import ContentError
 
-__all__ = ["CheckReport", "Problem", "check_library", "default_library_path", "load_library"]
+__all__ = ["CheckReport", "Problem", "check_library", "copy_library", "default_library_path", "load_library"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 _MAX_EVENT_BYTES = 48_000  # Matrix caps an event at 65 536 bytes, JSON and encryption included
@@ -124,6 +126,31 @@ def default_library_path() -> Path:
     raise ContentError(f"the shipped content library is missing (looked in {package / 'content'})")
 
 
+def copy_library(dest: Path) -> int:
+    """Copy the shipped library into `dest`, a new or empty folder; returns the number of items copied.
+
+    This is `hub content copy DIR`: it works wherever `hub` does, while a path inside the
+    installed package is awkward to find from a shell (and `python -c` there may be another
+    Python than the hub's). A folder with anything in it is refused, so an edited library is
+    never overwritten; the copies are plain files the operator can edit (no read-only modes
+    carried over from a system-wide install).
+    """
+    source = default_library_path()
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ContentError(f"{dest}: is a file, not a folder; nothing was copied")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise ContentError(f"{dest}: the folder is not empty; copy into a new folder (nothing was copied)")
+    try:
+        shutil.copytree(source, dest, dirs_exist_ok=True, copy_function=shutil.copyfile,
+                        ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        for folder in (dest, *(d for d in dest.rglob("*") if d.is_dir())):
+            folder.chmod(0o755)
+    except OSError as e:
+        raise ContentError(f"{dest}: cannot copy the library there: {e.strerror or e}") from None
+    return len(_library_files(dest))
+
+
 def _library_files(root: Path) -> list[Path]:
     found = []
     for path in root.rglob("*.md"):
@@ -146,6 +173,13 @@ class _FileParser:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[Problem] = []
+        # What is known even when the file is not a valid item, so the check can still find a
+        # duplicate id and lint the templates: one mistake must not hide the file's others.
+        self.item_id: str | None = None
+        self.id_line = 1
+        self.kind: Kind | None = None
+        self.audience: Audience | None = None
+        self.templates: list[tuple[str, int]] = []  # (source, first file line): body, title, summary
 
     def problem(self, line: int | None, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))
@@ -173,6 +207,7 @@ class _FileParser:
         yaml_text = text[start.end(): end.start()]
         yaml_line = text.count("\n", 0, start.end()) + 1  # file line of yaml_text's first line
         body_line = text.count("\n", 0, end.end()) + 1
+        self.templates.append((text[end.end():], body_line))
         try:
             node = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
             data = handler.load(yaml_text)
@@ -228,6 +263,8 @@ class _FileParser:
             self.problem(at("id"), f"id {item_id!r} must be lowercase letters, digits, '-', '_' or '.', "
                                    "starting with a letter or digit (e.g. icebreaker-pair-desk-tour)")
             ok = False
+        elif isinstance(item_id, str):
+            self.item_id, self.id_line = item_id, at("id")
         kind = audience = None
         if "kind" in data:
             try:
@@ -242,6 +279,7 @@ class _FileParser:
                 given = str(data["audience"])
                 self.problem(at("audience"), f"audience {given!r} is not one of "
                                              f"{', '.join(Audience)}{_suggest(given, Audience)}")
+        self.kind, self.audience = kind, audience
         use = None
         if kind is not None and audience is not None:
             uses = [u for (k, a, u) in SLOTS if k is kind and a is audience]
@@ -268,6 +306,8 @@ class _FileParser:
                 self.problem(at(key), f"{key} must be a line of text")
                 value = None
             texts[key] = value
+            if value is not None:
+                self.templates.append((value, at(key)))
         tags = data.get("tags", [])
         if isinstance(tags, str) or not isinstance(tags, list) or not all(
                 isinstance(t, str) and t.strip() for t in tags):
@@ -285,15 +325,20 @@ class _FileParser:
         )
 
 
-def _lint_template(item: ContentItem, source: str, first_line: int, problems: list[Problem]) -> bool:
-    """Static checks of one template: syntax, variables, fields. False when it does not even parse."""
+def _lint_template(path: Path, kind: Kind | None, audience: Audience | None, source: str, first_line: int,
+                   problems: list[Problem]) -> bool:
+    """Static checks of one template: syntax, variables, fields. False when it does not even parse.
+
+    Without a valid kind and audience (a mistake in the front matter, reported on its own)
+    a variable is checked against every variable there is, so a typo still shows.
+    """
     try:
         ast = _MARKDOWN_ENV.parse(_tidy_tag_lines(source))
     except TemplateSyntaxError as e:
-        problems.append(Problem(item.path, first_line + (e.lineno or 1) - 1, f"template syntax: {e.message}"))
+        problems.append(Problem(path, first_line + (e.lineno or 1) - 1, f"template syntax: {e.message}"))
         return False
     except RecursionError:  # Jinja's parser recurses per "(" or "[": thousands would crash the check
-        problems.append(Problem(item.path, first_line, "template syntax: brackets nested too deeply"))
+        problems.append(Problem(path, first_line, "template syntax: brackets nested too deeply"))
         return False
     found: dict[tuple[int, str], None] = {}  # ordered set: the same mistake once per line
 
@@ -302,14 +347,16 @@ def _lint_template(item: ContentItem, source: str, first_line: int, problems: li
 
     for stmt in ast.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
         report(stmt, "include, extends and import are not available: each file stands alone")
-    available = available_variables(item.kind, item.audience)
+    known = kind is not None and audience is not None
+    available = available_variables(kind, audience) if kind is not None and audience is not None \
+        else frozenset(VARIABLE_TYPES)
     undeclared = meta.find_undeclared_variables(ast)
     for name_node in ast.find_all(nodes.Name):
         name = name_node.name
         if name_node.ctx != "load" or name not in undeclared or name in available:
             continue
-        if name in VARIABLE_TYPES:
-            report(name_node, f"variable {name!r} is not available in a {item.kind}/{item.audience} item "
+        if name in VARIABLE_TYPES and known:
+            report(name_node, f"variable {name!r} is not available in a {kind}/{audience} item "
                               f"(available: {', '.join(sorted(available))})")
         else:
             report(name_node, f"unknown variable {name!r}{_suggest(name, available)} "
@@ -332,18 +379,18 @@ def _lint_template(item: ContentItem, source: str, first_line: int, problems: li
             continue  # already reported as a variable
         chain.reverse()
         owner: type | None = VARIABLE_TYPES[cur.name]
-        path = cur.name
+        dotted = cur.name
         for attr in chain:
             if owner is None or not dataclasses.is_dataclass(owner):
                 break  # a plain value (text, number, date): its methods are the sandbox's business
             fields = _fields(owner)
             if attr not in fields:
-                report(node, f"{path!r} has no field {attr!r}{_suggest(attr, fields)} "
+                report(node, f"{dotted!r} has no field {attr!r}{_suggest(attr, fields)} "
                              f"(fields: {', '.join(fields)})")
                 break
             owner = fields[attr]
-            path = f"{path}.{attr}"
-    problems.extend(Problem(item.path, line, message) for (line, message) in found)
+            dotted = f"{dotted}.{attr}"
+    problems.extend(Problem(path, line, message) for (line, message) in found)
     return True
 
 
@@ -388,27 +435,33 @@ def check_library(path: Path, *, command_prefix: str = "!hub") -> CheckReport:
     files = _library_files(root)
     problems: list[Problem] = []
     items: list[ContentItem] = []
-    seen: dict[str, ContentItem] = {}
+    first_seen: dict[str, str] = {}  # id -> where it first appears, in any file
+    taken: set[str] = set()  # ids of the items kept
+    linted: dict[Path, bool] = {}  # file -> its templates parsed and passed the static checks
     for file in files:
         parser = _FileParser(file)
         item = parser.parse()
         problems.extend(parser.problems)
-        if item is None:
-            continue
-        if item.id in seen:
-            problems.append(Problem(file, item.id_line,
-                                    f"duplicate id {item.id!r} (also in {seen[item.id].where})"))
-            continue
-        seen[item.id] = item
-        items.append(item)
+        if parser.item_id is not None:
+            # Ids of files with other mistakes count too: fixing those must not reveal a duplicate.
+            where = first_seen.setdefault(parser.item_id, f"{file}:{parser.id_line}")
+            if where != f"{file}:{parser.id_line}":
+                problems.append(Problem(file, parser.id_line,
+                                        f"duplicate id {parser.item_id!r} (also in {where})"))
+            if item is not None and item.id in taken:
+                item = None
+        before = len(problems)
+        parsed = [_lint_template(file, parser.kind, parser.audience, source, line, problems)
+                  for source, line in parser.templates]
+        linted[file] = all(parsed) and len(problems) == before
+        if item is not None:
+            taken.add(item.id)
+            items.append(item)
     library = Library(items, root=root, command_prefix=command_prefix)
     for item in library.items:
-        parsed = [_lint_template(item, item.body, item.body_line, problems)]
-        for text, line in ((item.title, item.title_line), (item.summary, item.summary_line)):
-            if text is not None:
-                parsed.append(_lint_template(item, text, line, problems))
-        clean = not any(p.path == item.path for p in problems)
-        if all(parsed) and clean:
+        # A mistake in the front matter (an unknown key, say) does not stop the sample renders;
+        # one in a template would only be reported again by them.
+        if linted[item.path]:
             _sample_check(library, item, problems)
     if not files:
         problems.append(Problem(root, None, "no content files (*.md) in this folder"))
