@@ -10,13 +10,18 @@ import sys
 from collections.abc import Sequence
 
 from hub import __version__
-from hub.config import Settings, load_settings, resolve_config_path
+from hub.config import Settings, load_settings, read_config, resolve_config_path
 from hub.errors import ConfigError, HubError
 from hub.logs import add_secrets, configure_logging, secret_filter
 
 __all__ = ["main"]
 
 log = logging.getLogger("hub")
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="config file (default: $HUB_CONFIG, else ./config.toml)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,19 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the service")
-    run.add_argument("-c", "--config", help="config file (default: $HUB_CONFIG or ./config.toml)")
+    _config_option(run)
     run.add_argument("--new-session", action="store_true",
                      help="forget the saved Matrix session and log in again with the password")
 
     check = sub.add_parser("check", help="validate config and content; test the homeserver and SMTP")
-    check.add_argument("-c", "--config")
+    _config_option(check)
     check.add_argument("--offline", action="store_true", help="do not contact the homeserver or SMTP")
 
     roster = sub.add_parser("roster", help="participants and pairs from a CSV")
     roster_sub = roster.add_subparsers(dest="roster_command", metavar="COMMAND")
     imp = roster_sub.add_parser("import", help="add participants and pairs from a CSV (idempotent)")
     imp.add_argument("file", metavar="FILE.csv")
-    imp.add_argument("-c", "--config")
+    _config_option(imp)
     imp.add_argument("--dry-run", action="store_true", help="check and report; change nothing")
 
     content = sub.add_parser("content", help="the content library")
@@ -47,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     lint.add_argument("dir", nargs="?", metavar="DIR",
                       help="library folder (default: content.path from the config if one is found, "
                            "else the library shipped with the hub)")
-    lint.add_argument("-c", "--config")
+    _config_option(lint)
     copy = content_sub.add_parser("copy", help="copy the library shipped with the hub into DIR, to edit")
     copy.add_argument("dir", metavar="DIR", help="a new or empty folder, e.g. ./content")
 
@@ -59,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--for", dest="who", metavar="ADDRESS_OR_MXID",
                     help="one person's email version (default: the lounge version)")
     dp.add_argument("--out", metavar="FILE.html", help="also write the HTML here")
-    dp.add_argument("-c", "--config")
+    _config_option(dp)
 
     demo = sub.add_parser("demo", help="try it: a throwaway homeserver and mail sink, a sample cohort, "
                                        "a compressed program (needs the demo extra)")
@@ -117,7 +122,15 @@ def _load(config: str | None) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hub.checks import local_problems
+
     settings = _load(args.config)
+    # A data folder the hub cannot use would otherwise fail deep in the start (the crypto
+    # store, the database) with an error that does not name the key to fix.
+    if local := local_problems(settings):
+        for problem in local:
+            print(secret_filter.redact(problem), file=sys.stderr)
+        return 1
 
     async def go() -> None:
         from hub.service import Hub
@@ -145,20 +158,22 @@ async def _check(args: argparse.Namespace) -> int:
     from hub.checks import run_checks
 
     path = resolve_config_path(args.config)
-    problems: list[str] = []
+    config = read_config(path)
+    problems = list(config.problems)
     notes: list[str] = []
-    try:
-        settings = load_settings(path)
-        add_secrets(settings.secrets)
-    except ConfigError as e:
-        for problem in e.problems:
-            print(secret_filter.redact(problem), file=sys.stderr)
-        return 1
-    await run_checks(settings, offline=args.offline, problems=problems, notes=notes)
+    if config.settings is not None:
+        add_secrets(config.settings.secrets)
+        # A config with problems still names its content and folders: check those too, so
+        # one run lists everything. The homeserver and SMTP wait for a config without problems.
+        await run_checks(config.settings, offline=args.offline or bool(problems), problems=problems,
+                         notes=notes, bad_keys=config.bad_keys)
     for note in notes:
         print(secret_filter.redact(note))
     for problem in problems:
         print(secret_filter.redact(problem), file=sys.stderr)
+    if config.problems and not args.offline:
+        print(f"{path}: the homeserver and SMTP server were not contacted: fix the config first",
+              file=sys.stderr)
     if problems:
         return 1
     print(f"{path}: OK")

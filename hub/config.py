@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -25,6 +25,7 @@ from hub.errors import ConfigError
 
 __all__ = [
     "CohortSettings",
+    "ConfigReport",
     "ContentSettings",
     "DatabaseSettings",
     "EmailSettings",
@@ -35,6 +36,7 @@ __all__ = [
     "WebSettings",
     "WebinarSettings",
     "load_settings",
+    "read_config",
     "redact_url",
     "resolve_config_path",
 ]
@@ -151,13 +153,52 @@ def resolve_config_path(explicit: str | None) -> Path:
     return Path(env) if env else Path("config.toml")
 
 
+@dataclass(frozen=True)
+class ConfigReport:
+    """A config as far as it could be read: `hub check` goes on to check content and
+    folders with it even when some keys are wrong, so one run shows every problem.
+
+    `settings` is None only when the file is not readable TOML; otherwise a bad key holds
+    its default there, and `bad_keys` names it (`content.path`, `hub.data_dir`, ...) so a
+    check that depends on it is skipped rather than run on the default.
+    """
+
+    settings: Settings | None
+    problems: list[str]
+    bad_keys: frozenset[str] = frozenset()
+
+
 class _Problems:
     def __init__(self, file: str) -> None:
         self.file = file
         self.items: list[str] = []
+        self.keys: set[str] = set()
 
     def add(self, where: str, message: str) -> None:
         self.items.append(f"{self.file}: {where}: {message}")
+        self.keys.add(where)
+
+
+# How a config value's TOML type reads in a message ("must be an integer, not text").
+_KINDS: dict[type, str] = {
+    bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list",
+    dict: "a table", datetime: "a date-time", date: "a date", time: "a time of day",
+}
+
+
+def _kind(value_type: type) -> str:
+    for t, words in _KINDS.items():  # bool before int, datetime before date: the dict's order
+        if issubclass(value_type, t):
+            return words
+    return value_type.__name__
+
+
+def _did_you_mean(word: str, known: Iterable[str]) -> str:
+    # The content checker's helper, so both checkers suggest alike; imported here because
+    # the library's module is heavy and only an unknown key needs it.
+    from hub.core.content_library import _suggest
+
+    return _suggest(word, known)
 
 
 class _Section:
@@ -180,6 +221,10 @@ class _Section:
 
     def _where(self, key: str) -> str:
         return f"{self.name}.{key}" if self.name else key
+
+    def bad(self, key: str) -> bool:
+        """True if a problem was already recorded for `key` (an unset ${VAR}, a wrong type)."""
+        return self._where(key) in self.p.keys
 
     def _expand(self, key: str, value: str, secret: bool) -> str | None:
         missing = [m for m in _VAR.findall(value) if m not in self.env]
@@ -213,14 +258,13 @@ class _Section:
         value = self.table[key]
         # bool is an int in Python; `weeks = true` must not pass as 1.
         if kind in (int, float) and isinstance(value, bool):
-            self.p.add(self._where(key), f"must be a number, not {value!r}")
+            self.p.add(self._where(key), f"must be {_kind(kind)}, not {str(value).lower()}")
             return default
         if kind is float and isinstance(value, int):
             value = float(value)
         if not isinstance(value, kind):
-            self.p.add(
-                self._where(key), f"must be a {kind.__name__}, not {type(value).__name__}"
-            )
+            # The value itself is not repeated: it may be a secret typed in the wrong place.
+            self.p.add(self._where(key), f"must be {_kind(kind)}, not {_kind(type(value))}")
             return default
         if isinstance(value, str):
             expanded = self._expand(key, value, secret)
@@ -232,9 +276,10 @@ class _Section:
             self.p.add(self._where(key), message)
 
     def finish(self) -> None:
+        # Every key a loader asked for was recorded in `seen`: those are the known ones.
         for key in self.table:
             if key not in self.seen:
-                self.p.add(self._where(key), "unknown key")
+                self.p.add(self._where(key), f"unknown key{_did_you_mean(key, self.seen)}")
 
 
 def _zone(sec: _Section, key: str, name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -298,7 +343,9 @@ def _load_matrix(s: _Section) -> MatrixSettings:
         s.check("user_id", bool(_MXID.match(user_id)), f"{user_id!r} is not a Matrix user id")
     password = s.get("password", str, secret=True) or None
     token = s.get("access_token", str, secret=True) or None
-    if "password" in s.table or "access_token" in s.table:
+    if s.bad("password") or s.bad("access_token"):
+        pass  # already reported (an unset ${VAR}, say): "must not be empty" would only repeat it
+    elif "password" in s.table or "access_token" in s.table:
         s.check("password", bool(password or token), "password or access_token must not be empty")
     else:
         s.check("password", False, "is required (or set access_token)")
@@ -318,7 +365,7 @@ def _load_matrix(s: _Section) -> MatrixSettings:
             mods.append(m)
     encrypt = s.get("encrypt_pair_rooms", bool, True)
     reset = s.get("reset_cross_signing", bool, False)
-    if reset:
+    if reset and not s.bad("password"):
         s.check("reset_cross_signing", bool(password), "needs matrix.password to be set")
     s.finish()
     return MatrixSettings(
@@ -463,22 +510,30 @@ def _load_webinar(parent: _Section, raw: Any, tz: ZoneInfo) -> WebinarSettings |
 
 def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate `path`; raise ConfigError listing every problem."""
+    report = read_config(path, env)
+    if report.problems or report.settings is None:
+        raise ConfigError(report.problems)
+    return report.settings
+
+
+def read_config(path: Path, env: Mapping[str, str] | None = None) -> ConfigReport:
+    """Read and validate `path`: the settings as far as they go, and every problem."""
     env = os.environ if env is None else env
     file = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([f"{file}: cannot read config: {e.strerror or e}"]) from None
+        return ConfigReport(None, [f"{file}: cannot read config: {e.strerror or e}"])
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
-        raise ConfigError([f"{file}: not valid TOML: not UTF-8 text (at line {line})"]) from None
+        return ConfigReport(None, [f"{file}: not valid TOML: not UTF-8 text (at line {line})"])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{file}: not valid TOML: {e}"]) from None
+        return ConfigReport(None, [f"{file}: not valid TOML: {e}"])
     except RecursionError:  # tomllib recurses once per "[" of a nested array
-        raise ConfigError([f"{file}: not valid TOML: arrays or tables nested too deeply"]) from None
-    return settings_from_dict(data, base=path.resolve().parent, file=file, env=env, path=path)
+        return ConfigReport(None, [f"{file}: not valid TOML: arrays or tables nested too deeply"])
+    return _read(data, base=path.resolve().parent, file=file, env=env, path=path)
 
 
 def settings_from_dict(
@@ -489,7 +544,15 @@ def settings_from_dict(
     env: Mapping[str, str] | None = None,
     path: Path | None = None,
 ) -> Settings:
-    env = os.environ if env is None else env
+    report = _read(data, base=base, file=file, env=os.environ if env is None else env, path=path)
+    if report.problems or report.settings is None:
+        raise ConfigError(report.problems)
+    return report.settings
+
+
+def _read(
+    data: Mapping[str, Any], *, base: Path, file: str, env: Mapping[str, str], path: Path | None
+) -> ConfigReport:
     problems = _Problems(file)
     secrets: set[str] = set()
 
@@ -500,10 +563,11 @@ def settings_from_dict(
             table = {}
         return _Section(problems, name, table, env, secrets)
 
-    known = {"hub", "database", "matrix", "email", "web", "video", "content", "cohort"}
+    known = ("hub", "database", "matrix", "email", "web", "video", "content", "cohort")
     for key in data:
         if key not in known:
-            problems.add(key, "unknown section" if isinstance(data[key], dict) else "unknown key")
+            what = "unknown section" if isinstance(data[key], dict) else "unknown key"
+            problems.add(key, f"{what}{_did_you_mean(key, known)}")
 
     hub = _load_hub(section("hub"), base)
     db = section("database")
@@ -553,9 +617,7 @@ def settings_from_dict(
                 problems.add(f"cohort[{i}].slug", f"{c.slug!r} is used by another cohort")
             cohorts.append(c)
 
-    if problems.items:
-        raise ConfigError(problems.items)
-    return Settings(
+    settings = Settings(
         path=path,
         hub=hub,
         database=DatabaseSettings(_sqlite_relative(url, base)),
@@ -567,6 +629,7 @@ def settings_from_dict(
         cohorts=tuple(cohorts),
         secrets=frozenset(s for s in secrets if len(s) >= 4),
     )
+    return ConfigReport(settings, problems.items, frozenset(problems.keys))
 
 
 def redact_url(url: str) -> str:

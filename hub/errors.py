@@ -7,6 +7,7 @@
     ├── MatrixError
     │   ├── LoginError         password or token rejected, whoami failed
     │   └── InvalidTokenError  the homeserver says our access token is gone
+    ├── UnreachableError       the homeserver or SMTP server does not answer (`hub run` waits)
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
@@ -46,6 +47,7 @@ __all__ = [
     "StorageError",
     "TemplateStyleError",
     "TemporaryDeliveryError",
+    "UnreachableError",
     "UnsafeHeaderError",
     "UsageError",
 ]
@@ -81,6 +83,20 @@ class LoginError(MatrixError):
 
 class InvalidTokenError(MatrixError):
     """The access token was revoked or is unknown (M_UNKNOWN_TOKEN)."""
+
+
+class UnreachableError(HubError):
+    """A server did not answer: connection refused, no DNS, timed out, a 5xx from its proxy.
+
+    `hub run` waits for it at start (`hub.waiting.until_reachable`); `hub check` reports it
+    once. `what` ("the homeserver"), `url` and `reason` ("connection refused") make its line.
+    """
+
+    def __init__(self, what: str, url: str, reason: str) -> None:
+        self.what = what
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach {what} at {url}: {reason}")
 
 
 class DeliveryError(HubError):

@@ -69,5 +69,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # nio logs every request at INFO, including URLs; keep it to warnings.
-    for noisy in ("nio", "peewee", "aiosqlite", "asyncio", "apscheduler", "mail.log"):
+    # Alembic says "Context impl SQLiteImpl" at every open; hub.storage.db logs one line per upgrade.
+    for noisy in ("nio", "peewee", "aiosqlite", "asyncio", "apscheduler", "mail.log", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiosmtplib
 from nio import AsyncClient, MegolmEvent, SyncResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +49,7 @@ from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
 from hub.storage.db import Database, open_database, private_dir
 from hub.storage.lock import InstanceLock
+from hub.waiting import until_reachable
 from hub.web import ControlRoomFailures, HealthSource, WebServer
 from hub.web_unsubscribe import routes as unsubscribe_routes
 
@@ -121,7 +123,10 @@ class Hub:
         await self.instance_lock.acquire()
         self.outbox = Outbox(self.db, self.clock)
         self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
-        self.client = await self.session.open()
+        # A homeserver that is down (or not up yet: one reboot restarting both) is waited
+        # for, one log line per try; SIGTERM ends the wait (`run` cancels `start`). Real
+        # time: a demo's fake clock must not spin through the backoff.
+        self.client = await until_reachable(self.session.open, SystemClock())
         await self._cross_sign()
         pause = SharedPause(self.clock, "the homeserver")
         matrix_sender = MatrixSender(self.client, pause)
@@ -181,10 +186,12 @@ class Hub:
         self.web.add_routes(unsubscribe_routes(SqlSubscriptionStore(self.db, self.clock), secret,
                                                command_prefix=s.matrix.command_prefix))
         await self.web.start()
-        self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
-        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        # The SMTP greeting first: it borrows the pool's connections before the dispatcher
+        # can take one, so mail at start waits for its outcome (SmtpPool.greet).
         if self.smtp_pool is not None:
             self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
+        self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
         self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
         self._tasks.append(asyncio.create_task(self._summarise_alerts(), name="alert-summaries"))
@@ -498,13 +505,26 @@ class Hub:
             await asyncio.sleep(every)
 
     async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
-        """Keep /healthz's SMTP check true to life while no mail is flowing."""
+        """Greet the SMTP server at start, waiting for it with backoff while it does not answer
+        (mail is held meanwhile; Matrix does not wait for it); then keep /healthz's SMTP check
+        true to life while no mail is flowing."""
+        try:
+            await until_reachable(pool.greet, SystemClock(), on_wait=pool.hold)
+        except aiosmtplib.SMTPException as e:
+            # It answers but refuses the hub (a wrong password, say): the sends' own handling
+            # reports and retries that, so stop holding mail.
+            log.error("the SMTP server at %s refused the hub's session: %s; check the [email] "
+                      "settings. Mail stays queued and is retried.", pool.url, e)
+        except Exception:  # a health check must never stop the hub
+            log.exception("greeting the SMTP server crashed")
+        finally:
+            pool.release()
         while True:
+            await asyncio.sleep(every)
             try:
                 await pool.probe()
             except Exception:  # a health check must never stop the hub
                 log.exception("SMTP health check crashed")
-            await asyncio.sleep(every)
 
     async def _alert_suppressed(self, session: AsyncSession, event: Suppressed | Rejected) -> None:
         """Tell moderators an address bounced for good (in the suppression's transaction),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,57 @@ def test_config_from_env_var_path(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     missing = _hub("check", "--offline", env={"HUB_CONFIG": str(tmp_path / "nope.toml")})
     assert missing.returncode == 1 and "cannot read config" in missing.stderr
+
+
+def test_example_copied_into_an_empty_folder_passes_check_offline(tmp_path: Path) -> None:
+    """Issue 16 item 3: the example set content.path to a folder next to it, which a copy lacks."""
+    config = tmp_path / "config.toml"
+    shutil.copyfile(EXAMPLE, config)
+    result = _hub("check", "--offline", "-c", str(config), env=DUMMY_ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"{config}: OK"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # the check made nothing
+    assert load_settings(config, env=DUMMY_ENV).content.path is None  # the shipped library
+
+
+def test_type_errors_read_as_english(tmp_path: Path) -> None:
+    text = MINIMAL + """command_prefix = 5
+encrypt_pair_rooms = "yes"
+[hub]
+catch_up_hours = "twelve"
+[email]
+max_per_second = "fast"
+connections = 2.5
+[[cohort]]
+slug = "c"
+weeks = true
+"""
+    where = tmp_path / "config.toml"
+    assert _problems(tmp_path, text) == [
+        f"{where}: hub.catch_up_hours: must be an integer, not text",
+        f"{where}: matrix.command_prefix: must be text, not an integer",
+        f"{where}: matrix.encrypt_pair_rooms: must be true or false, not text",
+        f"{where}: email.connections: must be an integer, not a number",
+        f"{where}: email.max_per_second: must be a number, not text",
+        f"{where}: cohort[0].weeks: must be an integer, not true",
+    ]
+
+
+def test_unknown_keys_get_a_suggestion(tmp_path: Path) -> None:
+    text = MINIMAL + 'comand_prefix = "!x"\nzzz = 1\n[matirx]\n[[cohort]]\nslug = "c"\ndigets = "mon 09:00"\n'
+    where = tmp_path / "config.toml"
+    assert sorted(_problems(tmp_path, text)) == sorted([
+        f"{where}: matirx: unknown section (did you mean 'matrix'?)",
+        f"{where}: matrix.comand_prefix: unknown key (did you mean 'command_prefix'?)",
+        f"{where}: matrix.zzz: unknown key",  # nothing close: no guess
+        f"{where}: cohort[0].digets: unknown key (did you mean 'digest'?)",
+    ])
+
+
+def test_a_missing_variable_is_the_only_problem_it_causes(tmp_path: Path) -> None:
+    text = MINIMAL.replace("${HUB_MATRIX_PASSWORD}", "${UNSET_THING}") + "reset_cross_signing = true\n"
+    assert _problems(tmp_path, text) == [
+        f"{tmp_path / 'config.toml'}: matrix.password: environment variable UNSET_THING is not set"]
+    # An empty value that is really empty is still named.
+    assert _problems(tmp_path, MINIMAL.replace("${HUB_MATRIX_PASSWORD}", "")) == [
+        f"{tmp_path / 'config.toml'}: matrix.password: password or access_token must not be empty"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
 import time
@@ -16,7 +17,10 @@ import pytest
 from delivery_helpers import make_rooms, raw_client, read_room, wait_for
 from nio import RoomSendResponse
 from sqlalchemy import func, select
+from test_run_process import HubProcess
+from test_run_process import _config as process_config
 
+from hub.devserver import free_port
 from hub.devserver.synapse import SynapseServer
 from hub.storage.models import outbox_table as T
 
@@ -134,3 +138,51 @@ async def test_commands_are_answered_soon_after_a_long_outage(
           "after its return")
     # The sync probes every 2 s once it has failed, and resumes at the first answer.
     assert waited < 6, f"answered {waited:.1f} s after the homeserver's return"
+
+
+async def test_hub_run_waits_for_a_homeserver_that_is_down_at_start(
+        own_synapse: SynapseServer, tmp_path: Path) -> None:
+    """Issue 16 item 1: `hub run` started before its homeserver waits, one line per try naming
+    the URL and the reason, no traceback, no restart, and answers `!hub ping` once it is up."""
+    tag = secrets.token_hex(3)
+    bot = await own_synapse.register(f"latehub{tag}", secrets.token_urlsafe(12))
+    reader = await own_synapse.register(f"latereader{tag}", secrets.token_urlsafe(12))
+    (room,) = await make_rooms(own_synapse.url, bot, reader, 1)
+    config = process_config(tmp_path, own_synapse.url, bot.user_id, reader.user_id, free_port())
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUB_MATRIX_PASSWORD": bot.password,
+           "HUB_SMTP_PASSWORD": "unused-smtp-pw", "HUB_SECRET": "unused-web-secret"}
+    hub = HubProcess(config, env, tmp_path / "hub.log")
+    await own_synapse.stop()
+    try:
+        hub.start()
+        # Tries at 0, 1 and 3 s: waiting, not exiting.
+        await hub.wait_for_log("cannot reach the homeserver", times=3, timeout=30)
+        await own_synapse.start()
+        back = time.monotonic()
+        hub.starts = 1
+        await hub.wait_ready(timeout=90)
+        ready = time.monotonic() - back
+        client = raw_client(own_synapse.url, reader)
+        try:
+            sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "!hub ping"})
+            assert isinstance(sent, RoomSendResponse), sent
+
+            async def answered() -> bool:
+                return "pong" in await read_room(client, room, bot.user_id)
+
+            await wait_for(answered, timeout=60, interval=0.25)
+        finally:
+            await client.close()
+        assert await hub.terminate() == 0
+    finally:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.proc.kill()
+        if not own_synapse.running:
+            await own_synapse.start()  # the module's other tests share it
+    text = hub.text()
+    waits = re.findall(r"cannot reach the homeserver at (\S+) \((.+?)\); trying again in (\d+) s", text)
+    print(f"\nhomeserver started late: {len(waits)} tries logged, ready {ready:.1f} s after it answered")
+    assert {(url, reason) for url, reason, _ in waits} == {(own_synapse.url, "connection refused")}
+    assert [int(d) for *_, d in waits] == [1, 2, 4, 8, 16, 32, 60][:len(waits)]
+    assert f"the homeserver at {own_synapse.url} answers (after {len(waits)} failed tries)" in text
+    assert "Traceback" not in text and "Unclosed client session" not in text, text[-3000:]

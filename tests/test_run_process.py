@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 
 from hub.devserver import free_port
+from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 
 from conftest import backends
@@ -29,9 +31,11 @@ WEB_SECRET = "web-secret-Wombat-42"
 
 
 def _config(tmp: Path, homeserver: str, bot_id: str, moderator: str, web_port: int,
-            database_url: str | None = None) -> Path:
+            database_url: str | None = None, *, smtp_port: int | None = None, extra: str = "") -> Path:
     path = tmp / "config.toml"
     database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
+    email = (f'enabled = true\nfrom = "Hub <hub@example.org>"\nsmtp_host = "127.0.0.1"\n'
+             f'smtp_port = {smtp_port}\nsecurity = "none"\n') if smtp_port else "enabled = false\n"
     path.write_text(
         f"""{database}
 [hub]
@@ -43,12 +47,11 @@ password = "${{HUB_MATRIX_PASSWORD}}"
 control_room = "#mods-{os.getpid()}-{web_port}:localhost"
 moderators = ["{moderator}"]
 [email]
-enabled = false
-password = "${{HUB_SMTP_PASSWORD}}"
+{email}password = "${{HUB_SMTP_PASSWORD}}"
 [web]
 listen = "127.0.0.1:{web_port}"
 secret = "${{HUB_SECRET}}"
-""",
+{extra}""",
         encoding="utf-8",
     )
     return path
@@ -227,3 +230,81 @@ async def test_a_second_process_on_the_same_database_stands_by_then_takes_over(
         for p in (first, second, standby):
             if p.proc and p.proc.poll() is None:
                 p.proc.kill()
+
+
+async def test_hub_run_waits_through_a_dns_failure_and_stops_cleanly(tmp_path: Path) -> None:
+    """A homeserver name that does not resolve: one line per try with the reason, no traceback;
+    SIGTERM during the wait ends it cleanly (exit 0)."""
+    url = "http://no-such-homeserver.invalid:8008"
+    config = _config(tmp_path, url, "@hub:no-such-homeserver.invalid", "@lead:localhost", free_port())
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUB_MATRIX_PASSWORD": "matrix-pw-Dingo-5",
+           "HUB_SMTP_PASSWORD": SMTP_PASSWORD, "HUB_SECRET": WEB_SECRET}
+    hub = HubProcess(config, env, tmp_path / "hub.log")
+    hub.start()
+    try:
+        await hub.wait_for_log("trying again in 2 s", timeout=30)
+        assert await hub.terminate() == 0
+    finally:
+        if hub.proc and hub.proc.poll() is None:
+            hub.proc.kill()
+    text = hub.text()
+    lines = [line for line in text.splitlines() if "cannot reach" in line]
+    assert len(lines) >= 2
+    for line, delay in zip(lines, (1, 2, 4), strict=False):
+        assert line.endswith(f"cannot reach the homeserver at {url} (DNS lookup failed "
+                             f"(Name or service not known)); trying again in {delay} s"), line
+    assert "stopped cleanly" in text
+    assert "Traceback" not in text and "Unclosed client session" not in text, text
+
+
+async def test_hub_run_waits_for_an_smtp_server_that_is_down_at_start(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """The mail server is down when `hub run` starts: Matrix does not wait for it; the hub greets
+    it with backoff (one line per try naming it and the reason), and the welcome email queued
+    by a roster import goes out once it answers. No restart, no traceback."""
+    bot = await register("hubmail")
+    sink = SmtpSink()  # its port is chosen now; it starts listening later
+    web_port = free_port()
+    config = _config(tmp_path, synapse.url, bot.user_id, "@lead:localhost", web_port, smtp_port=sink.port,
+                     extra='[[cohort]]\nslug = "late-mail"\n')
+    roster = tmp_path / "roster.csv"
+    roster.write_text("cohort,role,name,email,matrix_id,timezone,mentor\n"
+                      "late-mail,mentee,Ada Lovelace,ada@example.org,,,\n", encoding="utf-8")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUB_MATRIX_PASSWORD": bot.password,
+           "HUB_SMTP_PASSWORD": SMTP_PASSWORD, "HUB_SECRET": WEB_SECRET}
+    imported = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hub", "roster", "import", str(roster), "-c", str(config)],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    hub = HubProcess(config, env, tmp_path / "hub.log")
+    where = f"smtp://127.0.0.1:{sink.port}"
+    try:
+        hub.start()
+        hub.starts = 1
+        await hub.wait_ready()  # Matrix does not wait for the mail server
+        await hub.wait_for_log(f"cannot reach the SMTP server at {where} (connection refused)", times=3)
+        assert sink.count == 0
+        sink.start()
+        back = time.monotonic()
+        (mail,) = await sink.wait_for(1, timeout=60)
+        delivered = time.monotonic() - back
+        assert mail.rcpt_tos == ("ada@example.org",)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{web_port}/healthz") as resp:
+                assert json.loads(await resp.text())["checks"]["smtp"] == "ok"
+        assert await hub.terminate() == 0
+    finally:
+        if hub.proc and hub.proc.poll() is None:
+            hub.proc.kill()
+        sink.stop()
+    text = hub.text()
+    waits = re.findall(rf"cannot reach the SMTP server at {re.escape(where)} \(connection refused\); "
+                       r"trying again in (\d+) s", text)
+    print(f"\nSMTP server started late: {len(waits)} tries logged, the welcome email {delivered:.1f} s "
+          "after it started listening")
+    assert [int(d) for d in waits] == [1, 2, 4, 8, 16, 32, 60][:len(waits)]
+    assert f"the SMTP server at {where} answers (after {len(waits)} failed tries)" in text
+    # No try of the mail's own while the greeting waits: its one line per try is the only one.
+    assert "the SMTP server is unreachable" not in text and "SMTP health check failed" not in text
+    assert "Traceback" not in text and SMTP_PASSWORD not in text, text[-3000:]

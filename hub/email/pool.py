@@ -43,7 +43,9 @@ from hub.errors import (
     PermanentDeliveryError,
     RecipientRejectedError,
     TemporaryDeliveryError,
+    UnreachableError,
 )
+from hub.waiting import describe_network_error
 
 __all__ = ["MessageRejectedError", "RecipientRejectedError", "SmtpPool", "dot_stuffed",
            "enhanced_code", "refusal_kind"]
@@ -131,6 +133,14 @@ class SmtpPool:
         self._next_slot = 0.0
         self.healthy: bool | None = None  # None until the first attempt says otherwise
         self.connects = 0  # connections opened (tests and /metrics read it)
+        self.held_until: float | None = None
+        """While the start-up greeting waits for a server that has not answered yet: when it
+        tries next (monotonic). Mail is not tried meanwhile (see `hold`)."""
+
+    @property
+    def url(self) -> str:
+        s = self.settings
+        return f"{'smtps' if s.security == 'tls' else 'smtp'}://{s.smtp_host}:{s.smtp_port}"
 
     @property
     def size(self) -> int:
@@ -185,6 +195,10 @@ class SmtpPool:
         await self.pause.wait()
         await self._pace()
         slot = await self._idle.get()
+        if self.held_until is not None:
+            # Checked after taking a slot: a greeting in progress holds them all (see `greet`).
+            self._idle.put_nowait(slot)
+            raise self._held()
         epoch = self.pause.epoch
         try:
             if slot.smtp is None or not slot.smtp.is_connected:
@@ -283,6 +297,57 @@ class SmtpPool:
                       "settings. Mail stays queued and is retried.", reason)
             return TemporaryDeliveryError(reason, retry_after=300.0)
         return TemporaryDeliveryError(reason)
+
+    def _held(self) -> TemporaryDeliveryError:
+        # Put back without a try: the greeting's own log line says why, once per try.
+        # At most 10 s, like an outage pause, so mail follows soon after the server is back.
+        left = (self.held_until or 0.0) - self.clock.monotonic()
+        return TemporaryDeliveryError(
+            f"waiting for the SMTP server at {self.url}, which has not answered since the hub "
+            "started", retry_after=min(max(left, 0.0), 10.0) + 0.5)
+
+    async def greet(self) -> None:
+        """Connect one idle connection (EHLO, STARTTLS, AUTH) and keep it for the first mail.
+
+        Raises UnreachableError when the server does not answer (refused, no DNS, timed
+        out, a 4xx greeting); a server that answers but refuses the hub's login raises
+        aiosmtplib's error, since waiting will not cure a wrong password.
+
+        Every idle connection is borrowed meanwhile (without waiting: the greeting starts
+        before the dispatcher), so a send at start waits for the greeting's outcome instead
+        of racing it with an attempt, and a log line, of its own.
+        """
+        slot = await self._idle.get()
+        others = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        try:
+            if slot.smtp is not None and slot.smtp.is_connected:
+                await slot.smtp.noop()
+            else:
+                slot.smtp = None
+                slot.smtp = await self._connect()
+                slot.sent = 0
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError,
+                TimeoutError) as e:  # SMTPTimeoutError is a TimeoutError
+            await self._close(slot, polite=False)
+            self.healthy = False
+            raise UnreachableError("the SMTP server", self.url, describe_network_error(e)) from None
+        except BaseException:
+            await self._close(slot, polite=False)
+            raise
+        finally:
+            for other in others:
+                self._idle.put_nowait(other)
+            self._idle.put_nowait(slot)  # last in, first out: the first mail uses this connection
+        self.healthy = True
+        self.held_until = None
+
+    def hold(self, seconds: float) -> None:
+        """The start-up greeting failed and tries again in `seconds`: hold mail until then."""
+        self.held_until = self.clock.monotonic() + seconds
+
+    def release(self) -> None:
+        """Stop holding mail: the greeting is over, whatever its outcome."""
+        self.held_until = None
 
     async def probe(self) -> bool:
         """Check the server answers (for /healthz when idle): borrow a slot and NOOP or connect."""

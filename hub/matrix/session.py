@@ -8,9 +8,13 @@ deduplication all stay tied to one device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -19,9 +23,10 @@ from nio import (
 )
 
 from hub.config import MatrixSettings
-from hub.errors import InvalidTokenError, LoginError
+from hub.errors import InvalidTokenError, LoginError, UnreachableError
 from hub.logs import add_secrets
 from hub.storage.db import Database, private_dir
+from hub.waiting import describe_network_error
 
 __all__ = ["DEVICE_NAME", "MatrixSession", "make_client"]
 
@@ -30,6 +35,7 @@ DEVICE_NAME = "Cohort Hub"
 _TOKEN = "matrix.access_token"
 _DEVICE = "matrix.device_id"
 _USER = "matrix.user_id"
+R = TypeVar("R")
 
 
 def make_client(settings: MatrixSettings, store_dir: Path, device_id: str | None = None) -> AsyncClient:
@@ -60,7 +66,13 @@ class MatrixSession:
         self.client: AsyncClient | None = None
 
     async def open(self) -> AsyncClient:
-        """Restore the saved session (checked with whoami), or log in once and save it."""
+        """Restore the saved session (checked with whoami), or log in once and save it.
+
+        Raises UnreachableError when the homeserver does not answer (refused, no DNS,
+        timed out, a 5xx from its proxy): `hub run` waits and tries again, `hub check`
+        reports it. A client that failed is closed here, never left to the garbage
+        collector's "Unclosed client session".
+        """
         token = await self.db.get_state(_TOKEN)
         device = await self.db.get_state(_DEVICE)
         saved_user = await self.db.get_state(_USER)
@@ -68,37 +80,60 @@ class MatrixSession:
             add_secrets([token])
             client = make_client(self.settings, self.store_dir, device)
             client.restore_login(self.settings.user_id, device, token)
-            await self._whoami(client, device, source="the saved session")
+            async with self._closed_on_error(client):
+                await self._whoami(client, device, source="the saved session")
             self.client = client
             return client
         if self.settings.access_token:
             client = make_client(self.settings, self.store_dir)
             client.access_token = self.settings.access_token
-            who = await self._whoami(client, None, source="matrix.access_token")
-            if not who.device_id:
-                raise LoginError("matrix.access_token has no device id (whoami returned none)")
-            client.restore_login(self.settings.user_id, who.device_id, self.settings.access_token)
-            await self._save(self.settings.access_token, who.device_id)
+            async with self._closed_on_error(client):
+                who = await self._whoami(client, None, source="matrix.access_token")
+                if not who.device_id:
+                    raise LoginError("matrix.access_token has no device id (whoami returned none)")
+                client.restore_login(self.settings.user_id, who.device_id, self.settings.access_token)
+                await self._save(self.settings.access_token, who.device_id)
             self.client = client
             return client
         if not self.settings.password:
             raise LoginError("no saved session and neither matrix.password nor access_token is set")
         client = make_client(self.settings, self.store_dir)
-        resp = await client.login(self.settings.password, device_name=DEVICE_NAME)
-        if not isinstance(resp, LoginResponse):
-            await client.close()
-            raise LoginError(
-                f"logging in as {self.settings.user_id} at {self.settings.homeserver} failed: "
-                f"{getattr(resp, 'message', resp)}"
-            )
-        add_secrets([resp.access_token])
-        await self._save(resp.access_token, resp.device_id)
+        async with self._closed_on_error(client):
+            resp = await self._reach(client.login(self.settings.password, device_name=DEVICE_NAME))
+            if not isinstance(resp, LoginResponse):
+                raise LoginError(
+                    f"logging in as {self.settings.user_id} at {self.settings.homeserver} failed: "
+                    f"{getattr(resp, 'message', resp)}"
+                )
+            add_secrets([resp.access_token])
+            await self._save(resp.access_token, resp.device_id)
         log.info("logged in as %s with new device %s", resp.user_id, resp.device_id)
         self.client = client
         return client
 
+    @contextlib.asynccontextmanager
+    async def _closed_on_error(self, client: AsyncClient) -> AsyncIterator[None]:
+        try:
+            yield
+        except BaseException:
+            await client.close()
+            raise
+
+    async def _reach(self, call: Awaitable[R]) -> R:
+        """`call`'s response; UnreachableError if the homeserver did not answer, or answered
+        only through a proxy that could not reach it (5xx) or is shedding load (429)."""
+        try:
+            resp = await call
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise UnreachableError("the homeserver", self.settings.homeserver,
+                                   describe_network_error(e)) from None
+        status = getattr(getattr(resp, "transport_response", None), "status", 0) or 0
+        if status >= 500 or status == 429:
+            raise UnreachableError("the homeserver", self.settings.homeserver, f"HTTP {status}")
+        return resp
+
     async def _whoami(self, client: AsyncClient, device: str | None, *, source: str) -> WhoamiResponse:
-        resp = await client.whoami()
+        resp = await self._reach(client.whoami())
         if isinstance(resp, WhoamiResponse):
             if resp.user_id != self.settings.user_id:
                 raise LoginError(
@@ -108,7 +143,6 @@ class MatrixSession:
                 raise LoginError(f"{source} is for device {resp.device_id}, expected {device}")
             return resp
         code = getattr(resp, "status_code", "")
-        await client.close()
         if code == "M_UNKNOWN_TOKEN":
             raise InvalidTokenError(
                 f"the homeserver no longer accepts {source}'s access token (it was logged out or "

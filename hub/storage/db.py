@@ -58,8 +58,13 @@ def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(cfg)
 
 
-def _upgrade(connection: Connection) -> str | None:
-    """Apply pending migrations; refuse a database migrated by a newer hub."""
+def _upgrade(connection: Connection) -> tuple[str | None, str | None]:
+    """Apply pending migrations; refuse a database migrated by a newer hub.
+
+    Returns the revisions before and after. Alembic's own INFO lines (two per open, one
+    per migration) are silenced in `hub.logs`; `Database.migrate` logs one line instead,
+    and only when something changed.
+    """
     from alembic import command
 
     script = _script()
@@ -75,7 +80,7 @@ def _upgrade(connection: Connection) -> str | None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
-    return MigrationContext.configure(connection).get_current_revision()
+    return current, MigrationContext.configure(connection).get_current_revision()
 
 
 class Database:
@@ -91,11 +96,15 @@ class Database:
     async def migrate(self) -> str | None:
         try:
             async with _migration_lock(), self.engine.begin() as conn:
-                return await conn.run_sync(_upgrade)
+                before, after = await conn.run_sync(_upgrade)
         except SchemaTooNewError:
             raise
         except SQLAlchemyError as e:
             raise StorageError(f"cannot migrate the database: {e.__class__.__name__}: {e}") from e
+        if before != after:
+            log.info("database schema %s: %s -> %s", "created" if before is None else "upgraded",
+                     before or "empty", after)
+        return after
 
     async def revision(self) -> str | None:
         async with self.engine.connect() as conn:
