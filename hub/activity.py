@@ -10,6 +10,14 @@ nothing of theirs that could reach a digest, a report or an email.
 Replays are harmless: posts and reactions are keyed by event id, and a room's
 counter only moves for events newer than the last one it counted (a sync batch
 is in timeline order, and a batch handled again after a crash is not newer).
+
+Only people's messages are activity: the hub's own (welcomes, icebreakers,
+replies) and state events (joins, pins, power levels) are not. A message's time
+is its server timestamp, but never later than the hub's clock when the sync
+brought it: "days since active" is measured on that clock, and a server whose
+clock runs ahead (or the demo, which plays a program in the past on a shifted
+clock while the homeserver stamps real time) would otherwise make every pair
+look active "today".
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.clock import Clock, SystemClock
 from hub.core.digest import excerpt
 from hub.storage.db import Database
 from hub.storage.models import (
@@ -85,9 +94,10 @@ class ActivityRecorder:
     """Hooked into `Hub._on_sync`; one instance per process."""
 
     def __init__(self, db: Database, own_user_id: str, *, display_name: DisplayName | None = None,
-                 command_prefix: str = "!hub") -> None:
+                 command_prefix: str = "!hub", clock: Clock | None = None) -> None:
         self.db = db
         self.own_user_id = own_user_id
+        self.clock = clock or SystemClock()
         self.display_name = display_name or (lambda _room, user: user)
         self.command_prefix = command_prefix
 
@@ -96,15 +106,17 @@ class ActivityRecorder:
                    for room_id, info in resp.rooms.join.items() if info.timeline.events}
         if not batches:
             return
+        seen_at = self.clock.now().timestamp()
         async with self.db.transaction() as s:
             kinds = dict((await s.execute(
                 select(hub_room_table.c.room_id, hub_room_table.c.kind).where(
                     hub_room_table.c.room_id.in_(list(batches)) & hub_room_table.c.kind.in_(_TRACKED))
             )).all())
             for room_id, kind in kinds.items():
-                await self._room(s, room_id, kind, batches[room_id])
+                await self._room(s, room_id, kind, batches[room_id], seen_at)
 
-    async def _room(self, s: AsyncSession, room_id: str, kind: str, events: Iterable[Any]) -> None:
+    async def _room(self, s: AsyncSession, room_id: str, kind: str, events: Iterable[Any],
+                    seen_at: float) -> None:
         last = (await s.execute(select(room_activity_table.c.last_active_at).where(
             room_activity_table.c.room_id == room_id))).scalar_one_or_none()
         newest, count = last or 0.0, 0
@@ -114,7 +126,7 @@ class ActivityRecorder:
             etype = source.get("type")
             if sender is None or sender == self.own_user_id:
                 continue
-            ts = float(getattr(ev, "server_timestamp", 0) or 0) / 1000
+            ts = min(float(getattr(ev, "server_timestamp", 0) or 0) / 1000, seen_at)
             if etype in _MESSAGE_TYPES and ts > (last or 0.0):
                 count, newest = count + 1, max(newest, ts)
             if kind == "lounge":

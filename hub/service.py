@@ -145,7 +145,7 @@ class Hub:
         self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)
         self.program.digest = self.digest.rows
         self.activity = ActivityRecorder(self.db, s.matrix.user_id, display_name=self._display_name,
-                                         command_prefix=s.matrix.command_prefix)
+                                         command_prefix=s.matrix.command_prefix, clock=self.clock)
         # Ticks start after the first sync and the rooms' reconcile (`after_start` runs then).
         self.after_start.insert(0, _start_program)
         if s.email.enabled:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hub.clock import Clock
 from hub.config import Settings, settings_from_dict
 from hub.core.content import Library
 from hub.core.content_library import load_library
@@ -100,8 +101,8 @@ def hub_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
-    hub = Hub(settings, shutdown_grace=3)
+async def running_hub(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[Hub]:
+    hub = Hub(settings, clock=clock, shutdown_grace=3)
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop))
     ready = asyncio.create_task(hub.ready.wait())
