@@ -60,7 +60,7 @@ async def test_hostile_display_name_is_inert_text_in_email_and_matrix_html(world
     lounge_room = ids["lounge:1"]
     now = world.clock.now()
     # The homeserver's display name is hostile too; the roster name (also hostile) wins in the digest.
-    rec = ActivityRecorder(world.db, HUB, display_name=lambda room, user: HOSTILE)
+    rec = ActivityRecorder(world.db, HUB, display_name=lambda room, user: HOSTILE, clock=world.clock)
     await rec.on_sync(_sync({lounge_room: [
         _event("$hostile", HOSTILE_MXID, now - timedelta(hours=5), "m.room.message",
                _text(f"{HOSTILE} says hi {HOSTILE_POST}")),

@@ -82,7 +82,7 @@ async def _chat(w: World) -> dict[str, str]:
                              "created_at) VALUES (:k, 'direct', 1, :r, 'ready', :u, 0)"),
                         {"k": f"direct:{PEOPLE[0][1]}", "r": direct, "u": PEOPLE[0][1]})
     now = w.clock.now()
-    rec = ActivityRecorder(w.db, HUB, display_name=lambda room, user: "Someone <b>else</b>")
+    rec = ActivityRecorder(w.db, HUB, display_name=lambda room, user: "Someone <b>else</b>", clock=w.clock)
     mentor, mentee = PEOPLE[0]
     batch = _sync({
         lounge: [
