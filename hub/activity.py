@@ -17,7 +17,9 @@ is its server timestamp, but never later than the hub's clock when the sync
 brought it: "days since active" is measured on that clock, and a server whose
 clock runs ahead (or the demo, which plays a program in the past on a shifted
 clock while the homeserver stamps real time) would otherwise make every pair
-look active "today".
+look active "today". (With such a clock a batch replayed after a crash is
+counted again, at the time it was seen again; the count is shown nowhere, and
+a sane clock never clamps.)
 """
 
 from __future__ import annotations
