@@ -120,7 +120,6 @@ class CommandRunner:
 
     async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply) -> None:
         body, html = markdown_to_matrix(reply.text)
-        reply_to = msg.reply_to or msg.event_id  # a reaction's answer goes under its prompt
         await self.outbox.enqueue(
             s,
             channel=MATRIX,
@@ -128,7 +127,7 @@ class CommandRunner:
             lane=msg.room_id,
             payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message",
                      "content": notice_content(body, reply.html or html,
-                                               reply_to=reply_to,
+                                               reply_to=msg.event_id,
                                                thread_root=msg.thread_root)},
             dedupe_key=f"reply:{msg.event_id}",
         )

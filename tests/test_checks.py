@@ -293,9 +293,9 @@ security = "none"
         second = await asyncio.to_thread(_hub, "check", "-c", str(config), env=env)
     for result in (first, second):
         assert result.returncode == 0, result.stderr
-        assert f"smtp: OK (smtp://{sink.hostname}:{sink.port}, none)" in result.stdout
         assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert "alembic" not in result.stderr, result.stderr
+        assert f"smtp: OK (smtp://{sink.hostname}:{sink.port}, none)" in result.stdout
     # The first run creates the schema and says so in one line; the second has nothing to say.
     assert first.stderr.count("database schema created") == 1, first.stderr
     assert "database schema" not in second.stderr, second.stderr

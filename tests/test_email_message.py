@@ -32,8 +32,12 @@ def _content(part: EmailMessage | None) -> str:
 
 
 def test_digest_is_multipart_alternative_with_list_headers() -> None:
-    text = "Week 3 — héllo Ada\n\nThis week's prompt: what surprised you?\n" * 20
-    html = "<h1>Week 3 — héllo</h1>\n" + "<p style=\"color:#333\">" + "x" * 2000 + "</p>\n"
+    # Like the digest, it shows its unsubscribe link itself (so no footer is added to either part).
+    unsubscribe = "https://hub.example.org/unsubscribe/t0k3n"
+    text = ("Week 3 — héllo Ada\n\nThis week's prompt: what surprised you?\n" * 20
+            + f"Unsubscribe: {unsubscribe}\n")
+    html = ("<h1>Week 3 — héllo</h1>\n" + "<p style=\"color:#333\">" + "x" * 2000 + "</p>\n"
+            + f'<p><a href="{unsubscribe}">Unsubscribe</a></p>\n')
     payload = email_payload(
         to="ada@example.org", to_name="Ada Lövelace", subject="Winter 2027 — week 3 digest",
         text=text, html=html,

@@ -38,6 +38,7 @@ __all__ = [
     "pair_room_name",
     "pair_spec",
     "pair_welcome",
+    "paired_email",
     "parse_who",
     "room_tag",
     "space_spec",
@@ -45,7 +46,6 @@ __all__ = [
     "valid_slug",
     "video_name",
     "video_url",
-    "welcome_email",
 ]
 
 ROLES = ("mentor", "mentee", "moderator")
@@ -341,27 +341,31 @@ def goodbye_text(cohort: str) -> str:
     )
 
 
-def welcome_email(
-    *, name: str, cohort: str, partner: str | None = None, link: str | None = None
-) -> tuple[str, str]:
-    """(subject, Markdown body) for a participant without a Matrix account."""
-    lines = [
-        f"Hello {name},",
-        "",
-        f"welcome to **{cohort}**. You will receive the weekly digest, announcements and "
-        "webinar invitations by email.",
-    ]
-    if partner and link:
-        lines += ["", f"You have been paired with **{partner}**. Your video call link, the same "
-                  f"every time: {link}"]
-    return f"Welcome to {cohort}", "\n".join(lines)
+def paired_email(*, name: str, cohort: str, partner: str, partner_role: str) -> tuple[str, str]:
+    """(subject, Markdown body): an email-only participant, welcomed earlier, now has a partner.
+
+    Not a second welcome (that comes once, from the content library): a short notice; the
+    email around it adds the video call. Names are escaped, so one cannot become a link.
+    """
+    who = "mentee" if partner_role == "mentee" else "mentor"
+    subject = f"{cohort}: your {who} is {partner}"
+    name, cohort, partner = escape_markdown(name), escape_markdown(cohort), escape_markdown(partner)
+    return (
+        subject,
+        f"Hello {name},\n\ngood news: in **{cohort}** your {who} is now **{partner}**. Below is your "
+        "video call link, the same for every call you have together.\n\nThe weekly digest and the "
+        "check-in questions keep coming to this address.",
+    )
 
 
 def not_joined_reminder(*, name: str, cohort: str, rooms: list[str], homeserver: str) -> tuple[str, str]:
     """(subject, Markdown body): the one reminder for invites still pending after 48 h."""
-    listed = "\n".join(f"- {r}" for r in rooms)
+    # Names are people's words: escaped so a `[x](https://...)` in one cannot become a link.
+    listed = "\n".join(f"- {escape_markdown(r)}" for r in rooms)
+    subject = f"{cohort}: your invitations are waiting"
+    name, cohort = escape_markdown(name), escape_markdown(cohort)
     return (
-        f"{cohort}: your invitations are waiting",
+        subject,
         f"Hello {name},\n\nyou have been invited to these rooms for **{cohort}** but have not "
         f"joined yet:\n\n{listed}\n\nOpen your Matrix app (for example Element, signed in at "
         f"{homeserver}) and accept the invitations. This is the only reminder we send.",

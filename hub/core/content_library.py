@@ -395,6 +395,7 @@ def _lint_template(path: Path, kind: Kind | None, audience: Audience | None, sou
 
 
 _IMAGE = re.compile(r"!\[|<img", re.IGNORECASE)
+_PREFIX_LINE = re.compile(r"!hub\b")
 _CODE_VARIABLE = re.compile(r"`[^`]*\{\{|^( {4}|\t)")
 
 
@@ -418,6 +419,15 @@ def _sample_check(library: Library, item: ContentItem, problems: list[Problem]) 
             problems.append(Problem(item.path, item.line_of(_CODE_VARIABLE),
                                     "a variable is printed inside `code` or a code block, where its escaping "
                                     "shows (Ada\\-Marie); move it out of the backticks"))
+            return
+        # What the hub emails to people without Matrix (hub.features.person_mail): their welcome
+        # and check-in questions, rendered with `person.on_matrix` false.
+        email_only = item.audience is Audience.PERSON and item.kind in (Kind.WELCOME, Kind.CHECKIN) and (
+            item.use == "met" or (variables.person is not None and not variables.person.on_matrix))
+        if email_only and library.command_prefix in rendered.body:
+            problems.append(Problem(item.path, item.line_of(_PREFIX_LINE),
+                                    f"the email for email-only people ({label}) names a command "
+                                    f"({library.command_prefix}), which they cannot type"))
             return
         size = len(rendered.body.encode()) + len(rendered.formatted_body.encode())
         if size > _MAX_EVENT_BYTES:

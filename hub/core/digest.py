@@ -81,6 +81,9 @@ class Prompt:
     kind: str  # label shown to people: "Icebreaker", "Check-in", "Reflection"
     title: str
     summary: str  # one or two sentences; blank lines separate paragraphs
+    # What email-only readers see instead, when `summary` names a command they cannot type
+    # ("answer with !hub met video"). Empty: `summary` less its paragraphs naming a command.
+    by_email: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,8 @@ class DigestIssue:
     webinars: tuple[Webinar, ...] = ()
     pulse: CohortPulse = field(default_factory=CohortPulse)
     tip: Tip | None = None
+    # For email-only readers when `tip` names a command (None: they get no tip that week).
+    email_tip: Tip | None = None
 
 
 def _is_int(value: object) -> bool:
@@ -474,6 +479,19 @@ class DigestBuilder:
         tip = None
         if issue.tip is not None:
             tip = {"title": _line(issue.tip.title), "paragraphs": _paragraphs(issue.tip.body)}
+        # Email-only readers cannot type a command, so nothing they read may tell them to.
+        prefix = self.command_prefix
+        prompts_email = [
+            _PromptView(kind=view.kind, title=view.title, paragraphs=(
+                _paragraphs(p.by_email) if p.by_email else [x for x in view.paragraphs if prefix not in x]))
+            for p, view in zip(issue.prompts, prompts, strict=True)
+        ]
+        tip_email = tip
+        if issue.tip is not None and prefix in issue.tip.title + issue.tip.body:
+            tip_email = None
+            if issue.email_tip is not None and prefix not in issue.email_tip.title + issue.email_tip.body:
+                tip_email = {"title": _line(issue.email_tip.title),
+                             "paragraphs": _paragraphs(issue.email_tip.body)}
         return {
             "cohort_name": _line(issue.cohort.name),
             "week": issue.week,
@@ -485,6 +503,7 @@ class DigestBuilder:
             "lounge_link": matrix_to(lounge),
             "tip": tip,
             "plural": plural,
+            "_email_only": {"prompts": prompts_email, "tip": tip_email},
             "command_prefix": self.command_prefix,
             # Titles and links are checked once per digest; the times, once per time zone.
             "_webinars": [(w.starts_at, _line(w.title), _http_url(w.url)) for w in webinars],
@@ -543,13 +562,20 @@ class DigestBuilder:
         }
         shared["sections_text"] = render_blocks(self._sections_text, shared)
         return shared
+        # The same sections without command hints, for readers without Matrix (also once per digest).
+        email_only = {**shared, **shared["_email_only"]}
+        shared["sections_html_email_only"] = {
+            name: Markup(html) for name, html in render_blocks(self._sections_html, email_only).items()
+        }
+        shared["sections_text_email_only"] = render_blocks(self._sections_text, email_only)
 
     def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
         ctx, token = self._email_context(issue, shared, recipient)
         return DigestEmail(
+        variant = "" if recipient.on_matrix else "_email_only"
             subject=ctx["subject"],
-            text=self._email_text.render(ctx, sections=ctx["sections_text"]),
-            html=self._email_html.render(ctx, sections=ctx["sections_html"]),
+            text=self._email_text.render(ctx, sections=ctx["sections_text" + variant]),
+            html=self._email_html.render(ctx, sections=ctx["sections_html" + variant]),
             headers=list_unsubscribe_headers(self.public_url, token),
             unsubscribe_url=ctx["unsubscribe_url"],
         )

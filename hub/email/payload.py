@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from html import escape as html_escape
 from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -67,6 +68,7 @@ __all__ = [
     "header_safe",
     "is_address",
     "normalize_address",
+    "with_unsubscribe_footer",
 ]
 
 
@@ -167,6 +169,40 @@ def ascii_html(html: str) -> str:
     return html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
+_LIST_UNSUBSCRIBE = re.compile(r"<(https?://[^<>\s]+)>")
+_BODY_END = re.compile(r"</body\s*>", re.I)
+# Inline styles: the footer goes under the page's own card, where no stylesheet reaches it.
+_FOOTER_HTML = (
+    '<table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr>'
+    '<td align="center" style="padding: 0 12px 24px 12px; font-family: -apple-system, \'Segoe UI\', '
+    "Roboto, Helvetica, Arial, sans-serif; font-size: 13px; line-height: 20px; color: #4b5563;\">"
+    'You can <a href="{url}" style="color: #1d4ed8; text-decoration: underline;">unsubscribe</a> '
+    "from these emails at any time.</td></tr></table>\n"
+)
+
+
+def with_unsubscribe_footer(text: str, html: str | None, headers: dict[str, str]) -> tuple[str, str | None]:
+    """`text` and `html` with the `List-Unsubscribe` link in their bodies, if it is not there yet.
+
+    The one place that puts it there: every list email (digest, announcements, webinar invites
+    and reminders, an email-only person's welcome and check-in questions) shows its
+    unsubscribe link in both parts (PRODUCT.md "Email"), not only in the header, which many
+    mail programs hide. A template that shows it itself (the digest's footer) is left as it is.
+    """
+    header = next((v for k, v in headers.items() if k.lower() == "list-unsubscribe"), "")
+    found = _LIST_UNSUBSCRIBE.search(header)
+    if found is None:
+        return text, html
+    url = found.group(1)
+    if url not in text:
+        text = f"{text.rstrip()}\n\n-- \nUnsubscribe: {url}\n"
+    if html and url not in html and html_escape(url) not in html:
+        footer = _FOOTER_HTML.format(url=html_escape(url))
+        ends = list(_BODY_END.finditer(html))
+        html = html[:ends[-1].start()] + footer + html[ends[-1].start():] if ends else html + footer
+    return text, html
+
+
 def email_payload(
     *,
     to: str,
@@ -185,17 +221,19 @@ def email_payload(
     to = check_address(to.strip())
     if not _ADDRESS.match(to):
         raise ValueError(f"{to!r} is not an email address")
-    payload: EmailPayload = {"to": to, "subject": _one_line("subject", subject), "text": text}
-    if to_name:
-        payload["to_name"] = _one_line("to_name", to_name)
-    if html:
-        payload["html"] = ascii_html(html)
     if headers:
         for name, value in headers.items():
             check_header_name(name)
             if name.lower() not in ALLOWED_HEADERS and not name.lower().startswith("x-"):
                 raise ValueError(f"email header {name!r} may not be set by a feature")
             _one_line(name, value)
+        text, html = with_unsubscribe_footer(text, html, headers)
+    payload: EmailPayload = {"to": to, "subject": _one_line("subject", subject), "text": text}
+    if to_name:
+        payload["to_name"] = _one_line("to_name", to_name)
+    if html:
+        payload["html"] = ascii_html(html)
+    if headers:
         payload["headers"] = dict(headers)
     if attachments:
         for a in attachments:

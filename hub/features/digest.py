@@ -121,14 +121,18 @@ class DigestService:
 
     def _prompts(self, spec: ProgramSpec | None, week: int) -> tuple[dg.Prompt, ...]:
         lib = self.program.library
-        wanted: list[tuple[str, ct.Kind, int | None, str]] = [
-            ("Icebreaker", ct.Kind.ICEBREAKER, week, "A new icebreaker arrives in your pair room.")]
+        # (label, kind, week, fallback summary, what email-only readers see: they get the
+        # check-in questions by email with answer links, and cannot type the command)
+        wanted: list[tuple[str, ct.Kind, int | None, str, str]] = [
+            ("Icebreaker", ct.Kind.ICEBREAKER, week, "A new icebreaker arrives in your pair room.", "")]
         if spec is None or week in spec.checkin_weeks:
-            wanted.append(("Check-in", ct.Kind.CHECKIN, None, "Did you meet this week, and how?"))
+            wanted.append(("Check-in", ct.Kind.CHECKIN, None, "Did you meet this week, and how?",
+                           "Did you meet this week, and how? The question comes in its own email: "
+                           "one click on your answer records it."))
         if spec is None or week in spec.reflection_weeks:
-            wanted.append(("Reflection", ct.Kind.REFLECTION, week, "A reflection prompt for you both."))
+            wanted.append(("Reflection", ct.Kind.REFLECTION, week, "A reflection prompt for you both.", ""))
         out: list[dg.Prompt] = []
-        for label, kind, wk, fallback in wanted:
+        for label, kind, wk, fallback, by_email in wanted:
             try:
                 item = lib.pick(kind, ct.Audience.PAIR, week=wk)
             except ContentError:
@@ -138,7 +142,7 @@ class DigestService:
             if title.lower().startswith(label.lower() + ":"):
                 title = title[len(label) + 1:].strip() or label
                 title = title[:1].upper() + title[1:]  # it now starts the line: "Three questions..."
-            out.append(dg.Prompt(label, title, _plain(item.summary, fallback)))
+            out.append(dg.Prompt(label, title, _plain(item.summary, fallback), by_email=by_email))
         return tuple(out)
 
     def _tip(self, view: CohortView, week: int) -> dg.Tip | None:
@@ -167,13 +171,25 @@ class DigestService:
 
     async def edition(self, s: AsyncSession, view: CohortView, week: int, now: datetime) -> Edition:
         spec = await self._spec(view.cohort.slug)
+    def _email_tip(self, view: CohortView, week: int) -> dg.Tip | None:
+        """The week's tip for email-only readers: the next one in the rotation that names no command."""
+        tips = self.program.library.select(ct.Kind.TIP, ct.Audience.COHORT)
+        prefix = self.program.settings().matrix.command_prefix
+        for i in range(len(tips)):
+            rendered = self.program.library.render(tips[(week - 1 + i) % len(tips)],
+                                                   ct.Variables(cohort=content_cohort(view), week=week))
+            if prefix not in rendered.subject + rendered.body:
+                return dg.Tip(title=rendered.subject, body=rendered.body)
+        return None
+
         week = max(1, min(week, view.cohort.weeks))
         webinars = tuple(dg.Webinar(w.title, w.at, w.url) for w in (spec.webinars if spec else ()))
         lounge_id = view.lounge.room_id if view.lounge is not None and view.lounge.room_id else ""
         issue = dg.DigestIssue(
             cohort=dg.CohortInfo(view.cohort.slug, view.cohort.name, view.zone, lounge_id),
             week=week, weeks=view.cohort.weeks, generated_at=now, prompts=self._prompts(spec, week),
-            webinars=webinars, pulse=await self._pulse(s, view, now), tip=self._tip(view, week))
+            webinars=webinars, pulse=await self._pulse(s, view, now), tip=self._tip(view, week),
+            email_tip=self._email_tip(view, week))
         builder = self._builder(await signing_secret(s, self.program.settings()))
         return Edition(view, issue, builder)
 

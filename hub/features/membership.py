@@ -43,13 +43,13 @@ from hub.core.cohorts import (
     space_spec,
     video_name,
     video_url,
-    welcome_email,
 )
-from hub.core.content_format import escape_markdown, one_line
+from hub.core.content_format import escape_markdown, html_to_text, one_line
 from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
+from hub.features import person_mail
 from hub.features.membership_batch import NewMembership, current_batch, new_id
 from hub.matrix.events import notice_content
 from hub.storage.models import (
@@ -204,7 +204,7 @@ async def queue_room_message(
 
 async def queue_email(s: AsyncSession, env: Env, to: str, subject: str, markdown: str,
                       *, kind: str, dedupe_key: str) -> bool:
-    """The welcome, pair and 48-hour reminder emails: built by `email_payload` like all mail.
+    """The 48-hour reminder email: built by `email_payload` like all mail.
 
     The subject carries a cohort's name, which is untrusted text: it is made one line
     here (a name with a line break must neither add a header nor stop the welcome). An
@@ -213,9 +213,10 @@ async def queue_email(s: AsyncSession, env: Env, to: str, subject: str, markdown
     """
     if not env.settings.email.enabled:
         return False
-    text, html = markdown_to_matrix(markdown)
+    _, html = markdown_to_matrix(markdown)
     try:
-        payload = email_payload(to=to, subject=one_line(subject), text=text, html=html)
+        # The plain part from the HTML, not the Markdown: `**Cohort**` must not show its stars.
+        payload = email_payload(to=to, subject=one_line(subject), text=html_to_text(html), html=html)
     except ValueError as e:
         log.warning("%s not queued: %s", kind, e)
         return False
@@ -548,11 +549,7 @@ async def add_member(
         for pair in await _open_pairs_of(s, member):
             await ensure_pair_room(s, env, pair)
     if fresh_email and member.matrix_id is None and member.email:
-        if member.id is None:
-            await s.flush()  # the id names the email's dedupe key
-        subject, body = welcome_email(name=member_label(member), cohort=cohort.name)
-        await queue_email(s, env, member.email, subject, body, kind="welcome-email",
-                          dedupe_key=f"welcome-email:{member.id}:{uuid.uuid4().hex}")
+        await _queue_welcome(s, env, member, cohort)
     return member, outcome
 
 
@@ -564,6 +561,59 @@ async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> 
     assert cohort.id is not None
     member = await find_member(s, cohort.id, who)
     if member is None:
+# -- an email-only participant's welcome ------------------------------------------------------
+# One welcome each, from the content library, sent complete: paired in the same transaction
+# (a roster import, `!hub add` then `!hub pair` is two), the queued welcome is rebuilt with the
+# pairing and video call; paired later, they get a short pairing notice instead, never a
+# second welcome. Only these functions queue them (hub.features.person_mail builds them).
+
+_WELCOMES = "hub.welcomes"  # Session.info: member id -> dedupe key of their welcome queued here
+
+
+async def _queue_welcome(s: AsyncSession, env: Env, member: Member, cohort: Cohort) -> None:
+    if not env.settings.email.enabled or member.email is None:
+        return
+    if member.id is None:
+        await s.flush()  # the id names the email's dedupe key
+    try:
+        payload = await person_mail.welcome_payload(s, env.settings, member, cohort, env.clock.now())
+    except ValueError as e:  # an address or name no header can carry (data that bypassed the checks)
+        log.warning("welcome email not queued: %s", e)
+        return
+    # A fresh key each time someone is (re)added: a person added again after leaving is welcomed again.
+    key = f"welcome-email:{member.id}:{uuid.uuid4().hex}"
+    await _enqueue(s, env, channel=EMAIL, kind="welcome-email", lane=normalize_address(payload["to"]),
+                   payload=payload, dedupe_key=key)
+    s.info.setdefault(_WELCOMES, {})[member.id] = key
+
+
+async def _queue_pair_mail(s: AsyncSession, env: Env, me: Member, partner: Member, cohort: Cohort,
+                           pair: Pair) -> None:
+    """`me` (email-only) was just paired: complete their welcome if it is still in this transaction."""
+    if not env.settings.email.enabled or me.email is None:
+        return
+    now = env.clock.now()
+    welcome = s.info.get(_WELCOMES, {}).pop(me.id, None)
+    try:
+        if welcome is not None:
+            payload = await person_mail.welcome_payload(s, env.settings, me, cohort, now, partner=partner,
+                                                        video_name=pair.video_name)
+        else:
+            payload = await person_mail.paired_payload(s, env.settings, me, partner, cohort,
+                                                       pair.video_name, now)
+    except ValueError as e:
+        log.warning("pairing email not queued: %s", e)
+        return
+    if welcome is not None:
+        b = current_batch(s)
+        replaced = b.replace(welcome, payload) if b is not None else \
+            await person_mail.replace_queued(s, welcome, payload)
+        if replaced:
+            return
+    await _enqueue(s, env, channel=EMAIL, kind="pair-email", lane=normalize_address(payload["to"]),
+                   payload=payload, dedupe_key=f"pair-email:{pair.id}:{me.id}")
+
+
         raise CommandError(f"{who} is not a member of {cohort.slug}.")
     member.status, member.removed_at = "removed", env.now()
     closed = 0
@@ -677,13 +727,9 @@ async def make_pairs(
     for (pair, a, b, cohort), room in zip(made, rooms, strict=True):
         if room is not None:
             await _finish_pair_room(s, env, room)
-        link = video_url(env.settings.video.base_url, pair.video_name)
         for me, partner in ((a, b), (b, a)):
             if me.matrix_id is None and me.email:
-                subject, body = welcome_email(name=member_label(me), cohort=cohort.name,
-                                              partner=member_label(partner), link=link)
-                await queue_email(s, env, me.email, subject, body, kind="pair-email",
-                                  dedupe_key=f"pair-email:{pair.id}:{me.id}")
+                await _queue_pair_mail(s, env, me, partner, cohort, pair)
     return _resolved(results, repeats)
 
 

@@ -8,6 +8,7 @@ one is open; nothing else here knows of them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -196,6 +197,14 @@ class Batch:
         """Buffer one row, exactly as `Outbox.enqueue` would have written it."""
         self._outbox.append(env.outbox.row(channel=channel, kind=kind, lane=lane, payload=payload,
                                            dedupe_key=dedupe_key))
+
+    def replace(self, dedupe_key: str, payload: dict[str, Any]) -> bool:
+        """Give the buffered row `dedupe_key` a new payload (a welcome completed by a pairing)."""
+        for row in self._outbox:
+            if row["dedupe_key"] == dedupe_key:
+                row["payload"] = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+                return True
+        return False
 
     async def flush(self, s: AsyncSession, env: Env) -> int:
         """Write everything: the ORM's pending rows, then the buffered outbox rows in queue order.

@@ -13,7 +13,6 @@ from typing import Any
 from nio import (
     InviteMemberEvent,
     MegolmEvent,
-    ReactionEvent,
     RoomCreateEvent,
     RoomMessageNotice,
     RoomMessageText,
@@ -23,13 +22,10 @@ from nio import (
 from hub.core.cohorts import CREATOR_POWER_VERSIONS
 
 __all__ = [
-    "AnswerEvent",
     "IncomingMessage",
     "InviteSeen",
     "StateChange",
     "SyncFacts",
-    "answer_event",
-    "answer_events",
     "extract",
     "notice_content",
     "state_changes",
@@ -46,9 +42,6 @@ class IncomingMessage:
     thread_root: str | None
     origin_server_ts: int
     encrypted: bool
-    # Where the hub's reply goes when not under this event: a command that stands for a
-    # reaction (hub.features.reactions) is acknowledged under the prompt it reacted to.
-    reply_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,77 +168,3 @@ def notice_content(
     elif reply_to:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
     return content
-
-
-# -- answers to prompts: reactions, replies, redactions (hub.features.reactions) -----------------
-
-
-@dataclass(frozen=True)
-class AnswerEvent:
-    """Something that may answer a prompt, or take an answer back.
-
-    `kind` is "reaction" (`key` is the reaction's key), "reply" (an `m.text` replying to
-    `target`; `key` is its text without the quoted fallback) or "redaction" (of `target`).
-    """
-
-    room_id: str
-    event_id: str
-    sender: str
-    kind: str
-    target: str
-    key: str
-    origin_server_ts: int
-    encrypted: bool
-
-
-def _in_reply_to(content: dict[str, Any]) -> str | None:
-    rel = content.get("m.relates_to")
-    if not isinstance(rel, dict) or rel.get("is_falling_back"):
-        return None  # a thread's fallback names the thread's last event, not what was answered
-    reply = rel.get("m.in_reply_to")
-    target = reply.get("event_id") if isinstance(reply, dict) else None
-    return target if isinstance(target, str) else None
-
-
-def _without_fallback(body: str) -> str:
-    """A reply's own text: older clients quote the replied-to message first (`> <@a:x> ...`)."""
-    lines = body.split("\n")
-    if lines and lines[0].startswith("> "):
-        while lines and lines[0].startswith(">"):
-            lines.pop(0)
-    return "\n".join(lines).strip()
-
-
-def answer_event(room_id: str, event: Any) -> AnswerEvent | None:
-    """The reaction, reply or redaction in `event`, if it is one (decrypted events included)."""
-
-    def seen(kind: str, target: str, key: str) -> AnswerEvent:
-        return AnswerEvent(room_id=room_id, event_id=str(getattr(event, "event_id", "")),
-                           sender=str(getattr(event, "sender", "")), kind=kind, target=target, key=key,
-                           origin_server_ts=int(getattr(event, "server_timestamp", 0) or 0),
-                           encrypted=bool(getattr(event, "decrypted", False)))
-
-    if isinstance(event, ReactionEvent):
-        return seen("reaction", event.reacts_to, event.key)
-    source = getattr(event, "source", None) or {}
-    if isinstance(source, dict) and source.get("type") == "m.room.redaction":
-        # From the source: room version 11 moved `redacts` into the content.
-        content = source.get("content") or {}
-        target = source.get("redacts") or (content.get("redacts") if isinstance(content, dict) else None)
-        return seen("redaction", target, "") if isinstance(target, str) else None
-    if isinstance(event, RoomMessageText):
-        replied = _in_reply_to(event.source.get("content") or {})
-        if replied is not None:
-            return seen("reply", replied, _without_fallback(event.body or ""))
-    return None
-
-
-def answer_events(resp: SyncResponse, own_user_id: str) -> list[AnswerEvent]:
-    """Reactions, replies and redactions by anyone but the hub in joined rooms, in timeline order."""
-    out: list[AnswerEvent] = []
-    for room_id, joined in resp.rooms.join.items():
-        for ev in joined.timeline.events:
-            found = answer_event(room_id, ev)
-            if found is not None and found.sender != own_user_id:
-                out.append(found)
-    return out
