@@ -24,7 +24,7 @@ from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import CommandError, PermissionDenied, UsageError
 from hub.features.membership import is_participant
-from hub.matrix.events import IncomingMessage, notice_content
+from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
 
@@ -84,7 +84,9 @@ class CommandRunner:
     async def handle(self, msg: IncomingMessage) -> bool:
         """Handle one message; True if it was a command handled now (False: not for us, or seen)."""
         if msg.msgtype != "m.text":
-            return False  # never answer notices: that is how bots end up talking to each other
+            # Never answer notices: that is how bots end up talking to each other. The hub's own
+            # messages (its prompts are m.text) never get here: `events.extract` drops them.
+            return False
         rest = self.registry.addressed(msg.body)
         if rest is None:
             return False
@@ -120,15 +122,17 @@ class CommandRunner:
 
     async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply) -> None:
         body, html = markdown_to_matrix(reply.text)
+        # A reply that asks someone to act (the plan after `!hub dropped`, for the partner) notifies them.
+        content = (prompt_content(body, reply.html or html, reply.mentions, reply_to=msg.event_id,
+                                  thread_root=msg.thread_root) if reply.mentions
+                   else notice_content(body, reply.html or html, reply_to=msg.event_id,
+                                       thread_root=msg.thread_root))
         await self.outbox.enqueue(
             s,
             channel=MATRIX,
             kind="reply",
             lane=msg.room_id,
-            payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message",
-                     "content": notice_content(body, reply.html or html,
-                                               reply_to=msg.event_id,
-                                               thread_root=msg.thread_root)},
+            payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message", "content": content},
             dedupe_key=f"reply:{msg.event_id}",
         )
 

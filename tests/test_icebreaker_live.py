@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nio import RoomMessageNotice
+from nio import RoomMessageText
 
 from hub.clock import FakeClock
 from hub.core.calendar import Audience, CalendarItem, ItemKind, Target, build_calendar
@@ -39,14 +39,17 @@ SLUG = "ice"
 
 
 def _icebreakers(user: Any, room: str) -> list[str]:
-    """Titles of the pair icebreakers `user`'s client decrypted in `room`, in order."""
+    """Titles of the pair icebreakers `user`'s client decrypted in `room`, in order.
+
+    A scheduled icebreaker is a prompt (an m.text that opens with the pair's names).
+    """
     titles = []
     for ev in user.in_room(room):
-        if not isinstance(ev, RoomMessageNotice):
+        if not isinstance(ev, RoomMessageText):
             continue
         first = next((line for line in ev.body.splitlines() if line.strip()), "")
-        title = first.strip().strip("*").strip()
-        if title.startswith("Icebreaker:"):
+        title = first[first.find("Icebreaker:"):].strip().strip("*").strip()
+        if "Icebreaker:" in first:
             titles.append(title)
     return titles
 

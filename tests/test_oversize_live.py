@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nio import RoomMessageText
 
 from hub.core.limits import AlertAggregator
 from hub.delivery.outbox import MATRIX
@@ -47,7 +48,8 @@ async def test_long_texts_are_refused_where_they_enter_and_failures_are_reported
                         "!hub send reflection spring"]:
             await mod.ask(control, command)
         direct = await room_of(hub, f"direct:{mentee.user_id}")
-        await mentee.wait_until(lambda: bool(mentee.notices(direct, "private check-in")), 30)
+        await mentee.wait_until(lambda: any(isinstance(e, RoomMessageText) and "private check-in" in e.body
+                                            for e in mentee.in_room(direct)), 30)
 
         def support_requests() -> int:
             return len(mod.notices(control, "Support request"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.core.markup import echo
+from hub.core.messages import Mention
 from hub.errors import PermissionDenied, UsageError
 
 __all__ = [
@@ -83,6 +84,9 @@ class Reply:
 
     text: str
     html: str | None = None
+    # The people this answer asks to act (the partner, after `!hub dropped`): it is then an
+    # m.text that notifies them (hub.core.messages.prompt_content), not a silent notice.
+    mentions: tuple[Mention, ...] = ()
 
 
 @dataclass

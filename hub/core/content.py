@@ -60,7 +60,8 @@ Public API::
     Webinar.in_zone(title, at, zone, *, url=None, starts_in="") -> Webinar          # local_time in `zone`
 
     Rendered: item_id, kind, audience, use, subject, summary,
-              body, formatted_body (Matrix), email_html, email_text; matrix_content()
+              body, formatted_body (Matrix), email_html, email_text;
+              matrix_content(people=None)  # a notice, or a prompt notifying `people` (core.messages)
     ContentItem: id, kind, audience, use, week, title, summary, tags, body, path, *_line
     SLOTS: every (kind, audience, use) the hub sends -> when; SAMPLES: the check's sample Variables
 
@@ -105,6 +106,7 @@ from hub.core.content_render import (
     _tidy_tag_lines,
 )
 from hub.core.markup import markdown_to_matrix
+from hub.core.messages import Mention, notice_content, prompt_content
 from hub.errors import ContentError
 
 __all__ = [
@@ -409,13 +411,14 @@ class Rendered:
     email_html: str  # a complete document, CSS inlined, no images
     email_text: str  # the text/plain part
 
-    def matrix_content(self, msgtype: str = "m.notice") -> dict[str, str]:
-        return {
-            "msgtype": msgtype,
-            "body": self.body,
-            "format": "org.matrix.custom.html",
-            "formatted_body": self.formatted_body,
-        }
+    def matrix_content(self, people: Sequence[Mention] | None = None) -> dict[str, Any]:
+        """The chat message: a prompt that notifies `people` when given, else a notice that pings nobody.
+
+        Both are built by `hub.core.messages`, like every message the hub sends.
+        """
+        if people is None:
+            return notice_content(self.body, self.formatted_body)
+        return prompt_content(self.body, self.formatted_body, people)
 
 
 # --- selecting, rotating and rendering ------------------------------------------------------

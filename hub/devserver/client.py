@@ -21,6 +21,7 @@ from nio import (
     Event,
     MegolmEvent,
     RoomMessageNotice,
+    RoomMessageText,
     RoomSendResponse,
     SyncResponse,
 )
@@ -147,10 +148,13 @@ class SimulatedUser:
         """Send a command and return the text of the hub's reply (decrypted, as a client shows it)."""
         event_id = await self.send(room_id, command)
 
+        # A notice, or an m.text when the answer asks someone to act (the plan after `!hub dropped`).
+        answers = (RoomMessageNotice, RoomMessageText)
+
         def answered() -> bool:
-            return isinstance(self.reply_to(room_id, event_id), RoomMessageNotice)
+            return isinstance(self.reply_to(room_id, event_id), answers)
 
         await self.wait_until(answered, timeout)
         reply = self.reply_to(room_id, event_id)
-        assert isinstance(reply, RoomMessageNotice)
+        assert isinstance(reply, answers)
         return str(reply.body)

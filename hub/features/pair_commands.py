@@ -7,6 +7,7 @@ check-in *mode*; nothing here reaches the moderators.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.messages import Mention
 from hub.delivery.outbox import EMAIL, MATRIX
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
@@ -34,7 +36,7 @@ from hub.features.participants import (
     used_items,
     uses_since,
 )
-from hub.features.program import email_headers, suppressed
+from hub.features.program import email_headers, mentions, suppressed
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
 from hub.storage.models import (
@@ -70,11 +72,12 @@ async def record_met(s: AsyncSession, pair: Pair, week: int, how: str, now: floa
         answer.mode, answer.answered_at = how, now
 
 
-def _reply(rendered: ct.Rendered, note: str = "") -> Reply:
+def _reply(rendered: ct.Rendered, note: str = "", *, for_people: Sequence[Mention] = ()) -> Reply:
     if not note:
-        return Reply(rendered.body, rendered.formatted_body)
+        return Reply(rendered.body, rendered.formatted_body, mentions=tuple(for_people))
     plain, html = said(note)
-    return Reply(f"{rendered.body}\n\n{plain}", f"{rendered.formatted_body}\n{html}")
+    return Reply(f"{rendered.body}\n\n{plain}", f"{rendered.formatted_body}\n{html}",
+                 mentions=tuple(for_people))
 
 
 def _pair_vars(ctx: CommandContext, view: CohortView, pv: PairView) -> ct.Variables:
@@ -165,9 +168,11 @@ def register_pair_commands(registry: CommandRegistry) -> None:
         view, pv = await pair_of_room(s, ctx.room_id)
         item = program.library.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="dropped")
         rendered = program.library.render(item, _pair_vars(ctx, view, pv))
+        # The plan is for the partner (the one who typed this is looking at it): it notifies them.
+        partner = mentions(*(m for m in (pv.mentor, pv.mentee) if m.matrix_id != ctx.sender))
         settings = program.settings()
         if not settings.email.enabled:
-            return _reply(rendered)
+            return _reply(rendered, for_people=partner)
         people = [(m, view.address(m)) for m in (pv.mentor, pv.mentee)]
         bounced = await suppressed(s, [a for _, a in people if a])
         rows: list[dict[str, Any]] = []
@@ -187,7 +192,7 @@ def register_pair_commands(registry: CommandRegistry) -> None:
             note = "_Also emailed to one of you (the other has no working address on file)._"
         else:
             note = "_No email sent: neither of you has a working address on file._"
-        return _reply(rendered, note)
+        return _reply(rendered, note, for_people=partner)
 
     @registry.command("call", "your video link, with a nudge to use video", where=PAIR)
     async def call(ctx: CommandContext) -> Reply:

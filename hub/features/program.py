@@ -40,7 +40,9 @@ from hub.core.calendar import (
     Webinar,
     dedupe_key,
 )
+from hub.core.cohorts import display_name
 from hub.core.content_library import load_library
+from hub.core.messages import Mention
 from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import EMAIL, Outbox
@@ -66,7 +68,15 @@ from hub.program_store import SqlProgramState
 from hub.program_targets import SqlTargets, person_key
 from hub.scheduling import TickScheduler
 from hub.storage.db import Database
-from hub.storage.models import Cohort, PairPlan, WebinarRow, email_suppression_table, outbox_table
+from hub.storage.models import (
+    Cohort,
+    HubRoom,
+    Member,
+    PairPlan,
+    WebinarRow,
+    email_suppression_table,
+    outbox_table,
+)
 
 if TYPE_CHECKING:
     from hub.matrix.sender import MatrixSender
@@ -78,6 +88,8 @@ __all__ = [
     "ProgramService",
     "default_spec",
     "email_headers",
+    "mentions",
+    "prompt_row",
     "webinar_ics",
 ]
 
@@ -138,6 +150,28 @@ def webinar_ics(*, uid: str, title: str, at: datetime, url: str | None, cohort: 
     cal.add_component(event)
     ics: bytes = cal.to_ical()
     return ics.decode("utf-8")
+
+
+def mentions(*members: Member) -> list[Mention]:
+    """The people a prompt is for, as `hub.core.messages.prompt_content` names them: those on Matrix."""
+    return [Mention(m.matrix_id, display_name(m.name, m.matrix_id, m.email)) for m in members if m.matrix_id]
+
+
+def prompt_row(room: HubRoom, rendered: ct.Rendered, people: Sequence[Mention], *, kind: str, dedupe_key: str,
+               week: int | None) -> dict[str, Any]:
+    """The outbox row of a prompt: `room_row` with `rendered` as an m.text that notifies `people`.
+
+    Besides ``op``/``room_key``/``type``/``content``, the payload says what the sent event
+    asks and of whom, for whatever handles answers to it (once sent, the row's ``result``
+    is the event id; the sender ignores the extra key):
+
+    ``prompt``: ``{"kind": <the row's kind, e.g. "program-checkin", "program-private-checkin">,
+    "week": <the program week it is for, None before the start>, "for": [<Matrix ids>]}``
+    """
+    row = room_row(room, rendered.matrix_content(people), kind=kind, dedupe_key=dedupe_key)
+    row["payload"]["prompt"] = {"kind": kind, "week": week or None,
+                                "for": list(row["payload"]["content"]["m.mentions"].get("user_ids", []))}
+    return row
 
 
 def email_headers(settings: Settings, cohort: Cohort) -> dict[str, str]:
@@ -380,14 +414,16 @@ class ProgramService:
         assert pv.room is not None
         variables = self._vars(view, week, pair=content_pair(view, pv, self.settings().video.base_url))
         kind = f"program-{item.kind.value}"
+        # Prompts ask the pair to do something, so they notify both (the welcome only informs).
+        people = mentions(pv.mentor, pv.mentee)
         if item.kind is ItemKind.LAUNCH:
             launch = lib.pick(ct.Kind.WELCOME, ct.Audience.PAIR, use="launch")
             rows = [room_row(pv.room, lib.render(launch, variables).matrix_content(),
                              kind=kind, dedupe_key=key)]
             if not pv.plan:
                 prompt = lib.pick(ct.Kind.PLAN, ct.Audience.PAIR, use="prompt")
-                rows.append(room_row(pv.room, lib.render(prompt, variables).matrix_content(),
-                                     kind="program-plan-prompt", dedupe_key=f"{key}:plan"))
+                rows.append(prompt_row(pv.room, lib.render(prompt, variables), people,
+                                       kind="program-plan-prompt", dedupe_key=f"{key}:plan", week=week))
             return rows
         rotating = _ROTATING.get(item.kind)
         if rotating is not None:
@@ -396,7 +432,7 @@ class ProgramService:
             chosen = lib.pick(ct.Kind.CHECKIN, ct.Audience.PAIR)
         else:
             return []
-        row = room_row(pv.room, lib.render(chosen, variables).matrix_content(), kind=kind, dedupe_key=key)
+        row = prompt_row(pv.room, lib.render(chosen, variables), people, kind=kind, dedupe_key=key, week=week)
         if rotating is not None:  # only once it rendered: a pair left out keeps its place in the rotation
             record_use(s, scope, rotating.value, chosen.id, source, now)
         return [row]
@@ -416,13 +452,14 @@ class ProgramService:
             try:
                 variables = self._vars(view, week, person=content_person(view, member),
                                        partner=content_person(view, partner) if partner else None)
-                content = self.library.render(chosen, variables).matrix_content()
+                rendered = self.library.render(chosen, variables)
             except Exception as e:
                 self.leave_out(unsent, item, f"{ms.member_label(member)} ({t.id})", e)
                 continue
             # Made only once the message rendered: a person left out gets no room for nothing.
             room = await ms.ensure_direct_room(s, env, t.id)
-            out.append(room_row(room, content, kind="program-private-checkin", dedupe_key=keys[t]))
+            out.append(prompt_row(room, rendered, mentions(member), kind="program-private-checkin",
+                                  dedupe_key=keys[t], week=week))
         return out
 
     async def _members(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],

@@ -1,7 +1,9 @@
-"""Turn nio's sync responses into the plain facts the hub acts on, and build message content.
+"""Turn nio's sync responses into the plain facts the hub acts on; the message builders.
 
 Only this module and its siblings know nio's event classes; the handlers see
-`IncomingMessage` and `InviteSeen`.
+`IncomingMessage` and `InviteSeen`. `notice_content` and `prompt_content` (what
+every message the hub sends is made with) live in `hub.core.messages`, without
+nio, and are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from nio import (
 )
 
 from hub.core.cohorts import CREATOR_POWER_VERSIONS
+from hub.core.messages import Mention, notice_content, prompt_content, user_link
 
+# The message builders live in the core (the digest and the content library use them too).
 __all__ = [
     "IncomingMessage",
     "InviteSeen",
+    "Mention",
     "StateChange",
     "SyncFacts",
     "extract",
     "notice_content",
+    "prompt_content",
     "state_changes",
+    "user_link",
 ]
 
 
@@ -123,6 +130,8 @@ def extract(resp: SyncResponse, own_user_id: str) -> SyncFacts:
                 facts.undecryptable.append((room_id, ev))
                 continue
             msg = message_from_event(room_id, ev)
+            # Loop guard, with `CommandRunner.handle` refusing m.notice: the hub's own prompts are
+            # m.text and quote commands, so its own messages are never taken as commands.
             if msg is not None and msg.sender != own_user_id:
                 facts.messages.append(msg)
     facts.left.extend(resp.rooms.leave.keys())
@@ -145,26 +154,3 @@ def state_changes(resp: SyncResponse, own_user_id: str, types: Collection[str]) 
                 out.append(StateChange(room_id, event_id, str(source["type"]), sender))
     return out
 
-
-def notice_content(
-    body: str,
-    html: str | None = None,
-    *,
-    reply_to: str | None = None,
-    thread_root: str | None = None,
-) -> dict[str, Any]:
-    """An m.notice; a reply (inside the thread when the command came from one)."""
-    content: dict[str, Any] = {"msgtype": "m.notice", "body": body}
-    if html:
-        content["format"] = "org.matrix.custom.html"
-        content["formatted_body"] = html
-    if reply_to and thread_root:
-        content["m.relates_to"] = {
-            "rel_type": "m.thread",
-            "event_id": thread_root,
-            "is_falling_back": False,
-            "m.in_reply_to": {"event_id": reply_to},
-        }
-    elif reply_to:
-        content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
-    return content
