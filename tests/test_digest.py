@@ -208,6 +208,18 @@ def test_pair_section_is_counts_only_and_handles_mentors_with_several_pairs() ->
     assert "Pair 4" in html and "last active 20 days ago. How about a short video call this week?" in html
 
 
+def test_no_lounge_link_before_the_lounge_exists() -> None:
+    """Issue 16: `hub digest preview` before the cohort's rooms existed printed
+    `The lounge: https://matrix.to/#/`, a link to nothing."""
+    no_rooms = full_issue(cohort=dataclasses.replace(cohort(), lounge_room_id=""), pulse=CohortPulse())
+    mail = builder.email(no_rooms, person())
+    assert "The lounge" not in mail.text and "matrix.to/#/\n" not in mail.text
+    assert "Go to the lounge" not in mail.html and 'href="https://matrix.to/#/"' not in mail.html
+    with_lounge = builder.email(full_issue(), person())
+    assert f"The lounge: {matrix_to(LOUNGE)}" in with_lounge.text
+    assert f'href="{matrix_to(LOUNGE)}"' in with_lounge.html
+
+
 def test_email_only_readers_get_no_matrix_hints() -> None:
     mail = builder.email(full_issue(), person(on_matrix=False, pairs=()))
     assert "!hub email" not in mail.text and "!hub email" not in mail.html

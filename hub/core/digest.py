@@ -500,7 +500,8 @@ class DigestBuilder:
             "new_members": _count(pulse.new_members, "new_members"),
             "lounge_messages": _count(pulse.lounge_messages, "lounge_messages"),
             "posts": posts,
-            "lounge_link": matrix_to(lounge),
+            # Before the cohort's rooms exist there is no lounge to link to (`hub digest preview`).
+            "lounge_link": matrix_to(lounge) if lounge else None,
             "tip": tip,
             "plural": plural,
             "_email_only": {"prompts": prompts_email, "tip": tip_email},

@@ -28,7 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub import activity
 from hub.core import content as ct
 from hub.core import digest as dg
-from hub.core.calendar import Audience, CalendarItem, ProgramSpec, Target, dedupe_key
+from hub.core.calendar import (
+    Audience,
+    CalendarItem,
+    ItemKind,
+    ProgramSpec,
+    Target,
+    build_calendar,
+    dedupe_key,
+)
 from hub.core.markup import markdown_to_matrix
 from hub.core.tokens import TokenSigner
 from hub.delivery.outbox import EMAIL, MATRIX
@@ -99,6 +107,14 @@ def _plain(text: str | None, fallback: str) -> str:
     return fallback if not text or "{{" in text or "{%" in text else text
 
 
+def _digest_due(spec: ProgramSpec | None, week: int) -> datetime | None:
+    """When week `week`'s digest is due by the cohort's calendar (None without a calendar)."""
+    if spec is None:
+        return None
+    return next((i.due for i in build_calendar(spec).items if i.kind is ItemKind.DIGEST and i.week == week),
+                None)
+
+
 class DigestService:
     def __init__(self, program: ProgramService, *, control_room: Callable[[], str | None]) -> None:
         self.program = program
@@ -153,6 +169,17 @@ class DigestService:
                                                ct.Variables(cohort=content_cohort(view), week=week))
         return dg.Tip(title=rendered.subject, body=rendered.body)
 
+    def _email_tip(self, view: CohortView, week: int) -> dg.Tip | None:
+        """The week's tip for email-only readers: the next one in the rotation that names no command."""
+        tips = self.program.library.select(ct.Kind.TIP, ct.Audience.COHORT)
+        prefix = self.program.settings().matrix.command_prefix
+        for i in range(len(tips)):
+            rendered = self.program.library.render(tips[(week - 1 + i) % len(tips)],
+                                                   ct.Variables(cohort=content_cohort(view), week=week))
+            if prefix not in rendered.subject + rendered.body:
+                return dg.Tip(title=rendered.subject, body=rendered.body)
+        return None
+
     async def _pulse(self, s: AsyncSession, view: CohortView, now: datetime) -> dg.CohortPulse:
         lounge = view.lounge
         if lounge is None or not lounge.room_id:
@@ -169,25 +196,22 @@ class DigestService:
         return dg.CohortPulse(new_members=joined, posts=posts,
                               lounge_messages=await activity.lounge_messages_since(s, lounge.room_id, since))
 
-    async def edition(self, s: AsyncSession, view: CohortView, week: int, now: datetime) -> Edition:
-        spec = await self._spec(view.cohort.slug)
-    def _email_tip(self, view: CohortView, week: int) -> dg.Tip | None:
-        """The week's tip for email-only readers: the next one in the rotation that names no command."""
-        tips = self.program.library.select(ct.Kind.TIP, ct.Audience.COHORT)
-        prefix = self.program.settings().matrix.command_prefix
-        for i in range(len(tips)):
-            rendered = self.program.library.render(tips[(week - 1 + i) % len(tips)],
-                                                   ct.Variables(cohort=content_cohort(view), week=week))
-            if prefix not in rendered.subject + rendered.body:
-                return dg.Tip(title=rendered.subject, body=rendered.body)
-        return None
+    async def edition(self, s: AsyncSession, view: CohortView, week: int, now: datetime, *,
+                      preview: bool = False) -> Edition:
+        """Week `week`'s digest as of `now`.
 
+        A `preview` is of the digest as it will go out: its "upcoming" webinars are those
+        after week `week`'s digest slot (or after now, if that is later), so a preview of a
+        later week does not list a webinar that will be over by then.
+        """
+        spec = await self._spec(view.cohort.slug)
         week = max(1, min(week, view.cohort.weeks))
         webinars = tuple(dg.Webinar(w.title, w.at, w.url) for w in (spec.webinars if spec else ()))
         lounge_id = view.lounge.room_id if view.lounge is not None and view.lounge.room_id else ""
+        as_of = max(now, _digest_due(spec, week) or now) if preview else now
         issue = dg.DigestIssue(
             cohort=dg.CohortInfo(view.cohort.slug, view.cohort.name, view.zone, lounge_id),
-            week=week, weeks=view.cohort.weeks, generated_at=now, prompts=self._prompts(spec, week),
+            week=week, weeks=view.cohort.weeks, generated_at=as_of, prompts=self._prompts(spec, week),
             webinars=webinars, pulse=await self._pulse(s, view, now), tip=self._tip(view, week),
             email_tip=self._email_tip(view, week))
         builder = self._builder(await signing_secret(s, self.program.settings()))

@@ -55,7 +55,7 @@ def register_digest_commands(registry: CommandRegistry) -> None:
             raise CommandError(f"There is no cohort {echo(slug)}. `{prefix} cohort list` shows them.")
         week = program_week_of(view, now)
         if ctx.args["action"] == "preview":
-            ed = await service.edition(s, view, week or 1, now)
+            ed = await service.edition(s, view, week or 1, now, preview=True)
             post = ed.builder.lounge_post(ed.issue)
             if ctx.room_kind is RoomKind.CONTROL or not ports.control_room:
                 return Reply(post.body, post.formatted_body)
@@ -111,7 +111,7 @@ async def preview(settings: Settings, slug: str, *, week: int | None = None,
                 n = week if week is not None else (program_week_of(view, now) or 1)
                 if not 1 <= n <= view.cohort.weeks:
                     raise HubError(f"--week must be between 1 and {view.cohort.weeks}")
-                ed = await service.edition(s, view, n, now)
+                ed = await service.edition(s, view, n, now, preview=True)
                 if who is None:
                     post = ed.builder.lounge_post(ed.issue)
                     subject = ed.builder.subject(ed.issue)
