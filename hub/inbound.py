@@ -122,10 +122,11 @@ class CommandRunner:
 
     async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply) -> None:
         body, html = markdown_to_matrix(reply.text)
+        reply_to = msg.reply_to or msg.event_id  # a reaction's answer goes under its prompt
         # A reply that asks someone to act (the plan after `!hub dropped`, for the partner) notifies them.
-        content = (prompt_content(body, reply.html or html, reply.mentions, reply_to=msg.event_id,
+        content = (prompt_content(body, reply.html or html, reply.mentions, reply_to=reply_to,
                                   thread_root=msg.thread_root) if reply.mentions
-                   else notice_content(body, reply.html or html, reply_to=msg.event_id,
+                   else notice_content(body, reply.html or html, reply_to=reply_to,
                                        thread_root=msg.thread_root))
         await self.outbox.enqueue(
             s,

@@ -38,6 +38,8 @@ from hub.features.pair_commands import register_pair_commands
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
 from hub.features.program_commands import register_program_commands
+from hub.features.prompts import PromptRecorder
+from hub.features.reactions import Answers
 from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner
@@ -98,6 +100,7 @@ class Hub:
         self.program: ProgramService | None = None  # the calendar, its emitter and scheduler
         self.digest: DigestService | None = None  # the program's digest hook, `!hub digest`
         self.activity: ActivityRecorder | None = None  # counts from the sync; lounge excerpts only
+        self.answers: Answers | None = None  # reactions and replies answering prompts
         self.control_room_id: str | None = None
         self.creators: dict[str, frozenset[str]] = {}
         # Power in the control room makes moderators only in a control room the hub
@@ -170,6 +173,9 @@ class Hub:
             # of a cohort that starts today): tick at once instead of within 30 s.
             after_change=self._poke_program,
         )
+        self.answers = Answers(self.db, self.outbox, self.clock, self.runner, s.matrix.user_id)
+        # Prompts are recorded, and their options queued, once sent: only then is their id known.
+        matrix_sender.after_sent.append(PromptRecorder(self.db, self.outbox, self.clock).sent)
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
         matrix_sender.ready = self.sync.first_done
         self.web = WebServer(
@@ -320,6 +326,8 @@ class Hub:
             return
         for msg in facts.messages:
             await self.runner.handle(msg)
+        if self.answers is not None:
+            await self.answers.on_sync(resp)
         for room_id, event in facts.undecryptable:
             self._park(room_id, event)
         await self._retry_parked()
@@ -355,6 +363,8 @@ class Hub:
             msg = message_from_event(room_id, decrypted)
             if msg is not None and msg.sender != self.client.user_id:
                 await self.runner.handle(IncomingMessage(**{**msg.__dict__, "encrypted": True}))
+            if self.answers is not None:
+                await self.answers.on_event(room_id, decrypted)
 
     async def _consider_invite(self, room_id: str, inviter: str) -> None:
         assert self.client is not None

@@ -20,6 +20,7 @@ from nio import (
     AsyncClientConfig,
     Event,
     MegolmEvent,
+    ReactionEvent,
     RoomMessageNotice,
     RoomMessageText,
     RoomSendResponse,
@@ -27,6 +28,7 @@ from nio import (
 )
 
 from hub.devserver.synapse import RegisteredUser
+from hub.matrix.sender import send_reaction
 
 __all__ = ["SimulatedUser"]
 
@@ -158,3 +160,41 @@ class SimulatedUser:
         reply = self.reply_to(room_id, event_id)
         assert isinstance(reply, answers)
         return str(reply.body)
+
+    # -- answering by reaction, as a person taps the hub's offered reaction in a client ----------
+
+    def offered(self, room_id: str, key: str) -> str | None:
+        """The newest message someone else reacted to with `key`: the hub offers answers that way."""
+        for ev in reversed(self.in_room(room_id)):
+            if isinstance(ev, ReactionEvent) and ev.key == key and ev.sender != self.user_id:
+                return str(ev.reacts_to)
+        return None
+
+    def notices_replying(self, room_id: str, event_id: str) -> list[RoomMessageNotice]:
+        """The notices (the hub's answers) that are replies to `event_id`."""
+        return [e for e in self.notices(room_id)
+                if ((e.source.get("content", {}).get("m.relates_to") or {}).get("m.in_reply_to") or {})
+                .get("event_id") == event_id]
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        """React to `event_id` with `key` (encrypted in an encrypted room); returns the reaction's id."""
+        await self.wait_until(lambda: self.joined(room_id), 20)
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+        resp = await send_reaction(self.client, room_id, content)
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"{self.name}: reacting in {room_id} failed: {resp}")
+        return str(resp.event_id)
+
+    async def tap(self, room_id: str, key: str, timeout: float = 30) -> str:  # noqa: ASYNC109
+        """Tap the reaction `key` the hub offers on its latest prompt here; returns its acknowledgement."""
+        await self.wait_until(lambda: self.offered(room_id, key) is not None, timeout)
+        prompt = self.offered(room_id, key)
+        assert prompt is not None
+        seen = {e.event_id for e in self.notices_replying(room_id, prompt)}
+
+        def fresh() -> list[RoomMessageNotice]:
+            return [e for e in self.notices_replying(room_id, prompt) if e.event_id not in seen]
+
+        await self.react(room_id, prompt, key)
+        await self.wait_until(lambda: bool(fresh()), timeout)
+        return str(fresh()[0].body)

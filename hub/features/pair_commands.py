@@ -37,6 +37,7 @@ from hub.features.participants import (
     uses_since,
 )
 from hub.features.program import email_headers, mentions, suppressed
+from hub.features.reactions import answering, remember
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
 from hub.storage.models import (
@@ -243,9 +244,13 @@ def register_pair_commands(registry: CommandRegistry) -> None:
         view, pv = await pair_of_room(s, ctx.room_id)
         assert pv.pair.id is not None and view.cohort.id is not None
         now = ports.clock.now()
-        week = program_week_of(view, now)
+        # Answered by reaction or reply to a prompt (hub.features.reactions): that prompt's week.
+        by_reaction = answering()
+        week = by_reaction.week if by_reaction is not None else program_week_of(view, now)
         how = str(ctx.args["how"])
         await record_met(s, pv.pair, week, how, now.timestamp())
+        if by_reaction is not None:
+            await remember(s, by_reaction, now.timestamp())  # what a redaction then withdraws
         link = video_url(program_of(ctx).settings().video.base_url, pv.pair.video_name)
         if how == "video":
             return Reply("Thanks, noted: you met on video. That's the best way to build a connection "

@@ -32,6 +32,7 @@ from hub.features.participants import (
     program_week_of,
     said,
 )
+from hub.features.reactions import answering, drop_score, remember
 from hub.inbound import Ports
 from hub.matrix.events import notice_content
 from hub.storage.models import CommandUse, PrivateCheckin
@@ -114,9 +115,17 @@ def register_person_commands(registry: CommandRegistry) -> None:
         if cohort is not None:
             view = await load_cohort_view(ports.session, cohort.slug)
             week = program_week_of(view, now) if view is not None else 0
+        cohort_id = cohort.id if cohort else None
         score = int(ctx.args["score"])
-        await record_private_checkin(ports.session, cohort.id if cohort else None, week, score,
-                                     now.timestamp())
+        by_reaction = answering()
+        if by_reaction is not None:
+            # Answered by reaction or reply to a prompt (hub.features.reactions): that prompt's
+            # cohort and week, and a later answer replaces the earlier one instead of adding to it.
+            cohort_id, week = by_reaction.cohort_id, by_reaction.week
+            replaced = await remember(ports.session, by_reaction, now.timestamp())
+            if replaced is not None:
+                await drop_score(ports.session, cohort_id, week, int(replaced))
+        await record_private_checkin(ports.session, cohort_id, week, score, now.timestamp())
         if score <= LOW_SCORE:
             return await _guide(ctx)
         return Reply("Thanks, noted privately. It isn't shown to your partner or the program team. "

@@ -15,6 +15,7 @@ from typing import Any
 from nio import (
     InviteMemberEvent,
     MegolmEvent,
+    ReactionEvent,
     RoomCreateEvent,
     RoomMessageNotice,
     RoomMessageText,
@@ -26,11 +27,14 @@ from hub.core.messages import Mention, notice_content, prompt_content, user_link
 
 # The message builders live in the core (the digest and the content library use them too).
 __all__ = [
+    "AnswerEvent",
     "IncomingMessage",
     "InviteSeen",
     "Mention",
     "StateChange",
     "SyncFacts",
+    "answer_event",
+    "answer_events",
     "extract",
     "notice_content",
     "prompt_content",
@@ -49,12 +53,16 @@ class IncomingMessage:
     thread_root: str | None
     origin_server_ts: int
     encrypted: bool
+    # Where the hub's reply goes when not under this event: a command that stands for a
+    # reaction (hub.features.reactions) is acknowledged under the prompt it reacted to.
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True)
 class InviteSeen:
     room_id: str
     inviter: str
+    is_direct: bool = False  # the inviter marked it a direct chat (`is_direct` in the invite)
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ def extract(resp: SyncResponse, own_user_id: str) -> SyncFacts:
         for ev in info.invite_state:
             if isinstance(ev, InviteMemberEvent) and ev.state_key == own_user_id:
                 if ev.membership == "invite":
-                    facts.invites.append(InviteSeen(room_id, ev.sender))
+                    direct = ev.content.get("is_direct") is True
+                    facts.invites.append(InviteSeen(room_id, ev.sender, direct))
     for room_id, joined in resp.rooms.join.items():
         for ev in list(joined.state) + list(joined.timeline.events):
             if isinstance(ev, RoomCreateEvent):
@@ -154,3 +163,76 @@ def state_changes(resp: SyncResponse, own_user_id: str, types: Collection[str]) 
                 out.append(StateChange(room_id, event_id, str(source["type"]), sender))
     return out
 
+
+# -- answers to prompts: reactions, replies, redactions (hub.features.reactions) -----------------
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    """Something that may answer a prompt, or take an answer back.
+
+    `kind` is "reaction" (`key` is the reaction's key), "reply" (an `m.text` replying to
+    `target`; `key` is its text without the quoted fallback) or "redaction" (of `target`).
+    """
+
+    room_id: str
+    event_id: str
+    sender: str
+    kind: str
+    target: str
+    key: str
+    origin_server_ts: int
+    encrypted: bool
+
+
+def _in_reply_to(content: dict[str, Any]) -> str | None:
+    rel = content.get("m.relates_to")
+    if not isinstance(rel, dict) or rel.get("is_falling_back"):
+        return None  # a thread's fallback names the thread's last event, not what was answered
+    reply = rel.get("m.in_reply_to")
+    target = reply.get("event_id") if isinstance(reply, dict) else None
+    return target if isinstance(target, str) else None
+
+
+def _without_fallback(body: str) -> str:
+    """A reply's own text: older clients quote the replied-to message first (`> <@a:x> ...`)."""
+    lines = body.split("\n")
+    if lines and lines[0].startswith("> "):
+        while lines and lines[0].startswith(">"):
+            lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+def answer_event(room_id: str, event: Any) -> AnswerEvent | None:
+    """The reaction, reply or redaction in `event`, if it is one (decrypted events included)."""
+
+    def seen(kind: str, target: str, key: str) -> AnswerEvent:
+        return AnswerEvent(room_id=room_id, event_id=str(getattr(event, "event_id", "")),
+                           sender=str(getattr(event, "sender", "")), kind=kind, target=target, key=key,
+                           origin_server_ts=int(getattr(event, "server_timestamp", 0) or 0),
+                           encrypted=bool(getattr(event, "decrypted", False)))
+
+    if isinstance(event, ReactionEvent):
+        return seen("reaction", event.reacts_to, event.key)
+    source = getattr(event, "source", None) or {}
+    if isinstance(source, dict) and source.get("type") == "m.room.redaction":
+        # From the source: room version 11 moved `redacts` into the content.
+        content = source.get("content") or {}
+        target = source.get("redacts") or (content.get("redacts") if isinstance(content, dict) else None)
+        return seen("redaction", target, "") if isinstance(target, str) else None
+    if isinstance(event, RoomMessageText):
+        replied = _in_reply_to(event.source.get("content") or {})
+        if replied is not None:
+            return seen("reply", replied, _without_fallback(event.body or ""))
+    return None
+
+
+def answer_events(resp: SyncResponse, own_user_id: str) -> list[AnswerEvent]:
+    """Reactions, replies and redactions by anyone but the hub in joined rooms, in timeline order."""
+    out: list[AnswerEvent] = []
+    for room_id, joined in resp.rooms.join.items():
+        for ev in joined.timeline.events:
+            found = answer_event(room_id, ev)
+            if found is not None and found.sender != own_user_id:
+                out.append(found)
+    return out

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from nio import (
+    Api,
     AsyncClient,
     ErrorResponse,
     LocalProtocolError,
@@ -26,7 +28,7 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
-__all__ = ["MatrixSender", "OpHandler", "classify_error"]
+__all__ = ["MatrixSender", "OpHandler", "SentHook", "classify_error", "send_reaction"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,40 @@ def classify_error(resp: ErrorResponse, pause: SharedPause, epoch: int | None = 
     return TemporaryDeliveryError(reason)
 
 
+async def send_reaction(client: AsyncClient, room_id: str, content: dict[str, Any], *,
+                        tx_id: str | None = None) -> Any:
+    """Send an m.reaction, encrypted in an encrypted room as Element does.
+
+    nio's `room_send` sends reactions in clear even there (it predates their
+    encryption). This takes the steps `room_send` takes before encrypting (members
+    known, the room key shared with their devices), encrypts (nio keeps
+    `m.relates_to` in clear, so servers and clients still group the reaction under
+    its message) and sends it the way `room_send` does. Returns what it returns.
+    """
+    room = client.rooms.get(room_id)
+    if client.olm is None or room is None or not room.encrypted:
+        return await client.room_send(room_id, "m.reaction", content, tx_id=tx_id,
+                                      ignore_unverified_devices=True)
+    if not room.members_synced:
+        await client.joined_members(room_id)
+        if client.should_query_keys:
+            await client.keys_query()
+    if client.olm.should_share_group_session(room_id):
+        sharing = client.sharing_session.get(room_id)
+        if sharing is not None:
+            await sharing.wait()
+        else:
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+    event_type, encrypted = client.encrypt(room_id, "m.reaction", content)
+    method, path, data = Api.room_send(client.access_token, room_id, event_type, encrypted,
+                                       tx_id or uuid.uuid4().hex)
+    return await client._send(RoomSendResponse, method, path, data, (room_id,))
+
+
 # A further op (e.g. "create_room", hub.features.rooms): gets the row and its payload.
 OpHandler = Callable[[Claimed, dict[str, Any]], Awaitable[str]]
+# Told of each message row sent, with its payload (room id resolved) and the new event id.
+SentHook = Callable[[Claimed, dict[str, Any], str], Awaitable[None]]
 
 
 class MatrixSender:
@@ -78,6 +112,9 @@ class MatrixSender:
         # rooms, and a send would fail for a reason that is not the row's.
         self.ready: asyncio.Event | None = None
         self.ready_timeout = 30.0
+        # What must know a message's event id, which exists only once it is sent (the prompts
+        # that take answers by reaction, hub.features.prompts).
+        self.after_sent: list[SentHook] = []
 
     async def send(self, row: Claimed) -> str:
         if self.ready is not None and not self.ready.is_set():
@@ -94,6 +131,7 @@ class MatrixSender:
                 p = {**p, "room_id": await self.resolve_room_key(str(p["room_key"]))}
             if op == "message":
                 result = await self._message(row, p, epoch)
+                await self._after_sent(row, p, result)
             elif op == "state":
                 result = await self._state(p, epoch)
             elif op in self.ops:
@@ -113,15 +151,18 @@ class MatrixSender:
         if room_id not in self.client.rooms and self.load_room is not None:
             await self.load_room(room_id)
         try:
-            resp = await self.client.room_send(
-                room_id,
-                p.get("type", "m.room.message"),
-                p["content"],
-                tx_id=row.txn_id,
-                # Trust comes from cross-signing on the participants' side;
-                # the hub shares keys with every device of a room's members.
-                ignore_unverified_devices=True,
-            )
+            if p.get("type") == "m.reaction":  # the options of a prompt (hub.features.prompts)
+                resp = await send_reaction(self.client, room_id, p["content"], tx_id=row.txn_id)
+            else:
+                resp = await self.client.room_send(
+                    room_id,
+                    p.get("type", "m.room.message"),
+                    p["content"],
+                    tx_id=row.txn_id,
+                    # Trust comes from cross-signing on the participants' side;
+                    # the hub shares keys with every device of a room's members.
+                    ignore_unverified_devices=True,
+                )
         except LocalProtocolError as e:
             # nio does not know the room until a sync has shown it (nio #279):
             # retry shortly, and give up only if it never appears.
@@ -132,6 +173,17 @@ class MatrixSender:
             return str(resp.event_id)
         assert isinstance(resp, ErrorResponse)
         raise classify_error(resp, self.pause, epoch)
+
+    async def _after_sent(self, row: Claimed, p: dict[str, Any], event_id: str) -> None:
+        for hook in self.after_sent:
+            try:
+                await hook(row, p, event_id)
+            except Exception as e:
+                # Sent, but not yet recorded: sending again with the same transaction id gets the
+                # same event id from the homeserver, and the hooks another chance.
+                log.warning("recording sent row %s (%s) failed: %s", row.seq, row.kind, e)
+                raise TemporaryDeliveryError(f"recording the sent message failed: {e}",
+                                             retry_after=2.0) from e
 
     async def _state(self, p: dict[str, Any], epoch: int) -> str:
         resp = await self.client.room_put_state(

@@ -41,6 +41,8 @@ SYNC_FILTER = {
                 "m.room.message",
                 "m.room.encrypted",
                 "m.reaction",
+                # Taking back a reaction (an answer to a prompt, hub.features.reactions).
+                "m.room.redaction",
                 "m.room.member",
                 "m.room.create",
                 "m.room.power_levels",

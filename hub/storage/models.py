@@ -20,6 +20,8 @@ __all__ = [
     "OutboxRow",
     "ProgramSkipped",
     "ProgramTick",
+    "Prompt",
+    "PromptAnswer",
     "RoomActivity",
     "Subscriber",
     "audit_table",
@@ -31,6 +33,8 @@ __all__ = [
     "outbox_table",
     "program_skipped_table",
     "program_tick_table",
+    "prompt_answer_table",
+    "prompt_table",
     "room_activity_table",
     "subscriber_table",
 ]
@@ -375,6 +379,33 @@ class CommandUse(SQLModel, table=True):
     at: float
 
 
+class Prompt(SQLModel, table=True):
+    """A sent message that takes answers by reaction (migration 0010, hub.features.prompts)."""
+
+    __tablename__ = "prompt"
+    event_id: str = Field(primary_key=True, max_length=255)
+    room_id: str = Field(max_length=255)
+    kind: str = Field(max_length=16)  # met | checkin
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id")
+    pair_id: int | None = Field(default=None, foreign_key="pair.id")  # met: the pair it asks
+    user_id: str | None = Field(default=None, max_length=255)  # checkin: the person it asks
+    week: int  # the program week it asks about
+    sent_at: float = Field(index=True)
+
+
+class PromptAnswer(SQLModel, table=True):
+    """A person's current answer to a prompt by reaction or reply: what a later one replaces."""
+
+    __tablename__ = "prompt_answer"
+    __table_args__ = (UniqueConstraint("prompt_event_id", "sender", name="uq_prompt_answer_sender"),)
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_event_id: str = Field(foreign_key="prompt.event_id", max_length=255)
+    sender: str = Field(max_length=255)
+    answer_event_id: str = Field(max_length=255, unique=True, index=True)  # the reaction (or reply)
+    option: str = Field(max_length=16)  # video | ... | notyet, or 1-5
+    at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
@@ -400,3 +431,5 @@ lounge_post_table: Table = LoungePost.__table__  # type: ignore[attr-defined]
 lounge_reaction_table: Table = LoungeReaction.__table__  # type: ignore[attr-defined]
 subscriber_table: Table = Subscriber.__table__  # type: ignore[attr-defined]
 command_use_table: Table = CommandUse.__table__  # type: ignore[attr-defined]
+prompt_table: Table = Prompt.__table__  # type: ignore[attr-defined]
+prompt_answer_table: Table = PromptAnswer.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,165 @@
+"""Answers by reaction on a real Synapse, with E2EE clients, in an encrypted pair room and direct room.
+
+The participants are real nio clients: their reactions are encrypted `m.reaction`
+events inside `m.room.encrypted`, and they read the hub's options and
+acknowledgements by syncing and decrypting, as Element would. The moderators'
+report shows what was recorded; the private check-in is not in any report, so
+only for it the test counts the anonymous scores in the hub's database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import ReactionEvent, RoomMessageNotice, RoomRedactResponse, RoomSendResponse
+from sqlalchemy import select
+
+from hub.devserver.synapse import SynapseServer
+from hub.features.prompts import OPTIONS
+from hub.service import Hub
+from hub.storage.models import PrivateCheckin
+
+from cohort_helpers import room_of
+from conftest import hub_settings, running_hub
+from matrix_user import Participant
+
+pytestmark = pytest.mark.synapse
+
+MET_KEYS = [k for k, _ in OPTIONS["met"]]
+SCORE_KEYS = [k for k, _ in OPTIONS["checkin"]]
+
+
+def _options(who: Participant, room: str, prompt: str, hub: str) -> list[ReactionEvent]:
+    return [e for e in who.in_room(room) if isinstance(e, ReactionEvent) and e.reacts_to == prompt
+            and e.sender == hub]
+
+
+async def _report(mod: Participant, control: str) -> str:
+    return next(line for line in (await mod.ask(control, "!hub report spring")).splitlines()
+                if "Check-in answers" in line)
+
+
+async def _scores(hub: Hub) -> list[int]:
+    assert hub.db is not None
+    async with hub.db.session() as s:
+        return sorted(r.score for r in (await s.execute(select(PrivateCheckin))).scalars())
+
+
+async def _reply(who: Participant, room: str, target: str, body: str) -> str:
+    """A Matrix reply to `target` holding `body`, as a client sends it (without a fallback quote)."""
+    resp = await who.client.room_send(room, "m.room.message", {
+        "msgtype": "m.text", "body": body, "m.relates_to": {"m.in_reply_to": {"event_id": target}}},
+        ignore_unverified_devices=True)
+    assert isinstance(resp, RoomSendResponse), resp
+    return str(resp.event_id)
+
+
+async def _acknowledged(who: Participant, room: str, target: str, seen: set[str]) -> str:
+    def fresh() -> list[RoomMessageNotice]:
+        return [e for e in who.notices_replying(room, target) if e.event_id not in seen]
+
+    await who.wait_until(lambda: bool(fresh()), 30)
+    found = fresh()[0]
+    seen.add(found.event_id)
+    assert "Traceback" not in found.body
+    return str(found.body)
+
+
+async def test_answers_by_reaction_in_encrypted_rooms(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
+) -> None:
+    bot = await register("hub")
+    mod, mentor, mentee = await participant("mod"), await participant("mentor"), await participant("mentee")
+    stranger = await participant("stranger")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[mod.user_id])
+    async with running_hub(settings) as hub:
+        control = hub.control_room_id
+        assert control
+        await mod.wait_joined(control, mod.user_id, timeout=20)
+        for command in ['!hub cohort create spring "Spring 2027"',
+                        f"!hub add spring mentor {mentor.user_id} Ada",
+                        f"!hub add spring mentee {mentee.user_id} Bo",
+                        f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
+            await mod.ask(control, command)
+        pair = await room_of(hub, "pair:1")
+        await mentor.wait_joined(pair, mentee.user_id, timeout=30)
+        await mentee.wait_joined(pair, mentor.user_id, timeout=30)
+        assert mentee.client.rooms[pair].encrypted
+
+        # The check-in prompt comes with the four options as the hub's own (encrypted) reactions.
+        assert "1 pair room" in await mod.ask(control, "!hub send checkin spring")
+        await mentee.wait_until(lambda: mentee.offered(pair, MET_KEYS[-1]) is not None, 30)
+        prompt = mentee.offered(pair, MET_KEYS[0])
+        assert prompt is not None
+        options = _options(mentee, pair, prompt, bot.user_id)
+        assert [e.key for e in options] == MET_KEYS and all(e.decrypted for e in options)
+        assert "video 0, voice 0, text 0, notyet 0" in await _report(mod, control)  # its own do not count
+
+        # 🎥: recorded as a video meeting, acknowledged as `!hub met video` is.
+        seen: set[str] = set()
+        video = await mentee.react(pair, prompt, "🎥")
+        by_reaction = await _acknowledged(mentee, pair, prompt, seen)
+        # It went encrypted (an m.reaction inside m.room.encrypted), as Element sends it.
+        await mentor.wait_until(lambda: any(isinstance(e, ReactionEvent) and e.event_id == video
+                                            and e.decrypted for e in mentor.in_room(pair)), 20)
+        assert by_reaction == await mentor.ask(pair, "!hub met video")
+        assert "video 1," in await _report(mod, control)
+
+        # ⏳ replaces it; redacting ⏳ withdraws it.
+        notyet = await mentee.react(pair, prompt, "⏳")
+        assert "20-minute slot" in await _acknowledged(mentee, pair, prompt, seen)
+        assert "video 0, voice 0, text 0, notyet 1" in await _report(mod, control)
+        redacted = await mentee.client.room_redact(pair, notyet)
+        assert isinstance(redacted, RoomRedactResponse), redacted
+        assert "Withdrawn" in await _acknowledged(mentee, pair, prompt, seen)
+        assert "video 0, voice 0, text 0, notyet 0" in await _report(mod, control)
+
+        # A Matrix reply holding just the option counts too, acknowledged under the reply.
+        said = await _reply(mentor, pair, prompt, "voice")
+        assert "you met by voice" in await _acknowledged(mentor, pair, said, set())
+        assert "video 0, voice 1, text 0, notyet 0" in await _report(mod, control)
+
+        # Bad input: someone not in the pair (let in behind the hub's back), an unknown key, a
+        # reaction to a message that is not a prompt. Nothing changes and nothing is said; the
+        # `!hub ping` after them is answered, and it is the only new notice in the room.
+        # (History is visible from the invite on, so the stranger is told the prompt's id.)
+        assert hub.client is not None
+        await hub.client.room_invite(pair, stranger.user_id)
+        await stranger.wait_until(lambda: stranger.joined(pair), 30)
+        notices_before = {e.event_id for e in mentee.in_room(pair) if isinstance(e, RoomMessageNotice)}
+        await stranger.react(pair, prompt, "🎥")
+        await mentee.react(pair, prompt, "👍")
+        await mentee.react(pair, said, "🎥")
+        assert await mentee.ask(pair, "!hub ping") == "pong"
+        new = [e for e in mentee.in_room(pair)
+               if isinstance(e, RoomMessageNotice) and e.event_id not in notices_before]
+        assert [e.body for e in new] == ["pong"]
+        assert "video 0, voice 1, text 0, notyet 0" in await _report(mod, control)
+
+        # The private check-in in the (encrypted) direct room: 1️⃣-5️⃣, replace, withdraw, reply.
+        assert "private check-ins" in await mod.ask(control, "!hub send reflection spring")
+        direct = await room_of(hub, f"direct:{mentee.user_id}")
+        await mentee.wait_until(lambda: mentee.offered(direct, SCORE_KEYS[-1]) is not None, 30)
+        assert mentee.client.rooms[direct].encrypted
+        checkin = mentee.offered(direct, SCORE_KEYS[0])
+        assert checkin is not None
+        assert [e.key for e in _options(mentee, direct, checkin, bot.user_id)] == SCORE_KEYS
+        control_before = len(mod.in_room(control))
+        mine: set[str] = set()
+        await mentee.react(direct, checkin, "4️⃣")
+        assert "noted privately" in await _acknowledged(mentee, direct, checkin, mine)
+        assert await _scores(hub) == [4]
+        low = await mentee.react(direct, checkin, "2️⃣")
+        assert "private guide" in await _acknowledged(mentee, direct, checkin, mine)
+        assert await _scores(hub) == [2]
+        assert isinstance(await mentee.client.room_redact(direct, low), RoomRedactResponse)
+        assert "Withdrawn" in await _acknowledged(mentee, direct, checkin, mine)
+        assert await _scores(hub) == []
+        five = await _reply(mentee, direct, checkin, "5")
+        assert "noted privately" in await _acknowledged(mentee, direct, five, set())
+        assert await _scores(hub) == [5]
+        assert len(mod.in_room(control)) == control_before  # nothing of it reached the moderators
