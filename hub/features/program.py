@@ -49,9 +49,9 @@ from hub.delivery.outbox import EMAIL, Outbox
 from hub.email.payload import Attachment, email_payload, normalize_address
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
+from hub.features import person_mail
 from hub.features.participants import (
     CohortView,
-from hub.features import person_mail
     PairView,
     content_cohort,
     content_pair,
@@ -341,6 +341,8 @@ class ProgramService:
                 out += await self._direct(s, view, item, group, keys, week, unsent)
             else:
                 out += await self._members(s, view, item, group, keys, week, unsent)
+        if any(t.audience is Audience.PAIR for t in todo):
+            out += await self._email_questions(s, view, item, week, unsent)
         alert = unsent_alert(self.control_room(), item, unsent)
         return out + ([alert] if alert is not None else [])
 
@@ -375,8 +377,6 @@ class ProgramService:
         elif item.kind is ItemKind.ICEBREAKER:
             used = await used_items(s, [view.lounge.key], ct.Kind.ICEBREAKER.value)
             chosen = lib.next_icebreaker(ct.Audience.COHORT, used.get(view.lounge.key, []),
-        if any(t.audience is Audience.PAIR for t in todo):
-            out += await self._email_questions(s, view, item, week, unsent)
                                          week=week or None)
             record_use(s, view.lounge.key, ct.Kind.ICEBREAKER.value, chosen.id, source, self.clock.now())
         elif item.kind in _WEBINAR_USE:
@@ -504,6 +504,28 @@ class ProgramService:
                         "dedupe_key": keys[t]})
         return out
 
+    async def _email_questions(self, s: AsyncSession, view: CohortView, item: CalendarItem, week: int,
+                               unsent: list[Unsent]) -> list[dict[str, Any]]:
+        """Email-only participants get the check-in questions by email, with one-click answers.
+
+        "Did you meet, and how?" with the pair rooms' check-in, the private 1-5 check-in
+        with the direct rooms' (reflection weeks): what the others answer by command.
+        """
+        question = {ItemKind.CHECKIN: MET, ItemKind.REFLECTION: CHECKIN}.get(item.kind)
+        if question is None:
+            return []
+        active = [(pv.pair.id or 0, pv.pair.video_name, pv.mentor, pv.mentee)
+                  for pv in view.pairs.values() if pv.pair.status == "active"]
+        people = [m for _, _, a, b in active for m in (a, b)]
+        rows, left_out = await person_mail.question_rows(
+            s, self.settings(), self.library, cohort=view.cohort, pairs=active,
+            members_mode={m.id or 0: view.email_mode(m) for m in people},
+            addresses={m.id or 0: view.address(m) for m in people},
+            question=question, week=week, key=item.key, now=self.clock.now())
+        for member, address, e in left_out:
+            self.leave_out(unsent, item, f"{ms.member_label(member)} <{address}>", e)
+        return rows
+
     # -- the pinned backup plan -------------------------------------------------------------------
 
     async def op_pin_plan(self, row: Claimed, p: dict[str, Any]) -> str:
@@ -541,28 +563,6 @@ class ProgramService:
         resp = await self.client.room_get_state_event(room_id, "m.room.pinned_events")
         if isinstance(resp, RoomGetStateEventResponse):
             pinned = resp.content.get("pinned", [])
-    async def _email_questions(self, s: AsyncSession, view: CohortView, item: CalendarItem, week: int,
-                               unsent: list[Unsent]) -> list[dict[str, Any]]:
-        """Email-only participants get the check-in questions by email, with one-click answers.
-
-        "Did you meet, and how?" with the pair rooms' check-in, the private 1-5 check-in
-        with the direct rooms' (reflection weeks): what the others answer by command.
-        """
-        question = {ItemKind.CHECKIN: MET, ItemKind.REFLECTION: CHECKIN}.get(item.kind)
-        if question is None:
-            return []
-        active = [(pv.pair.id or 0, pv.pair.video_name, pv.mentor, pv.mentee)
-                  for pv in view.pairs.values() if pv.pair.status == "active"]
-        people = [m for _, _, a, b in active for m in (a, b)]
-        rows, left_out = await person_mail.question_rows(
-            s, self.settings(), self.library, cohort=view.cohort, pairs=active,
-            members_mode={m.id or 0: view.email_mode(m) for m in people},
-            addresses={m.id or 0: view.address(m) for m in people},
-            question=question, week=week, key=item.key, now=self.clock.now())
-        for member, address, e in left_out:
-            self.leave_out(unsent, item, f"{ms.member_label(member)} <{address}>", e)
-        return rows
-
             return [e for e in pinned if isinstance(e, str)] if isinstance(pinned, list) else []
         if isinstance(resp, ErrorResponse) and resp.status_code == "M_NOT_FOUND":
             return []
