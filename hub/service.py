@@ -54,9 +54,9 @@ from hub.storage.db import Database, open_database, private_dir
 from hub.storage.lock import InstanceLock
 from hub.waiting import until_reachable
 from hub.web import ControlRoomFailures, HealthSource, WebServer
+from hub.web_answer import routes as answer_routes
 from hub.web_unsubscribe import routes as unsubscribe_routes
 
-from hub.web_answer import routes as answer_routes
 __all__ = ["Hub", "build_registry"]
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,13 @@ class Hub:
                                                command_prefix=s.matrix.command_prefix))
         await self.web.start()
         # The SMTP greeting first: it borrows the pool's connections before the dispatcher
+        self.web.add_routes(answer_routes(SqlAnswerStore(self.db, secret), secret, self.clock))
         # can take one, so mail at start waits for its outcome (SmtpPool.greet).
         if self.smtp_pool is not None:
             self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
         self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
-        self.web.add_routes(answer_routes(SqlAnswerStore(self.db, secret), secret, self.clock))
         self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
         self._tasks.append(asyncio.create_task(self._summarise_alerts(), name="alert-summaries"))
 

@@ -161,10 +161,10 @@ SLOTS: dict[tuple[Kind, Audience, str], str] = {
     (_K.ICEBREAKER, _A.COHORT, "prompt"): "the lounge icebreaker (rotates)",
     (_K.CHECKIN, _A.PAIR, "prompt"): "\"did you meet, and how?\" in check-in weeks",
     (_K.CHECKIN, _A.PERSON, "prompt"): "the private 1-5 check-in in reflection weeks",
-    (_K.REFLECTION, _A.PAIR, "prompt"): "the pair-room reflection prompt in reflection weeks (rotates)",
-    (_K.REFLECTION, _A.PERSON, "guide"): "the private reflection guide (low check-in score, `!hub reflect`)",
     (_K.CHECKIN, _A.PERSON, "met"): "\"did you meet, and how?\" by email to an email-only participant "
                                     "(the hub adds the answer links)",
+    (_K.REFLECTION, _A.PAIR, "prompt"): "the pair-room reflection prompt in reflection weeks (rotates)",
+    (_K.REFLECTION, _A.PERSON, "guide"): "the private reflection guide (low check-in score, `!hub reflect`)",
     (_K.PLAN, _A.PAIR, "prompt"): "the backup-plan prompt (launch day, and while no plan is set)",
     (_K.PLAN, _A.PAIR, "dropped"): "`!hub dropped`: the plan and troubleshooting tips, in chat and by email",
     (_K.VIDEO, _A.PAIR, "nudge"): "`!hub call` and the nudge after a text or voice check-in answer (rotates)",

@@ -503,8 +503,8 @@ class DigestBuilder:
             # Before the cohort's rooms exist there is no lounge to link to (`hub digest preview`).
             "lounge_link": matrix_to(lounge) if lounge else None,
             "tip": tip,
-            "plural": plural,
             "_email_only": {"prompts": prompts_email, "tip": tip_email},
+            "plural": plural,
             "command_prefix": self.command_prefix,
             # Titles and links are checked once per digest; the times, once per time zone.
             "_webinars": [(w.starts_at, _line(w.title), _http_url(w.url)) for w in webinars],
@@ -562,18 +562,18 @@ class DigestBuilder:
             name: Markup(html) for name, html in render_blocks(self._sections_html, shared).items()
         }
         shared["sections_text"] = render_blocks(self._sections_text, shared)
-        return shared
         # The same sections without command hints, for readers without Matrix (also once per digest).
         email_only = {**shared, **shared["_email_only"]}
         shared["sections_html_email_only"] = {
             name: Markup(html) for name, html in render_blocks(self._sections_html, email_only).items()
         }
         shared["sections_text_email_only"] = render_blocks(self._sections_text, email_only)
+        return shared
 
     def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
         ctx, token = self._email_context(issue, shared, recipient)
-        return DigestEmail(
         variant = "" if recipient.on_matrix else "_email_only"
+        return DigestEmail(
             subject=ctx["subject"],
             text=self._email_text.render(ctx, sections=ctx["sections_text" + variant]),
             html=self._email_html.render(ctx, sections=ctx["sections_html" + variant]),
