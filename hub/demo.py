@@ -13,8 +13,9 @@ What it does, in order:
    ticked explicitly (its own scheduler is paused meanwhile), while simulated
    participants (real nio clients with encryption, `hub.devserver.client`)
    chat, set backup plans, answer check-ins and report a dropped call;
-4. prints a summary: counts, the emails worth opening, and how to log in with
-   any Matrix client; with ``--keep`` everything stays up until Ctrl-C.
+4. prints a summary: counts and the emails worth opening; with ``--keep``
+   everything stays up until Ctrl-C, and the summary says how to log in with
+   any Matrix client.
 
 Nothing here is faked: where a feature is missing from this build the phase
 says so instead of printing made-up output.
@@ -38,10 +39,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
-__all__ = ["DEMO_COHORT", "DemoPerson", "ShiftedClock", "main", "people"]
+if TYPE_CHECKING:
+    from hub.core.calendar import ItemKind
+
+__all__ = ["DEMO_COHORT", "DemoPerson", "ShiftedClock", "describe", "login_lines", "main", "people"]
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +259,45 @@ def highlights(mail_dir: Path) -> list[Path]:
     return out
 
 
+def describe(kind: ItemKind, targets: int, *, pairs: int) -> str:
+    """One calendar item's line in the progress output: where it went, as `AUDIENCES` sends it.
+
+    Each text names the lounge, pair rooms, direct rooms and email exactly when the item goes
+    there (a test compares them with `hub.core.calendar.AUDIENCES`).
+    """
+    from hub.core.calendar import ItemKind
+
+    texts: dict[ItemKind, str] = {
+        ItemKind.LAUNCH: f"welcome in the lounge and {pairs} pair rooms, with video links "
+                         "and the backup-plan prompt",
+        ItemKind.WEBINAR_ANNOUNCE: "kick-off webinar announced: lounge post, emails with an .ics invite",
+        ItemKind.WEBINAR_REMINDER_24H: "webinar reminder (24 h): lounge and email",
+        ItemKind.WEBINAR_REMINDER_1H: "webinar reminder (1 h): lounge and email",
+        ItemKind.WEBINAR_FOLLOWUP: "webinar follow-up in the lounge",
+        ItemKind.ICEBREAKER: "icebreaker to each pair room and the lounge",
+        ItemKind.CHECKIN: "\"did you meet, and how?\" in each pair room",
+        ItemKind.REFLECTION: "reflection prompt in pair rooms, private 1-5 check-in in direct rooms",
+        ItemKind.DIGEST: "weekly digest: lounge post and emails",
+    }
+    return f"{texts.get(kind, str(kind))} ({targets} target{'s' if targets != 1 else ''})"
+
+
+def login_lines(*, keep: bool, homeserver: str, user: str, password: str, room: str) -> list[str]:
+    """How to look around in a Matrix client; an address and a password only while they work."""
+    if not keep:
+        # Without --keep the homeserver and its accounts are deleted as the demo ends: its
+        # address and a password would only send the reader to a server that is gone.
+        return ["The throwaway homeserver and its accounts are deleted as the demo ends. To look around "
+                "in a Matrix client, run `hub demo --keep`: it prints an address and a moderator's "
+                "password that work until you press Ctrl-C."]
+    return ["Look around with any Matrix client (e.g. Element Web or desktop: \"Sign in\", edit the "
+            "homeserver):",
+            f"  homeserver  {homeserver}",
+            f"  user        {user}   (moderator)",
+            f"  password    {password}",
+            f"  then open the room \"{room}\" and send `!hub help`."]
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -463,8 +506,6 @@ class Demo:
     # -- the program -------------------------------------------------------------------------------
 
     async def _play(self) -> None:
-        from hub.core.calendar import ItemKind
-
         # Scripted moments between calendar items, at local program times (day 0 = launch day).
         script: list[tuple[datetime, str, Callable[[], Awaitable[str]]]] = [
             (self._at(0, "09:40"), "backup plans", self._plans),
@@ -524,22 +565,8 @@ class Demo:
 
         return tick
 
-    def _describe(self, kind: object, targets: int) -> str:
-        from hub.core.calendar import ItemKind
-
-        texts = {
-            ItemKind.LAUNCH: f"welcome in the lounge and {len(self.pair_rooms)} pair rooms, with video links "
-                             "and the backup-plan prompt",
-            ItemKind.WEBINAR_ANNOUNCE: "kick-off webinar announced: lounge post, emails with an .ics invite",
-            ItemKind.WEBINAR_REMINDER_24H: "webinar reminder (24 h): lounge and email",
-            ItemKind.WEBINAR_REMINDER_1H: "webinar reminder (1 h): lounge and email",
-            ItemKind.WEBINAR_FOLLOWUP: "webinar follow-up: lounge and email",
-            ItemKind.ICEBREAKER: "icebreaker to each pair room and the lounge",
-            ItemKind.CHECKIN: "\"did you meet, and how?\" in each pair room",
-            ItemKind.REFLECTION: "reflection prompt in pair rooms, private 1-5 check-in in direct rooms",
-            ItemKind.DIGEST: "weekly digest",
-        }
-        return f"{texts.get(kind, str(kind))} ({targets} target{'s' if targets != 1 else ''})"  # type: ignore[call-overload]
+    def _describe(self, kind: ItemKind, targets: int) -> str:
+        return describe(kind, targets, pairs=len(self.pair_rooms))
 
     def _digest_line(self, detail: str) -> str:
         program = self.hub.program
@@ -687,16 +714,9 @@ class Demo:
                f"log: {self.out / 'demo.log'}")
         p.line("")
         lin = next(c for c in self.cast if c.localpart == "lin")
-        if self.keep:
-            p.line("Look around with any Matrix client (e.g. Element Web or desktop: \"Sign in\", edit the "
-                   "homeserver):")
-        else:
-            p.line("Everything is stopped now. Run `hub demo --keep` to look around in a Matrix client "
-                   "afterwards, with e.g.:")
-        p.line(f"  homeserver  {self.synapse.url}")
-        p.line(f"  user        {lin.user_id}   (moderator)")
-        p.line(f"  password    {self.passwords['lin']}")
-        p.line(f"  then open the room \"{self.settings.matrix.control_room}\" and send `!hub help`.")
+        for line in login_lines(keep=self.keep, homeserver=self.synapse.url, user=lin.user_id,
+                                password=self.passwords["lin"], room=self.settings.matrix.control_room):
+            p.line(line)
 
 
 def main(out: Path, *, keep: bool = False, stream: TextIO | None = None) -> int:

@@ -5,6 +5,7 @@ Mirrors `hub.core.content_library`. Fast unit tests: no homeserver, no SMTP, no 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def test_shipped_library_passes_the_check_with_the_required_counts() -> None:
     assert counts[(Kind.TIP, Audience.COHORT, "digest")] >= 5
     assert set(counts) == set(SLOTS), "every slot is covered and nothing else"
     assert "OK" in report.summary()
+
+
+# Chat-only requests: fine in the lounge, pointing nowhere in an email.
+_CHAT_ONLY = re.compile(r"\b(?:say so|reply|ask|answer|post|share|write|tell us)(?: it| them)? here\b", re.I)
+
+
+@pytest.mark.parametrize("use", ["announcement", "reminder"])
+def test_webinar_mail_asks_nothing_only_a_chat_room_could_answer(library: Library, use: str) -> None:
+    """Issue 16: the invite email said "Can't make it? Say so here": the same text goes to the lounge
+    and by email, so it must ask only what an email reader can do."""
+    for item in library.select(Kind.WEBINAR, Audience.COHORT, use=use):
+        for label, variables in SAMPLES:
+            text = library.render(item, variables).email_text
+            assert not _CHAT_ONLY.search(text), (item.id, label, _CHAT_ONLY.search(text))
 
 
 def test_default_library_is_the_repository_content_folder() -> None:
