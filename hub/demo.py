@@ -150,6 +150,7 @@ class Tally:
 
     commands: Counter[str] = field(default_factory=Counter)
     chat: int = 0
+    reactions: int = 0  # answers given by tapping the hub's offered reaction
     met: Counter[str] = field(default_factory=Counter)
     checkins: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -593,6 +594,11 @@ class Demo:
         self.tally.commands[command.split()[1]] += 1
         return await sim.ask(room, command, timeout=_REPLY_TIMEOUT)  # type: ignore[attr-defined, no-any-return]
 
+    async def _tap(self, who: str, room: str, key: str) -> str:
+        """Answer the hub's latest prompt in `room` by tapping its reaction `key`, as in Element."""
+        self.tally.reactions += 1
+        return await self.sims[who].tap(room, key, timeout=_REPLY_TIMEOUT)  # type: ignore[attr-defined, no-any-return]
+
     async def _say(self, who: str, room: str, text: str) -> None:
         await self.sims[who].send(room, text)  # type: ignore[attr-defined]
         self.tally.chat += 1
@@ -624,16 +630,20 @@ class Demo:
         return "2 lounge posts about the kick-off"
 
     async def _met(self) -> str:
+        from hub.features.prompts import MET, OPTIONS
+
         answers = [("ada", "ben", "video"), ("grace", "chloe", "voice"), ("alan", "dev", "text"),
                    ("kat", None, "notyet")]
+        key = {option: emoji for emoji, option in OPTIONS[MET]}
+        # Nobody types `!hub met`: each pair taps one of the reactions the hub put on the question.
         replies = await asyncio.gather(*(
-            self._ask(mentee or mentor, self.pair_rooms[mentor], f"!hub met {mode}")
+            self._tap(mentee or mentor, self.pair_rooms[mentor], key[mode])
             for mentor, mentee, mode in answers))
         for (_, _, mode), _reply in zip(answers, replies, strict=True):
             self.tally.met[mode] += 1
         nudged = sum("video" in r.lower() for (_, _, mode), r in zip(answers, replies, strict=True)
                      if mode == "text")
-        return (f"answers: {', '.join(f'{m} {n}' for m, n in self.tally.met.items())}; "
+        return (f"answers by reaction: {', '.join(f'{m} {n}' for m, n in self.tally.met.items())}; "
                 f"the text-only pair got {'a nudge towards video' if nudged else 'no nudge'}")
 
     async def _reflect(self) -> str:
@@ -654,11 +664,14 @@ class Demo:
                      if r.status == "ready" and r.room_id and r.user_id}
             if len(rooms) < len(scores):
                 await asyncio.sleep(0.3)
-        replies = await asyncio.gather(*(self._ask(who, rooms[who], f"!hub checkin {score}")
+        from hub.features.prompts import CHECKIN, OPTIONS
+
+        key = {option: emoji for emoji, option in OPTIONS[CHECKIN]}
+        replies = await asyncio.gather(*(self._tap(who, rooms[who], key[str(score)])
                                          for who, score in scores.items() if who in rooms))
         self.tally.checkins = [scores[w] for w in scores if w in rooms]
         guided = sum("private guide" in r for r in replies)
-        return (f"{len(replies)} private check-ins answered (scores stay private); "
+        return (f"{len(replies)} private check-ins answered by tapping 1️⃣-5️⃣ (scores stay private); "
                 f"{guided} low score{'s' if guided != 1 else ''} got the reflection guide and the "
                 "offer of `!hub support`")
 
@@ -696,9 +709,10 @@ class Demo:
         p.line(f"  - {len(self.cast)} people in cohort `{DEMO_COHORT}`, {len(self.pair_rooms)} pairs, "
                f"1 lounge, 1 space")
         p.line(f"  - {messages} Matrix messages and room actions by the hub; {sum(t.commands.values())} "
-               f"commands from participants answered; {t.chat} chat messages")
-        p.line(f"  - \"did you meet?\": {', '.join(f'{m} {n}' for m, n in t.met.items()) or 'no answers'}; "
-               f"{len(t.checkins)} private check-ins")
+               f"commands and {t.reactions} reactions from participants answered; {t.chat} chat messages")
+        p.line(f"  - \"did you meet?\" answered by reaction: "
+               f"{', '.join(f'{m} {n}' for m, n in t.met.items()) or 'no answers'}; "
+               f"{len(t.checkins)} private check-ins, also by reaction")
         p.line(f"  - digest: {t.digest}")
         p.line(f"  - {len(emails)} emails")
         for line in t.report:

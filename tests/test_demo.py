@@ -31,6 +31,12 @@ def test_demo_runs_and_its_emails_parse(tmp_path: Path) -> None:
     assert "homeserver  http" not in text and "password  " not in text and "hub demo --keep" in text
     assert "follow-up: lounge and email" not in text and "webinar follow-up in the lounge" in text
     assert "incomplete" not in text and "\n  ! " not in text, text
+    # The simulated participants answer the check-ins by tapping the hub's reactions, and say so.
+    assert re.search(r'"did you meet\?" answered by reaction: video 1, voice 1, text 1, notyet 1; '
+                     r"7 private check-ins, also by reaction", text), text
+    reacted = re.search(r"commands and (\d+) reactions from participants answered", text)
+    assert reacted is not None and int(reacted.group(1)) == 4 + 7, text
+    assert "answers by reaction: video 1" in text and "answered by tapping 1️⃣-5️⃣" in text
 
     listed = [Path(line.strip()) for line in text.splitlines() if line.strip().endswith(".eml")]
     assert listed, text
