@@ -93,6 +93,13 @@ def week_in_key(dedupe_key: str | None) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _week_of(payload: dict[str, Any], dedupe_key: str | None) -> int | None:
+    """The week a prompt asks about: its payload says (hub.features.program.prompt_row), or its key."""
+    about = payload.get("prompt")
+    week = about.get("week") if isinstance(about, dict) else None
+    return week if isinstance(week, int) and week > 0 else week_in_key(dedupe_key)
+
+
 class PromptRecorder:
     """The Matrix sender's hook for sent messages: records prompts and queues their options."""
 
@@ -119,9 +126,9 @@ class PromptRecorder:
                    ).scalar_one_or_none()
             cohort = await self._cohort(s, room, key)
             now = self.clock.now()
-            week = week_in_key(key)
+            week = _week_of(payload, key)
             if week is None:
-                # Sent by `!hub send`: the week it was sent in, as `!hub met` would say.
+                # Queued without its week: the week it is sent in, as `!hub met` would say.
                 week = program_week_of(CohortView(cohort, None), now) if cohort is not None else 0
             s.add(Prompt(event_id=event_id, room_id=room_id, kind=kind,
                          cohort_id=cohort.id if cohort is not None else None,
