@@ -299,3 +299,29 @@ security = "none"
     # The first run creates the schema and says so in one line; the second has nothing to say.
     assert first.stderr.count("database schema created") == 1, first.stderr
     assert "database schema" not in second.stderr, second.stderr
+
+
+async def test_a_proxy_answering_502_is_unreachable_not_a_login_failure(tmp_path: Path) -> None:
+    """A homeserver behind a reverse proxy that answers 502 while Synapse is down: `hub run`
+    waits for it like a refused connection (it used to exit with 'logging in ... failed')."""
+    from aiohttp import web
+
+    async def bad_gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>502 Bad Gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", bad_gateway)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = _config(tmp_path, f"http://127.0.0.1:{port}")
+        result = await asyncio.to_thread(_hub, "check", "-c", str(config))
+    finally:
+        await runner.cleanup()
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith(str(config))]
+    assert problems == [
+        f"{config}: matrix.homeserver: cannot reach the homeserver at http://127.0.0.1:{port}: HTTP 502"
+    ], result.stderr
