@@ -558,6 +558,7 @@ class Demo:
             detail = "; ".join(parts) or "nothing due"
             if ItemKind.CHECKIN in kinds:
                 detail += "; " + await self._met()
+                detail += "; " + await self._answer_by_email()
             if ItemKind.REFLECTION in kinds:
                 detail += "; " + await self._reflect()
             if ItemKind.DIGEST in kinds:
@@ -645,6 +646,37 @@ class Demo:
                      if mode == "text")
         return (f"answers by reaction: {', '.join(f'{m} {n}' for m, n in self.tally.met.items())}; "
                 f"the text-only pair got {'a nudge towards video' if nudged else 'no nudge'}")
+
+    async def _answer_by_email(self) -> str:
+        """The email-only mentee answers with the link in her check-in email, as in a browser."""
+        import email
+        import email.policy
+        import re
+
+        import aiohttp
+
+        person = next(p for p in self.cast if not p.on_matrix)
+        first = person.name.split()[0]
+        text = None
+        for path in sorted((self.out / "mail").glob("*.eml"), reverse=True):  # her newest question
+            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if person.email in str(msg["To"]) and "meet this week" in str(msg["Subject"]):
+                body = msg.get_body(preferencelist=("plain",))
+                content = body.get_content() if body is not None else None  # type: ignore[attr-defined]
+                text = content.replace("\r\n", "\n") if isinstance(content, str) else None
+                break
+        link = re.search(r"\* Not yet this week\n  (\S+/answer/\S+)", text or "")
+        if link is None:
+            raise RuntimeError(f"{first}'s check-in email with its answer links did not arrive")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(link.group(1)) as resp:  # the confirm page: records nothing yet
+                asked = resp.status == 200 and "Record my answer" in await resp.text()
+            async with http.post(link.group(1)) as resp:  # the page's button
+                noted = resp.status == 200 and "noted" in await resp.text()
+        if not (asked and noted):
+            raise RuntimeError(f"{first}'s answer link did not work")
+        return (f"{first} (email only) got the question by email and answered \"not yet\" with its "
+                "link: a confirm page, then recorded")
 
     async def _reflect(self) -> str:
         from sqlalchemy import select
