@@ -553,14 +553,6 @@ async def add_member(
     return member, outcome
 
 
-async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> tuple[Member, int]:
-    """Remove a member: their open pairs close, they leave the space and lounge.
-
-    Returns the member and how many pairs were closed.
-    """
-    assert cohort.id is not None
-    member = await find_member(s, cohort.id, who)
-    if member is None:
 # -- an email-only participant's welcome ------------------------------------------------------
 # One welcome each, from the content library, sent complete: paired in the same transaction
 # (a roster import, `!hub add` then `!hub pair` is two), the queued welcome is rebuilt with the
@@ -622,6 +614,14 @@ async def _queue_pair_mail(s: AsyncSession, env: Env, me: Member, partner: Membe
         closed += 1
     if member.matrix_id and member.matrix_id not in config_moderators(env):
         for room in await cohort_rooms(s, cohort.id):
+async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> tuple[Member, int]:
+    """Remove a member: their open pairs close, they leave the space and lounge.
+
+    Returns the member and how many pairs were closed.
+    """
+    assert cohort.id is not None
+    member = await find_member(s, cohort.id, who)
+    if member is None:
             if room is not None:
                 await _unwant(s, env, room, member.matrix_id, f"removed from {cohort.name}")
                 if member.role == "moderator":
