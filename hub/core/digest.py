@@ -35,6 +35,7 @@ from markupsafe import Markup
 
 from hub.core.email_css import preinline, stylesheet
 from hub.core.markup import sanitize_matrix_html
+from hub.core.messages import notice_content
 from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers, unsubscribe_url
 
 __all__ = [
@@ -178,19 +179,13 @@ class MatrixMessage:
     formatted_body: str
 
     def content(self) -> dict[str, Any]:
-        """An `m.notice` event content.
+        """An `m.notice` event content (`hub.core.messages.notice_content`, like every notice).
 
-        `m.mentions: {}` says "this pings nobody": a quoted display name or an
+        Its `m.mentions: {}` says "this pings nobody": a quoted display name or an
         "@room" inside an excerpt must not notify anyone (MSC3952 turns off the
         legacy body-matching push rules when the key is present).
         """
-        return {
-            "msgtype": "m.notice",
-            "body": self.body,
-            "format": "org.matrix.custom.html",
-            "formatted_body": self.formatted_body,
-            "m.mentions": {},
-        }
+        return notice_content(self.body, self.formatted_body)
 
 
 @dataclass(frozen=True, slots=True)
