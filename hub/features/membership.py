@@ -606,14 +606,6 @@ async def _queue_pair_mail(s: AsyncSession, env: Env, me: Member, partner: Membe
                    payload=payload, dedupe_key=f"pair-email:{pair.id}:{me.id}")
 
 
-        raise CommandError(f"{who} is not a member of {cohort.slug}.")
-    member.status, member.removed_at = "removed", env.now()
-    closed = 0
-    for pair in await _open_pairs_of(s, member):
-        await close_pair(s, env, pair)
-        closed += 1
-    if member.matrix_id and member.matrix_id not in config_moderators(env):
-        for room in await cohort_rooms(s, cohort.id):
 async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> tuple[Member, int]:
     """Remove a member: their open pairs close, they leave the space and lounge.
 
@@ -622,6 +614,14 @@ async def remove_member(s: AsyncSession, env: Env, cohort: Cohort, who: Who) -> 
     assert cohort.id is not None
     member = await find_member(s, cohort.id, who)
     if member is None:
+        raise CommandError(f"{who} is not a member of {cohort.slug}.")
+    member.status, member.removed_at = "removed", env.now()
+    closed = 0
+    for pair in await _open_pairs_of(s, member):
+        await close_pair(s, env, pair)
+        closed += 1
+    if member.matrix_id and member.matrix_id not in config_moderators(env):
+        for room in await cohort_rooms(s, cohort.id):
             if room is not None:
                 await _unwant(s, env, room, member.matrix_id, f"removed from {cohort.name}")
                 if member.role == "moderator":
