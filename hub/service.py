@@ -108,7 +108,9 @@ class Hub:
         self.control_room_owned = False
         self._parked: dict[str, tuple[str, MegolmEvent]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._joining: set[str] = set()
+        # Invites being accepted (room id -> the join task): a command from such a room
+        # waits for it, since joining may adopt the room as someone's direct room.
+        self._joining: dict[str, asyncio.Task[None]] = {}
         self.ready = asyncio.Event()
         self.extra_senders: dict[str, Sender] = {}
         self.smtp_pool: SmtpPool | None = None
@@ -312,7 +314,7 @@ class Hub:
         facts = extract(resp, self.client.user_id)
         self.creators.update(facts.creators)
         for invite in facts.invites:
-            await self._consider_invite(invite.room_id, invite.inviter)
+            await self._consider_invite(invite.room_id, invite.inviter, direct=invite.is_direct)
         if self.rooms is not None:
             await self.rooms.on_sync(resp, first)
         if self.activity is not None:
@@ -366,33 +368,45 @@ class Hub:
             if self.answers is not None:
                 await self.answers.on_event(room_id, decrypted)
 
-    async def _consider_invite(self, room_id: str, inviter: str) -> None:
+    async def _consider_invite(self, room_id: str, inviter: str, *, direct: bool = False) -> None:
         assert self.client is not None
         if room_id in self._joining:
             return
         if await self.may_invite(inviter):
-            self._joining.add(room_id)
             # Joining is network work: never inside the sync handler itself.
-            task = asyncio.create_task(self._join(room_id, inviter))
-            task.add_done_callback(lambda t: self._joining.discard(room_id))
+            task = asyncio.create_task(self._join(room_id, inviter, direct=direct))
+            self._joining[room_id] = task
+            task.add_done_callback(lambda t: self._joining.pop(room_id, None))
         else:
             log.info("declining invite to %s from %s (not a moderator or participant)",
                      room_id, inviter)
             task = asyncio.create_task(self._decline(room_id))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _join(self, room_id: str, inviter: str) -> None:
+    async def _join(self, room_id: str, inviter: str, *, direct: bool = False) -> None:
         assert self.client is not None
         for attempt in range(6):
             try:
                 resp = await self.client.join(room_id)
                 if getattr(resp, "room_id", None):
                     log.info("joined %s on invite from %s", room_id, inviter)
+                    if direct and self.rooms is not None:
+                        await self._adopt(room_id, inviter)
                     return
                 log.warning("joining %s failed: %s", room_id, resp)
             except Exception as e:
                 log.warning("joining %s failed: %s", room_id, e)
             await asyncio.sleep(min(30, 2 ** attempt))
+
+    async def _adopt(self, room_id: str, inviter: str) -> None:
+        """A direct chat a participant or moderator opened: their direct room if it is one."""
+        assert self.rooms is not None
+        try:
+            await self.rooms.adopt_direct(room_id, inviter)
+        except Exception:
+            # The room stays an ordinary one; the next start's room check does not retry it,
+            # but a new direct chat from the person would be adopted.
+            log.exception("adopting %s as the direct room of %s failed", room_id, inviter)
 
     async def _decline(self, room_id: str) -> None:
         assert self.client is not None
@@ -449,6 +463,11 @@ class Hub:
     async def room_kind(self, room_id: str) -> RoomKind:
         if room_id == self.control_room_id:
             return RoomKind.CONTROL
+        joining = self._joining.get(room_id)
+        if joining is not None:
+            # A command sent before the hub had joined (clients let people type at once):
+            # its room may be about to become their direct room. Bounded: joining retries.
+            await asyncio.wait({joining}, timeout=10)
         kind = await self.rooms.kind_of(room_id) if self.rooms is not None else None
         return kind or RoomKind.OTHER
 

@@ -69,15 +69,19 @@ from hub.storage.models import (
 
 __all__ = [
     "ACTIVE_PAIR",
+    "DM",
     "OPEN",
     "Env",
     "add_member",
+    "adopt_direct_room",
     "build_spec",
     "close_pair",
     "cohort_rooms",
     "config_moderators",
     "create_cohort",
+    "describe_room",
     "desired_members",
+    "drop_direct_room",
     "ensure_direct_room",
     "ensure_pair_room",
     "find_member",
@@ -106,6 +110,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OPEN = ("active", "paused")
+# The kind of a direct room the person opened and the hub joined (an `is_direct` invite):
+# theirs, not the hub's. It is never repaired, tagged or given pair content (module
+# "direct rooms" below).
+DM = "dm"
 ACTIVE_PAIR = "active"
 _INSTALL_KEY = "cohorts.install"
 _SECRET_KEY = "cohorts.video_secret"
@@ -878,8 +886,16 @@ async def set_pair_status(s: AsyncSession, env: Env, pair: Pair, status: str) ->
 # -- direct rooms -------------------------------------------------------------------------------
 
 
+# A person's direct room is one row, key `direct:<user>`, whoever made the room: the hub
+# (kind "direct", created when first needed) or the person (kind `DM`, adopted when they
+# open a direct chat with the hub). The newest one the person opened wins, since they
+# chose it: the hub says goodbye in the one it replaces and leaves it. An adopted room
+# the hub gives up (someone else joined, the person left, the hub was removed) is closed,
+# and the next private message makes a room of the hub's own again.
+
+
 async def ensure_direct_room(s: AsyncSession, env: Env, user_id: str) -> HubRoom:
-    """The hub's encrypted 1:1 room with a participant, queued for creation the first time it is needed.
+    """The person's direct room: the one they opened, else the hub's own (queued the first time).
 
     Messages for it may be queued right away with `queue_room_message`: they
     wait for the room.
@@ -889,7 +905,94 @@ async def ensure_direct_room(s: AsyncSession, env: Env, user_id: str) -> HubRoom
     if room is None:
         room = await _new_room(s, env, key=key, kind="direct", user_id=user_id)
         await _want(s, env, room, user_id)
+    elif room.kind == DM and room.status == "closed":
+        # The chat they opened was given up: the hub makes one of its own (a new generation).
+        room.kind, room.room_id, room.status, room.ready_at = "direct", None, "pending", None
+        room.generation += 1
+        rows = await s.execute(select(RoomMember).where(room_member_table.c.room_pk == room.id))
+        for rm in rows.scalars():
+            rm.state, rm.invited_at, rm.joined_at, rm.updated_at = "pending", None, None, env.now()
+        await _room_added(s, env, room)
+        await _want(s, env, room, user_id)
     return room
+
+
+async def adopt_direct_room(s: AsyncSession, env: Env, user_id: str, room_id: str) -> tuple[bool, str | None]:
+    """Record `room_id`, a direct chat `user_id` opened with the hub, as their direct room.
+
+    The caller has checked that it is one (the person made it, the two of them only).
+    Returns (adopted, the room id it replaces, which the caller says goodbye in and
+    leaves); not adopted when the room is already recorded as something else.
+    """
+    key = f"direct:{user_id}"
+    taken = (await s.execute(select(hub_room_table.c.key).where(hub_room_table.c.room_id == room_id))
+             ).scalar_one_or_none()
+    if taken is not None and taken != key:
+        return False, None
+    room = await _room(s, key)
+    now = env.now()
+    old: str | None = None
+    if room is None:
+        room = HubRoom(id=await new_id(s, hub_room_table), key=key, kind=DM, user_id=user_id,
+                       room_id=room_id, status="ready", created_at=now, ready_at=now)
+        s.add(room)
+        await s.flush()
+    else:
+        if room.room_id == room_id and room.status == "ready" and room.kind == DM:
+            return True, None
+        if room.room_id and room.room_id != room_id and room.status != "closed":
+            old = room.room_id
+        # A new generation: a creation still queued for the hub's own room is superseded.
+        room.generation += 1
+        room.kind, room.room_id, room.status, room.ready_at, room.problem = DM, room_id, "ready", now, None
+    rm = (await s.execute(select(RoomMember).where(
+        (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user_id)
+    ))).scalar_one_or_none()
+    if rm is None:
+        assert room.id is not None
+        s.add(RoomMember(room_pk=room.id, user_id=user_id, state="joined", joined_at=now, updated_at=now))
+    else:
+        rm.state, rm.joined_at, rm.updated_at = "joined", now, now
+    # Messages waiting for a room of the hub's own that was never made go here instead.
+    await relane(s, room)
+    return True, old
+
+
+async def drop_direct_room(s: AsyncSession, env: Env, room: HubRoom, farewell: str | None) -> None:
+    """Stop using an adopted direct room: a last word (if any), then the hub leaves it.
+
+    Both go by room id: the row is closed at once, so nothing private is sent there
+    again and commands there stop being direct-room commands.
+    """
+    assert room.kind == DM and room.room_id is not None
+    room.status = "closed"
+    await leave_by_id(s, env, room.room_id, farewell, key=f"{room.key}:{room.generation}")
+
+
+async def leave_by_id(s: AsyncSession, env: Env, room_id: str, farewell: str | None, *, key: str) -> None:
+    """A last notice (if any), then leave: for a room the hub no longer records as anything."""
+    if farewell:
+        body, html = markdown_to_matrix(farewell)
+        await _enqueue(s, env, channel=MATRIX, kind="room-farewell", lane=room_id,
+                       payload={"op": "message", "room_id": room_id, "type": "m.room.message",
+                                "content": notice_content(body, html)},
+                       dedupe_key=f"farewell:{key}:{room_id}")
+    await _enqueue(s, env, channel=MATRIX, kind="room-leave", lane=room_id,
+                   payload={"op": "leave_room", "room_id": room_id}, dedupe_key=f"leave:{key}:{room_id}")
+
+
+async def describe_room(s: AsyncSession, room_id: str) -> str:
+    """A room as moderators know it ("the Spring 2027 lounge", "a pair room"), for notices."""
+    row = (await s.execute(select(hub_room_table.c.kind, cohort_table.c.name)
+                           .select_from(hub_room_table)
+                           .outerjoin(cohort_table, cohort_table.c.id == hub_room_table.c.cohort_id)
+                           .where(hub_room_table.c.room_id == room_id))).first()
+    if row is None:
+        return "a room the hub was invited to"
+    kind, cohort = row
+    if cohort and kind in ("lounge", "space"):
+        return f"the {escape_markdown(one_line(cohort))} {kind}"
+    return {"pair": "a pair room", "direct": "a direct room", DM: "a direct room"}.get(kind, "a room")
 
 
 # -- what a room should be ------------------------------------------------------------------------

@@ -68,7 +68,8 @@ __all__ = ["REMINDER_AFTER", "ReconcileReport", "RoomKeeper"]
 log = logging.getLogger(__name__)
 
 REMINDER_AFTER = 48 * 3600.0
-_KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT}
+_KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT,
+          ms.DM: RoomKind.DIRECT}
 _LIVE = ("pending", "creating", "ready", "closing")
 _DRIFT_RECHECKS = 5  # a drift fix looks again this many times for a change that came back
 
@@ -124,6 +125,7 @@ class RoomKeeper:
             "kick": self.op_kick,
             "leave": self.op_leave,
             "room_fix": self.op_fix,
+            "leave_room": self.op_leave_room,
         })
         sender.resolve_room_key = self.resolve
         sender.load_room = self.provision.load_room
@@ -261,6 +263,11 @@ class RoomKeeper:
             assert room is not None
             if room.room_id is None:
                 room.room_id, room.room_version = room_id, version
+            elif room.room_id != room_id:
+                # The person opened a direct chat while this one was being made: theirs is
+                # used (`adopt_direct`), this one is left.
+                await ms.leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
+                return f"superseded by {room.room_id}"
             if room.status == "creating":
                 room.status, room.ready_at = "ready", env.now()
             await self._mark_invited(s, env, room, done, failed, row)
@@ -353,8 +360,17 @@ class RoomKeeper:
                 room.status = "closed"
         return "left"
 
+    async def op_leave_room(self, row: Claimed, p: dict[str, Any]) -> str:
+        """Leave a room by id: one the hub no longer uses (a replaced or given-up direct chat)."""
+        await self.provision.leave(str(p["room_id"]))
+        return "left"
+
     async def op_fix(self, row: Claimed, p: dict[str, Any]) -> str:
         key = str(p["room_key"])
+        async with self.db.session() as s:
+            found = await self._by_key(s, key)
+        if found is not None and found.kind == ms.DM:
+            return "not the hub's room: its state is the person's"  # a fix queued before adoption
         room_id = await self.resolve(key)
         snap = await self.provision.snapshot(room_id)
         if snap is None:
@@ -417,6 +433,83 @@ class RoomKeeper:
             self._told.clear()
         self._told.update(str(e.get("event_id")) for e, _ in changes)
 
+    # -- direct chats people open ---------------------------------------------------------------
+
+    async def adopt_direct(self, room_id: str, user_id: str) -> bool:
+        """A direct chat `user_id` opened and the hub just joined: adopt it as their direct room.
+
+        Only a room the person created, with the two of them in it and nobody else
+        invited, counts (its state is read after joining: an invite's stripped state does
+        not list members). Anything else stays an ordinary room, with a word saying why.
+        Adopted, it is theirs, never the hub's (`ms.DM`): the hub sends only what is meant
+        for the person and watches who is in it (`_dm_member`, `_check_dm`).
+        """
+        hub = self.settings().matrix.user_id
+        snap = await self.provision.snapshot(room_id)
+        if snap is None:
+            return False
+        why = _not_direct(snap, user_id, hub)
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            if why is None:
+                adopted, old = await ms.adopt_direct_room(s, env, user_id, room_id)
+                why = None if adopted else "the hub already uses it for something else"
+            if why is not None:
+                log.info("%s is not a direct room with %s: %s", room_id, user_id, why)
+                await self._say(s, env, room_id, _not_direct_text(env.prefix, why), f"not-direct:{room_id}")
+                return False
+            await self._say(s, env, room_id, _hello_text(env.prefix), f"dm-hello:{room_id}")
+            if old is not None:
+                await ms.leave_by_id(s, env, old, _REPLACED, key=f"direct:{user_id}:replaced")
+        log.info("adopted %s as the direct room of %s%s", room_id, user_id,
+                 f" (instead of {old})" if old else "")
+        self.provision.feed(room_id, snap.events)  # nio may not have synced it yet: the hello is next
+        try:
+            await self.provision.set_direct(user_id, room_id)
+        except (TemporaryDeliveryError, PermanentDeliveryError) as e:
+            # Only the hub's own clients read m.direct: the room works without it.
+            log.warning("m.direct not updated for %s: %s", room_id, e.reason)
+        return True
+
+    async def _say(self, s: AsyncSession, env: ms.Env, room_id: str, markdown: str, dedupe: str) -> None:
+        body, html = markdown_to_matrix(markdown)
+        await env.outbox.enqueue(s, channel=MATRIX, kind="room-notice", lane=room_id,
+                                 payload={"op": "message", "room_id": room_id, "type": "m.room.message",
+                                          "content": notice_content(body, html)},
+                                 dedupe_key=dedupe)
+
+    async def _dm_member(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str, state: str) -> None:
+        """Someone's membership changed in an adopted direct room (seen by the sync)."""
+        if room.status != "ready":
+            return
+        if user == room.user_id:
+            if state in ("left", "banned"):
+                await ms.drop_direct_room(s, env, room, None)  # they left it: nobody to tell
+        elif state in ("invited", "joined"):
+            log.info("%s is no longer a direct room: %s %s", room.room_id, user, state)
+            await ms.drop_direct_room(s, env, room, _NOT_PRIVATE)
+
+    async def _check_dm(self, room: HubRoom) -> None:
+        """An adopted direct room at start: still the two of them? Nothing else is checked or set."""
+        assert room.room_id is not None
+        hub = self.settings().matrix.user_id
+        snap = await self.provision.snapshot(room.room_id)
+        gone = snap is None or snap.members.get(hub) != "join"
+        why = None if gone or snap is None else _not_direct(snap, room.user_id or "", hub, adopted=True)
+        if not gone and why is None:
+            self.provision.feed(room.room_id, snap.events if snap is not None else [])
+            return
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            fresh = await self._by_key(s, room.key)
+            if fresh is None or fresh.room_id != room.room_id or fresh.status != "ready":
+                return
+            log.info("giving up %s as a direct room: %s", room.room_id, why or "the hub is not in it")
+            if gone:
+                fresh.status = "closed"  # removed from it, or the room is gone: nothing to leave
+            else:
+                await ms.drop_direct_room(s, env, fresh, _NOT_PRIVATE)
+
     # -- alerts ------------------------------------------------------------------------------------
 
     async def _alert(self, s: AsyncSession, env: ms.Env, text: str, *, dedupe: str) -> None:
@@ -442,8 +535,8 @@ class RoomKeeper:
                 a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if a is not None and b is not None:
                     return f"the pair room of {ms.member_markdown(a)} & {ms.member_markdown(b)}"
-        if room.kind == "direct":
-            return f"the direct room with {room.user_id}"
+        if room.kind in ("direct", ms.DM):
+            return f"the direct room with {escape_markdown(room.user_id or '?')}"
         return f"room {room.key}"
 
     # -- membership from sync ------------------------------------------------------------------------
@@ -491,8 +584,8 @@ class RoomKeeper:
         """
         for room_id in dict.fromkeys(c.room_id for c in drift):
             room = rooms.get(room_id)
-            if room is None or room.status != "ready":
-                continue
+            if room is None or room.status != "ready" or room.kind == ms.DM:
+                continue  # an adopted direct room's state is its maker's, not the hub's
             # Keyed by the batch, not the event: state resolution can bring an event back
             # that was fixed already, and the sync then shows the same event id again.
             await ms.queue_room_op(s, env, room, "room_fix", {"demote": [], "drift": True},
@@ -514,6 +607,9 @@ class RoomKeeper:
         now = env.now()
         state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(membership)
         if state is None:
+            return
+        if room.kind == ms.DM:
+            await self._dm_member(s, env, room, user, state)
             return
         if rm is None:
             if room.kind in ("pair", "direct") and state in ("invited", "joined"):
@@ -601,6 +697,9 @@ class RoomKeeper:
     async def check_room(self, room: HubRoom, report: ReconcileReport) -> None:
         assert room.room_id is not None and report.repaired is not None
         hub = self.settings().matrix.user_id
+        if room.kind == ms.DM:
+            await self._check_dm(room)
+            return
         snap = await self.provision.snapshot(room.room_id)
         if snap is None or snap.members.get(hub) != "join":
             # Invited back, or the join rule lets the hub in: rejoining keeps the room.
@@ -803,6 +902,43 @@ class RoomKeeper:
         if changes and self.on_config_applied is not None:
             self.on_config_applied()  # after the commit: a new cohort may be due its launch post
         return True
+
+
+_REPLACED = ("You opened a new direct chat with me, so I'll talk with you there from now on and "
+             "leave this room. What was said here stays with you.")
+_NOT_PRIVATE = ("Someone else is in this chat now, so it is no longer private between you and the hub: "
+                "I'm leaving it. Your private check-ins will come in a direct chat of their own, or "
+                "start one with just me.")
+
+
+def _hello_text(prefix: str) -> str:
+    return (f"This is your private chat with the hub: only the two of us are in it. "
+            f"`{prefix} checkin 1-5`, `{prefix} reflect` and `{prefix} support TEXT` work here, "
+            f"and private check-ins will come here; `{prefix} help` lists the rest.")
+
+
+def _not_direct_text(prefix: str, why: str) -> str:
+    return (f"I've joined, but this isn't a private chat between you and me ({why}), so "
+            f"`{prefix} checkin`, `{prefix} reflect` and `{prefix} support` don't work here. "
+            "For those, start a direct chat with just me.")
+
+
+def _not_direct(snap: RoomSnapshot, user_id: str, hub: str, *, adopted: bool = False) -> str | None:
+    """Why the room is not `user_id`'s direct chat with the hub, or None if it is.
+
+    The person made it (nobody but them and the hub holds a creator's power there: in
+    room version 12 the trusted-private-chat preset, which clients use for direct chats,
+    makes the invitee a creator too), and besides the hub only they are in it or invited:
+    a room with a third member is not a direct room.
+    """
+    others = [u for u, m in snap.members.items() if m in ("join", "invite") and u not in (hub, user_id)]
+    if others:
+        return "other people are in it"
+    if snap.members.get(user_id) != "join":
+        return "you are not in it" if not adopted else "they left it"
+    if user_id not in snap.created_by or not snap.created_by <= {user_id, hub}:
+        return "someone else created it"
+    return None
 
 
 def _mtime(path: Path | None) -> float | None:
