@@ -195,9 +195,9 @@ class Hub:
             secret = await signing_secret(tx, s)
         self.web.add_routes(unsubscribe_routes(SqlSubscriptionStore(self.db, self.clock), secret,
                                                command_prefix=s.matrix.command_prefix))
+        self.web.add_routes(answer_routes(SqlAnswerStore(self.db, secret), secret, self.clock))
         await self.web.start()
         # The SMTP greeting first: it borrows the pool's connections before the dispatcher
-        self.web.add_routes(answer_routes(SqlAnswerStore(self.db, secret), secret, self.clock))
         # can take one, so mail at start waits for its outcome (SmtpPool.greet).
         if self.smtp_pool is not None:
             self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
