@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
-from hub.core.commands import CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.commands import CommandContext, CommandRegistry, CommandSpec, Reply, RoomKind
+from hub.core.content_format import escape_markdown
 from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
 from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import CommandError, PermissionDenied, UsageError
-from hub.features.membership import is_participant
+from hub.features.membership import describe_room, is_participant
 from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 # PRODUCT.md: commands other than these are for participants and moderators only.
 OPEN_TO_ALL = frozenset({"help", "ping"})
+
+# Rooms only the asker (and the hub) reads: a moderator's own direct room has the two of
+# them only (the hub removes others from its direct rooms and gives up an adopted one
+# someone else joins). Everywhere else a moderator's answer goes to the control room.
+_ASKER_ONLY = frozenset({RoomKind.CONTROL, RoomKind.DIRECT})
+ANSWERED_ELSEWHERE = "Answered in the moderators' room."
+DONE = "✅"
 
 _OOPS = (
     "Sorry, something went wrong on my side and nothing was changed. "
@@ -109,10 +117,10 @@ class CommandRunner:
                     audited = None
                 else:
                     reply, audited = await self._run(s, msg, rest, kind, moderator)
-                if reply is not None:
-                    await self._reply(s, msg, reply)
+                routed = reply is not None and await self._reply(s, msg, reply, done=audited == "ok")
                 if audited is not None:
-                    await self._audit(s, msg, audited)
+                    # A routed answer names the asker and the command: it is the audit notice.
+                    await self._audit(s, msg, audited, notice=not routed)
         except IntegrityError:
             return False  # another process handled the same event first
         if audited == "ok" and self.after_change is not None:
@@ -120,7 +128,12 @@ class CommandRunner:
             self.after_change()
         return True
 
-    async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply) -> None:
+    async def _reply(self, s: AsyncSession, msg: IncomingMessage, reply: Reply, *,
+                     done: bool = False) -> bool:
+        """Queue the answer under the command; True if it went to the control room instead."""
+        if reply.private:
+            await self._answer_among_moderators(s, msg, reply, done=done)
+            return True
         body, html = markdown_to_matrix(reply.text)
         reply_to = msg.reply_to or msg.event_id  # a reaction's answer goes under its prompt
         # A reply that asks someone to act (the plan after `!hub dropped`, for the partner) notifies them.
@@ -134,6 +147,43 @@ class CommandRunner:
             kind="reply",
             lane=msg.room_id,
             payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message", "content": content},
+            dedupe_key=f"reply:{msg.event_id}",
+        )
+        return False
+
+    async def _answer_among_moderators(self, s: AsyncSession, msg: IncomingMessage, reply: Reply, *,
+                                       done: bool) -> None:
+        """A moderator's answer with data in it, asked where others read: to the control room.
+
+        The room asked in gets a ✅ on the command when it was carried out, else a short
+        pointer: neither says anything but that. The control room's notice names who asked,
+        where and what, so moderators can tell whose answer it is.
+        """
+        control = self.control_room()
+        if not control:
+            await self._reply(s, msg, Reply("That answer is for moderators only, and the moderators' "
+                                            "room is not ready yet: ask again there in a minute."))
+            return
+        asked = f"{self.registry.prefix} {self.registry.addressed(msg.body) or ''}".strip()
+        where = await describe_room(s, msg.room_id)
+        failed = "" if done else " (not done)"
+        head_body, head_html = markdown_to_matrix(f"{escape_markdown(msg.sender)} asked in {where} "
+                                                  f"({msg.room_id}): {echo(asked, limit=300)}{failed}")
+        body, html = (reply.text, reply.html) if reply.html else markdown_to_matrix(reply.text)
+        await self.outbox.enqueue(
+            s, channel=MATRIX, kind="reply", lane=control,
+            payload={"op": "message", "room_id": control, "type": "m.room.message",
+                     "content": notice_content(f"{head_body}\n\n{body}", f"{head_html}\n{html}")},
+            dedupe_key=f"answer:{msg.event_id}",
+        )
+        if not done:
+            await self._reply(s, msg, Reply(ANSWERED_ELSEWHERE))
+            return
+        await self.outbox.enqueue(
+            s, channel=MATRIX, kind="reply", lane=msg.room_id,
+            payload={"op": "message", "room_id": msg.room_id, "type": "m.reaction",
+                     "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": msg.event_id,
+                                                  "key": DONE}}},
             dedupe_key=f"reply:{msg.event_id}",
         )
 
@@ -186,11 +236,23 @@ class CommandRunner:
                 return self._refuse_stranger(msg), None  # no lesson in commands they may not use
             return Reply(str(e)), None
         except CommandError as e:
-            return Reply(str(e)), ("error" if spec and spec.moderator_only else None)
+            outcome = "error" if spec and spec.moderator_only else None
+            return self._placed(spec, kind, Reply(str(e))), outcome
         except Exception:
             log.exception("command %r from %s failed", rest[:80], msg.sender)
             return Reply(_OOPS), ("crashed" if spec and spec.moderator_only else None)
-        return reply, ("ok" if spec.moderator_only else None)
+        return self._placed(spec, kind, reply), ("ok" if spec.moderator_only else None)
+
+    @staticmethod
+    def _placed(spec: CommandSpec | None, kind: RoomKind, reply: Reply) -> Reply:
+        """Mark an answer that must not be shown where it was asked (see `_answer_among_moderators`).
+
+        Only what the command itself answered: usage errors and refusals say nothing
+        about anyone, so they stay in place where the asker sees them.
+        """
+        if spec is not None and spec.private_answer and kind not in _ASKER_ONLY:
+            return replace(reply, private=True)
+        return reply
 
     def _refuse_stranger(self, msg: IncomingMessage, reason: str | None = None) -> Reply | None:
         """One polite refusal per stranger and room a day; silence after that."""
@@ -204,12 +266,13 @@ class CommandRunner:
         return Reply(f"{why} `{p} help` and `{p} ping` work for everyone; I won't answer your "
                      "other commands here again today.")
 
-    async def _audit(self, s: AsyncSession, msg: IncomingMessage, outcome: str) -> None:
+    async def _audit(self, s: AsyncSession, msg: IncomingMessage, outcome: str, *,
+                     notice: bool = True) -> None:
         command = f"{self.registry.prefix} {self.registry.addressed(msg.body) or ''}".strip()
         s.add(AuditEntry(at=self.clock.now().timestamp(), actor=msg.sender, room_id=msg.room_id,
                          command=command[:1000], outcome=outcome))
         control = self.control_room()
-        if control and control != msg.room_id:
+        if notice and control and control != msg.room_id:
             text = f"{msg.sender} ran {echo(command, limit=300)} ({outcome})"
             body, html = markdown_to_matrix(text)
             await self.outbox.enqueue(

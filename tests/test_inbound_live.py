@@ -129,10 +129,20 @@ async def test_non_moderator_is_refused_and_nothing_changes(
             count = (await s.execute(select(func.count()).select_from(AuditEntry))).scalar()
         assert count == 0
 
-        # The moderator may, and the action is audited.
+        # The moderator may, and the action is audited. The room is one a participant reads,
+        # so the answer goes to the control room and this room gets a ✅ on the command.
+        control = hub.control_room_id
+        assert control
+        await moderator.wait_joined(control, moderator.user_id, timeout=20)
+
+        def answered_in_control(text: str) -> bool:
+            return any(text in e.body for e in moderator.notices(control, "asked in"))
+
         ok = await moderator.send(room, "!hub audit 5")
-        ok_reply = await moderator.wait_for_reply(room, ok)
-        assert "No moderator actions" in ok_reply.body
-        again = await moderator.send(room, "!hub audit")
-        again_reply = await moderator.wait_for_reply(room, again)
-        assert "!hub audit 5" in again_reply.body
+        await moderator.wait_until(lambda: answered_in_control("No moderator actions"), 20)
+        await user.wait_until(lambda: any(
+            e.source.get("type") == "m.reaction" and e.sender == bot.user_id
+            and e.source["content"]["m.relates_to"]["event_id"] == ok for e in user.in_room(room)), 20)
+        assert user.replies_to(room, ok) == []
+        await moderator.send(room, "!hub audit")
+        await moderator.wait_until(lambda: answered_in_control("!hub audit 5"), 20)

@@ -87,6 +87,9 @@ class Reply:
     # The people this answer asks to act (the partner, after `!hub dropped`): it is then an
     # m.text that notifies them (hub.core.messages.prompt_content), not a silent notice.
     mentions: tuple[Mention, ...] = ()
+    # Set by the runner (hub.inbound), never by a handler: a moderator's answer with data
+    # in it, given where participants read, which goes to the control room instead.
+    private: bool = False
 
 
 @dataclass
@@ -111,6 +114,10 @@ class CommandSpec:
     args: tuple[Arg, ...] = ()
     moderator_only: bool = False
     where: frozenset[RoomKind] = ANYWHERE
+    # The answer is for moderators' eyes (people, addresses, room ids, counts): asked in a
+    # room others can read, the runner carries the command out there and answers in the
+    # control room (PRODUCT.md "Moderators' answers stay among moderators").
+    private_answer: bool = False
 
     def usage(self, prefix: str) -> str:
         parts = [prefix, self.name, *(a.usage() for a in self.args)]
@@ -148,9 +155,11 @@ class CommandRegistry:
         *args: Arg,
         moderator_only: bool = False,
         where: frozenset[RoomKind] = ANYWHERE,
+        private_answer: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.add(CommandSpec(name, summary, handler, tuple(args), moderator_only, where))
+            self.add(CommandSpec(name, summary, handler, tuple(args), moderator_only, where,
+                                 private_answer))
             return handler
 
         return register

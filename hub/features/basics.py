@@ -27,7 +27,7 @@ def register_basics(registry: CommandRegistry) -> None:
         "audit",
         "the last N moderator actions",
         Arg("n", kind="int", optional=True, minimum=1, maximum=200),
-        moderator_only=True,
+        moderator_only=True, private_answer=True,
     )
     async def audit(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services

@@ -87,7 +87,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
     @registry.command(
         "cohort create", "create a cohort with its space and lounge",
         Arg("slug"), Arg("name"), Arg("options", kind="rest", optional=True),
-        moderator_only=True,
+        moderator_only=True, private_answer=True,
     )
     async def cohort_create(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
@@ -124,7 +124,8 @@ def register_cohorts(registry: CommandRegistry) -> None:
             f"Next: `{prefix} add {slug} mentor|mentee WHO`."
         )
 
-    @registry.command("cohort list", "all cohorts with their numbers", moderator_only=True)
+    @registry.command("cohort list", "all cohorts with their numbers", moderator_only=True,
+                      private_answer=True)
     async def cohort_list(ctx: CommandContext) -> Reply:
         s, _ = await _env(ctx)
         cohorts = (await s.execute(select(Cohort).order_by(cohort_table.c.slug))).scalars().all()
@@ -142,7 +143,8 @@ def register_cohorts(registry: CommandRegistry) -> None:
                          f"{c.weeks} weeks, {members.get(c.id, 0)} members, {pairs.get(c.id, 0)} pairs")
         return Reply("\n".join(lines))
 
-    @registry.command("cohort show", "a cohort's rooms, people and pairs", Arg("slug"), moderator_only=True)
+    @registry.command("cohort show", "a cohort's rooms, people and pairs", Arg("slug"),
+                      moderator_only=True, private_answer=True)
     async def cohort_show(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
         cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
@@ -186,7 +188,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
     @registry.command(
         "add", "add a person to a cohort (WHO is a Matrix id or an email address)",
         Arg("slug"), ROLE, Arg("who"), Arg("name_and_email", kind="rest", optional=True),
-        moderator_only=True,
+        moderator_only=True, private_answer=True,
     )
     async def add(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
@@ -228,7 +230,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
         return Reply(f"{verb} {label} as a {role} in `{cohort.slug}`: {how}.")
 
     @registry.command("remove", "remove a person from a cohort (their pairs close)",
-                      Arg("slug"), Arg("who"), moderator_only=True)
+                      Arg("slug"), Arg("who"), moderator_only=True, private_answer=True)
     async def remove(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
         who = _who(registry, "remove", str(ctx.args["who"]))
@@ -239,7 +241,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
 
     def _pair_cmd(name: str, summary: str) -> Callable[[Handler], Handler]:
         return registry.command(name, summary, Arg("slug"), Arg("mentor"), Arg("mentee"),
-                                moderator_only=True)
+                                moderator_only=True, private_answer=True)
 
     async def _people(ctx: CommandContext, name: str) -> tuple[AsyncSession, ms.Env, Cohort, Who, Who]:
         s, env = await _env(ctx)

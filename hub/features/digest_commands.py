@@ -44,7 +44,7 @@ def register_digest_commands(registry: CommandRegistry) -> None:
 
     @registry.command("digest", "preview this week's digest (lounge version) or send it now",
                       Arg("slug"), Arg("action", kind="choice", choices=("preview", "send")),
-                      moderator_only=True)
+                      moderator_only=True, private_answer=True)
     async def digest(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s, now = ports.session, ports.clock.now()

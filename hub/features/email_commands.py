@@ -28,7 +28,7 @@ PRIVATE = frozenset({RoomKind.CONTROL, RoomKind.DIRECT})
 
 def register_email_commands(registry: CommandRegistry) -> None:
     @registry.command("email unsuppress", "send mail to an address again after it bounced",
-                      Arg("address"), moderator_only=True, where=PRIVATE)
+                      Arg("address"), moderator_only=True, private_answer=True, where=PRIVATE)
     async def unsuppress(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         raw = str(ctx.args["address"])

@@ -136,7 +136,8 @@ def register_program_commands(registry: CommandRegistry) -> None:
     prefix = registry.prefix
 
     @registry.command("webinar", "schedule a webinar: announcement, email invite (.ics), reminders",
-                      Arg("slug"), Arg("at"), Arg("title"), Arg("url", optional=True), moderator_only=True)
+                      Arg("slug"), Arg("at"), Arg("title"), Arg("url", optional=True), moderator_only=True,
+                      private_answer=True)
     async def webinar(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s = ports.session
@@ -179,7 +180,8 @@ def register_program_commands(registry: CommandRegistry) -> None:
                      f"{', '.join(reminders) or 'none (too soon)'} before; a follow-up after.")
 
     @registry.command("send", "send that item now to every active pair room (icebreaker: lounge too)",
-                      Arg("what", kind="choice", choices=_SEND_KINDS), Arg("slug"), moderator_only=True)
+                      Arg("what", kind="choice", choices=_SEND_KINDS), Arg("slug"), moderator_only=True,
+                      private_answer=True)
     async def send(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s = ports.session
@@ -203,7 +205,8 @@ def register_program_commands(registry: CommandRegistry) -> None:
 
     @registry.command("announce", "post in the lounge and email every opted-in member",
                       # Capped where it enters (hub.core.limits.text_too_long): the post must fit an event.
-                      Arg("slug"), Arg("markdown", kind="text", maximum=10_000), moderator_only=True)
+                      Arg("slug"), Arg("markdown", kind="text", maximum=10_000), moderator_only=True,
+                      private_answer=True)
     async def announce(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         s = ports.session
@@ -241,7 +244,7 @@ def register_program_commands(registry: CommandRegistry) -> None:
                      f"{'person' if emailed == 1 else 'people'}.")
 
     @registry.command("report", "counts: pairs, check-in answers, invites, email problems, skipped items",
-                      Arg("slug"), moderator_only=True)
+                      Arg("slug"), moderator_only=True, private_answer=True)
     async def report(ctx: CommandContext) -> Reply:
         ports: Ports = ctx.services
         program = program_of(ctx)
