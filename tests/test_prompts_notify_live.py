@@ -129,6 +129,20 @@ async def test_prompts_notify_both_pair_members_and_command_replies_ping_nobody(
                 before = await verdict(synapse.url, person, pair, as_notice)
                 assert (before.rule_id, before.notify) == (".m.rule.suppress_notices", False)
         assert len(observed) == 4
+
+        # Reflection weeks: the pair's reflection prompt notifies both, each private check-in its person.
+        await mod.ask(control, "!hub send reflection spring")
+        for person in (mentor, mentee):
+            direct = await room_of(hub, f"direct:{person.user_id}")
+            for room, text, named in ((pair, "Reflection", {mentor.user_id, mentee.user_id}),
+                                      (direct, "private check-in", {person.user_id})):
+                await person.wait_until(
+                    lambda p=person, r=room, t=text: bool(from_hub(p, r, bot.user_id, t)), 30)
+                ev = from_hub(person, room, bot.user_id, text)[-1]
+                assert set(ev.source["content"]["m.mentions"]["user_ids"]) == named, text
+                v = await verdict(synapse.url, person, room, as_event(ev, room))
+                observed[(person.user_id, text)] = v.rule_id
+                assert (v.rule_id, v.highlight) == (".m.rule.is_user_mention", True), text
         print("verdicts:", observed)
 
         # The backup plan after `!hub dropped` is for the partner: it notifies the mentor, whom the
