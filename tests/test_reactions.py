@@ -31,6 +31,7 @@ from hub.storage.models import (
     PrivateCheckin,
     hub_room_table,
     outbox_table,
+    prompt_answer_table,
     prompt_table,
 )
 
@@ -299,11 +300,20 @@ async def test_the_private_checkin_by_reaction_replaces_and_withdraws_without_th
     assert await h.scores() == [(1, 4)]
     # The scores table still has no person in it; who answered what goes with the prompt.
     assert {c.name for c in PrivateCheckin.__table__.columns} == {"id", "cohort_id", "week", "score", "at"}  # type: ignore[attr-defined]
-    h.w.clock.advance(15 * 86400)
-    await h.send("checkin")  # recording a later prompt forgets the old ones
+    # Who answered what goes with the prompt once it takes no answers any more, next time the
+    # sync comes by (at most every 6 hours), even when no later prompt is recorded.
+    await h.event("reaction", direct, MENTEE0, prompts[direct_key], "3️⃣")
+    empty = SyncResponse.from_dict({"next_batch": "s1", "rooms": {}})
+    assert isinstance(empty, SyncResponse)
+    await h.answers.on_sync(empty)
     async with h.w.db.session() as s:
-        kinds = (await s.execute(select(prompt_table.c.kind))).scalars().all()
-    assert sorted(kinds) == ["met"] * 3
+        assert (await s.execute(select(func.count()).select_from(prompt_answer_table))).scalar() == 1
+    h.w.clock.advance(15 * 86400)
+    await h.answers.on_sync(empty)
+    async with h.w.db.session() as s:
+        assert (await s.execute(select(func.count()).select_from(prompt_answer_table))).scalar() == 0
+        assert (await s.execute(select(func.count()).select_from(prompt_table))).scalar() == 0
+    assert await h.scores() == [(1, 3), (1, 4)]  # the anonymous scores stay
 
 
 async def _direct(h: Harness, user: str) -> str | None:

@@ -40,6 +40,7 @@ __all__ = [
     "OPTIONS",
     "PROMPT_KINDS",
     "PromptRecorder",
+    "forget_closed",
     "option_for_key",
     "option_for_text",
 ]
@@ -142,7 +143,7 @@ class PromptRecorder:
                  "payload": {"op": "message", "room_id": room_id, "type": "m.reaction", "content": {
                      "m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": emoji}}}}
                 for i, (emoji, _) in enumerate(OPTIONS[kind])])
-            await _forget_closed(s, now.timestamp() - OPEN_FOR.total_seconds())
+            await forget_closed(s, now.timestamp() - OPEN_FOR.total_seconds())
 
     @staticmethod
     async def _cohort(s: AsyncSession, room: HubRoom, key: str | None) -> Cohort | None:
@@ -154,7 +155,7 @@ class PromptRecorder:
                 ).scalar_one_or_none()
 
 
-async def _forget_closed(s: AsyncSession, before: float) -> None:
+async def forget_closed(s: AsyncSession, before: float) -> None:
     """Delete prompts no longer taking answers, and who answered them what."""
     old = select(P.c.event_id).where(P.c.sent_at < before)
     await s.execute(delete(A).where(A.c.prompt_event_id.in_(old)))

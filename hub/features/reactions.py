@@ -31,7 +31,16 @@ from hub.clock import Clock
 from hub.core.limits import Verdict
 from hub.core.markup import markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
-from hub.features.prompts import CHECKIN, COMMANDS, MET, OPEN_FOR, OPTIONS, option_for_key, option_for_text
+from hub.features.prompts import (
+    CHECKIN,
+    COMMANDS,
+    MET,
+    OPEN_FOR,
+    OPTIONS,
+    forget_closed,
+    option_for_key,
+    option_for_text,
+)
 from hub.inbound import CommandRunner
 from hub.matrix.events import AnswerEvent, IncomingMessage, answer_event, answer_events, notice_content
 from hub.storage.db import Database
@@ -50,6 +59,7 @@ from hub.storage.models import prompt_answer_table as A
 __all__ = ["Answering", "Answers", "answering", "drop_score", "remember"]
 
 log = logging.getLogger(__name__)
+_PRUNE_EVERY = 6 * 3600.0  # seconds between deletions of closed prompts and their answers
 
 
 @dataclass(frozen=True)
@@ -110,8 +120,15 @@ class Answers:
         self.clock = clock
         self.runner = runner
         self.own_user_id = own_user_id
+        self._next_prune = 0.0
 
     async def on_sync(self, resp: SyncResponse) -> None:
+        if self.clock.monotonic() >= self._next_prune:
+            # Who answered what goes with the prompt once it takes no more answers, even when
+            # no later prompt comes (the end of a program) to prune it as it is recorded.
+            self._next_prune = self.clock.monotonic() + _PRUNE_EVERY
+            async with self.db.transaction() as s:
+                await forget_closed(s, self.clock.now().timestamp() - OPEN_FOR.total_seconds())
         for event in answer_events(resp, self.own_user_id):
             await self.handle(event)
 
