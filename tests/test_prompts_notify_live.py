@@ -55,7 +55,7 @@ async def room_state(base: str, user: Participant, room_id: str) -> RoomState:
     """What the rules may ask about the room (members, the user's name in it, power levels)."""
     events = await _get(base, user.user.access_token, f"/_matrix/client/v3/rooms/{quote(room_id)}/state")
     members = {e["state_key"]: e["content"] for e in events if e["type"] == "m.room.member"}
-    levels = next((e["content"] for e in events if e["type"] == "m.room.power_levels"), {})
+    levels: dict[str, Any] = next((e["content"] for e in events if e["type"] == "m.room.power_levels"), {})
     joined = sum(1 for c in members.values() if c.get("membership") == "join")
     create = next(e for e in events if e["type"] == "m.room.create")
     creators = (frozenset([create["sender"], *create["content"].get("additional_creators", [])])
