@@ -1,8 +1,11 @@
 """Answers by reaction on a real Synapse, with E2EE clients, in an encrypted pair room and direct room.
 
-The participants are real nio clients: their reactions are encrypted `m.reaction`
-events inside `m.room.encrypted`, and they read the hub's options and
-acknowledgements by syncing and decrypting, as Element would. The moderators'
+The participants are real nio clients. Their reactions go both ways clients send
+them in encrypted rooms: encrypted (an `m.reaction` inside `m.room.encrypted`, as
+Element X does) and in clear (as Element Web and nio do). They read the hub's
+options and acknowledgements by syncing and decrypting, as Element would. The
+hub's own options go in clear, as Element Web's do: encrypted, each would notify
+the person in a direct room (their push rules, read from Synapse, say so). The moderators'
 report shows what was recorded; the private check-in is not in any report, so
 only for it the test counts the anonymous scores in the hub's database.
 """
@@ -15,7 +18,9 @@ from typing import Any
 
 import pytest
 from nio import ReactionEvent, RoomMessageNotice, RoomRedactResponse, RoomSendResponse
+from push_rules import evaluate
 from sqlalchemy import select
+from test_prompts_notify_live import push_rules, room_state
 
 from hub.devserver.synapse import SynapseServer
 from hub.features.prompts import OPTIONS
@@ -96,7 +101,7 @@ async def test_answers_by_reaction_in_encrypted_rooms(
         prompt = mentee.offered(pair, MET_KEYS[0])
         assert prompt is not None
         options = _options(mentee, pair, prompt, bot.user_id)
-        assert [e.key for e in options] == MET_KEYS and all(e.decrypted for e in options)
+        assert [e.key for e in options] == MET_KEYS and not any(e.decrypted for e in options)
         assert "video 0, voice 0, text 0, notyet 0" in await _report(mod, control)  # its own do not count
 
         # 🎥: recorded as a video meeting, acknowledged as `!hub met video` is.
@@ -109,8 +114,8 @@ async def test_answers_by_reaction_in_encrypted_rooms(
         assert by_reaction == await mentor.ask(pair, "!hub met video")
         assert "video 1," in await _report(mod, control)
 
-        # ⏳ replaces it; redacting ⏳ withdraws it.
-        notyet = await mentee.react(pair, prompt, "⏳")
+        # ⏳ (in clear this time, as Element Web sends it) replaces it; redacting ⏳ withdraws it.
+        notyet = await mentee.react(pair, prompt, "⏳", encrypted=False)
         assert "20-minute slot" in await _acknowledged(mentee, pair, prompt, seen)
         assert "video 0, voice 0, text 0, notyet 1" in await _report(mod, control)
         redacted = await mentee.client.room_redact(pair, notyet)
@@ -147,7 +152,19 @@ async def test_answers_by_reaction_in_encrypted_rooms(
         assert mentee.client.rooms[direct].encrypted
         checkin = mentee.offered(direct, SCORE_KEYS[0])
         assert checkin is not None
-        assert [e.key for e in _options(mentee, direct, checkin, bot.user_id)] == SCORE_KEYS
+        scores = _options(mentee, direct, checkin, bot.user_id)
+        assert [e.key for e in scores] == SCORE_KEYS
+        # The options do not buzz the person's phone: in clear, no default rule notifies for an
+        # m.reaction; encrypted, the server would see an m.room.encrypted in a two-person room.
+        rules = await push_rules(synapse.url, mentee)
+        where = await room_state(synapse.url, mentee, direct)
+        assert where.member_count == 2
+        as_sent = evaluate(rules, scores[0].source, mentee.user_id, where)
+        assert not as_sent.notify, as_sent
+        if_encrypted = evaluate(rules, {**scores[0].source, "type": "m.room.encrypted", "content": {
+            "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "...", "m.relates_to": {
+                "rel_type": "m.annotation", "event_id": checkin}}}, mentee.user_id, where)
+        assert if_encrypted.notify and if_encrypted.rule_id == ".m.rule.encrypted_room_one_to_one"
         control_before = len(mod.in_room(control))
         mine: set[str] = set()
         await mentee.react(direct, checkin, "4️⃣")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nio import (
+    Api,
     AsyncClient,
     AsyncClientConfig,
     Event,
@@ -28,9 +30,38 @@ from nio import (
 )
 
 from hub.devserver.synapse import RegisteredUser
-from hub.matrix.sender import send_reaction
 
 __all__ = ["SimulatedUser"]
+
+
+async def send_reaction(client: AsyncClient, room_id: str, content: dict[str, Any], *,
+                        tx_id: str | None = None) -> Any:
+    """Send an m.reaction encrypted (in an encrypted room), as Element X (matrix-rust-sdk) does.
+
+    nio's `room_send`, like matrix-js-sdk (Element Web), sends reactions in clear even
+    there. This takes the steps `room_send` takes before encrypting (members known, the
+    room key shared with their devices), encrypts (nio keeps `m.relates_to` in clear,
+    so the reaction is still grouped under its message) and sends it the way
+    `room_send` does. Returns what it returns.
+    """
+    room = client.rooms.get(room_id)
+    if client.olm is None or room is None or not room.encrypted:
+        return await client.room_send(room_id, "m.reaction", content, tx_id=tx_id,
+                                      ignore_unverified_devices=True)
+    if not room.members_synced:
+        await client.joined_members(room_id)
+        if client.should_query_keys:
+            await client.keys_query()
+    if client.olm.should_share_group_session(room_id):
+        sharing = client.sharing_session.get(room_id)
+        if sharing is not None:
+            await sharing.wait()
+        else:
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+    event_type, encrypted = client.encrypt(room_id, "m.reaction", content)
+    method, path, data = Api.room_send(client.access_token, room_id, event_type, encrypted,
+                                       tx_id or uuid.uuid4().hex)
+    return await client._send(RoomSendResponse, method, path, data, (room_id,))
 
 
 class SimulatedUser:
@@ -176,11 +207,15 @@ class SimulatedUser:
                 if ((e.source.get("content", {}).get("m.relates_to") or {}).get("m.in_reply_to") or {})
                 .get("event_id") == event_id]
 
-    async def react(self, room_id: str, event_id: str, key: str) -> str:
-        """React to `event_id` with `key` (encrypted in an encrypted room); returns the reaction's id."""
+    async def react(self, room_id: str, event_id: str, key: str, *, encrypted: bool = True) -> str:
+        """React to `event_id` with `key`; returns the reaction's id.
+
+        Encrypted in an encrypted room as Element X sends it, or in clear as Element Web does.
+        """
         await self.wait_until(lambda: self.joined(room_id), 20)
         content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
-        resp = await send_reaction(self.client, room_id, content)
+        resp = (await send_reaction(self.client, room_id, content) if encrypted else
+                await self.client.room_send(room_id, "m.reaction", content, ignore_unverified_devices=True))
         if not isinstance(resp, RoomSendResponse):
             raise RuntimeError(f"{self.name}: reacting in {room_id} failed: {resp}")
         return str(resp.event_id)

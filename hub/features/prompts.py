@@ -136,7 +136,10 @@ class PromptRecorder:
                          pair_id=room.pair_id if kind == MET else None,
                          user_id=room.user_id if kind == CHECKIN else None,
                          week=week, sent_at=now.timestamp()))
-            # In order, on the prompt's lane: behind it, and shown in this order by clients.
+            # In order, on the prompt's lane: behind it, and shown in this order by clients. In
+            # clear even in an encrypted room (nio's room_send, like Element Web): an encrypted
+            # event in a two-person room notifies (.m.rule.encrypted_room_one_to_one), five
+            # times for the private check-in, and the options say nothing about anyone.
             await self.outbox.enqueue_many(s, [
                 {"channel": MATRIX, "kind": _OPTION_KIND, "lane": row.lane, "dedupe_key":
                  f"{_OPTION_KIND}:{event_id}:{i}",

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from nio import (
-    Api,
     AsyncClient,
     ErrorResponse,
     LocalProtocolError,
@@ -28,7 +26,7 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
-__all__ = ["MatrixSender", "OpHandler", "SentHook", "classify_error", "send_reaction"]
+__all__ = ["MatrixSender", "OpHandler", "SentHook", "classify_error"]
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +56,6 @@ def classify_error(resp: ErrorResponse, pause: SharedPause, epoch: int | None = 
         # 502/503/504 from a proxy in front of a stopped homeserver: an outage, not this row.
         return TemporaryDeliveryError(reason, retry_after=pause.failure(epoch, reason))
     return TemporaryDeliveryError(reason)
-
-
-async def send_reaction(client: AsyncClient, room_id: str, content: dict[str, Any], *,
-                        tx_id: str | None = None) -> Any:
-    """Send an m.reaction, encrypted in an encrypted room as Element does.
-
-    nio's `room_send` sends reactions in clear even there (it predates their
-    encryption). This takes the steps `room_send` takes before encrypting (members
-    known, the room key shared with their devices), encrypts (nio keeps
-    `m.relates_to` in clear, so servers and clients still group the reaction under
-    its message) and sends it the way `room_send` does. Returns what it returns.
-    """
-    room = client.rooms.get(room_id)
-    if client.olm is None or room is None or not room.encrypted:
-        return await client.room_send(room_id, "m.reaction", content, tx_id=tx_id,
-                                      ignore_unverified_devices=True)
-    if not room.members_synced:
-        await client.joined_members(room_id)
-        if client.should_query_keys:
-            await client.keys_query()
-    if client.olm.should_share_group_session(room_id):
-        sharing = client.sharing_session.get(room_id)
-        if sharing is not None:
-            await sharing.wait()
-        else:
-            await client.share_group_session(room_id, ignore_unverified_devices=True)
-    event_type, encrypted = client.encrypt(room_id, "m.reaction", content)
-    method, path, data = Api.room_send(client.access_token, room_id, event_type, encrypted,
-                                       tx_id or uuid.uuid4().hex)
-    return await client._send(RoomSendResponse, method, path, data, (room_id,))
 
 
 # A further op (e.g. "create_room", hub.features.rooms): gets the row and its payload.
@@ -151,18 +119,15 @@ class MatrixSender:
         if room_id not in self.client.rooms and self.load_room is not None:
             await self.load_room(room_id)
         try:
-            if p.get("type") == "m.reaction":  # the options of a prompt (hub.features.prompts)
-                resp = await send_reaction(self.client, room_id, p["content"], tx_id=row.txn_id)
-            else:
-                resp = await self.client.room_send(
-                    room_id,
-                    p.get("type", "m.room.message"),
-                    p["content"],
-                    tx_id=row.txn_id,
-                    # Trust comes from cross-signing on the participants' side;
-                    # the hub shares keys with every device of a room's members.
-                    ignore_unverified_devices=True,
-                )
+            resp = await self.client.room_send(
+                room_id,
+                p.get("type", "m.room.message"),
+                p["content"],
+                tx_id=row.txn_id,
+                # Trust comes from cross-signing on the participants' side;
+                # the hub shares keys with every device of a room's members.
+                ignore_unverified_devices=True,
+            )
         except LocalProtocolError as e:
             # nio does not know the room until a sync has shown it (nio #279):
             # retry shortly, and give up only if it never appears.
