@@ -12,6 +12,7 @@ only for it the test counts the anonymous scores in the hub's database.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,10 @@ async def test_answers_by_reaction_in_encrypted_rooms(
 
         # 🎥: recorded as a video meeting, acknowledged as `!hub met video` is.
         seen: set[str] = set()
+        tapped = time.monotonic()
         video = await mentee.react(pair, prompt, "🎥")
         by_reaction = await _acknowledged(mentee, pair, prompt, seen)
+        print(f"\nreaction to acknowledgement (encrypted both ways): {time.monotonic() - tapped:.2f} s")
         # It went encrypted (an m.reaction inside m.room.encrypted), as Element sends it.
         await mentor.wait_until(lambda: any(isinstance(e, ReactionEvent) and e.event_id == video
                                             and e.decrypted for e in mentor.in_room(pair)), 20)
