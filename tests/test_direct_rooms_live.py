@@ -135,7 +135,7 @@ async def test_strangers_are_declined_and_a_chat_with_a_third_person_is_not_a_di
         return str(got.content.get("membership")) if isinstance(got, RoomGetStateEventResponse) else None
 
     async with running_hub(settings) as hub:
-        await _setup(mod, hub, [("mentor", ada), ("mentee", bo)], pair=False)
+        control = await _setup(mod, hub, [("mentor", ada), ("mentee", bo)], pair=True)
 
         # A stranger's direct chat: the invite is declined.
         theirs = await _open_dm(stranger, bot.user_id)
@@ -164,6 +164,11 @@ async def test_strangers_are_declined_and_a_chat_with_a_third_person_is_not_a_di
             row = (await s.execute(select(HubRoom).where(hub_room_table.c.key == f"direct:{ada.user_id}"))
                    ).scalar_one()
         assert row.room_id == dm and row.status == "closed"
+        # The next private check-in comes in a direct room of the hub's own, made anew.
+        assert "2 private check-ins" in await mod.ask(control, "!hub send reflection spring")
+        fresh = await room_of(hub, f"direct:{ada.user_id}")
+        assert fresh not in (dm, three)
+        await ada.wait_until(lambda: len(_hub_messages(ada, fresh, bot.user_id)) >= 1, 30)
 
         # A command typed the moment the chat is opened, before the hub has joined, is
         # answered as a direct-room command (unencrypted: see the first test).
