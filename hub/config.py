@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.core.names import name_problem
 from hub.core.schedule import WeeklySlot, parse_weekly_slot
+from hub.email.payload import is_address, split_mailbox
 from hub.errors import ConfigError
 
 __all__ = [
@@ -385,7 +386,8 @@ def _load_email(s: _Section) -> EmailSettings:
     enabled = bool(s.get("enabled", bool, False))
     sender = s.get("from", str, "", required=enabled) or ""
     if enabled and sender:
-        s.check("from", "@" in sender, f"{sender!r} is not an email address")
+        s.check("from", is_address(split_mailbox(sender)[1]),
+                f"{sender!r} is not an email address (write it as \"Name <address>\" or address)")
     host = s.get("smtp_host", str, "localhost") or "localhost"
     port = s.get("smtp_port", int, 587) or 587
     s.check("smtp_port", 0 < port < 65536, "must be a port number 1-65535")

@@ -230,3 +230,13 @@ def test_a_missing_variable_is_the_only_problem_it_causes(tmp_path: Path) -> Non
     # An empty value that is really empty is still named.
     assert _problems(tmp_path, MINIMAL.replace("${HUB_MATRIX_PASSWORD}", "")) == [
         f"{tmp_path / 'config.toml'}: matrix.password: password or access_token must not be empty"]
+
+
+@pytest.mark.parametrize("sender", ['""Bcc: victim@example.org" <hub@example.org', "hub at example.org",
+                                    "Hub <>", "Hub <hub@example.org> extra"])
+def test_email_from_must_be_one_address_as_written(tmp_path: Path, sender: str) -> None:
+    data = {"matrix": {"homeserver": "https://m.example.org", "user_id": "@hub:example.org",
+                       "access_token": "t"},
+            "email": {"enabled": True, "from": sender}}
+    with pytest.raises(ConfigError, match="email.from: .* is not an email address"):
+        settings_from_dict(data, base=tmp_path, env={})

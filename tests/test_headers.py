@@ -14,12 +14,12 @@ import email.policy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
@@ -128,16 +128,12 @@ def test_no_field_adds_a_header_or_a_recipient(
 
 @settings(max_examples=200, deadline=None)
 @given(name=hostile, txn=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=40))
+@example(name='"Bcc: victim@example.org', txn="t")  # parseaddr made victim the From address
 def test_the_from_name_and_message_id_inputs_cannot_add_a_header(name: str, txn: str) -> None:
     """`email.from` as an operator could write it (a name with anything in it, quoted)."""
-    from_header = f'"{name}" <hub@example.org>'
-    try:
-        msg = _check({"to": TO, "subject": "s", "text": "t"}, from_header=from_header, txn_id=txn)
-    except UnsafeHeaderError:
-        # A name the parser cannot make sense of leaves no address: refused, never a From
-        # (or MAIL FROM) without one.
-        assert parseaddr(fold_header_text(from_header))[1] != "hub@example.org"
-        return
+    msg = _check({"to": TO, "subject": "s", "text": "t"}, from_header=f'"{name}" <hub@example.org>',
+                 txn_id=txn)
+    # The address in the brackets is who the mail is from, whatever the name holds.
     assert [a.addr_spec for a in msg["From"].addresses] == ["hub@example.org"]
     assert msg["Message-ID"] == f"<{txn}@example.org>"
 

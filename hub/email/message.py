@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
-from email.utils import encode_rfc2231, format_datetime, formataddr, getaddresses, parseaddr
+from email.utils import encode_rfc2231, format_datetime, formataddr, getaddresses
 from functools import lru_cache
 
 from hub.email.payload import (
@@ -42,6 +42,7 @@ from hub.email.payload import (
     check_header_name,
     fold_header_text,
     is_address,
+    split_mailbox,
 )
 from hub.errors import UnsafeHeaderError
 
@@ -67,9 +68,9 @@ class BuiltMessage:
 def sender_address(from_header: str) -> str:
     """The bare address in `email.from` ("Hub <hub@example.org>" -> "hub@example.org").
 
-    Folded first: parseaddr gives up on a header with a line break in it.
+    Read by `split_mailbox`, never `parseaddr`: see there why.
     """
-    return parseaddr(fold_header_text(from_header))[1]
+    return split_mailbox(from_header)[1]
 
 
 def message_id(txn_id: str, from_header: str) -> str:
@@ -247,7 +248,7 @@ def _address_list(name: str, value: str) -> str:
 @lru_cache(maxsize=16)
 def _from_line(from_header: str) -> bytes:
     """The From line, rebuilt like To so a configured name can only be a name; once per setting."""
-    return header_line("From", _mailbox(*parseaddr(fold_header_text(from_header))))
+    return header_line("From", _mailbox(*split_mailbox(from_header)))
 
 
 def _headers(payload: EmailPayload, *, txn_id: str, from_header: str, date: datetime) -> bytes:

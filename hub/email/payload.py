@@ -68,6 +68,7 @@ __all__ = [
     "header_safe",
     "is_address",
     "normalize_address",
+    "split_mailbox",
     "with_unsubscribe_footer",
 ]
 
@@ -142,6 +143,25 @@ def check_address(address: str) -> str:
 def is_address(text: str) -> bool:
     """One plain address (no name, no list), as `email_payload` accepts for `to`."""
     return bool(_ADDRESS.match(text)) and header_safe(text)
+
+
+def split_mailbox(value: str) -> tuple[str, str]:
+    """(name, address) of `Name <address>` or a bare `address`, as an operator writes `email.from`.
+
+    The address is what the angle brackets at the very end hold, never what a parser
+    makes of the name: the stdlib's `parseaddr` reads `""Bcc: victim@x" <hub@y>` as
+    the address victim@x, so a quote in the configured name would change who the mail
+    is from (found by the header property test). The caller checks the address
+    (`is_address`); the name is text, quoted or encoded again when written.
+    """
+    value = fold_header_text(value).strip()
+    if not (value.endswith(">") and "<" in value):
+        return "", value
+    name, _, rest = value[:-1].rpartition("<")
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return name, rest.strip()
 
 
 def _one_line(name: str, value: str) -> str:
