@@ -238,5 +238,5 @@ def test_email_from_must_be_one_address_as_written(tmp_path: Path, sender: str) 
     data = {"matrix": {"homeserver": "https://m.example.org", "user_id": "@hub:example.org",
                        "access_token": "t"},
             "email": {"enabled": True, "from": sender}}
-    with pytest.raises(ConfigError, match="email.from: .* is not an email address"):
+    with pytest.raises(ConfigError, match=r"email\.from: .* is not an email address"):
         settings_from_dict(data, base=tmp_path, env={})
