@@ -387,7 +387,8 @@ def _load_email(s: _Section) -> EmailSettings:
     sender = s.get("from", str, "", required=enabled) or ""
     if enabled and sender:
         s.check("from", is_address(split_mailbox(sender)[1]),
-                f"{sender!r} is not an email address (write it as \"Name <address>\" or address)")
+                f"{sender!r} is not an email address: write \"Name <hub@example.org>\" "
+                "or hub@example.org (a domain with a dot, as every address the hub mails)")
     host = s.get("smtp_host", str, "localhost") or "localhost"
     port = s.get("smtp_port", int, 587) or 587
     s.check("smtp_port", 0 < port < 65536, "must be a port number 1-65535")

@@ -294,7 +294,7 @@ async def test_membership_is_tracked_and_late_joiners_get_one_reminder(
     joiner, sleeper = await participant("joiner"), await participant("sleeper")
     sleeper.auto_join = False
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub", moderators=[],
-                            extra={"email": {"enabled": True, "from": "hub@localhost",
+                            extra={"email": {"enabled": True, "from": "hub@example.org",
                                              "smtp_host": "127.0.0.1", "smtp_port": 9}})
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None and hub.rooms is not None
