@@ -2,8 +2,8 @@
 """Regenerate docs/example-digest.html (and, with Chromium installed, docs/example-digest.png).
 
 Runs `hub demo` into a temporary folder (or reads an earlier run's folder with
---from DIR), takes the first weekly digest email it sent and copies its HTML
-part, unchanged, to docs/. Never edit the copy by hand: rerun this script.
+--from DIR), takes a pair member's first weekly digest email (see `find_digest`)
+and copies its HTML part, unchanged, to docs/. Never edit the copy by hand: rerun this script.
 
     python scripts/gen_example_digest.py [--from DEMO_OUT_DIR]
     python scripts/gen_example_digest.py --png-only   # just re-render docs/example-digest.png
@@ -27,23 +27,38 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
+# A digest with every section a participant gets: a pair member's (the "Your pair" section)
+# who reads Matrix too (the footer's "message the hub"). The demo mails its digests in no
+# fixed order, and the first one is often a moderator's, which has no pair section.
+_WANTED = (">Your pair</h2>", ">message the hub</a>")
+
+
 def find_digest(mail_dir: Path) -> str | None:
-    """The HTML of the first digest email in a demo's mail folder (by its List-Id and subject)."""
+    """The HTML of the first week's digest that shows most of what a participant sees.
+
+    Among the demo's digest emails (by subject) of the earliest week, the first (by file
+    name) that has every part of `_WANTED`, else the one with the most of them.
+    """
     parser = email.parser.BytesParser(policy=email.policy.default)
+    found: list[tuple[str, str]] = []  # (subject, html) in file order
     for eml in sorted(mail_dir.glob("*.eml")):
         message = parser.parsebytes(eml.read_bytes())
         assert isinstance(message, EmailMessage)
-        if "digest" not in str(message.get("Subject", "")).lower():
+        subject = str(message.get("Subject", ""))
+        if "digest" not in subject.lower():
             continue
         part = message.get_body(preferencelist=("html",))
         if part is not None:
             content = part.get_content()
             if isinstance(content, str):
-                return content.replace("\r\n", "\n")
-    return None
+                found.append((subject, content.replace("\r\n", "\n")))
+    if not found:
+        return None
+    first_week = [html for subject, html in found if subject == found[0][0]]
+    return max(first_week, key=lambda html: sum(marker in html for marker in _WANTED))
 
 
-def screenshot(html: Path, png: Path, *, width: int = 700, height: int = 960) -> bool:
+def screenshot(html: Path, png: Path, *, width: int = 700, height: int = 1060) -> bool:
     """Render with headless Chromium (Debian package `chromium`), if it is installed.
 
     Not a test: CI machines have no Chromium. The flags make it work as root in a
@@ -67,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", type=Path, help="an earlier `hub demo --out` folder")
     parser.add_argument("--png-only", action="store_true",
                         help="only render the existing docs/example-digest.html to PNG (needs Chromium)")
-    parser.add_argument("--height", type=int, default=960,
-                        help="screenshot height in pixels (the digest is ~930 px tall at 700 px wide)")
+    parser.add_argument("--height", type=int, default=1060,
+                        help="screenshot height in pixels (a pair member's digest: ~1,040 px at 700 px wide)")
     args = parser.parse_args(argv)
     target = DOCS / "example-digest.html"
     if args.png_only:
