@@ -272,8 +272,10 @@ def describe(kind: ItemKind, targets: int, *, pairs: int) -> str:
         ItemKind.LAUNCH: f"welcome in the lounge and {pairs} pair rooms, with video links "
                          "and the backup-plan prompt",
         ItemKind.WEBINAR_ANNOUNCE: "kick-off webinar announced: lounge post, emails with an .ics invite",
-        ItemKind.WEBINAR_REMINDER_24H: "webinar reminder (24 h): lounge and email",
-        ItemKind.WEBINAR_REMINDER_1H: "webinar reminder (1 h): lounge and email",
+        ItemKind.WEBINAR_REMINDER_24H: "webinar reminder (24 h): lounge, each pair room, the direct room "
+                                        "of anyone in no active pair, and email",
+        ItemKind.WEBINAR_REMINDER_1H: "webinar reminder (1 h): lounge, each pair room, the direct room "
+                                       "of anyone in no active pair, and email",
         ItemKind.WEBINAR_FOLLOWUP: "webinar follow-up in the lounge",
         ItemKind.ICEBREAKER: "icebreaker to each pair room and the lounge",
         ItemKind.CHECKIN: "\"did you meet, and how?\" in each pair room",

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from hub.clock import Clock
 from hub.core.calendar import (
+    DIRECT_FOR_UNPAIRED,
     Audience,
     CalendarItem,
     ProgramSpec,
@@ -41,6 +42,7 @@ __all__ = [
     "SpecSource",
     "Targets",
     "TickReport",
+    "target_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ class Targets(Protocol):
 
     async def direct_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
         """People reachable in a direct room (a Matrix id) and not snoozed at `now`."""
+        ...
+
+    async def unpaired_direct_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
+        """Participants with a Matrix id, not snoozed at `now`, in no room `active_pair_rooms` returns."""
         ...
 
     async def members(self, cohort: str, now: datetime) -> Sequence[str]:
@@ -168,14 +174,17 @@ class ProgramRunner:
     ) -> tuple[list[tuple[CalendarItem, int]], tuple[CalendarItem, ...]]:
         since = await self.state.last_tick(spec.slug)
         work = due_items(build_calendar(spec), now, since, self.catch_up)
-        cache: dict[Audience, list[Target]] = {}
+        # One read per target set per tick (a reflection and a webinar reminder due together
+        # have different direct-room audiences, hence the flag in the key).
+        cache: dict[tuple[Audience, bool], list[Target]] = {}
         sent: list[tuple[CalendarItem, int]] = []
         for item in work.due:
             targets: list[Target] = []
             for audience in item.audiences:
-                if audience not in cache:
-                    cache[audience] = await self._targets(spec.slug, audience, now)
-                targets.extend(cache[audience])
+                which = (audience, item.kind in DIRECT_FOR_UNPAIRED)
+                if which not in cache:
+                    cache[which] = await target_set(self.targets, spec.slug, item, audience, now)
+                targets.extend(cache[which])
             if targets:
                 await self.emit(item, targets)
             sent.append((item, len(targets)))
@@ -187,16 +196,21 @@ class ProgramRunner:
         await self.state.advance(spec.slug, now, work.late)
         return sent, work.late
 
-    async def _targets(self, cohort: str, audience: Audience, now: datetime) -> list[Target]:
-        ids: Sequence[str]
-        if audience is Audience.LOUNGE:
-            lounge = await self.targets.lounge(cohort)
-            ids = [lounge] if lounge else []
-        elif audience is Audience.PAIR:
-            ids = await self.targets.active_pair_rooms(cohort, now)
-        elif audience is Audience.DIRECT:
-            ids = await self.targets.direct_rooms(cohort, now)
-        else:
-            ids = await self.targets.members(cohort, now)
-        # Duplicates from a sloppy source would only cost an outbox no-op, but keep order stable.
-        return [Target(audience, i) for i in dict.fromkeys(ids)]
+
+async def target_set(targets: Targets, cohort: str, item: CalendarItem, audience: Audience,
+                     now: datetime) -> list[Target]:
+    """Who gets `item` in `audience` right now (the ticks' and `!hub send`'s one reading)."""
+    ids: Sequence[str]
+    if audience is Audience.LOUNGE:
+        lounge = await targets.lounge(cohort)
+        ids = [lounge] if lounge else []
+    elif audience is Audience.PAIR:
+        ids = await targets.active_pair_rooms(cohort, now)
+    elif audience is Audience.DIRECT and item.kind in DIRECT_FOR_UNPAIRED:
+        ids = await targets.unpaired_direct_rooms(cohort, now)
+    elif audience is Audience.DIRECT:
+        ids = await targets.direct_rooms(cohort, now)
+    else:
+        ids = await targets.members(cohort, now)
+    # Duplicates from a sloppy source would only cost an outbox no-op, but keep order stable.
+    return [Target(audience, i) for i in dict.fromkeys(ids)]

@@ -4,7 +4,9 @@ Target ids are stable for the life of the target, as the dedupe keys need:
 
 * lounge and pair rooms by their room *key* (``lounge:3``, ``pair:17``), never
   the Matrix room id, which changes when a lost room is replaced;
-* direct rooms by the person's Matrix id (the room is created on first use);
+* direct rooms by the person's Matrix id (the room is created on first use):
+  the paired for the private check-in, the people no pair room reaches for a
+  webinar reminder;
 * email members by the member row's id.
 
 Exclusions happen here, at the tick: a paused or closed pair, a pair whose
@@ -94,6 +96,32 @@ class SqlTargets:
                 .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
                 .where((C.c.slug == cohort) & (M.c.status == "active") & M.c.matrix_id.is_not(None)
                        & M.c.role.in_(PARTICIPANT_ROLES)
+                       & or_(PREF.c.snooze_until.is_(None), PREF.c.snooze_until <= ts))
+                .order_by(M.c.matrix_id)
+            )).scalars().all()
+        return [r for r in rows if r]
+
+    async def unpaired_direct_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
+        """Participants with a Matrix id, not snoozed, in no pair room `active_pair_rooms` returns.
+
+        For items everyone should get in one room (the webinar reminders): the
+        complement of the pair rooms, by the same conditions, so a person is in
+        exactly one of the two sets: unpaired, their pair paused or closed, or
+        their pair's room not made yet or being closed. Snooze pauses what comes
+        to you alone; a snoozed person's pair room still gets the item.
+        """
+        ts = now.timestamp()
+        async with self.db.session() as s:
+            in_room = (select(P.c.mentor_id, P.c.mentee_id).join(R, R.c.pair_id == P.c.id)
+                       .where((R.c.kind == "pair") & R.c.status.not_in(("closing", "closed"))
+                              & (P.c.status == "active")).subquery())
+            reached = select(in_room.c.mentor_id).union(select(in_room.c.mentee_id))
+            rows = (await s.execute(
+                select(M.c.matrix_id).distinct()
+                .join(C, C.c.id == M.c.cohort_id)
+                .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
+                .where((C.c.slug == cohort) & (M.c.status == "active") & M.c.matrix_id.is_not(None)
+                       & M.c.role.in_(PARTICIPANT_ROLES) & M.c.id.not_in(reached)
                        & or_(PREF.c.snooze_until.is_(None), PREF.c.snooze_until <= ts))
                 .order_by(M.c.matrix_id)
             )).scalars().all()

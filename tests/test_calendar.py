@@ -324,7 +324,8 @@ def test_webinar_reminders_exactly_24h_and_1h_before_across_dst_in_each_recipien
                              datetime(2027, 3, 29, 2)),
     }
     assert r24.week == 11 and r1.week == 11
-    assert AUDIENCES[ItemKind.WEBINAR_REMINDER_24H] == (Audience.LOUNGE, Audience.MEMBER)
+    assert AUDIENCES[ItemKind.WEBINAR_REMINDER_24H] == (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT,
+                                                        Audience.MEMBER)
 
 
 def test_webinar_scheduled_late_is_announced_then_and_drops_reminders_before_that() -> None:

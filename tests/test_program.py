@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from hub.clock import FakeClock
 from hub.core.calendar import (
+    DIRECT_FOR_UNPAIRED,
     Audience,
     CalendarItem,
     ItemKind,
@@ -39,6 +40,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 PAIRS = ("pair-a", "pair-b", "pair-c")
 PEOPLE = ("ana", "ben", "cat", "dan", "eve", "fay")
+UNPAIRED = ("gus",)
 
 
 def example(slug: str = "winter-2027", tz: ZoneInfo = BERLIN) -> ProgramSpec:
@@ -62,6 +64,7 @@ class FakeTargets:
     people: dict[str, list[str]] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
     snoozed_until: dict[str, datetime] = field(default_factory=dict)
+    unpaired: dict[str, list[str]] = field(default_factory=dict)  # people in no active pair room
     calls: int = 0
 
     async def lounge(self, cohort: str) -> str | None:
@@ -77,9 +80,13 @@ class FakeTargets:
         return [p for p in self.people.get(cohort, [])
                 if self.snoozed_until.get(p, now) <= now]
 
+    async def unpaired_direct_rooms(self, cohort: str, now: datetime) -> Sequence[str]:
+        self.calls += 1
+        return [p for p in self.unpaired.get(cohort, []) if self.snoozed_until.get(p, now) <= now]
+
     async def members(self, cohort: str, now: datetime) -> Sequence[str]:
         self.calls += 1
-        return list(self.people.get(cohort, []))
+        return list(self.people.get(cohort, [])) + list(self.unpaired.get(cohort, []))
 
 
 @dataclass
@@ -129,6 +136,7 @@ class World:
         self.targets = FakeTargets(
             pairs={s.slug: list(PAIRS) for s in specs},
             people={s.slug: list(PEOPLE) for s in specs},
+            unpaired={s.slug: list(UNPAIRED) for s in specs},
         )
         self.outbox = FakeOutbox(self.clock)
         self.state = MemoryState()
@@ -163,10 +171,12 @@ class World:
             Audience.LOUNGE: lounge,
             Audience.PAIR: [Target(Audience.PAIR, p) for p in PAIRS],
             Audience.DIRECT: [Target(Audience.DIRECT, p) for p in PEOPLE],
-            Audience.MEMBER: [Target(Audience.MEMBER, p) for p in PEOPLE],
+            Audience.MEMBER: [Target(Audience.MEMBER, p) for p in PEOPLE + UNPAIRED],
         }
-        return {dedupe_key(i, t): i for i in build_calendar(spec).items
-                for a in i.audiences for t in groups[a]}
+        unpaired = [Target(Audience.DIRECT, p) for p in UNPAIRED]
+        return {dedupe_key(i, t): i for i in build_calendar(spec).items for a in i.audiences
+                for t in (unpaired if a is Audience.DIRECT and i.kind in DIRECT_FOR_UNPAIRED
+                          else groups[a])}
 
 
 START = datetime(2027, 1, 10, 12, 0, tzinfo=BERLIN)  # the day before launch
@@ -337,7 +347,7 @@ async def test_targets_are_looked_up_once_per_audience_per_tick() -> None:
     assert [i.kind for i, _ in report.emitted] == [
         ItemKind.LAUNCH, ItemKind.WEBINAR_ANNOUNCE, ItemKind.WEBINAR_ANNOUNCE, ItemKind.DIGEST]
     assert world.targets.calls == 3
-    assert [n for _, n in report.emitted] == [1 + 3, 1 + 6, 1 + 6, 1 + 6]
+    assert [n for _, n in report.emitted] == [1 + 3, 1 + 7, 1 + 7, 1 + 7]
 
 
 async def test_on_tick_returns_the_next_due_instant() -> None:

@@ -211,7 +211,7 @@ async def test_twelve_weeks_through_the_real_emitter(tmp_path: Path) -> None:
             ("program-webinar-announce", "matrix"): 1,
             ("program-webinar-announce", "email"): 6,
             # The kick-off is on launch day: its 24-h reminder would precede the announcement.
-            ("program-webinar-1h", "matrix"): 1,
+            ("program-webinar-1h", "matrix"): 1 + 3,  # lounge + pair rooms (nobody is unpaired)
             ("program-webinar-1h", "email"): 6,
             ("program-webinar-followup", "matrix"): 1,
         }

@@ -33,7 +33,9 @@ Decisions where PRODUCT.md is silent (the README repeats them):
   A webinar from the config is announced at launch (or, if it takes place
   before launch, 7 days before it); one scheduled later is announced when it
   is scheduled (`Webinar.announce_at`). A reminder that would come before the
-  announcement is dropped. A follow-up is due 2 h after the start.
+  announcement is dropped. A follow-up is due 2 h after the start. A reminder
+  goes to each active pair room and to the direct room of each participant in
+  none of them (`DIRECT_FOR_UNPAIRED`), so each person gets it in one room.
 * **Keys** name the cohort, the kind and the week (or the webinar's UTC start),
   never a slot's time or the start date: moving the icebreaker from Tuesday to
   Thursday in week 3, after Tuesday's went out, does not send a second one.
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANNOUNCE_BEFORE_EARLY_WEBINAR",
     "AUDIENCES",
+    "DIRECT_FOR_UNPAIRED",
     "FOLLOWUP_AFTER",
     "KIND_ORDER",
     "LAUNCH_TIME",
@@ -115,13 +118,16 @@ class Audience(StrEnum):
 
     LOUNGE = "lounge"  # the cohort's lounge room
     PAIR = "pair"  # each active (not paused, not closed) pair room
-    DIRECT = "direct"  # each person's direct room with the hub, unless snoozed
+    # Each person's direct room with the hub, unless snoozed: for most items the people in an
+    # active pair; for the items in `DIRECT_FOR_UNPAIRED`, the people no pair room reaches.
+    DIRECT = "direct"
     MEMBER = "member"  # each person of the cohort, by email (digest, webinar invites)
 
 
 # PRODUCT.md "Program calendar". The weekly icebreaker also posts a cohort
 # icebreaker in the lounge, as `!hub send icebreaker` does; webinar reminders
-# go "by chat and email": the lounge and each member's inbox.
+# go "by chat and email": the lounge (a notice), each active pair room and the direct room of each
+# participant in none (prompts that notify them), and each member's inbox.
 AUDIENCES: dict[ItemKind, tuple[Audience, ...]] = {
     ItemKind.LAUNCH: (Audience.LOUNGE, Audience.PAIR),
     ItemKind.WEBINAR_ANNOUNCE: (Audience.LOUNGE, Audience.MEMBER),
@@ -129,10 +135,15 @@ AUDIENCES: dict[ItemKind, tuple[Audience, ...]] = {
     ItemKind.ICEBREAKER: (Audience.PAIR, Audience.LOUNGE),
     ItemKind.CHECKIN: (Audience.PAIR,),
     ItemKind.REFLECTION: (Audience.PAIR, Audience.DIRECT),
-    ItemKind.WEBINAR_REMINDER_24H: (Audience.LOUNGE, Audience.MEMBER),
-    ItemKind.WEBINAR_REMINDER_1H: (Audience.LOUNGE, Audience.MEMBER),
+    ItemKind.WEBINAR_REMINDER_24H: (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER),
+    ItemKind.WEBINAR_REMINDER_1H: (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER),
     ItemKind.WEBINAR_FOLLOWUP: (Audience.LOUNGE,),
 }
+
+# Items a person gets in their pair room OR their direct room, never both: their DIRECT audience
+# is the participants (with a Matrix id, not snoozed) in no pair room the PAIR audience reaches.
+DIRECT_FOR_UNPAIRED: frozenset[ItemKind] = frozenset(
+    {ItemKind.WEBINAR_REMINDER_24H, ItemKind.WEBINAR_REMINDER_1H})
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from hub.config import CohortSettings, Settings
 from hub.core import content as ct
 from hub.core.answers import CHECKIN, MET
 from hub.core.calendar import (
+    DIRECT_FOR_UNPAIRED,
     Audience,
     CalendarItem,
     ItemKind,
@@ -63,7 +64,7 @@ from hub.features.participants import (
 )
 from hub.features.program_unsent import Unsent, is_transient, reason_of, unsent_alert
 from hub.features.subscribers import list_headers, list_id
-from hub.program import ProgramRunner
+from hub.program import ProgramRunner, target_set
 from hub.program_store import SqlProgramState
 from hub.program_targets import SqlTargets, person_key
 from hub.scheduling import TickScheduler
@@ -269,17 +270,7 @@ class ProgramService:
         """Everyone `item` is for right now (what a tick would use; `!hub send`)."""
         out: list[Target] = []
         for audience in item.audiences:
-            ids: Sequence[str]
-            if audience is Audience.LOUNGE:
-                lounge = await self.targets.lounge(item.cohort)
-                ids = [lounge] if lounge else []
-            elif audience is Audience.PAIR:
-                ids = await self.targets.active_pair_rooms(item.cohort, now)
-            elif audience is Audience.DIRECT:
-                ids = await self.targets.direct_rooms(item.cohort, now)
-            else:
-                ids = await self.targets.members(item.cohort, now)
-            out += [Target(audience, i) for i in dict.fromkeys(ids)]
+            out += await target_set(self.targets, item.cohort, item, audience, now)
         return out
 
     # -- emitting -------------------------------------------------------------------------------
@@ -430,6 +421,13 @@ class ProgramService:
             chosen = lib.pick(rotating, ct.Audience.PAIR, week=week or None, used=used)
         elif item.kind is ItemKind.CHECKIN:
             chosen = lib.pick(ct.Kind.CHECKIN, ct.Audience.PAIR)
+        elif item.kind in DIRECT_FOR_UNPAIRED:
+            # The lounge's reminder says nothing only true there; the time is the pair's own
+            # when both live in one zone, else the cohort's (as in the lounge).
+            zones = {content_person(view, m).timezone for m in (pv.mentor, pv.mentee)}
+            zone = zones.pop() if len(zones) == 1 else view.cohort.timezone
+            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+            variables = self._vars(view, week, webinar=self._webinar(item, zone))
         else:
             return []
         row = prompt_row(pv.room, lib.render(chosen, variables), people, kind=kind, dedupe_key=key, week=week)
@@ -439,10 +437,13 @@ class ProgramService:
 
     async def _direct(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
                       keys: dict[Target, str], week: int, unsent: list[Unsent]) -> list[dict[str, Any]]:
-        if item.kind is not ItemKind.REFLECTION:
+        reminder = item.kind in DIRECT_FOR_UNPAIRED
+        if item.kind is not ItemKind.REFLECTION and not reminder:
             return []
         env = await ms.load_env(s, self.outbox, self.clock, self.settings())
-        chosen = self.library.pick(ct.Kind.CHECKIN, ct.Audience.PERSON)
+        chosen = (self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+                  if reminder else self.library.pick(ct.Kind.CHECKIN, ct.Audience.PERSON))
+        kind = f"program-{item.kind.value}" if reminder else "program-private-checkin"
         out: list[dict[str, Any]] = []
         for t in group:
             member = view.member_by_matrix(t.id)
@@ -450,16 +451,18 @@ class ProgramService:
                 continue
             partner = view.partner_of(t.id)
             try:
-                variables = self._vars(view, week, person=content_person(view, member),
-                                       partner=content_person(view, partner) if partner else None)
+                person = content_person(view, member)
+                variables = (self._vars(view, week, webinar=self._webinar(item, person.timezone))
+                             if reminder else
+                             self._vars(view, week, person=person,
+                                        partner=content_person(view, partner) if partner else None))
                 rendered = self.library.render(chosen, variables)
             except Exception as e:
                 self.leave_out(unsent, item, f"{ms.member_label(member)} ({t.id})", e)
                 continue
             # Made only once the message rendered: a person left out gets no room for nothing.
             room = await ms.ensure_direct_room(s, env, t.id)
-            out.append(prompt_row(room, rendered, mentions(member), kind="program-private-checkin",
-                                  dedupe_key=keys[t], week=week))
+            out.append(prompt_row(room, rendered, mentions(member), kind=kind, dedupe_key=keys[t], week=week))
         return out
 
     async def _members(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
