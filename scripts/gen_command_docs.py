@@ -50,7 +50,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                          "Nothing at once: the next email to that address is sent again."),
     "snooze": ("!hub snooze 7", "Confirmation; no nudges to you for 7 days."),
     "unsnooze": ("!hub unsnooze", "Confirmation; nudges resume."),
-    "audit": ("!hub audit 20", "Nothing: the last 20 moderator actions are listed for you only."),
+    "audit": ("!hub audit 20", "Nothing: the last 20 moderator actions are listed for moderators only."),
     "cohort create": ('!hub cohort create spring-2027 "Spring 2027" tz=Europe/Berlin start=2027-03-01 '
                       "weeks=12", "Nothing yet: the cohort's space and lounge are created empty."),
     "cohort list": ("!hub cohort list", "Nothing: a list for moderators."),
