@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from hub.clock import Clock
 from hub.core.answers import CHECKIN, MET, Answer
 from hub.core.tokens import Purpose, TokenSigner
 from hub.errors import InvalidToken
-from hub.web_unsubscribe import SECURITY_HEADERS
+from hub.web_pages import html_page, page_template
 
 __all__ = ["ANSWER_MAX_AGE", "AnswerHandler", "AnswerStore", "Recorded", "routes"]
 
@@ -68,14 +67,7 @@ class AnswerHandler:
         self.store = store
         self.signer = signer
         self.clock = clock
-        env = Environment(
-            loader=PackageLoader("hub", "templates"),
-            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self._page = env.get_template("answer_page.html")
+        self._page = page_template("answer_page.html")
 
     def _render(self, state: str, status: int = 200, *, answer: Answer | None = None,
                 message: str = "") -> web.Response:
@@ -83,9 +75,7 @@ class AnswerHandler:
         text = self._page.render(title=_TITLES[state], state=state, question=question,
                                  label=answer.label if answer is not None else "", message=message,
                                  private=answer is not None and answer.question == CHECKIN)
-        return web.Response(
-            status=status, text=text, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
-        )
+        return html_page(text, status)
 
     def _answer(self, request: web.Request) -> Answer | None:
         try:

@@ -20,28 +20,14 @@ import logging
 from typing import Protocol
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from hub.core.tokens import Purpose, TokenSigner
 from hub.errors import InvalidToken
+from hub.web_pages import html_page, page_template
 
-__all__ = ["SECURITY_HEADERS", "SubscriptionStore", "UnsubscribeHandler", "routes"]
+__all__ = ["SubscriptionStore", "UnsubscribeHandler", "routes"]
 
 log = logging.getLogger(__name__)
-
-# The page is self-contained: no scripts, no external anything. The token is in
-# the URL, so no Referer may carry it anywhere and no cache or index may keep it.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "X-Robots-Tag": "noindex",
-}
 
 _TITLES = {
     "confirm": "Unsubscribe from these emails?",
@@ -80,20 +66,11 @@ class UnsubscribeHandler:
         self.store = store
         self.signer = signer
         self.command_prefix = command_prefix
-        env = Environment(
-            loader=PackageLoader("hub", "templates"),
-            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self._page = env.get_template("unsubscribe_page.html")
+        self._page = page_template("unsubscribe_page.html")
 
     def _render(self, state: str, status: int = 200) -> web.Response:
         text = self._page.render(title=_TITLES[state], state=state, command_prefix=self.command_prefix)
-        return web.Response(
-            status=status, text=text, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
-        )
+        return html_page(text, status)
 
     def _handle(self, request: web.Request) -> str | None:
         try:

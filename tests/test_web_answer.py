@@ -31,7 +31,7 @@ from hub.delivery.outbox import Outbox
 from hub.errors import InvalidToken
 from hub.web import HealthSource, WebServer
 from hub.web_answer import ANSWER_MAX_AGE, Recorded, routes
-from hub.web_unsubscribe import SECURITY_HEADERS
+from hub.web_pages import SECURITY_HEADERS
 
 SECRET = "web-answer-test-secret"
 NOW = datetime(2027, 2, 5, 15, 0, tzinfo=UTC)

@@ -16,7 +16,8 @@ from hub.core.digest import CohortInfo, DigestBuilder, DigestIssue, Prompt, Reci
 from hub.core.tokens import Purpose, TokenSigner
 from hub.delivery.outbox import Outbox
 from hub.web import HealthSource, WebServer
-from hub.web_unsubscribe import SECURITY_HEADERS, routes
+from hub.web_pages import SECURITY_HEADERS
+from hub.web_unsubscribe import routes
 
 SECRET = "web-unsubscribe-test-secret"
 NOW = datetime(2027, 1, 25, 8, 0, tzinfo=UTC)
