@@ -91,9 +91,11 @@ def test_shipped_library_covers_the_four_problems(library: Library) -> None:
     for nudge in library.select(Kind.VIDEO, Audience.PAIR):
         assert v.pair.video_url in library.render(nudge, v).body
     checkin = library.render(library.pick(Kind.CHECKIN, Audience.PAIR), v).body
-    assert all(f"!hub met {mode}" in checkin for mode in ("video", "voice", "text", "notyet"))
+    # The prompts name the reactions the hub adds under them, and the typed form too.
+    assert all(f"{emoji} " in checkin and f"!hub met {mode}" in checkin
+               for emoji, mode in (("🎥", "video"), ("📞", "voice"), ("💬", "text"), ("⏳", "notyet")))
     private = library.render(library.pick(Kind.CHECKIN, Audience.PERSON), v).body
-    assert all(f"!hub checkin {n}" in private for n in range(1, 6))
+    assert all(f"{n}\ufe0f\u20e3" in private for n in range(1, 6)) and "!hub checkin" in private
 
 
 def test_shipped_tips_do_not_repeat_their_title(library: Library) -> None:
