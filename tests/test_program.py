@@ -405,3 +405,31 @@ def test_property_each_item_at_most_once_per_target_over_any_ticks(
             assert key in world.outbox.rows or item.key in skipped, key
         if item.due > now:
             assert key not in world.outbox.rows and item.key not in skipped
+
+
+async def test_webinar_reminder_direct_rooms_are_the_unpaired_even_beside_a_reflection() -> None:
+    """At one tick a reflection (private check-ins to the paired) and a 1-h reminder (to the unpaired).
+
+    The targets cache is per (audience, which direct set): sharing one direct list would
+    send the private check-in to the unpaired or the reminder to the paired a second time.
+    """
+    base = example()
+    reflection = build_calendar(base).get("reflection:winter-2027:w3")
+    assert reflection is not None
+    webinar = Webinar(reflection.due + timedelta(hours=1), "Mid-program")
+    spec = ProgramSpec(**{**base.__dict__, "webinars": (*base.webinars, webinar)})
+    world = World(spec, start=START)
+    world.targets.unpaired["winter-2027"].append("hal")
+    await world.run_until(reflection.due - timedelta(hours=2))
+    world.targets.snoozed_until["hal"] = reflection.due + timedelta(days=1)
+    world.clock.set(reflection.due)
+    report = await world.runner.tick()
+    reminder = next(i for i, _ in report.emitted if i.kind is ItemKind.WEBINAR_REMINDER_1H)
+    assert {i.kind for i, _ in report.emitted} == {ItemKind.REFLECTION, ItemKind.WEBINAR_REMINDER_1H}
+
+    def ids(prefix: str) -> set[str]:
+        return {k.rsplit(":", 1)[1] for k in world.outbox.rows if k.startswith(prefix)}
+
+    assert ids(f"{reminder.key}:direct:") == {"gus"}  # hal is snoozed; the paired have their pair rooms
+    assert ids(f"{reminder.key}:pair:") == set(PAIRS)
+    assert ids(f"{reflection.key}:direct:") == set(PEOPLE)

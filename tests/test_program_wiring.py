@@ -12,7 +12,7 @@ import itertools
 import json
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -349,6 +349,55 @@ async def test_targets_skip_paused_snoozed_opted_out_and_bounced(
         assert mentee2 in await t.direct_rooms("winter", w.clock.now())
     finally:
         await w.db.close()
+
+
+@pytest.mark.parametrize("backend", backends())
+async def test_unpaired_direct_rooms_are_exactly_the_participants_no_pair_room_reaches(
+    backend: str, database_urls: dict[str, str], tmp_path: Path
+) -> None:
+    """Webinar reminders go to the pair rooms and to these direct rooms: each person in one set."""
+    w = await make_world(tmp_path, database_urls[backend], datetime(2027, 1, 12, 12, 0, tzinfo=BERLIN))
+    lone, dozing, left = "@lone:example.org", "@dozing:example.org", "@left:example.org"
+    try:
+        t = w.program.targets
+        async with w.db.transaction() as s:
+            env = await ms.load_env(s, w.outbox, w.clock, w.settings)
+            cohort = await ms.get_cohort(s, "winter")
+            assert cohort is not None
+            for user in (lone, dozing, left):
+                await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=user), name=user[1:5])
+            await ms.add_member(s, env, cohort, "mentee", Who(email="paper@example.org"), name="Paper",
+                                email="paper@example.org")
+            await ms.add_member(s, env, cohort, "moderator", Who(matrix_id=MOD), name="Lead")
+        now = w.clock.now()
+        assert sorted(await t.unpaired_direct_rooms("winter", now)) == sorted([lone, dozing, left])
+        async with w.db.transaction() as s:
+            pairs = (await s.execute(select(Pair).order_by(Pair.id))).scalars().all()  # type: ignore[arg-type]
+            pairs[0].status = "paused"
+        ids = await give_rooms_ids(w)
+        async with w.db.transaction() as s:
+            # Pair 1's room is being closed: it gets nothing, so its people count as unpaired.
+            await s.execute(update(hub_room_table).where(hub_room_table.c.key == "pair:2").values(
+                status="closing"))
+        await w.command(dozing, ids["lounge:1"], "!hub snooze 3")
+        await w.command(PEOPLE[2][1], ids["lounge:1"], "!hub snooze 3")  # paired: the pair room goes on
+        await w.command(MOD, CONTROL, f"!hub remove winter {left}")
+        in_rooms = {u for pv in (await _pair_people(w, await t.active_pair_rooms("winter", now))) for u in pv}
+        unpaired = set(await t.unpaired_direct_rooms("winter", now))
+        assert in_rooms == set(PEOPLE[2])
+        assert unpaired == {*PEOPLE[0], *PEOPLE[1], lone}
+        assert not in_rooms & unpaired
+        w.clock.advance(4 * 86400)
+        assert dozing in await t.unpaired_direct_rooms("winter", w.clock.now())
+    finally:
+        await w.db.close()
+
+
+async def _pair_people(w: World, room_keys: Sequence[str]) -> list[tuple[str, str]]:
+    async with w.db.session() as s:
+        view = await load_cohort_view(s, "winter")
+    assert view is not None
+    return [(str(view.pairs[k].mentor.matrix_id), str(view.pairs[k].mentee.matrix_id)) for k in room_keys]
 
 
 # -- commands --------------------------------------------------------------------------------------
