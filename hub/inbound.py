@@ -29,12 +29,9 @@ from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
 
-__all__ = ["OPEN_TO_ALL", "CommandRunner", "Ports"]
+__all__ = ["CommandRunner", "Ports"]
 
 log = logging.getLogger(__name__)
-
-# PRODUCT.md: commands other than these are for participants and moderators only.
-OPEN_TO_ALL = frozenset({"help", "ping"})
 
 # Rooms only the asker (and the hub) reads: a moderator's own direct room has the two of
 # them only (the hub removes others from its direct rooms and gives up an adopted one
@@ -204,9 +201,11 @@ class CommandRunner:
             # Never echoed: an answer quoting it could be too large to send, and go unanswered.
             return Reply(f"That command is {len(msg.body):,} characters long; I take at most "
                          f"{MAX_COMMAND_CHARS:,}. Nothing was changed: please shorten it."), None
+        # One indexed lookup per command: it decides what a stranger may use and what help lists.
+        participant = moderator or await is_participant(s, msg.sender)
         ctx = CommandContext(
             sender=msg.sender, room_id=msg.room_id, room_kind=kind, is_moderator=moderator,
-            event_id=msg.event_id,
+            event_id=msg.event_id, is_participant=participant,
             services=Ports(s, self.outbox, self.db, self.clock, self.control_room(), self.app),
         )
         spec = None
@@ -214,7 +213,7 @@ class CommandRunner:
             parsed = self.registry.parse(rest)
             spec = parsed.spec
             ctx.args = parsed.args
-            if not moderator and spec.name not in OPEN_TO_ALL and not await is_participant(s, msg.sender):
+            if not participant and not spec.open_to_all:
                 try:
                     self.registry.authorize(spec, ctx)  # the most specific reason, if there is one
                 except PermissionDenied as e:
@@ -232,7 +231,7 @@ class CommandRunner:
             # A refusal changes nothing, the audit log included; it is only logged.
             return Reply(str(e)), None
         except UsageError as e:
-            if spec is None and not moderator and not await is_participant(s, msg.sender):
+            if spec is None and not participant:
                 return self._refuse_stranger(msg), None  # no lesson in commands they may not use
             return Reply(str(e)), None
         except CommandError as e:

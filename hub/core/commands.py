@@ -99,6 +99,8 @@ class CommandContext:
     room_kind: RoomKind
     is_moderator: bool
     event_id: str
+    # A member of a cohort (by Matrix id); others may use only `open_to_all` commands.
+    is_participant: bool = True
     args: dict[str, Any] = field(default_factory=dict)
     services: Any = None  # the wiring's ports; handlers reach adapters only through it
 
@@ -118,6 +120,9 @@ class CommandSpec:
     # room others can read, the runner carries the command out there and answers in the
     # control room (PRODUCT.md "Moderators' answers stay among moderators").
     private_answer: bool = False
+    # Anyone may use it, participant or not (PRODUCT.md: help and ping); every other
+    # command is for the cohorts' participants and moderators.
+    open_to_all: bool = False
 
     def usage(self, prefix: str) -> str:
         parts = [prefix, self.name, *(a.usage() for a in self.args)]
@@ -156,10 +161,11 @@ class CommandRegistry:
         moderator_only: bool = False,
         where: frozenset[RoomKind] = ANYWHERE,
         private_answer: bool = False,
+        open_to_all: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.add(CommandSpec(name, summary, handler, tuple(args), moderator_only, where,
-                                 private_answer))
+                                 private_answer, open_to_all))
             return handler
 
         return register
@@ -276,6 +282,7 @@ class CommandRegistry:
             s
             for s in self._specs.values()
             if ctx.room_kind in s.where and (ctx.is_moderator or not s.moderator_only)
+            and (ctx.is_moderator or ctx.is_participant or s.open_to_all)
         ]
 
     def help(self, ctx: CommandContext, topic: str | None) -> Reply:

@@ -15,11 +15,12 @@ __all__ = ["register_basics"]
 
 
 def register_basics(registry: CommandRegistry) -> None:
-    @registry.command("help", "what you may use here", Arg("command", kind="rest", optional=True))
+    @registry.command("help", "what you may use here", Arg("command", kind="rest", optional=True),
+                      open_to_all=True)
     async def help_(ctx: CommandContext) -> Reply:
         return registry.help(ctx, ctx.args.get("command"))
 
-    @registry.command("ping", "check that the hub is listening")
+    @registry.command("ping", "check that the hub is listening", open_to_all=True)
     async def ping(ctx: CommandContext) -> Reply:
         return Reply("pong")
 
