@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from sqlalchemy import select
 
 from hub.service import Hub
 from hub.storage.models import HubRoom, hub_room_table
 
-__all__ = ["quiet", "room_of"]
+__all__ = ["pair_in_new_cohort", "quiet", "room_of"]
 
 
 async def room_of(hub: Hub, key: str, timeout: float = 60) -> str:
@@ -43,3 +44,18 @@ async def quiet(hub: Hub, timeout: float = 30) -> None:
     except TimeoutError:
         raise TimeoutError("the outbox did not drain") from None
     await asyncio.sleep(0.5)
+
+
+async def pair_in_new_cohort(hub: Hub, mod: Any, mentor: Any, mentee: Any, *, emails: bool = False) -> str:
+    """As a moderator does it in the control room: cohort `spring`, mentor Ada and mentee Bo
+    (with addresses if `emails`), paired; returns the pair room's id once the hub made it."""
+    control = hub.control_room_id
+    assert control
+    await mod.wait_joined(control, mod.user_id, timeout=20)
+    ada, bo = (" email=ada@example.org", " email=bo@example.org") if emails else ("", "")
+    for command in ['!hub cohort create spring "Spring 2027"',
+                    f"!hub add spring mentor {mentor.user_id} Ada{ada}",
+                    f"!hub add spring mentee {mentee.user_id} Bo{bo}",
+                    f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
+        await mod.ask(control, command)
+    return await room_of(hub, "pair:1")

@@ -24,7 +24,7 @@ from hub.delivery.outbox import MATRIX
 from hub.devserver.synapse import SynapseServer
 from hub.matrix.events import notice_content
 
-from cohort_helpers import room_of
+from cohort_helpers import pair_in_new_cohort, room_of
 from conftest import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -40,13 +40,8 @@ async def test_long_texts_are_refused_where_they_enter_and_failures_are_reported
     async with running_hub(settings) as hub:
         control = hub.control_room_id
         assert control and hub.outbox is not None and hub.db is not None and hub.web is not None
-        await mod.wait_joined(control, mod.user_id, timeout=20)
-        for command in ['!hub cohort create spring "Spring 2027"',
-                        f"!hub add spring mentor {mentor.user_id} Ada",
-                        f"!hub add spring mentee {mentee.user_id} Bo",
-                        f"!hub pair spring {mentor.user_id} {mentee.user_id}",
-                        "!hub send reflection spring"]:
-            await mod.ask(control, command)
+        await pair_in_new_cohort(hub, mod, mentor, mentee)
+        await mod.ask(control, "!hub send reflection spring")
         direct = await room_of(hub, f"direct:{mentee.user_id}")
         await mentee.wait_until(lambda: any(isinstance(e, RoomMessageText) and "private check-in" in e.body
                                             for e in mentee.in_room(direct)), 30)

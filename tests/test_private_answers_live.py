@@ -21,7 +21,7 @@ from nio import RoomMessageNotice
 from hub.devserver.synapse import SynapseServer
 from hub.service import build_registry
 
-from cohort_helpers import quiet, room_of
+from cohort_helpers import pair_in_new_cohort, quiet, room_of
 from conftest import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -48,14 +48,8 @@ async def test_report_and_cohort_show_in_the_lounge_leak_nothing_to_participants
     async with running_hub(settings) as hub:
         control = hub.control_room_id
         assert control
-        await mod.wait_joined(control, mod.user_id, timeout=20)
-        for command in ['!hub cohort create spring "Spring 2027"',
-                        f"!hub add spring mentor {ada.user_id} Ada email=ada@example.org",
-                        f"!hub add spring mentee {bo.user_id} Bo email=bo@example.org",
-                        f"!hub pair spring {ada.user_id} {bo.user_id}"]:
-            await mod.ask(control, command)
+        pair = await pair_in_new_cohort(hub, mod, ada, bo, emails=True)
         lounge = await room_of(hub, "lounge:1")
-        pair = await room_of(hub, "pair:1")
         await ada.wait_joined(lounge, ada.user_id, 20)
         await mod.wait_joined(lounge, mod.user_id, 20)
         await quiet(hub)  # the launch post and welcomes are out: what follows is the commands'

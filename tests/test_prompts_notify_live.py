@@ -29,7 +29,7 @@ from hub.delivery.outbox import MATRIX
 from hub.devserver.synapse import SynapseServer
 from hub.matrix.events import user_link
 
-from cohort_helpers import room_of
+from cohort_helpers import pair_in_new_cohort, room_of
 from conftest import hub_settings, running_hub
 from matrix_user import Participant
 
@@ -89,13 +89,8 @@ async def test_prompts_notify_both_pair_members_and_command_replies_ping_nobody(
     async with running_hub(settings) as hub:
         control = hub.control_room_id
         assert control and hub.outbox is not None and hub.db is not None
-        await mod.wait_joined(control, mod.user_id, timeout=20)
-        for command in ['!hub cohort create spring "Spring 2027"',
-                        f"!hub add spring mentor {mentor.user_id} Ada",
-                        f"!hub add spring mentee {mentee.user_id} Bo",
-                        f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
-            await mod.ask(control, command)
-        pair, lounge = await room_of(hub, "pair:1"), await room_of(hub, "lounge:1")
+        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
+        lounge = await room_of(hub, "lounge:1")
         await mentor.wait_joined(pair, mentee.user_id, timeout=30)
         await mentee.wait_joined(pair, mentor.user_id, timeout=30)
 

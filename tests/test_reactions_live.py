@@ -28,7 +28,7 @@ from hub.features.prompts import OPTIONS
 from hub.service import Hub
 from hub.storage.models import PrivateCheckin
 
-from cohort_helpers import room_of
+from cohort_helpers import pair_in_new_cohort, room_of
 from conftest import hub_settings, running_hub
 from matrix_user import Participant
 
@@ -85,13 +85,7 @@ async def test_answers_by_reaction_in_encrypted_rooms(
     async with running_hub(settings) as hub:
         control = hub.control_room_id
         assert control
-        await mod.wait_joined(control, mod.user_id, timeout=20)
-        for command in ['!hub cohort create spring "Spring 2027"',
-                        f"!hub add spring mentor {mentor.user_id} Ada",
-                        f"!hub add spring mentee {mentee.user_id} Bo",
-                        f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
-            await mod.ask(control, command)
-        pair = await room_of(hub, "pair:1")
+        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
         await mentor.wait_joined(pair, mentee.user_id, timeout=30)
         await mentee.wait_joined(pair, mentor.user_id, timeout=30)
         assert mentee.client.rooms[pair].encrypted
