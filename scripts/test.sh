@@ -44,7 +44,7 @@ fi
 # at its default 0.2/s after a burst of 10) and uses almost no CPU meanwhile. It runs
 # beside the rest of the suite, in a pytest session of its own (it starts its own
 # Synapse anyway), instead of adding those two minutes at the end.
-beside=tests/test_ratelimit_live.py
+beside=tests/live/test_ratelimit_live.py
 beside_log=$(mktemp)
 .venv/bin/python -m pytest -q -p no:cacheprovider "$beside" >"$beside_log" 2>&1 &
 beside_pid=$!

@@ -27,7 +27,7 @@ from hub.email.pool import SmtpPool
 from hub.errors import LoginError, UnreachableError
 from hub.waiting import describe_network_error, retry_delay, until_reachable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PATH": "/usr/bin:/bin", "HUB_MATRIX_PASSWORD": "dummy-matrix-pw", "HUB_SECRET": "dummy-web-secret"}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from hub.service import build_registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _gen() -> ModuleType:

@@ -13,7 +13,7 @@ import pytest
 from hub.config import load_settings, settings_from_dict
 from hub.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
 DUMMY_ENV = {
     "HUB_MATRIX_PASSWORD": "dummy-matrix-pw",

@@ -3,7 +3,7 @@
 Every ConfigError problem must name the file and then the key (``file: cohort[0].weeks: ...``),
 or, for a file that is not TOML at all, where the TOML breaks (line and column). Nothing else
 may escape `load_settings`: `hub check` and `hub run` would print a traceback instead.
-See tests/fuzz_helpers.py for the settings used.
+See tests/support/fuzz.py for the settings used.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from fuzz_helpers import ANY_TEXT, fuzz, spliced
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hub.config import Settings, load_settings
 from hub.errors import ConfigError
+
+from tests.support.fuzz import ANY_TEXT, fuzz, spliced
 
 # --- a small TOML writer (the venv has a reader only); inline tables below the top level ---------
 

@@ -16,7 +16,7 @@ from hub.storage.db import open_database
 from hub.storage.models import HubRoom, Member, Pair, hub_room_table
 from hub.storage.models import outbox_table as T
 
-from conftest import backends
+from tests.support.databases import backends
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"

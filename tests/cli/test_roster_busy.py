@@ -6,15 +6,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_roster import (
+
+from hub.storage import db as storage_db
+
+from tests.cli.test_roster import (
     _drop_cli_log_handlers,  # noqa: F401  (autouse fixture, needed here too)
     counts,
     roster,
     run,
     write_config,
 )
-
-from hub.storage import db as storage_db
 
 
 def test_an_import_that_cannot_get_the_write_lock_says_so_and_changes_nothing(

@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_content_library import _minimal, _write
 
 from hub.core.content import (
     SAMPLES,
@@ -35,6 +34,8 @@ from hub.core.content_format import Url, email_document, escape_markdown, html_t
 from hub.core.content_library import check_library, load_library
 from hub.core.markup import MATRIX_ATTRIBUTES, MATRIX_TAGS, markdown_to_matrix
 from hub.errors import ContentError
+
+from tests.core.test_content_library import _minimal, _write
 
 HOSTILE = (
     "<img src=x onerror=alert(1)>",

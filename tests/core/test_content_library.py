@@ -18,7 +18,7 @@ from hub.core.content import SAMPLES, SLOTS, VARIABLE_TYPES, Audience, Kind, Lib
 from hub.core.content_library import Problem, check_library, default_library_path, load_library
 from hub.errors import ContentError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _copy_shipped(tmp_path: Path) -> Path:

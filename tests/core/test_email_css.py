@@ -8,11 +8,12 @@ from zoneinfo import ZoneInfo
 import css_inline
 import pytest
 from markupsafe import Markup
-from test_digest import builder, full_issue, hostile_issue, person
 
 from hub.core.digest import CohortPulse, DigestIssue, PairCounts, Recipient, _environment, render_blocks
 from hub.core.email_css import preinline, stylesheet
 from hub.errors import TemplateStyleError
+
+from tests.core.test_digest import builder, full_issue, hostile_issue, person
 
 
 class Elements(HTMLParser):

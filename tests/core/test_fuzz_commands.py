@@ -5,7 +5,7 @@ either produce a command or raise `UsageError` / `PermissionDenied` with a messa
 on: the usage line of the command they meant, the unknown word with the way to list commands, or
 the unclosed quote. Anything else would be a traceback where people talk. Commands that parse are
 what they look like: generated valid commands come back with exactly the arguments written.
-See tests/fuzz_helpers.py for the settings used.
+See tests/support/fuzz.py for the settings used.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from fuzz_helpers import ANY_TEXT, fuzz, spliced
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hub.core.commands import Arg, CommandContext, CommandSpec, RoomKind, split_command_line
 from hub.errors import PermissionDenied, UsageError
 from hub.service import build_registry
+
+from tests.support.fuzz import ANY_TEXT, fuzz, spliced
 
 PREFIX = "!hub"
 REGISTRY = build_registry(PREFIX)

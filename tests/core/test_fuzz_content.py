@@ -4,7 +4,7 @@ Moderators write these files by hand (docs/content-authoring.md); `hub content c
 and the running hub's reload show the problems. The contract: `check_library` never raises and
 every problem in a file names its line; `load_library` raises only ContentError. Front matter is
 YAML and the body a sandboxed Jinja template, so both are fuzzed: YAML tokens, tags and anchors,
-Jinja tags, filters, attribute chains and the sandbox's limits. See tests/fuzz_helpers.py.
+Jinja tags, filters, attribute chains and the sandbox's limits. See tests/support/fuzz.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import re
 import tempfile
 from pathlib import Path
 
-from fuzz_helpers import ANY_TEXT, fuzz, spliced
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hub.core.content import FRONT_MATTER_KEYS, SLOTS, Audience, Kind
 from hub.core.content_library import CheckReport, check_library, load_library
 from hub.errors import ContentError
+
+from tests.support.fuzz import ANY_TEXT, fuzz, spliced
 
 _YAML = ["[", "]", "{", "}", "&a ", "*a", "!!python/object:os.system ", "!!binary ", "---", ": ", "- ",
          "'", '"', "\t", "2027-01-01", "yes", "~", "null", "1e400", "0x1F", "-1", "521", "3", "? ", "|",

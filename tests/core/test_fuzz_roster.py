@@ -2,7 +2,7 @@
 
 `hub roster import` and `!hub roster` show these problems to a moderator; anything other than a
 RosterError would be a traceback in the control room or the terminal, and a problem without
-"line N" leaves them hunting through a 5 000-row file. See tests/fuzz_helpers.py for the settings.
+"line N" leaves them hunting through a 5 000-row file. See tests/support/fuzz.py for the settings.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import csv
 import io
 import re
 
-from fuzz_helpers import ANY_TEXT, fuzz, spliced
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hub.core.roster import COLUMNS, Roster, decode_roster, parse_roster
 from hub.errors import RosterError
+
+from tests.support.fuzz import ANY_TEXT, fuzz, spliced
 
 HEADER = ",".join(COLUMNS)
 FRAGMENTS = [

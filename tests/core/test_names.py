@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from test_program_wiring import BERLIN, CONTROL, MOD, World, make_world
 
 from hub.config import settings_from_dict
 from hub.core.names import MAX_NAME, check_name, name_problem, one_line
 from hub.core.roster import parse_roster
 from hub.errors import ConfigError, RosterError
+
+from tests.features.test_program_wiring import BERLIN, CONTROL, MOD, World, make_world
 
 BAD = [
     ("Line\nBreak", "contains a line break"),

@@ -1,4 +1,4 @@
-"""The push-rule evaluator (tests/push_rules.py) against the spec's default rules and its examples.
+"""The push-rule evaluator (tests/support/push_rules.py) against the spec's default rules and its examples.
 
 The rules below are the spec's predefined rules (client-server API, "Predefined
 Rules", v1.7+) for ``@alice:example.org``, in the spec's order. The live test
@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from push_rules import RoomState, Verdict, evaluate, glob_matches, matches, property_path
 
 from hub.core.markup import sanitize_matrix_html
 from hub.core.messages import Mention, notice_content, prompt_content
+
+from tests.support.push_rules import RoomState, Verdict, evaluate, glob_matches, matches, property_path
 
 ALICE = "@alice:example.org"
 BOT = "@hub:example.org"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from test_program_wiring import BERLIN, CONTROL, MOD, World, make_world
 
 from hub.core.zones import find_zone
+
+from tests.features.test_program_wiring import BERLIN, CONTROL, MOD, World, make_world
 
 
 @pytest.mark.parametrize("name", ["Europe/Berlin", "UTC", "America/Los_Angeles"])

@@ -17,7 +17,7 @@ from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.storage.db import Database, open_database
 from hub.storage.models import outbox_table as T
 
-from conftest import backends
+from tests.support.databases import backends
 
 BOTH = pytest.mark.parametrize("backend", backends())
 # Leases and several dispatchers sharing a queue exist on PostgreSQL only: SQLite runs one

@@ -22,7 +22,8 @@ from hub.devserver.synapse import SynapseServer
 from hub.storage.db import Database, open_database
 from hub.storage.models import outbox_table as T
 
-from conftest import backends, hub_settings, running_hub
+from tests.support.databases import backends
+from tests.support.live_hub import hub_settings, running_hub
 
 DAY = 86400.0
 START = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)

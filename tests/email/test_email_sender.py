@@ -22,7 +22,7 @@ from hub.storage.db import Database, open_database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import outbox_table as T
 
-from conftest import backends
+from tests.support.databases import backends
 
 FROM = "Mentoring Hub <hub@example.org>"
 

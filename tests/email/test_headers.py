@@ -39,7 +39,7 @@ from hub.features.rooms import RoomKeeper
 from hub.storage.db import Database, open_database
 from hub.storage.models import cohort_table, hub_room_table, room_member_table
 
-from conftest import sink_email
+from tests.support.live_hub import sink_email
 
 FROM = "Mentoring Hub <hub@example.org>"
 NOW = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_digest_wiring import HUB, _event, _sync, _text, digest_world
-from test_program_wiring import BERLIN, CONTROL, MOD, World, give_rooms_ids, run_calendar
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
 from hub.features import membership as ms
+
+from tests.features.test_digest_wiring import HUB, _event, _sync, _text, digest_world
+from tests.features.test_program_wiring import BERLIN, CONTROL, MOD, World, give_rooms_ids, run_calendar
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"

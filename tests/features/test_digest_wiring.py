@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world, run_calendar
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
@@ -27,6 +26,17 @@ from hub.features.digest import DigestService
 from hub.features.digest_commands import preview
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.storage.models import PersonPref, metadata, room_activity_table, subscriber_table
+
+from tests.features.test_program_wiring import (
+    BERLIN,
+    CONTROL,
+    MOD,
+    PEOPLE,
+    World,
+    give_rooms_ids,
+    make_world,
+    run_calendar,
+)
 
 HUB = "@hub:example.org"
 PAIR_SECRET = "pair-secret-7f3a9"

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world
 
 from hub.core.commands import CommandContext, CommandRegistry, Handler, Reply
 from hub.core.markup import ECHO_LIMIT
 from hub.service import build_registry
+
+from tests.features.test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world
 
 REGISTRY = build_registry("!hub")
 NAMES = sorted(s.name for s in REGISTRY.specs)

@@ -7,7 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from test_program_wiring import BERLIN, PEOPLE, World, make_world
+
+from tests.features.test_program_wiring import BERLIN, PEOPLE, World, make_world
 
 OTHER = "!elsewhere:example.org"  # a room a participant invited the hub into
 

@@ -24,7 +24,8 @@ from hub.storage.db import Database, open_database
 from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
 from hub.storage.models import outbox_table as T
 
-from conftest import backends, hub_settings
+from tests.support.databases import backends
+from tests.support.live_hub import hub_settings
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 BOT = RegisteredUser("@hub:example.org", "pw", "token", "DEV")

@@ -51,7 +51,7 @@ from hub.storage.models import (
     room_member_table,
 )
 
-from conftest import backends
+from tests.support.databases import backends
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MOD = "@lead:example.org"
@@ -153,7 +153,7 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
         return await _room_kind(db, room_id)
 
     # The world's people run many commands while its clock stands still: no per-person
-    # rate limit here (tests/test_limits.py and test_stranger_live.py cover it).
+    # rate limit here (tests/core/test_limits.py and test_stranger_live.py cover it).
     unlimited = CommandRateLimiter(clock, per_minute=1.0, burst=10**9)
     runner = CommandRunner(db, outbox, clock, build_registry("!hub"), room_kind=kind, is_moderator=is_mod,
                            control_room=lambda: CONTROL, app=app, rate_limiter=unlimited)

@@ -1,8 +1,8 @@
 """Twelve weeks through the real emitter (FakeClock, SQLite): each prompt notifies exactly its people.
 
-The world of tests/test_program_wiring.py: one cohort, three pairs on Matrix. Every Matrix
+The world of tests/features/test_program_wiring.py: one cohort, three pairs on Matrix. Every Matrix
 message the calendar queues is judged by the spec's default push rules
-(tests/test_push_rules.py `spec_rules`) for every participant, as their client would: the
+(tests/core/test_push_rules.py `spec_rules`) for every participant, as their client would: the
 prompts (the backup-plan prompt at launch, icebreakers, check-ins, reflection prompts and
 webinar reminders in pair rooms, the private check-ins and the reminders of people in no active
 pair in direct rooms) match ``.m.rule.is_user_mention`` for
@@ -17,16 +17,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from push_rules import RoomState, evaluate
 from sqlalchemy import select
-from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, give_rooms_ids, make_world, run_calendar
-from test_push_rules import spec_rules
 
 from hub.core.calendar import DIRECT_FOR_UNPAIRED, build_calendar
 from hub.core.cohorts import Who
 from hub.features import membership as ms
 from hub.features.program import ProgramService
 from hub.storage.models import Pair
+
+from tests.core.test_push_rules import spec_rules
+from tests.features.test_program_wiring import (
+    BERLIN,
+    CONTROL,
+    MOD,
+    PEOPLE,
+    give_rooms_ids,
+    make_world,
+    run_calendar,
+)
+from tests.support.push_rules import RoomState, evaluate
 
 HUB = "@hub:example.org"
 PROMPTS = {"program-plan-prompt", "program-icebreaker", "program-checkin", "program-reflection",

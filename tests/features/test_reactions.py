@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from nio import SyncResponse
 from sqlalchemy import func, select
-from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world
 
 from hub.delivery.dispatcher import Claimed
 from hub.features.prompts import OPTIONS, PromptRecorder, option_for_key, option_for_text, week_in_key
@@ -34,6 +33,8 @@ from hub.storage.models import (
     prompt_answer_table,
     prompt_table,
 )
+
+from tests.features.test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_ids, make_world
 
 HUB = "@hub:example.org"
 (MENTOR0, MENTEE0), (MENTOR1, MENTEE1), _ = PEOPLE

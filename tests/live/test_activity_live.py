@@ -28,8 +28,8 @@ from hub.devserver.synapse import SynapseServer
 from hub.service import Hub
 from hub.storage.models import room_activity_table
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

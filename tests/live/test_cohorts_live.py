@@ -22,9 +22,9 @@ from hub.devserver.synapse import SynapseServer
 from hub.service import Hub, build_registry
 from hub.storage.models import hub_room_table
 
-from cohort_helpers import quiet, room_of
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.support.cohorts import quiet, room_of
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from nio import RoomCreateResponse, RoomPutStateResponse
 
-from conftest import hub_settings, running_hub
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -14,15 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_helpers import (
-    HubProcess,
-    make_rooms,
-    queue_rows,
-    raw_client,
-    read_room,
-    wait_for,
-    write_config,
-)
 from sqlalchemy import func, select
 
 from hub.devserver.smtp import SmtpSink
@@ -31,7 +22,17 @@ from hub.email.payload import email_payload
 from hub.storage.db import open_database
 from hub.storage.models import outbox_table as T
 
-from conftest import backends, sink_email
+from tests.support.databases import backends
+from tests.support.delivery import (
+    HubProcess,
+    make_rooms,
+    queue_rows,
+    raw_client,
+    read_room,
+    wait_for,
+    write_config,
+)
+from tests.support.live_hub import sink_email
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 

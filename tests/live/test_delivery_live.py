@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from delivery_helpers import make_rooms, raw_client, read_room
 from sqlalchemy import func, select
 
 from hub.devserver.smtp import SmtpSink
@@ -20,7 +19,8 @@ from hub.email.payload import email_payload, enqueue_email
 from hub.service import Hub
 from hub.storage.models import outbox_table as T
 
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.delivery import make_rooms, raw_client, read_room
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

@@ -19,16 +19,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from delivery_helpers import wait_for
 from nio import RoomCreateResponse, RoomGetStateEventResponse, RoomPreset
 from sqlalchemy import select
 
 from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.storage.models import HubRoom, hub_room_table
 
-from cohort_helpers import quiet, room_of
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.support.cohorts import quiet, room_of
+from tests.support.delivery import wait_for
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
 

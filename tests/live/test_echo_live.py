@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nio import RoomMessageNotice
-from test_echo import outside_code, tags
 
 from hub.devserver.synapse import SynapseServer
 
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.features.test_echo import outside_code, tags
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
 

@@ -11,8 +11,8 @@ import pytest
 
 from hub.devserver.synapse import SynapseServer
 
-from conftest import hub_settings, running_hub
-from test_crosssign import _node_or_skip, run_element_client
+from tests.matrix.test_crosssign import _node_or_skip, run_element_client
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -22,7 +22,7 @@ from hub.service import Hub
 from hub.storage.models import AuditEntry, EmailSuppression
 from hub.storage.models import outbox_table as T
 
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_helpers import make_rooms, raw_client, read_room, wait_for
 from nio import RoomSendResponse
 from sqlalchemy import func, select
-from test_run_process import HubProcess
-from test_run_process import _config as process_config
 
 from hub.devserver import free_port
 from hub.devserver.synapse import SynapseServer
 from hub.storage.models import outbox_table as T
 
-from conftest import hub_settings, running_hub
+from tests.live.test_run_process import HubProcess
+from tests.live.test_run_process import _config as process_config
+from tests.support.delivery import make_rooms, raw_client, read_room, wait_for
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 

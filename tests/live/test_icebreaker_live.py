@@ -27,8 +27,8 @@ from hub.devserver.synapse import SynapseServer
 from hub.program import ProgramRunner
 from hub.program_store import SqlProgramState
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -13,7 +13,7 @@ from nio import RoomMessageNotice
 from hub.devserver.synapse import SynapseServer
 from hub.storage.models import AuditEntry
 
-from conftest import hub_settings, running_hub
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

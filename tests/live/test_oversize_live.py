@@ -24,8 +24,8 @@ from hub.delivery.outbox import MATRIX
 from hub.devserver.synapse import SynapseServer
 from hub.matrix.events import notice_content
 
-from cohort_helpers import pair_in_new_cohort, room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import pair_in_new_cohort, room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -19,8 +19,8 @@ from nio import RoomGetStateEventResponse, RoomMessageText
 from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

@@ -21,8 +21,8 @@ from nio import RoomMessageNotice
 from hub.devserver.synapse import SynapseServer
 from hub.service import build_registry
 
-from cohort_helpers import pair_in_new_cohort, quiet, room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import pair_in_new_cohort, quiet, room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

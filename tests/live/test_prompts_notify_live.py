@@ -4,7 +4,7 @@ A real Synapse and the hub; the mentor, the mentee and the moderator are nio
 clients with end-to-end encryption. Pair rooms are encrypted, so the homeserver
 only sees ``m.room.encrypted`` and the notification is the client's call: each
 member's push rules are read from Synapse with their own token
-(``GET /_matrix/client/v3/pushrules/``) and evaluated (tests/push_rules.py) on
+(``GET /_matrix/client/v3/pushrules/``) and evaluated (tests/support/push_rules.py) on
 the event as their client decrypted it, in the room as their client sees it.
 A second test checks the evaluator itself against Synapse's verdicts on the same
 user's rules, in a room the server can read.
@@ -22,16 +22,16 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from nio import Event, RoomMessageNotice, RoomMessageText, RoomSendResponse
-from push_rules import RoomState, Verdict, evaluate
 
 from hub.core.cohorts import CREATOR_POWER_VERSIONS
 from hub.delivery.outbox import MATRIX
 from hub.devserver.synapse import SynapseServer
 from hub.matrix.events import user_link
 
-from cohort_helpers import pair_in_new_cohort, room_of
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.support.cohorts import pair_in_new_cohort, room_of
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
+from tests.support.push_rules import RoomState, Verdict, evaluate
 
 pytestmark = pytest.mark.synapse
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_helpers import fresh_filter, make_rooms, raw_client, wait_for
 from nio import MessageDirection, RoomMessagesResponse, SyncResponse
 from sqlalchemy import func, select
 
 from hub.devserver.synapse import SynapseServer
 from hub.storage.models import outbox_table as T
 
-from conftest import hub_settings, running_hub
+from tests.support.delivery import fresh_filter, make_rooms, raw_client, wait_for
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 

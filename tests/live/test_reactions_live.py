@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 from nio import ReactionEvent, RoomMessageNotice, RoomRedactResponse, RoomSendResponse
-from push_rules import evaluate
 from sqlalchemy import select
-from test_prompts_notify_live import push_rules, room_state
 
 from hub.devserver.synapse import SynapseServer
 from hub.features.prompts import OPTIONS
 from hub.service import Hub
 from hub.storage.models import PrivateCheckin
 
-from cohort_helpers import pair_in_new_cohort, room_of
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.live.test_prompts_notify_live import push_rules, room_state
+from tests.support.cohorts import pair_in_new_cohort, room_of
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
+from tests.support.push_rules import evaluate
 
 pytestmark = pytest.mark.synapse
 

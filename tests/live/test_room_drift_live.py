@@ -19,8 +19,8 @@ from nio import RoomGetStateResponse, RoomMessageNotice, RoomPutStateError, Room
 from hub.devserver.synapse import SynapseServer
 from hub.features import membership as ms
 
-from cohort_helpers import quiet, room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import quiet, room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

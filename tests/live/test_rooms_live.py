@@ -36,8 +36,8 @@ from hub.storage.db import open_database
 from hub.storage.models import HubRoom, RoomMember, hub_room_table, room_member_table
 from hub.storage.models import outbox_table as T
 
-from cohort_helpers import quiet, room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import quiet, room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"

@@ -22,7 +22,7 @@ from hub.devserver import free_port
 from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 
-from conftest import backends
+from tests.support.databases import backends
 
 pytestmark = pytest.mark.synapse
 

@@ -15,7 +15,7 @@ import pytest
 
 from hub.devserver.synapse import SynapseServer
 
-from conftest import hub_settings, running_hub
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -22,7 +22,7 @@ from nio import RoomMessageNotice
 from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

@@ -27,9 +27,9 @@ from hub.features import membership as ms
 from hub.storage.models import HubRoom, hub_room_table
 from hub.storage.models import outbox_table as T
 
-from cohort_helpers import quiet, room_of
-from conftest import hub_settings, running_hub
-from matrix_user import Participant
+from tests.support.cohorts import quiet, room_of
+from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 

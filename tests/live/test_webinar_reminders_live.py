@@ -3,7 +3,7 @@
 A real Synapse and the hub; the pair's mentor and mentee and an unpaired mentee are
 nio clients with end-to-end encryption. `!hub webinar` schedules a webinar a little
 over an hour ahead; the test then ticks the calendar at the 1-h reminder's instant
-on a FakeClock (as tests/test_icebreaker_live.py does; the hub's own wall-clock
+on a FakeClock (as tests/live/test_icebreaker_live.py does; the hub's own wall-clock
 scheduler is stopped). Each person's push rules are read from Synapse and evaluated
 on the reminder as their client decrypted it: the pair room's notifies both members,
 the unpaired mentee's direct room notifies her, and nobody gets it twice.
@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from test_prompts_notify_live import as_event, from_hub, verdict
 
 from hub.clock import FakeClock
 from hub.core.calendar import CalendarItem, ItemKind, Target, build_calendar
@@ -29,8 +28,9 @@ from hub.program import ProgramRunner
 from hub.program_store import SqlProgramState
 from hub.storage.models import hub_room_table
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub
+from tests.live.test_prompts_notify_live import as_event, from_hub, verdict
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

@@ -49,7 +49,7 @@ from hub.matrix.crosssign import (
 pytestmark = pytest.mark.synapse
 
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = Path(__file__).parent.parent / "js"
 ELEMENT_CLIENT = JS_DIR / "element_client.mjs"
 _names = itertools.count()
 

@@ -10,7 +10,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
-from test_program import START, FakeTargets, example
 
 from hub.clock import FakeClock
 from hub.core.calendar import CalendarItem, Target, build_calendar, dedupe_key
@@ -19,7 +18,8 @@ from hub.program_store import SqlProgramState
 from hub.storage.db import open_database
 from hub.storage.models import metadata, program_skipped_table, program_tick_table
 
-from conftest import backends
+from tests.program.test_program import START, FakeTargets, example
+from tests.support.databases import backends
 
 CAL = build_calendar(example())
 

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from test_program import FakeOutbox, FakeTargets, MemoryState, example
 
 from hub.clock import FakeClock, SystemClock
 from hub.core.calendar import CalendarItem, ProgramSpec, build_calendar
 from hub.program import ProgramRunner
 from hub.scheduling import TickScheduler
+
+from tests.program.test_program import FakeOutbox, FakeTargets, MemoryState, example
 
 
 class ShiftedClock(SystemClock):

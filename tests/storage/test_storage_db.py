@@ -21,7 +21,7 @@ from hub.storage.db import Database, _script, open_database, private_dir
 from hub.storage.lock import InstanceLock
 from hub.storage.models import KeyValue, metadata
 
-from conftest import backends
+from tests.support.databases import backends
 
 HEAD = _script().get_current_head()
 

@@ -1,4 +1,4 @@
-"""Shared settings and building blocks for the fuzz tests (tests/test_fuzz_*.py).
+"""Shared settings and building blocks for the fuzz tests (tests/*/test_fuzz_*.py).
 
 The contract they check is PRODUCT.md's "bad input gets a clear message naming
 what is wrong": a parser either returns a value or raises one of the hub's own

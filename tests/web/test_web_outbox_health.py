@@ -14,7 +14,7 @@ from hub.storage.db import open_database
 from hub.storage.models import outbox_table as T
 from hub.web import ControlRoomFailures, HealthSource, WebServer
 
-from conftest import backends
+from tests.support.databases import backends
 
 
 async def _ok() -> bool:
