@@ -34,6 +34,7 @@ from hub.features.cohorts import register_cohorts
 from hub.features.digest import DigestService
 from hub.features.digest_commands import register_digest_commands
 from hub.features.email_commands import register_email_commands
+from hub.features.match_commands import register_match_commands
 from hub.features.pair_commands import register_pair_commands
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
@@ -72,6 +73,7 @@ def build_registry(prefix: str) -> CommandRegistry:
     register_program_commands(registry)
     register_digest_commands(registry)
     register_email_commands(registry)
+    register_match_commands(registry)
     return registry
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "ProposedPair",
     "Reason",
     "Unmatched",
+    "allowed",
     "greedy",
     "hours_apart",
     "proposal_lines",
@@ -269,6 +270,12 @@ def greedy(inp: MatchInput) -> Proposal:
     return _proposal(inp, t, chosen)
 
 
+def allowed(mentor: Mentor, mentee: Mentee, forbidden: frozenset[tuple[int, int]]) -> bool:
+    """The hard constraints of one pair, room left aside: what `accept` checks again before making it."""
+    speaks = not (mentor.languages and mentee.languages) or bool(mentor.languages & mentee.languages)
+    return speaks and (mentor.key, mentee.key) not in forbidden
+
+
 def _hours(h: float) -> str:
     if h == 0:
         return "same time zone"
@@ -276,15 +283,17 @@ def _hours(h: float) -> str:
     return f"{text} hour{'s' if h != 1 else ''} apart"
 
 
-def proposal_lines(proposal: Proposal, label: Callable[[int], str]) -> list[str]:
+def proposal_lines(proposal: Proposal, label: Callable[[int], str],
+                   escape: Callable[[str], str] = str) -> list[str]:
     """Plain lines: a numbered line per pair (why: shared topics, hours apart), then the unmatched.
 
-    `label` turns a key into how the person is named (their Matrix id, else email).
+    `label` turns a key into how the person is named (their Matrix id, else email);
+    `escape` is applied to the topics (people's words) for a Markdown reply.
     """
     lines = []
     for n, p in enumerate(proposal.pairs, 1):
-        why = [f"shared topics: {', '.join(p.shared_topics)}" if p.shared_topics else "no shared topics",
-               _hours(p.hours_apart)]
+        topics = ", ".join(escape(t) for t in p.shared_topics)
+        why = [f"shared topics: {topics}" if p.shared_topics else "no shared topics", _hours(p.hours_apart)]
         lines.append(f"{n}. {label(p.mentor)} → {label(p.mentee)} ({'; '.join(why)})")
     for u in proposal.unmatched:
         lines.append(f"unmatched: {label(u.mentee)}: {u.reason.value}")

@@ -22,6 +22,7 @@ __all__ = [
     "ProgramTick",
     "Prompt",
     "PromptAnswer",
+    "RematchRequest",
     "RoomActivity",
     "Subscriber",
     "audit_table",
@@ -35,6 +36,7 @@ __all__ = [
     "program_tick_table",
     "prompt_answer_table",
     "prompt_table",
+    "rematch_request_table",
     "room_activity_table",
     "subscriber_table",
 ]
@@ -176,6 +178,12 @@ class Member(SQLModel, table=True):
     created_at: float
     removed_at: float | None = None
     reminded_at: float | None = None  # the one "you have not joined yet" email
+    # Matching (migration 0011, hub.core.matching): `;`-separated, lower case; NULL when not given.
+    languages: str | None = Field(default=None, sa_type=Text)
+    topics: str | None = Field(default=None, sa_type=Text)
+    capacity: int | None = None  # mentors: how many mentees at once; NULL is 1
+    # Matrix ids and emails never to pair with. Private: only the matcher reads it.
+    avoid: str | None = Field(default=None, sa_type=Text)
 
 
 class Pair(SQLModel, table=True):
@@ -379,6 +387,16 @@ class CommandUse(SQLModel, table=True):
     at: float
 
 
+class RematchRequest(SQLModel, table=True):
+    """One `!hub rematch` (migration 0011): counted in `!hub report`, deliberately without the person."""
+
+    __tablename__ = "rematch_request"
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id", index=True)
+    source: str = Field(max_length=16)  # participant | moderator
+    at: float
+
+
 class Prompt(SQLModel, table=True):
     """A sent message that takes answers by reaction (migration 0010, hub.features.prompts)."""
 
@@ -433,3 +451,4 @@ subscriber_table: Table = Subscriber.__table__  # type: ignore[attr-defined]
 command_use_table: Table = CommandUse.__table__  # type: ignore[attr-defined]
 prompt_table: Table = Prompt.__table__  # type: ignore[attr-defined]
 prompt_answer_table: Table = PromptAnswer.__table__  # type: ignore[attr-defined]
+rematch_request_table: Table = RematchRequest.__table__  # type: ignore[attr-defined]
