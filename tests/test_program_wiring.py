@@ -37,7 +37,7 @@ from hub.features import membership as ms
 from hub.features.participants import load_cohort_view
 from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
-from hub.inbound import CommandRunner
+from hub.inbound import CommandRunner, Services
 from hub.matrix.events import IncomingMessage
 from hub.service import build_registry
 from hub.storage.db import Database, open_database

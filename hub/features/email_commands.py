@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.converters import to_email
 from hub.email.payload import normalize_address
 from hub.email.sender import lift_suppression
 from hub.features.ports import Store
@@ -36,5 +37,5 @@ async def unsuppress(ctx: CommandContext[Store]) -> Reply:
 
 def register_email_commands(registry: CommandRegistry) -> None:
     registry.command("email unsuppress", "send mail to an address again after it bounced",
-                     Arg("address", kind="email"), moderator_only=True, private_answer=True,
+                     Arg("address", to=to_email), moderator_only=True, private_answer=True,
                      where=PRIVATE)(unsuppress)
