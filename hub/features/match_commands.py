@@ -16,6 +16,8 @@ one. Both are counted (without the person) for `!hub report`.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,10 +25,11 @@ from hub.core import content as ct
 from hub.core.cohorts import display_name, parse_who, valid_slug
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.content_format import escape_markdown
+from hub.core.converters import to_slug
 from hub.core.markup import echo
 from hub.core.matching import MatchInput, Proposal, allowed, proposal_lines, propose
 from hub.email.payload import email_payload, enqueue_email
-from hub.errors import CommandError, UsageError
+from hub.errors import ArgumentError, CommandError
 from hub.features import membership as ms
 from hub.features.matching_store import (
     CohortMatch,
@@ -41,11 +44,10 @@ from hub.features.participants import (
     content_person,
     load_cohort_view,
     memberships,
-    program_of,
     program_week_of,
     said,
 )
-from hub.inbound import Ports
+from hub.features.ports import Configured, Effects, Membership, Moderators, Programmed, Timed
 from hub.matrix.events import notice_content
 from hub.storage.models import (
     AuditEntry,
@@ -58,16 +60,19 @@ from hub.storage.models import (
     pair_table,
 )
 
-__all__ = ["MAX_REMATCH_CHARS", "MAX_SHOWN", "match", "register_match_commands", "rematch"]
+__all__ = ["MAX_REMATCH_CHARS", "MAX_SHOWN", "MatchPorts", "match", "proposal_markdown",
+           "register_match_commands", "rematch"]
 
 MAX_SHOWN = 60  # proposal lines in one chat answer; `hub match --out` writes them all
 MAX_REMATCH_CHARS = 2000
 _PRIVATE_PLACES = frozenset({RoomKind.CONTROL, RoomKind.DIRECT})
 
 
-async def _env(ctx: CommandContext) -> tuple[Ports, ms.Env]:
-    ports: Ports = ctx.services
-    return ports, await ms.load_env(ports.session, ports.outbox, ports.clock, ports.app.settings)
+class MatchPorts(Effects, Membership, Timed, Configured, Moderators, Programmed, Protocol):
+    """The transaction, outbox and membership, time, settings, the moderators' room, the program."""
+
+
+Ctx = CommandContext[MatchPorts]
 
 
 def proposal_markdown(cm: CohortMatch, proposal: Proposal, prefix: str, *, shown: int = MAX_SHOWN) -> str:
@@ -95,24 +100,23 @@ def proposal_markdown(cm: CohortMatch, proposal: Proposal, prefix: str, *, shown
     return "\n".join(out)
 
 
-async def match(ctx: CommandContext) -> Reply:
+async def match(ctx: Ctx) -> Reply:
     """`!hub match SLUG [accept [N...]]`."""
-    ports, env = await _env(ctx)
-    s = ports.session
+    ports = ctx.ports
+    s, env = ports.session, await ports.membership()
     cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
     action, numbers = ctx.args.get("accept"), str(ctx.args.get("lines") or "").split()
-    usage = f"Usage: `{env.prefix} match SLUG` or `{env.prefix} match SLUG accept [N...]`"
     if action is None and numbers:
-        raise UsageError(f"unexpected {echo(numbers[0])}. {usage}")
+        raise ArgumentError(f"unexpected {echo(numbers[0])}")
     if action == "accept":
-        return Reply(await _accept(s, env, cohort, numbers, usage))
+        return Reply(await _accept(s, env, cohort, numbers))
     cm = await load_cohort_match(s, cohort, ports.clock.now())
     proposal = propose(cm.input)
     await save_proposal(s, cohort, proposal, ports.clock.now().timestamp())
     return Reply(proposal_markdown(cm, proposal, env.prefix))
 
 
-async def _accept(s: AsyncSession, env: ms.Env, cohort: Cohort, numbers: list[str], usage: str) -> str:
+async def _accept(s: AsyncSession, env: ms.Env, cohort: Cohort, numbers: list[str]) -> str:
     lines = await load_proposal(s, cohort)
     if not lines:
         raise CommandError(f"There is no proposal for `{cohort.slug}` to accept; "
@@ -120,7 +124,7 @@ async def _accept(s: AsyncSession, env: ms.Env, cohort: Cohort, numbers: list[st
     chosen: list[int] = []
     for word in numbers:
         if not word.isdigit() or not 1 <= int(word) <= len(lines):
-            raise UsageError(f"{echo(word)} is not a line of the proposal (1 to {len(lines)}). {usage}")
+            raise ArgumentError(f"{echo(word)} is not a line of the proposal (1 to {len(lines)})")
         if int(word) not in chosen:
             chosen.append(int(word))
     chosen = chosen or list(range(1, len(lines) + 1))
@@ -166,28 +170,24 @@ def _numbers(ns: list[int]) -> str:
 # -- rematch ------------------------------------------------------------------------------------
 
 
-async def rematch(ctx: CommandContext) -> Reply:
+async def rematch(ctx: Ctx) -> Reply:
     """A participant's `!hub rematch [TEXT]`, or a moderator's `!hub rematch SLUG MENTEE`."""
-    ports: Ports = ctx.services
+    ports = ctx.ports
     text = str(ctx.args.get("text") or "")
     words = text.split()
     if ctx.is_moderator and len(words) == 2 and valid_slug(words[0].lower()) and await ms.get_cohort(
             ports.session, words[0].lower()) is not None:
         return await _close_for_rematch(ctx, words[0].lower(), words[1])
     if ctx.room_kind is not RoomKind.DIRECT:
-        p = _prefix(ctx)
+        p = ctx.prefix
         hint = f" Moderators: `{p} rematch SLUG MENTEE` in the control room." if ctx.is_moderator else ""
         raise CommandError(f"`{p} rematch` works in your direct room with the hub, so only the program "
                            f"team sees it; nothing was sent.{hint}")
     return await _ask_for_rematch(ctx, text)
 
 
-def _prefix(ctx: CommandContext) -> str:
-    return str(ctx.services.app.settings.matrix.command_prefix)
-
-
-async def _ask_for_rematch(ctx: CommandContext, text: str) -> Reply:
-    ports: Ports = ctx.services
+async def _ask_for_rematch(ctx: Ctx, text: str) -> Reply:
+    ports = ctx.ports
     control = ports.control_room
     if not control:
         raise CommandError("The moderators' room is not ready yet, so nothing was sent. "
@@ -201,7 +201,7 @@ async def _ask_for_rematch(ctx: CommandContext, text: str) -> Reply:
         ":\n\n{text}" if text else ".") + ("\n\nTheir partner has not been told. "
                                            "`{prefix} rematch {cohort} MENTEE` closes a pair kindly.")
     plain, html = said(template, who=who, sender=ctx.sender, cohort=cohort.slug, text=text,
-                       prefix=_prefix(ctx))
+                       prefix=ctx.prefix)
     await ports.outbox.enqueue(
         ports.session, channel="matrix", kind="rematch-request", lane=control,
         dedupe_key=f"rematch:{ctx.event_id}",
@@ -214,7 +214,7 @@ async def _ask_for_rematch(ctx: CommandContext, text: str) -> Reply:
     if view is None or me is None:
         return Reply("Sent to the program team. Someone will get in touch with you; your partner isn't told.")
     partner = view.partner_of(ctx.sender)
-    program = program_of(ctx)
+    program = ports.program
     variables = ct.Variables(cohort=content_cohort(view), week=program_week_of(view, ports.clock.now()),
                              person=content_person(view, me),
                              partner=content_person(view, partner) if partner is not None else None)
@@ -223,9 +223,9 @@ async def _ask_for_rematch(ctx: CommandContext, text: str) -> Reply:
     return Reply(rendered.body, rendered.formatted_body)
 
 
-async def _close_for_rematch(ctx: CommandContext, slug: str, mentee_text: str) -> Reply:
-    ports, env = await _env(ctx)
-    s = ports.session
+async def _close_for_rematch(ctx: Ctx, slug: str, mentee_text: str) -> Reply:
+    ports = ctx.ports
+    s, env = ports.session, await ports.membership()
     if ctx.room_kind not in _PRIVATE_PLACES:
         # Its answer names people; unlike declared moderator commands it cannot be redirected.
         raise CommandError(f"`{env.prefix} rematch {slug} MENTEE` works in the control room; "
@@ -233,8 +233,8 @@ async def _close_for_rematch(ctx: CommandContext, slug: str, mentee_text: str) -
     try:
         who = parse_who(mentee_text)
     except ValueError:
-        raise UsageError(f"{echo(mentee_text)} is neither a Matrix id nor an email address. Usage: "
-                         f"`{env.prefix} rematch SLUG MENTEE`") from None
+        raise ArgumentError(f"{echo(mentee_text)} is neither a Matrix id nor an email address "
+                            f"(`{env.prefix} rematch SLUG MENTEE`)") from None
     cohort = await ms.require_cohort(s, env, slug)
     assert cohort.id is not None
     mentee = await ms.find_member(s, cohort.id, who)
@@ -267,7 +267,7 @@ async def _close_for_rematch(ctx: CommandContext, slug: str, mentee_text: str) -
     return Reply(f"{closed}\n\n{proposal_markdown(cm, proposal, env.prefix)}")
 
 
-async def _goodbye(ctx: CommandContext, s: AsyncSession, env: ms.Env, cohort: Cohort, pair: Pair) -> None:
+async def _goodbye(ctx: Ctx, s: AsyncSession, env: ms.Env, cohort: Cohort, pair: Pair) -> None:
     """The content library's goodbye to both, before `close_pair`.
 
     In the pair room it is queued under the same dedupe key as close_pair's plain goodbye,
@@ -277,7 +277,7 @@ async def _goodbye(ctx: CommandContext, s: AsyncSession, env: ms.Env, cohort: Co
     pv = view.pairs.get(f"pair:{pair.id}") if view is not None else None
     if view is None or pv is None:
         return
-    program = program_of(ctx)
+    program = ctx.ports.program
     variables = ct.Variables(cohort=content_cohort(view), week=program_week_of(view, env.clock.now()),
                              pair=content_pair(view, pv, env.settings.video.base_url))
     item = program.library.pick(ct.Kind.WELCOME, ct.Audience.PAIR, use="goodbye")
@@ -301,7 +301,7 @@ def register_match_commands(registry: CommandRegistry) -> None:
     registry.command(
         "match", "propose mentors for a cohort's unpaired mentees; accept makes the pairs of the last "
                  "proposal (all, or lines N...)",
-        Arg("slug"), Arg("accept", kind="choice", choices=("accept",), optional=True),
+        Arg("slug", to=to_slug), Arg("accept", kind="choice", choices=("accept",), optional=True),
         Arg("lines", kind="rest", optional=True), moderator_only=True, private_answer=True,
     )(match)
     registry.command(
