@@ -209,6 +209,9 @@ class ProgramService:
         )
         self.scheduler: TickScheduler | None = None
         self.client: AsyncClient | None = None
+        # (member id, hub room id) -> the Reply-To header of an email about that room; set by
+        # hub.service when [email.inbound] is configured (hub.features.email_replies).
+        self.reply_to: Callable[[int | None, int | None], dict[str, str]] = lambda member, room: {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
