@@ -199,7 +199,7 @@ class ReplyPoster:
         if sent is None or sent.channel != "email":
             return "dropped", "names no email the hub sent"
         msg: Message = BytesParser(policy=policy.compat32).parsebytes(row.raw)
-        permanent, temporary = all_failures(msg)
+        temporary, permanent = all_failures(msg)  # flufl.bounce: (temporary, permanent)
         if not permanent:
             # A delay notice ("still trying") or an auto-reply sent to the envelope sender:
             # the address may still work, and SMTP's own retries decide.
