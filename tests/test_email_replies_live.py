@@ -76,7 +76,8 @@ def dsn(bounce_to: str, failed: str) -> bytes:
     ).encode("ascii")
 
 
-async def smtp_send(hub: Hub, msg: EmailMessage | bytes, rcpt: str, *, mail_from: str = EVE) -> tuple[int, str]:
+async def smtp_send(hub: Hub, msg: EmailMessage | bytes, rcpt: str, *,
+                    mail_from: str = EVE) -> tuple[int, str]:
     """One SMTP transaction with the hub's listener: (code, text) of the answer that ended it."""
     assert hub.inbound is not None
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=hub.inbound.bound_port, start_tls=False)
