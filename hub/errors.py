@@ -11,6 +11,7 @@
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
+    │       ├── UnknownEffectError  an outbox payload names an op this hub does not know, or lacks a field
     │       ├── UnsafeHeaderError   an email header name or address carries CR/LF or controls
     │       ├── RecipientRejectedError  the SMTP server refused the address: suppress it
     │       └── MessageRejectedError    it refused the message or the hub's sender, not the address
@@ -47,6 +48,7 @@ __all__ = [
     "StorageError",
     "TemplateStyleError",
     "TemporaryDeliveryError",
+    "UnknownEffectError",
     "UnreachableError",
     "UnsafeHeaderError",
     "UsageError",
@@ -144,6 +146,14 @@ class MessageRejectedError(PermanentDeliveryError):
         super().__init__(reason)
         self.code = code
         self.enhanced = enhanced
+
+
+class UnknownEffectError(PermanentDeliveryError):
+    """An outbox payload this hub cannot read as an effect (`hub.core.effects.effect_from_payload`).
+
+    Permanent: a row with an unknown ``op`` (queued by a newer hub, or damaged) or without
+    a field its op needs will not become sendable by retrying.
+    """
 
 
 class UnsafeHeaderError(PermanentDeliveryError, ValueError):

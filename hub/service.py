@@ -135,7 +135,7 @@ class Hub:
         private_dir(s.hub.data_dir)  # 0700: the database, token and crypto store live here
         self.db = await open_database(s.database.url)
         # Before the Matrix session: only one process may drive the hub's device.
-        self.instance_lock = InstanceLock(self.db)
+        self.instance_lock = InstanceLock(self.db, clock=self.clock)
         await self.instance_lock.acquire()
         self.outbox = Outbox(self.db, self.clock)
         self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
@@ -554,9 +554,9 @@ class Hub:
     async def _summarise_alerts(self, every: float = 5.0) -> None:
         """When an hour's alert window closes with failures held back, say how many."""
         while True:
-            # Real time, like the other housekeeping loops: a demo's fake clock must not spin
-            # here. Often, as it only looks at a small dict, so a test's short window works.
-            await asyncio.sleep(every)
+            # Often, as it only looks at a small dict, so a test's short window works. On the
+            # hub's clock, like every wait (the demo's ShiftedClock sleeps in real time).
+            await self.clock.sleep(every)
             for (kind, lane), n in self.alerts.due():
                 try:
                     await self._alert(f"{n} more deliveries ({kind}, to {lane}) failed for good in "
@@ -579,7 +579,7 @@ class Hub:
                 if emptied:
                     log.info("emptied the payloads of %d outbox rows sent more than %d days ago",
                              emptied, SENT_PAYLOAD_DAYS)
-            await asyncio.sleep(every)
+            await self.clock.sleep(every)
 
     async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
         """Greet the SMTP server at start, waiting for it with backoff while it does not answer
@@ -597,7 +597,7 @@ class Hub:
         finally:
             pool.release()
         while True:
-            await asyncio.sleep(every)
+            await self.clock.sleep(every)
             try:
                 await pool.probe()
             except Exception:  # a health check must never stop the hub
