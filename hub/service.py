@@ -46,7 +46,7 @@ from hub.features.prompts import PromptRecorder
 from hub.features.reactions import Answers
 from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
-from hub.inbound import CommandRunner
+from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
 from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
 from hub.matrix.provision import Provision
@@ -196,7 +196,8 @@ class Hub:
             self.db, self.outbox, self.clock, self.registry,
             room_kind=self.room_kind, is_moderator=self.is_moderator,
             control_room=lambda: self.control_room_id,
-            app=self,
+            # What handlers may use of the running hub (hub.features.ports), never the hub itself.
+            services=Services(settings=lambda: self.settings, program=self.program, digest=self.digest),
             # A new cohort, person or pair may be due calendar items now (the launch post
             # of a cohort that starts today): tick at once instead of within 30 s.
             after_change=self._poke_program,
