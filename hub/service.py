@@ -172,7 +172,7 @@ class Hub:
             signer = self.address_signer = AddressTokenSigner(secret)
             domain = inbound.domain
             envelope_for = lambda seq: bounce_address(signer.bounce(seq), domain)  # noqa: E731
-            self.program.reply_to = lambda member, room: reply_headers(signer, inbound, member, room)
+            self.program.reply_headers = lambda member, room: reply_headers(signer, inbound, member, room)
             self.reply_poster = ReplyPoster(self.db, self.outbox, self.clock, signer,
                                             on_suppressed=self._alert_suppressed)
             self.inbound = InboundServer(inbound, InboundHandler(
