@@ -11,11 +11,13 @@
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
     │   └── PermanentDeliveryError  never retry (M_FORBIDDEN, SMTP 5xx)
+    │       ├── UnknownEffectError  an outbox payload names an op this hub does not know, or lacks a field
     │       ├── UnsafeHeaderError   an email header name or address carries CR/LF or controls
     │       ├── RecipientRejectedError  the SMTP server refused the address: suppress it
     │       └── MessageRejectedError    it refused the message or the hub's sender, not the address
     ├── CommandError           a room command was malformed or refused
     │   ├── UsageError
+    │   │   └── ArgumentError  a handler found an argument wrong: the runner adds the usage line
     │   └── PermissionDenied
     ├── RosterError            a roster CSV has problems (carries each as "line N: reason")
     ├── ContentError           the content library is invalid or an item cannot render ("file:line: reason")
@@ -29,6 +31,7 @@ turns into a one-line message and exit status 1.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "CommandError",
     "ConfigError",
     "ContentError",
@@ -47,6 +50,7 @@ __all__ = [
     "StorageError",
     "TemplateStyleError",
     "TemporaryDeliveryError",
+    "UnknownEffectError",
     "UnreachableError",
     "UnsafeHeaderError",
     "UsageError",
@@ -146,6 +150,14 @@ class MessageRejectedError(PermanentDeliveryError):
         self.enhanced = enhanced
 
 
+class UnknownEffectError(PermanentDeliveryError):
+    """An outbox payload this hub cannot read as an effect (`hub.core.effects.effect_from_payload`).
+
+    Permanent: a row with an unknown ``op`` (queued by a newer hub, or damaged) or without
+    a field its op needs will not become sendable by retrying.
+    """
+
+
 class UnsafeHeaderError(PermanentDeliveryError, ValueError):
     """An email header name, address or field cannot be written as exactly one header line.
 
@@ -170,6 +182,14 @@ class CommandError(HubError):
 
 class UsageError(CommandError):
     """Malformed arguments; the message includes the usage line."""
+
+
+class ArgumentError(UsageError):
+    """An argument the parser accepted but the handler cannot use (a bad name, an unknown option).
+
+    The message says only what is wrong; the runner (hub.inbound) adds the
+    command's usage line from its declaration, so no handler spells one out.
+    """
 
 
 class PermissionDenied(CommandError):
