@@ -20,7 +20,6 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from delivery_helpers import HubProcess, raw_client, read_room, wait_for
 from sqlalchemy import select
 
 from hub.config import load_settings
@@ -30,6 +29,8 @@ from hub.devserver.synapse import SynapseServer
 from hub.features.roster import import_file
 from hub.storage.db import open_database
 from hub.storage.models import hub_room_table, inbound_mail_table, member_table, outbox_table
+
+from tests.support.delivery import HubProcess, raw_client, read_room, wait_for
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 

@@ -34,8 +34,8 @@ from hub.features.roster import import_file
 from hub.service import Hub
 from hub.storage.models import email_suppression_table, inbound_mail_table
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub, sink_email
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub, sink_email
 
 pytestmark = pytest.mark.synapse
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from test_roster import run, snapshot, write_config
 
 from hub.storage.db import open_database
 from hub.storage.models import Member, member_table
 
-from conftest import backends
+from tests.cli.test_roster import run, snapshot, write_config
+from tests.support.databases import backends
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"

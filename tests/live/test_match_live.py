@@ -16,8 +16,8 @@ from hub.devserver.synapse import SynapseServer
 from hub.features.roster import apply_roster
 from hub.storage.models import Pair, pair_table
 
-from cohort_helpers import room_of
-from conftest import hub_settings, running_hub
+from tests.support.cohorts import room_of
+from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
 

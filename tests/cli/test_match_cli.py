@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_roster import counts, run, write_config
 
 from hub.cli import main
 
-from conftest import backends
+from tests.cli.test_roster import counts, run, write_config
+from tests.support.databases import backends
 
 pytestmark = pytest.mark.parametrize("backend", backends())
 
