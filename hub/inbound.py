@@ -24,7 +24,8 @@ from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow
 from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import CommandError, PermissionDenied, UsageError
-from hub.features.membership import describe_room, is_participant
+from hub.features.direct_rooms import describe_room
+from hub.features.people import is_participant
 from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent

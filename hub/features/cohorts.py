@@ -18,10 +18,15 @@ from hub.core.cohorts import Who, parse_who, valid_slug, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Handler, Reply
 from hub.core.content_format import escape_markdown
 from hub.core.markup import echo
+from hub.core.membership import PairStatus
 from hub.core.names import check_name
 from hub.core.zones import find_zone
 from hub.errors import CommandError, UsageError
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort, get_cohort, require_cohort
+from hub.features.members import add_member, remove_member
+from hub.features.pairs import close_pair, find_open_pair, make_pair, set_pair_status
+from hub.features.people import member_label, member_markdown
+from hub.features.room_queue import Env, load_env
 from hub.inbound import Ports
 from hub.storage.models import (
     Cohort,
@@ -39,10 +44,10 @@ __all__ = ["register_cohorts"]
 ROLE = Arg("role", kind="choice", choices=("mentor", "mentee", "moderator"))
 
 
-async def _env(ctx: CommandContext) -> tuple[AsyncSession, ms.Env]:
+async def _env(ctx: CommandContext) -> tuple[AsyncSession, Env]:
     ports: Ports = ctx.services
     settings = ports.app.settings
-    return ports.session, await ms.load_env(ports.session, ports.outbox, ports.clock, settings)
+    return ports.session, await load_env(ports.session, ports.outbox, ports.clock, settings)
 
 
 def _usage(registry: CommandRegistry, name: str) -> str:
@@ -114,9 +119,9 @@ def register_cohorts(registry: CommandRegistry) -> None:
             if not opts["weeks"].isdigit() or not 1 <= int(opts["weeks"]) <= 104:
                 raise UsageError(f"{echo('weeks=' + opts['weeks'])} must be a whole number from 1 to 104.")
             weeks = int(opts["weeks"])
-        if await ms.get_cohort(s, slug) is not None:
+        if await get_cohort(s, slug) is not None:
             raise CommandError(f"Cohort `{slug}` exists already; `{prefix} cohort show {slug}`.")
-        cohort = await ms.create_cohort(s, env, slug=slug, name=name, timezone=tz, start=start,
+        cohort = await create_cohort(s, env, slug=slug, name=name, timezone=tz, start=start,
                                         weeks=weeks, source="command")
         return Reply(
             f"Created cohort **{name}** (`{slug}`): starts {cohort.start_date}, {weeks} weeks, "
@@ -147,7 +152,7 @@ def register_cohorts(registry: CommandRegistry) -> None:
                       moderator_only=True, private_answer=True)
     async def cohort_show(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
-        cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+        cohort = await require_cohort(s, env, str(ctx.args["slug"]))
         assert cohort.id is not None
         roles: dict[str, int] = dict((await s.execute(
             select(member_table.c.role, func.count())
@@ -213,10 +218,10 @@ def register_cohorts(registry: CommandRegistry) -> None:
                 check_name(name, "NAME")
             except ValueError as e:
                 raise UsageError(f"{e}. {_usage(registry, 'add')}") from None
-        cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+        cohort = await require_cohort(s, env, str(ctx.args["slug"]))
         role = str(ctx.args["role"])
-        member, outcome = await ms.add_member(s, env, cohort, role, who, name=name, email=email)
-        label = ms.member_label(member)
+        member, outcome = await add_member(s, env, cohort, role, who, name=name, email=email)
+        label = member_label(member)
         if outcome == "unchanged":
             return Reply(f"{label} ({who}) is already a {role} in `{cohort.slug}`; nothing changed.")
         if member.matrix_id:
@@ -234,29 +239,29 @@ def register_cohorts(registry: CommandRegistry) -> None:
     async def remove(ctx: CommandContext) -> Reply:
         s, env = await _env(ctx)
         who = _who(registry, "remove", str(ctx.args["who"]))
-        cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
-        member, closed = await ms.remove_member(s, env, cohort, who)
+        cohort = await require_cohort(s, env, str(ctx.args["slug"]))
+        member, closed = await remove_member(s, env, cohort, who)
         extra = f"; {closed} pair{'s' if closed != 1 else ''} closed" if closed else ""
-        return Reply(f"Removed {ms.member_markdown(member)} from `{cohort.slug}`{extra}.")
+        return Reply(f"Removed {member_markdown(member)} from `{cohort.slug}`{extra}.")
 
     def _pair_cmd(name: str, summary: str) -> Callable[[Handler], Handler]:
         return registry.command(name, summary, Arg("slug"), Arg("mentor"), Arg("mentee"),
                                 moderator_only=True, private_answer=True)
 
-    async def _people(ctx: CommandContext, name: str) -> tuple[AsyncSession, ms.Env, Cohort, Who, Who]:
+    async def _people(ctx: CommandContext, name: str) -> tuple[AsyncSession, Env, Cohort, Who, Who]:
         s, env = await _env(ctx)
         mentor = _who(registry, name, str(ctx.args["mentor"]))
         mentee = _who(registry, name, str(ctx.args["mentee"]))
-        cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+        cohort = await require_cohort(s, env, str(ctx.args["slug"]))
         return s, env, cohort, mentor, mentee
 
     @_pair_cmd("pair", "pair a mentor with a mentee: their private room and video link")
     async def pair(ctx: CommandContext) -> Reply:
         s, env, cohort, mentor, mentee = await _people(ctx, "pair")
-        p, created = await ms.make_pair(s, env, cohort, mentor, mentee)
+        p, created = await make_pair(s, env, cohort, mentor, mentee)
         a, b = await s.get(Member, p.mentor_id), await s.get(Member, p.mentee_id)
         assert a is not None and b is not None
-        names = f"{ms.member_markdown(a)} & {ms.member_markdown(b)}"
+        names = f"{member_markdown(a)} & {member_markdown(b)}"
         if not created:
             return Reply(f"{names} are already a pair in `{cohort.slug}`; nothing changed.")
         if a.matrix_id or b.matrix_id:
@@ -269,16 +274,16 @@ def register_cohorts(registry: CommandRegistry) -> None:
     @_pair_cmd("unpair", "close a pair: goodbye in their room, then the hub leaves")
     async def unpair(ctx: CommandContext) -> Reply:
         s, env, cohort, mentor, mentee = await _people(ctx, "unpair")
-        p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-        await ms.close_pair(s, env, p)
+        p = await find_open_pair(s, env, cohort, mentor, mentee)
+        await close_pair(s, env, p)
         return Reply(f"Closed the pair {mentor} & {mentee} in `{cohort.slug}`. The hub says goodbye and "
                      "leaves their room; the history stays with them.")
 
     @_pair_cmd("pause", "stop scheduled content for a pair")
     async def pause(ctx: CommandContext) -> Reply:
         s, env, cohort, mentor, mentee = await _people(ctx, "pause")
-        p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-        if not await ms.set_pair_status(s, env, p, "paused"):
+        p = await find_open_pair(s, env, cohort, mentor, mentee)
+        if not await set_pair_status(s, env, p, PairStatus.PAUSED):
             return Reply(f"{mentor} & {mentee} are already paused; nothing changed.")
         return Reply(f"Paused {mentor} & {mentee}: no scheduled content until "
                      f"`{prefix} resume {cohort.slug} {mentor} {mentee}`.")
@@ -286,8 +291,8 @@ def register_cohorts(registry: CommandRegistry) -> None:
     @_pair_cmd("resume", "restart scheduled content for a paused pair")
     async def resume(ctx: CommandContext) -> Reply:
         s, env, cohort, mentor, mentee = await _people(ctx, "resume")
-        p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-        if not await ms.set_pair_status(s, env, p, "active"):
+        p = await find_open_pair(s, env, cohort, mentor, mentee)
+        if not await set_pair_status(s, env, p, PairStatus.ACTIVE):
             return Reply(f"{mentor} & {mentee} are not paused; nothing changed.")
         return Reply(f"Resumed {mentor} & {mentee}: scheduled content starts again.")
 

@@ -1,0 +1,91 @@
+"""The one place effects become outbox rows: channel, lane, payload and dedupe key.
+
+Features decide *what* happens (`hub.core.effects`, often via a transition in
+`hub.core.membership`); this module decides how it is queued, so every Matrix and
+email payload the hub writes is built by `Effect.to_payload()` and every email by
+`email_payload` (which refuses what could break a header), whoever queued it.
+
+Lanes: a row for a hub room goes on the lane its transition chose (the room id, or
+``room:<key>`` while the room does not exist); a row by room id on that id; an email
+on its recipient's normalised address, so mails to one person keep their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core.effects import Effect, Email, LeaveRoom, PinPlan, RoomMessage, StateEvent
+from hub.core.membership import Outgoing
+from hub.delivery.outbox import EMAIL, MATRIX, Outbox
+from hub.email.payload import Attachment, EmailPayload, email_payload, normalize_address
+
+__all__ = ["EffectWriter", "email_row_payload"]
+
+
+def email_row_payload(effect: Email) -> EmailPayload:
+    """The effect's payload as `email_payload` builds it; ValueError if it refuses a field."""
+    attachments: list[Attachment] | None = None
+    if effect.attachments:
+        attachments = [Attachment(**a) for a in effect.attachments]  # type: ignore[typeddict-item]
+    return email_payload(to=effect.to, subject=effect.subject, text=effect.text, html=effect.html,
+                         to_name=effect.to_name, headers=dict(effect.headers) if effect.headers else None,
+                         attachments=attachments)
+
+
+def _default_lane(effect: Effect) -> str:
+    if isinstance(effect, Email):
+        return normalize_address(effect.to)
+    if isinstance(effect, (RoomMessage, StateEvent)):
+        if effect.room_id is not None:
+            return effect.room_id
+        return f"room:{effect.room_key}"
+    if isinstance(effect, (LeaveRoom, PinPlan)):
+        return effect.room_id
+    return f"room:{effect.room_key}"
+
+
+class EffectWriter:
+    """Queues effects on an `Outbox`, in the caller's transaction."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def row(self, out: Outgoing, *, not_before: float | None = None) -> dict[str, Any]:
+        """The outbox row for `out` (for `Outbox.insert_new`/`enqueue_many`); ValueError for a bad email."""
+        effect = out.effect
+        if isinstance(effect, Email):
+            return self.email_row(email_row_payload(effect), kind=out.kind, dedupe_key=out.dedupe_key,
+                                  not_before=not_before)
+        return self.outbox.row(channel=MATRIX, kind=out.kind, lane=out.lane or _default_lane(effect),
+                               payload=effect.to_payload(), dedupe_key=out.dedupe_key, not_before=not_before)
+
+    def email_row(self, payload: EmailPayload | Mapping[str, Any], *, kind: str, dedupe_key: str,
+                  not_before: float | None = None) -> dict[str, Any]:
+        """The row of an email `email_payload` built already (`hub.features.person_mail`'s welcomes)."""
+        return self.outbox.row(channel=EMAIL, kind=kind, lane=normalize_address(payload["to"]),
+                               payload=dict(payload), dedupe_key=dedupe_key, not_before=not_before)
+
+    async def write(self, s: AsyncSession, out: Outgoing, *, not_before: float | None = None) -> bool:
+        """Queue one effect; False if its dedupe key was queued before."""
+        inserted = await self.outbox.insert_new(s, [self.row(out, not_before=not_before)])
+        self.outbox.notify()
+        return bool(inserted)
+
+    async def write_all(self, s: AsyncSession, outs: Iterable[Outgoing]) -> int:
+        """Queue effects in order (rows whose dedupe key exists are skipped); how many were given."""
+        rows = [self.row(o) for o in outs]
+        if not rows:
+            return 0
+        await self.outbox.insert_new(s, rows)
+        self.outbox.notify()
+        return len(rows)
+
+    async def write_email(self, s: AsyncSession, payload: EmailPayload | Mapping[str, Any], *, kind: str,
+                          dedupe_key: str, not_before: float | None = None) -> bool:
+        inserted = await self.outbox.insert_new(
+            s, [self.email_row(payload, kind=kind, dedupe_key=dedupe_key, not_before=not_before)])
+        self.outbox.notify()
+        return bool(inserted)
