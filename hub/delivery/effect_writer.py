@@ -22,7 +22,7 @@ from hub.core.membership import Outgoing
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import Attachment, EmailPayload, email_payload, normalize_address
 
-__all__ = ["EffectWriter", "email_row_payload"]
+__all__ = ["EffectWriter", "email_row_payload", "row_spec"]
 
 
 def email_row_payload(effect: Email) -> EmailPayload:
@@ -47,6 +47,21 @@ def _default_lane(effect: Effect) -> str:
     return f"room:{effect.room_key}"
 
 
+def row_spec(out: Outgoing, *, not_before: float | None = None) -> dict[str, Any]:
+    """What `Outbox.enqueue_many` takes for `out` (a fan-out builds many; ValueError for a bad email)."""
+    effect = out.effect
+    if isinstance(effect, Email):
+        payload: dict[str, Any] = dict(email_row_payload(effect))
+        channel, lane = EMAIL, out.lane or normalize_address(payload["to"])
+    else:
+        payload, channel, lane = effect.to_payload(), MATRIX, out.lane or _default_lane(effect)
+    spec: dict[str, Any] = {"channel": channel, "kind": out.kind, "lane": lane, "payload": payload,
+                            "dedupe_key": out.dedupe_key}
+    if not_before is not None:
+        spec["not_before"] = not_before
+    return spec
+
+
 class EffectWriter:
     """Queues effects on an `Outbox`, in the caller's transaction."""
 
@@ -55,12 +70,9 @@ class EffectWriter:
 
     def row(self, out: Outgoing, *, not_before: float | None = None) -> dict[str, Any]:
         """The outbox row for `out` (for `Outbox.insert_new`/`enqueue_many`); ValueError for a bad email."""
-        effect = out.effect
-        if isinstance(effect, Email):
-            return self.email_row(email_row_payload(effect), kind=out.kind, dedupe_key=out.dedupe_key,
-                                  not_before=not_before)
-        return self.outbox.row(channel=MATRIX, kind=out.kind, lane=out.lane or _default_lane(effect),
-                               payload=effect.to_payload(), dedupe_key=out.dedupe_key, not_before=not_before)
+        spec = row_spec(out, not_before=not_before)
+        return self.outbox.row(channel=spec["channel"], kind=out.kind, lane=spec["lane"],
+                               payload=spec["payload"], dedupe_key=out.dedupe_key, not_before=not_before)
 
     def email_row(self, payload: EmailPayload | Mapping[str, Any], *, kind: str, dedupe_key: str,
                   not_before: float | None = None) -> dict[str, Any]:
