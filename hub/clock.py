@@ -1,7 +1,9 @@
 """Injectable time, so that time-based code is tested without sleeping.
 
 Production code takes a `Clock` and never calls `time.time()` or
-`datetime.now()` itself; tests pass a `FakeClock` and move it forward.
+`datetime.now()` itself, nor `asyncio.sleep` or a timeout of its own: it waits
+with `clock.sleep` and `clock.wait`. Tests pass a `FakeClock` and move it
+forward (its waits move it too, at once).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait for `event` at most `seconds` of this clock; True if it was set."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -35,6 +41,15 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        # asyncio.timeout, not wait_for: no task per wait (the dispatcher waits once per send).
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
 
 
 class FakeClock:
@@ -67,3 +82,11 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Like `sleep`: whatever is ready runs first; if that does not set `event`, all the
+        seconds pass at once (so a loop polling on this clock races through idle time)."""
+        await asyncio.sleep(0)
+        if not event.is_set():
+            await self.sleep(seconds)
+        return event.is_set()

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
+from hub.clock import SystemClock
+
 if TYPE_CHECKING:
     from hub.core.calendar import ItemKind
 
@@ -59,7 +61,7 @@ _REPLY_TIMEOUT = 30.0
 _ROOMS_TIMEOUT = 60.0
 
 
-class ShiftedClock:
+class ShiftedClock(SystemClock):
     """Real time plus an offset that only grows: time flows, and the demo can jump ahead.
 
     Unlike `hub.clock.FakeClock`, time keeps moving between jumps, so leases,
@@ -77,8 +79,7 @@ class ShiftedClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    # `sleep` and `wait` are SystemClock's: real time passes between the demo's jumps.
 
     def jump_to(self, when: datetime) -> None:
         """Move forward to `when`; never backwards (a no-op if `when` has passed)."""

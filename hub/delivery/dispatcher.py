@@ -280,7 +280,7 @@ class Dispatcher:
                         self._buffer.extend(await self.claim(2 * self.concurrency - len(self._in_flight)))
                     except Exception:
                         log.exception("outbox claim failed; retrying")
-                        await asyncio.sleep(self.poll_seconds)
+                        await self.clock.sleep(self.poll_seconds)
                         continue
                 started = False
                 while self._buffer and len(self._in_flight) < self.concurrency and not self._stopping:
@@ -290,13 +290,9 @@ class Dispatcher:
                     started = True
                 if started and not self._buffer:
                     continue  # more may be due right away
-                # asyncio.timeout, not wait_for: no task per wake-up, and this loop
-                # wakes once per finished send.
-                try:
-                    async with asyncio.timeout(self.poll_seconds):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                # On the clock (no task per wake-up: this loop wakes once per finished send):
+                # on a fake one, idle polls move time on, and a retry's backoff passes at once.
+                await self.clock.wait(self._wake, self.poll_seconds)
                 self._wake.clear()
         finally:
             if self._buffer:
@@ -472,13 +468,13 @@ class Dispatcher:
             except Exception:
                 # Kept in memory and retried: losing an outcome would resend the row.
                 log.exception("recording outbox outcomes failed; retrying")
-                await asyncio.sleep(0.5)
+                await self.clock.sleep(0.5)
                 continue
             if batch >= self.linger_after:
                 # Busy: let outcomes gather for a moment, so a fan-out costs a few
                 # dozen commits rather than one per row. A lone outcome (a reply,
                 # the next message of a room) is committed at once.
-                await asyncio.sleep(self.linger_seconds)
+                await self.clock.sleep(self.linger_seconds)
 
     async def _commit_outcomes(self) -> None:
         async with self._commit_lock:
@@ -532,4 +528,4 @@ class Dispatcher:
                     log.exception("could not record %d outbox outcomes; those rows will be resent",
                                   len(self._sent) + len(self._other))
                     return
-                await asyncio.sleep(0.2 * (attempt + 1))
+                await self.clock.sleep(0.2 * (attempt + 1))

@@ -9,7 +9,6 @@ across restarts, catch-ups and several processes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -216,7 +215,7 @@ class Outbox:
             calm = calm + 1 if await self.unsent(due_only=due_only) == 0 else 0
             if calm >= settle:
                 return
-            await asyncio.sleep(poll)
+            await self.clock.sleep(poll)
 
     async def release_stale_claims(self, *, all_claims: bool) -> int:
         """Put rows left `sending` by a crashed process back in the queue.

@@ -12,7 +12,6 @@ back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 
@@ -68,6 +67,7 @@ class SharedPause:
         return max(0.0, self._until - self.clock.monotonic())
 
     async def wait(self) -> None:
-        # A loop, because another 429 may extend the pause while we sleep.
-        while (left := self.remaining) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(left)
+        # A loop, because another 429 may extend the pause while we sleep. On the clock it
+        # reads: a pause measured on one clock and slept on another never ends on a fake one.
+        while (left := self.remaining) > 0:
+            await self.clock.sleep(left)

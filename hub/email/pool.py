@@ -154,7 +154,7 @@ class SmtpPool:
         slot = max(now, self._next_slot)
         self._next_slot = slot + self._interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self.clock.sleep(slot - now)  # the clock the slot was read from
 
     def _client(self) -> aiosmtplib.SMTP:
         s = self.settings

@@ -176,7 +176,7 @@ class RoomKeeper:
         finally:
             self.reconciled.set()
         while True:
-            await asyncio.sleep(self.tick_seconds)
+            await self.clock.sleep(self.tick_seconds)
             try:
                 await self.tick()
             except asyncio.CancelledError:

@@ -86,10 +86,8 @@ class MatrixSender:
 
     async def send(self, row: Claimed) -> str:
         if self.ready is not None and not self.ready.is_set():
-            try:
-                await asyncio.wait_for(self.ready.wait(), self.ready_timeout)
-            except TimeoutError:
-                raise TemporaryDeliveryError("waiting for the first sync", retry_after=5.0) from None
+            if not await self.pause.clock.wait(self.ready, self.ready_timeout):
+                raise TemporaryDeliveryError("waiting for the first sync", retry_after=5.0)
         await self.pause.wait()
         p = row.payload
         op = p.get("op", "message")

@@ -14,7 +14,6 @@ takes over within `poll_seconds` of the active one stopping or dying:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import logging
@@ -25,6 +24,7 @@ from typing import IO
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hub.clock import Clock, SystemClock
 from hub.storage.db import Database, private_file
 
 __all__ = ["InstanceLock"]
@@ -35,9 +35,10 @@ _LOCK_CLASS, _LOCK_ID = 0x48554232, 1
 
 
 class InstanceLock:
-    def __init__(self, db: Database, *, poll_seconds: float = 2.0) -> None:
+    def __init__(self, db: Database, *, poll_seconds: float = 2.0, clock: Clock | None = None) -> None:
         self.db = db
         self.poll_seconds = poll_seconds
+        self.clock: Clock = clock or SystemClock()
         self._conn: AsyncConnection | None = None
         self._file: IO[str] | None = None
 
@@ -49,7 +50,7 @@ class InstanceLock:
                 log.warning("another hub process is active on this database (%s) and holds the hub's "
                             "Matrix device; standing by until it stops", self._holder())
                 waited = True
-            await asyncio.sleep(self.poll_seconds)
+            await self.clock.sleep(self.poll_seconds)
         if waited:
             log.info("the other hub process has stopped; taking over")
         return waited
