@@ -13,16 +13,19 @@ on its recipient's normalised address, so mails to one person keep their order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.effects import Effect, Email, LeaveRoom, PinPlan, RoomMessage, StateEvent
 from hub.core.membership import Outgoing
+from hub.core.ports import Queue
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import Attachment, EmailPayload, email_payload, normalize_address
 
-__all__ = ["EffectWriter", "email_row_payload", "row_spec"]
+__all__ = ["EffectWriter", "email_row_payload", "enqueue", "enqueue_all", "row_spec"]
+
+Tx = TypeVar("Tx")
 
 
 def email_row_payload(effect: Email) -> EmailPayload:
@@ -60,6 +63,16 @@ def row_spec(out: Outgoing, *, not_before: float | None = None) -> dict[str, Any
     if not_before is not None:
         spec["not_before"] = not_before
     return spec
+
+
+async def enqueue(queue: Queue[Tx], tx: Tx, out: Outgoing, *, not_before: float | None = None) -> bool:
+    """Queue one effect on a `Queue` port (a command's outbox); False if its dedupe key was queued before."""
+    return await queue.enqueue(tx, **row_spec(out, not_before=not_before))
+
+
+async def enqueue_all(queue: Queue[Tx], tx: Tx, outs: Iterable[Outgoing]) -> int:
+    """Queue effects in one go (a fan-out); how many were new."""
+    return await queue.enqueue_many(tx, [row_spec(o) for o in outs])
 
 
 class EffectWriter:

@@ -33,11 +33,12 @@ from hub.features.cohort_setup import cohort_rooms, get_cohort
 from hub.features.config_sync import sync_config
 from hub.features.members import add_member
 from hub.features.pairs import make_pairs
+from hub.features.people import find_member
 from hub.features.room_queue import Env, load_env, queue_pending_invites
 from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
-from hub.storage.models import Cohort, cohort_table
+from hub.storage.models import Cohort, Member, cohort_table
 
-__all__ = ["ImportReport", "apply_roster", "import_file"]
+__all__ = ["ImportReport", "apply_roster", "import_file", "set_matching"]
 
 
 @dataclass
@@ -146,20 +147,35 @@ async def _apply_rows(s: AsyncSession, env: Env, roster: Roster, cohorts: dict[s
     would only mislead.
     """
     added: list[RosterRow] = []
+    avoiding: list[tuple[RosterRow, Member]] = []
     for row in roster.rows:
         cohort = cohorts.get(row.cohort)
         if cohort is None:
             continue
         try:
-            _, outcome = await add_member(
+            member, outcome = await add_member(
                 s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
                 queue_invites=False)
         except CommandError as e:
             problems.add(row.line, str(e))
             problems.fail(row.cohort, row.matrix_id, row.email)
             continue
+        if set_matching(member, row) and outcome == "unchanged":
+            outcome = "updated"
         added.append(row)
+        avoiding.append((row, member))
         setattr(report, outcome, getattr(report, outcome) + 1)
+    # After every row's person exists: an avoid may name someone further down the file.
+    for row, member in avoiding:
+        cohort = cohorts[row.cohort]
+        assert cohort.id is not None
+        for who in row.avoid or ():
+            other = await find_member(s, env, cohort.id, who)
+            if other is None:
+                problems.add(row.line, f"avoid: {who} is nobody in cohort {cohort.slug} (add them, or "
+                                       "check the spelling)")
+            elif other is member:
+                problems.add(row.line, "avoid: a person cannot avoid themselves")
     paired = [row for row in added if row.mentor is not None
               and not problems.has_failed(row.cohort, row.matrix_id or row.email)
               and not problems.has_failed(row.cohort, row.mentor.matrix_id or row.mentor.email)]
@@ -183,6 +199,25 @@ async def _apply_rows(s: AsyncSession, env: Env, roster: Roster, cohorts: dict[s
         for room in await cohort_rooms(s, env, cohort.id):
             if room is not None:
                 await queue_pending_invites(s, env, room)
+
+
+def set_matching(member: Member, row: RosterRow) -> bool:
+    """Copy the row's matching columns present in the file onto the member; True if any changed."""
+    values: dict[str, str | int | None] = {}
+    if row.languages is not None:
+        values["languages"] = ";".join(row.languages) or None
+    if row.topics is not None:
+        values["topics"] = ";".join(row.topics) or None
+    if row.capacity is not None:
+        values["capacity"] = row.capacity
+    if row.avoid is not None:
+        values["avoid"] = ";".join(str(w.matrix_id or w.email) for w in row.avoid) or None
+    changed = False
+    for attr, value in values.items():
+        if getattr(member, attr) != value:
+            setattr(member, attr, value)
+            changed = True
+    return changed
 
 
 async def import_file(settings: Settings, path: Path, *, dry_run: bool = False) -> ImportReport:
