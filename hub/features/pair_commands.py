@@ -184,10 +184,12 @@ async def dropped(ctx: CommandContext[PairPorts]) -> Reply:
     for member, address in people:
         if address is None or address in bounced:
             continue
+        # Answering the plan mail posts in the pair room (replies by email).
+        reply_to = program.reply_to(member.id, pv.room.id if pv.room is not None else None)
         payload = email_payload(
             to=address, subject=rendered.subject, text=rendered.email_text, html=rendered.email_html,
             to_name=display_name(member.name, member.matrix_id, member.email),
-            headers=email_headers(settings, view.cohort))
+            headers={**email_headers(settings, view.cohort), **reply_to})
         rows.append({"channel": EMAIL, "kind": "plan-dropped", "lane": normalize_address(address),
                      "payload": dict(payload), "dedupe_key": f"dropped:{ctx.event_id}:{member.id}"})
     await ports.outbox.enqueue_many(s, rows)

@@ -66,6 +66,10 @@ class Program(Protocol):
     async def rows(self, s: AsyncSession, item: CalendarItem, targets: Sequence[Target], *,
                    source: str) -> list[dict[str, Any]]: ...
 
+    def reply_to(self, member_id: int | None, room_pk: int | None) -> dict[str, str]:
+        """The Reply-To header of an email to a member about a room; {} without [email.inbound]."""
+        ...
+
 
 class Digest(Protocol):
     """The weekly digest (hub.features.digest.DigestService), as `!hub digest` uses it."""
