@@ -37,6 +37,7 @@ from hub.storage.models import (
     checkin_answer_table,
     content_use_table,
     hub_room_table,
+    rematch_request_table,
     room_member_table,
     webinar_table,
 )
@@ -80,6 +81,7 @@ class CohortReport:
     opted_out: int = 0
     bounced: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # calendar items missed while down, by kind
+    rematch: Counter[str] = field(default_factory=Counter)  # `!hub rematch`: participant | moderator
 
     def lines(self, slug: str) -> list[str]:
         p = self.pairs
@@ -94,6 +96,8 @@ class CohortReport:
             f"- Email: {self.bounced} bounced (suppressed), {self.opted_out} opted out, "
             f"{self.no_address} without an address",
             f"- Scheduled items skipped while the hub was down: {skipped}",
+            f"- Rematch requests: {self.rematch['participant']} from participants; "
+            f"{self.rematch['moderator']} pairs closed for a rematch",
         ]
 
 
@@ -145,6 +149,9 @@ async def build_report(
             addresses.append(address)
     r.bounced = len(await suppressed(s, addresses))
     r.skipped.update(item.kind for item in await state.skipped(view.cohort.slug))
+    r.rematch.update(dict((await s.execute(
+        select(rematch_request_table.c.source, func.count()).where(rematch_request_table.c.cohort_id == cid)
+        .group_by(rematch_request_table.c.source))).all()))
     return r
 
 
