@@ -33,7 +33,7 @@ from hub.core.email_reply import kept_out, reply_content, reply_text
 from hub.core.tokens import AddressTokenSigner, reply_address
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.email.sender import SuppressionHook, suppress_address
-from hub.errors import InvalidToken, TemporaryDeliveryError
+from hub.errors import LinkTokenError, TemporaryDeliveryError
 from hub.program_targets import person_key
 from hub.storage.db import Database
 from hub.storage.models import HubRoom, InboundMail, Member, Pair, PersonPref
@@ -132,7 +132,7 @@ class ReplyPoster:
     async def _reply(self, s: AsyncSession, row: InboundMail) -> tuple[str, str]:
         try:
             claims = self.signer.verify_reply(row.token)
-        except InvalidToken:  # checked at RCPT; a changed web.secret since then
+        except LinkTokenError:  # checked at RCPT; a changed web.secret since then
             return "dropped", "the reply address's token no longer verifies"
         member = await s.get(Member, claims.member_id)
         room = await s.get(HubRoom, claims.room_pk)
@@ -189,7 +189,7 @@ class ReplyPoster:
     async def _bounce(self, s: AsyncSession, row: InboundMail) -> tuple[str, str]:
         try:
             seq = self.signer.verify_bounce(row.token)
-        except InvalidToken:
+        except LinkTokenError:
             return "dropped", "the bounce address's token no longer verifies"
         sent = (await s.execute(select(O.c.lane, O.c.kind, O.c.txn_id, O.c.channel)
                                 .where(O.c.seq == seq))).first()
