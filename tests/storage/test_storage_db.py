@@ -26,11 +26,11 @@ from tests.support.databases import backends
 HEAD = _script().get_current_head()
 
 
-@pytest.mark.parametrize("backend", backends())
 def _column_names(conn: Connection, table: str) -> set[str]:
     return {col["name"] for col in inspect(conn).get_columns(table)}
 
 
+@pytest.mark.parametrize("backend", backends())
 async def test_migrations_upgrade_an_empty_database(backend: str, database_urls: dict[str, str]) -> None:
     db = await open_database(database_urls[backend])
     try:
