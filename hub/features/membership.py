@@ -46,12 +46,12 @@ from hub.core.cohorts import (
 )
 from hub.core.content_format import escape_markdown, html_to_text, one_line
 from hub.core.markup import echo, markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
 from hub.features import person_mail
 from hub.features.membership_batch import NewMembership, current_batch, new_id
-from hub.matrix.events import notice_content
 from hub.storage.models import (
     Cohort,
     HubRoom,
