@@ -420,7 +420,7 @@ class Hub:
                                       payload=effect.to_payload(), dedupe_key=key)
 
     async def _join(self, row: Claimed, effect: Join) -> str:
-        """The `Join` handler (hub.features.room_direct), telling a command that waits for it."""
+        """The `Join` handler (hub.features.room_joins), telling a command that waits for it."""
         assert self.rooms is not None
         try:
             result = await self.rooms.join(row, effect)

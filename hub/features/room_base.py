@@ -2,7 +2,7 @@
 
 `RoomKeeper` (hub.features.rooms) keeps the hub's rooms as the database says; its
 jobs live in one module each, stacked on this base: the effect handlers the Matrix
-sender calls for room rows (`room_ops`), direct chats people open (`room_direct`),
+sender calls for room rows (`room_ops`), direct chats people open (`room_joins`),
 membership from the sync (`room_sync`), the room check at start (`room_check`), and
 reminders and config watching (`rooms`). None of them imports nio or `hub.matrix`:
 they see the homeserver through `hub.core.homeserver.Homeserver`.

@@ -21,7 +21,7 @@ from hub.delivery.outbox import MATRIX
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import membership as ms
 from hub.features.room_base import LIVE, ReconcileReport, log
-from hub.features.room_direct import DirectRooms
+from hub.features.room_joins import RoomJoins
 from hub.storage.models import HubRoom, Pair, RoomMember, hub_room_table, outbox_table, room_member_table
 
 __all__ = ["REJOIN_WAIT", "RoomCheck"]
@@ -29,7 +29,7 @@ __all__ = ["REJOIN_WAIT", "RoomCheck"]
 REJOIN_WAIT = 30.0  # seconds the check waits for its rejoin row to be sent
 
 
-class RoomCheck(DirectRooms):
+class RoomCheck(RoomJoins):
     async def reconcile(self) -> ReconcileReport:
         """Apply the config, then check every room the hub owns and repair what drifted."""
         report = ReconcileReport(repaired=[], replaced=[], problems=[])

@@ -2,7 +2,7 @@
 
 `RoomKeeper` is one object made of the room jobs, one module each
 (hub.features.room_base explains the stack): the handlers of room effects
-(`room_ops`, `room_direct`), the room check (`room_check`) and membership from
+(`room_ops`, `room_joins`), the room check (`room_check`) and membership from
 the sync (`room_sync`). This module adds its life: on start (after the first
 sync) it reconciles, then keeps watching: it sends the one 48-hour "you have not
 joined yet" email and picks up config changes and roster imports.

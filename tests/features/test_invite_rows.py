@@ -69,7 +69,7 @@ async def test_a_command_from_a_room_being_joined_waits_for_the_join_row(tmp_pat
     await hub._consider_invite("!dm:example.org", MOD, "batch1", direct=True)
     done: list[str] = []
 
-    class Rooms:  # the join handler of hub.features.room_direct, as the sender calls it
+    class Rooms:  # the join handler of hub.features.room_joins, as the sender calls it
         async def join(self, row: Claimed, effect: Join) -> str:
             done.append(effect.room_id)
             return "joined"

@@ -20,12 +20,12 @@ from hub.features.room_base import log
 from hub.features.room_ops import RoomOps
 from hub.storage.models import HubRoom
 
-__all__ = ["JOIN_TRIES", "DirectRooms"]
+__all__ = ["JOIN_TRIES", "RoomJoins"]
 
 JOIN_TRIES = 6  # an invite's join is tried this often (backing off to 30 s), then given up
 
 
-class DirectRooms(RoomOps):
+class RoomJoins(RoomOps):
     async def join(self, row: Claimed, e: Join) -> str:
         """Join `e.room_id`: accept an invite (adopting a direct chat), or go back into a hub room.
 
