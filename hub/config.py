@@ -31,6 +31,7 @@ __all__ = [
     "DatabaseSettings",
     "EmailSettings",
     "HubSettings",
+    "InboundSettings",
     "MatrixSettings",
     "Settings",
     "VideoSettings",
@@ -89,6 +90,17 @@ class EmailSettings:
     password: str = ""
     connections: int = 4
     max_per_second: float = 0
+    inbound: InboundSettings | None = None  # no [email.inbound] section: no listener
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """`[email.inbound]`: the hub's own SMTP listener for replies and bounces."""
+
+    host: str = "127.0.0.1"
+    port: int = 2525
+    domain: str = ""  # reply+<token>@domain, bounce+<token>@domain
+    max_size_kb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -400,10 +412,40 @@ def _load_email(s: _Section) -> EmailSettings:
     s.check("connections", 1 <= connections <= 64, "must be between 1 and 64")
     mps = s.get("max_per_second", float, 0.0)
     s.check("max_per_second", (mps or 0) >= 0, "must be 0 (no cap) or more")
+    raw_inbound = s.raw("inbound")
+    inbound: InboundSettings | None = None
+    if raw_inbound is not None:
+        if not isinstance(raw_inbound, dict):
+            s.check("inbound", False, "must be a table ([email.inbound])")
+        else:
+            inbound = _load_inbound(_Section(s.p, f"{s.name}.inbound", raw_inbound, s.env, s.secrets))
+            s.check("inbound", enabled or inbound is None,
+                    "needs [email] enabled = true: replies come to mail the hub sends")
     s.finish()
     return EmailSettings(
-        enabled, sender, host, port, security, username, password, connections, mps or 0.0
+        enabled, sender, host, port, security, username, password, connections, mps or 0.0, inbound
     )
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+
+
+def _load_inbound(s: _Section) -> InboundSettings:
+    listen = s.get("listen", str, "127.0.0.1:2525") or "127.0.0.1:2525"
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else -1
+    s.check("listen", bool(host) and 0 <= port < 65536,
+            f"{listen!r} is not HOST:PORT (e.g. \"127.0.0.1:2525\")")
+    domain = (s.get("domain", str, "", required=True) or "").strip().lower()
+    if domain:
+        s.check("domain", bool(_DOMAIN.fullmatch(domain)),
+                f"{domain!r} is not a domain name: reply addresses are reply+TOKEN@domain, "
+                "so it must be a host name your MX record points at (e.g. \"hub.example.org\")")
+    size = s.get("max_size_kb", int, 1024)
+    s.check("max_size_kb", size is not None and 16 <= size <= 100 * 1024,
+            "must be between 16 and 102400 (KiB)")
+    s.finish()
+    return InboundSettings(host.strip("[]"), max(port, 0), domain, size or 1024)
 
 
 def _load_web(s: _Section) -> WebSettings:

@@ -17,6 +17,7 @@
     │       └── MessageRejectedError    it refused the message or the hub's sender, not the address
     ├── CommandError           a room command was malformed or refused
     │   ├── UsageError
+    │   │   └── ArgumentError  a handler found an argument wrong: the runner adds the usage line
     │   └── PermissionDenied
     ├── RosterError            a roster CSV has problems (carries each as "line N: reason")
     ├── ContentError           the content library is invalid or an item cannot render ("file:line: reason")
@@ -30,6 +31,7 @@ turns into a one-line message and exit status 1.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "CommandError",
     "ConfigError",
     "ContentError",
@@ -180,6 +182,14 @@ class CommandError(HubError):
 
 class UsageError(CommandError):
     """Malformed arguments; the message includes the usage line."""
+
+
+class ArgumentError(UsageError):
+    """An argument the parser accepted but the handler cannot use (a bad name, an unknown option).
+
+    The message says only what is wrong; the runner (hub.inbound) adds the
+    command's usage line from its declaration, so no handler spells one out.
+    """
 
 
 class PermissionDenied(CommandError):

@@ -12,24 +12,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
+from hub.config import Settings
 from hub.core.commands import CommandContext, CommandRegistry, CommandSpec, Reply, RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
 from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
-from hub.errors import CommandError, PermissionDenied, UsageError
-from hub.features.membership import describe_room, is_participant
+from hub.errors import ArgumentError, CommandError, PermissionDenied, UsageError
+from hub.features.membership import Env, describe_room, is_participant, load_env
+from hub.features.ports import CommandPorts, Digest, Program
 from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
 
-__all__ = ["CommandRunner", "Ports"]
+__all__ = ["CommandRunner", "Services"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,41 @@ _OOPS = (
 
 
 @dataclass
-class Ports:
-    """What command handlers may use: the transaction they run in and the hub's services."""
+class Services:
+    """The hub's long-lived services that commands use; the wiring (hub.service) fills them in."""
+
+    settings: Callable[[], Settings]
+    program: Program | None = None
+    digest: Digest | None = None
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """One command's ports (hub.features.ports.CommandPorts): its transaction and the services."""
 
     session: AsyncSession
     outbox: Outbox
-    db: Database
     clock: Clock
     control_room: str | None
-    app: Any = None  # the running Hub (settings, client state); handlers read, the outbox writes
+    services: Services
+
+    def settings(self) -> Settings:
+        return self.services.settings()
+
+    async def membership(self) -> Env:
+        return await load_env(self.session, self.outbox, self.clock, self.settings())
+
+    @property
+    def program(self) -> Program:
+        if self.services.program is None:
+            raise CommandError("The program is not running yet; try again in a minute.")
+        return self.services.program
+
+    @property
+    def digest(self) -> Digest:
+        if self.services.digest is None:
+            raise CommandError("The digest is not running yet; try again in a minute.")
+        return self.services.digest
 
 
 class CommandRunner:
@@ -69,7 +96,7 @@ class CommandRunner:
         room_kind: Callable[[str], Awaitable[RoomKind]],
         is_moderator: Callable[[str], Awaitable[bool]],
         control_room: Callable[[], str | None],
-        app: Any = None,
+        services: Services,
         after_change: Callable[[], None] | None = None,
         rate_limiter: CommandRateLimiter | None = None,
     ) -> None:
@@ -80,7 +107,7 @@ class CommandRunner:
         self.room_kind = room_kind
         self.is_moderator = is_moderator
         self.control_room = control_room
-        self.app = app
+        self.services = services
         self.after_change = after_change
         # Moderators are exempt: they run bulk set-up (a cohort, 30 adds) and are trusted.
         self.rate_limiter = rate_limiter or CommandRateLimiter(clock)
@@ -203,10 +230,11 @@ class CommandRunner:
                          f"{MAX_COMMAND_CHARS:,}. Nothing was changed: please shorten it."), None
         # One indexed lookup per command: it decides what a stranger may use and what help lists.
         participant = moderator or await is_participant(s, msg.sender)
+        ports: CommandPorts = _Ports(s, self.outbox, self.clock, self.control_room(), self.services)
         ctx = CommandContext(
             sender=msg.sender, room_id=msg.room_id, room_kind=kind, is_moderator=moderator,
-            event_id=msg.event_id, is_participant=participant,
-            services=Ports(s, self.outbox, self.db, self.clock, self.control_room(), self.app),
+            event_id=msg.event_id, is_participant=participant, services=ports,
+            prefix=self.registry.prefix,
         )
         spec = None
         try:
@@ -223,6 +251,8 @@ class CommandRunner:
             too_long = text_too_long(spec, parsed.args)
             if too_long is not None:
                 return Reply(too_long), None
+            # What the words mean (a person, a slug, a time...): checked where the handler used to.
+            ctx.args = self.registry.check(parsed).args
             async with s.begin_nested():
                 reply = await spec.handler(ctx)
         except PermissionDenied as e:
@@ -230,6 +260,10 @@ class CommandRunner:
                      msg.room_id, e)
             # A refusal changes nothing, the audit log included; it is only logged.
             return Reply(str(e)), None
+        except ArgumentError as e:
+            # A handler's finding: the usage line comes from the declaration, as the parser's does.
+            assert spec is not None
+            return Reply(str(self.registry.usage_error(spec, str(e)))), None
         except UsageError as e:
             if spec is None and not participant:
                 return self._refuse_stranger(msg), None  # no lesson in commands they may not use

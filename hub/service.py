@@ -34,9 +34,11 @@ from hub.core.effects import (
     PinPlan,
 )
 from hub.core.limits import AlertAggregator
+from hub.core.tokens import AddressTokenSigner, bounce_address
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
+from hub.email.inbound import InboundHandler, InboundServer
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Rejected, Suppressed
 from hub.errors import DeliveryError, TemporaryDeliveryError
@@ -46,7 +48,10 @@ from hub.features.cohorts import register_cohorts
 from hub.features.digest import DigestService
 from hub.features.digest_commands import register_digest_commands
 from hub.features.email_commands import register_email_commands
+from hub.features.email_replies import ReplyPoster, reply_headers
+from hub.features.match_commands import register_match_commands
 from hub.features.pair_commands import register_pair_commands
+from hub.features.pair_mail import PairMailer, RoomText
 from hub.features.person_commands import register_person_commands
 from hub.features.program import ProgramService
 from hub.features.program_commands import register_program_commands
@@ -54,7 +59,7 @@ from hub.features.prompts import PromptRecorder
 from hub.features.reactions import Answers
 from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
-from hub.inbound import CommandRunner
+from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
 from hub.matrix.events import (
     IncomingMessage,
@@ -92,6 +97,7 @@ def build_registry(prefix: str) -> CommandRegistry:
     register_program_commands(registry)
     register_digest_commands(registry)
     register_email_commands(registry)
+    register_match_commands(registry)
     return registry
 
 
@@ -137,6 +143,11 @@ class Hub:
         self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
         self.alerts = AlertAggregator(self.clock, window=3600.0)  # "failed for good": one an hour
         self.control_room_failures = ControlRoomFailures()
+        # Replies by email ([email.inbound]): the listener, the poster and the pair-room mailer.
+        self.address_signer: AddressTokenSigner | None = None
+        self.inbound: InboundServer | None = None
+        self.reply_poster: ReplyPoster | None = None
+        self.pair_mail: PairMailer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -182,11 +193,28 @@ class Hub:
                                          command_prefix=s.matrix.command_prefix, clock=self.clock)
         # Ticks start after the first sync and the rooms' reconcile (`after_start` runs then).
         self.after_start.insert(0, _start_program)
+        async with self.db.transaction() as tx:
+            secret = await signing_secret(tx, s)
+        inbound = s.email.inbound if s.email.enabled else None
+        envelope_for: Callable[[int], str] | None = None
+        if inbound is not None:
+            signer = self.address_signer = AddressTokenSigner(secret)
+            domain = inbound.domain
+            envelope_for = lambda seq: bounce_address(signer.bounce(seq), domain)  # noqa: E731
+            self.program.reply_headers = lambda member, room: reply_headers(signer, inbound, member, room)
+            self.reply_poster = ReplyPoster(self.db, self.outbox, self.clock, signer,
+                                            on_suppressed=self._alert_suppressed)
+            self.inbound = InboundServer(inbound, InboundHandler(
+                self.db, signer, inbound.domain, self.clock, max_bytes=inbound.max_size_kb * 1024,
+                on_stored=self.reply_poster.poke))
+            self.pair_mail = PairMailer(self.db, self.outbox, self.clock, settings=lambda: self.settings,
+                                        signer=lambda: self.address_signer, own_user_id=s.matrix.user_id)
         if s.email.enabled:
             self.smtp_pool = SmtpPool(s.email, self.clock)
             senders[EMAIL] = EmailSender(self.db, self.smtp_pool, self.clock,
                                          from_header=s.email.sender,
-                                         on_suppressed=self._alert_suppressed)
+                                         on_suppressed=self._alert_suppressed,
+                                         envelope_for=envelope_for)
         senders.update(self.extra_senders)
         self.dispatcher = Dispatcher(self.db, self.outbox, self.clock, senders,
                                      on_failed=self._report_failure)
@@ -197,7 +225,8 @@ class Hub:
             self.db, self.outbox, self.clock, self.registry,
             room_kind=self.room_kind, is_moderator=self.is_moderator,
             control_room=lambda: self.control_room_id,
-            app=self,
+            # What handlers may use of the running hub (hub.features.ports), never the hub itself.
+            services=Services(settings=lambda: self.settings, program=self.program, digest=self.digest),
             # A new cohort, person or pair may be due calendar items now (the launch post
             # of a cohort that starts today): tick at once instead of within 30 s.
             after_change=self._poke_program,
@@ -218,12 +247,12 @@ class Hub:
                 monotonic=self.clock.monotonic,
             ),
         )
-        async with self.db.transaction() as tx:
-            secret = await signing_secret(tx, s)
         self.web.add_routes(unsubscribe_routes(SqlSubscriptionStore(self.db, self.clock), secret,
                                                command_prefix=s.matrix.command_prefix))
         self.web.add_routes(answer_routes(SqlAnswerStore(self.db, secret), secret, self.clock))
         await self.web.start()
+        if self.inbound is not None:
+            await self.inbound.start()
         # The SMTP greeting first: it borrows the pool's connections before the dispatcher
         # can take one, so mail at start waits for its outcome (SmtpPool.greet).
         if self.smtp_pool is not None:
@@ -233,6 +262,10 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
         self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
         self._tasks.append(asyncio.create_task(self._summarise_alerts(), name="alert-summaries"))
+        if self.reply_poster is not None:
+            self._tasks.append(asyncio.create_task(self.reply_poster.run(), name="email-replies"))
+        if self.pair_mail is not None:
+            self._tasks.append(asyncio.create_task(self.pair_mail.run(), name="pair-mail"))
 
     async def _cross_sign(self) -> None:
         from hub.matrix.crosssign import ensure_cross_signing
@@ -305,6 +338,8 @@ class Hub:
         """Stop syncing, let in-flight sends finish (bounded), save state, close."""
         if self.sync is not None:
             self.sync.stop()
+        if self.inbound is not None:
+            await self.inbound.stop()  # no 250 is answered for mail that could not be kept now
         if self.rooms is not None:
             await self.rooms.stop()
         if self.program is not None:
@@ -356,11 +391,23 @@ class Hub:
             return
         for msg in facts.messages:
             await self.runner.handle(msg)
+        await self._record_pair_mail(facts.messages)
         if self.answers is not None:
             await self.answers.on_sync(answer_events(resp, self.client.user_id))
         for room_id, event in facts.undecryptable:
             self._park(room_id, event)
         await self._retry_parked()
+
+    async def _record_pair_mail(self, messages: list[IncomingMessage]) -> None:
+        """An email-only member's partner wrote in their pair room: kept for the next batch."""
+        if self.pair_mail is None or not messages:
+            return
+        try:
+            await self.pair_mail.record([RoomText(m.room_id, m.event_id, m.sender, m.body, m.msgtype,
+                                                  m.origin_server_ts) for m in messages])
+        except (SQLAlchemyError, OSError):
+            # Not worth stalling every command for; the message stays in the room.
+            log.exception("recording pair-room messages for email failed; this batch is not mailed")
 
     def _display_name(self, room_id: str, user_id: str) -> str:
         room = self.client.rooms.get(room_id) if self.client is not None else None
@@ -393,6 +440,7 @@ class Hub:
             msg = message_from_event(room_id, decrypted)
             if msg is not None and msg.sender != self.client.user_id:
                 await self.runner.handle(IncomingMessage(**{**msg.__dict__, "encrypted": True}))
+                await self._record_pair_mail([msg])
             answer = answer_event(room_id, decrypted)
             if self.answers is not None and answer is not None:
                 await self.answers.on_event(answer)

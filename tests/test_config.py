@@ -50,6 +50,9 @@ def test_example_config_passes_with_dummy_env() -> None:
     assert s.cohorts[0].timezone == ZoneInfo("Europe/Berlin")
     assert str(s.cohorts[0].digest) == "mon 09:00"
     assert s.cohorts[0].webinar is not None and s.cohorts[0].webinar.title == "Kick-off"
+    assert s.email.inbound is not None and s.email.inbound.domain == "hub.example.org"
+    inbound = s.email.inbound
+    assert (inbound.host, inbound.port, inbound.max_size_kb) == ("127.0.0.1", 2525, 1024)
     # Secrets are collected for the log filter.
     assert {"dummy-matrix-pw", "dummy-smtp-pw", "dummy-web-secret"} <= s.secrets
 
@@ -240,3 +243,24 @@ def test_email_from_must_be_one_address_as_written(tmp_path: Path, sender: str) 
             "email": {"enabled": True, "from": sender}}
     with pytest.raises(ConfigError, match=r"email\.from: .* is not an email address"):
         settings_from_dict(data, base=tmp_path, env={})
+
+
+_EMAIL = '\n[email]\nenabled = true\nfrom = "Hub <hub@example.org>"\n'
+
+
+def test_no_inbound_table_means_no_listener(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, MINIMAL + _EMAIL), env=DUMMY_ENV).email.inbound is None
+
+
+def test_inbound_values_are_checked_with_clear_messages(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, MINIMAL + _EMAIL + '[email.inbound]\nlisten = "localhost"\n'
+                         'domain = "not a domain"\nmax_size_kb = 2\nsize = 3\n')
+    text = "\n".join(problems)
+    assert "email.inbound.listen: 'localhost' is not HOST:PORT" in text
+    assert "email.inbound.domain: 'not a domain' is not a domain name" in text
+    assert "email.inbound.max_size_kb: must be between 16 and 102400" in text
+    assert "email.inbound.size: unknown key" in text
+    assert any("email.inbound.domain: is required" in p
+               for p in _problems(tmp_path, MINIMAL + _EMAIL + "[email.inbound]\n"))
+    off = MINIMAL + '\n[email]\nenabled = false\n[email.inbound]\ndomain = "hub.example.org"\n'
+    assert any("email.inbound: needs [email] enabled = true" in p for p in _problems(tmp_path, off))

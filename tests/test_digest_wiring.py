@@ -57,7 +57,7 @@ async def digest_world(tmp_path: Path) -> World:
                          datetime(2027, 1, 17, 12, 0, tzinfo=BERLIN))
     service = DigestService(w.program, control_room=lambda: CONTROL)
     w.program.digest = service.rows
-    w.runner.app.digest = service
+    w.runner.services.digest = service
     return w
 
 

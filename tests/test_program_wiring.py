@@ -37,7 +37,7 @@ from hub.features import membership as ms
 from hub.features.participants import load_cohort_view
 from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
-from hub.inbound import CommandRunner
+from hub.inbound import CommandRunner, Services
 from hub.matrix.events import IncomingMessage
 from hub.service import build_registry
 from hub.storage.db import Database, open_database
@@ -139,13 +139,6 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
     program = ProgramService(db=db, outbox=outbox, clock=clock, settings=lambda: settings, library=_LIBRARY,
                              control_room=lambda: CONTROL)
 
-    class App:
-        pass
-
-    app = App()
-    app.program = program  # type: ignore[attr-defined]
-    app.settings = settings  # type: ignore[attr-defined]
-
     async def is_mod(user: str) -> bool:
         return user == MOD
 
@@ -156,7 +149,8 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
     # rate limit here (tests/test_limits.py and test_stranger_live.py cover it).
     unlimited = CommandRateLimiter(clock, per_minute=1.0, burst=10**9)
     runner = CommandRunner(db, outbox, clock, build_registry("!hub"), room_kind=kind, is_moderator=is_mod,
-                           control_room=lambda: CONTROL, app=app, rate_limiter=unlimited)
+                           control_room=lambda: CONTROL, rate_limiter=unlimited,
+                           services=Services(settings=lambda: settings, program=program))
     return World(db, clock, outbox, settings, program, runner, itertools.count())
 
 

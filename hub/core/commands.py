@@ -16,8 +16,11 @@ import enum
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
+from typing_extensions import TypeVar
+
+from hub.core.converters import Converter
 from hub.core.markup import echo
 from hub.core.messages import Mention
 from hub.errors import PermissionDenied, UsageError
@@ -55,6 +58,9 @@ class Arg:
     optional: bool = False
     minimum: int | None = None
     maximum: int | None = None
+    # What the word means (hub.core.converters: a slug, a person, an address, a time, a link):
+    # applied by `CommandRegistry.check`, once the sender may run the command.
+    to: Converter | None = None
 
     def usage(self) -> str:
         label = "|".join(self.choices) if self.kind == "choice" else self.name.upper()
@@ -92,8 +98,20 @@ class Reply:
     private: bool = False
 
 
+# The ports a command's handler receives (hub.features.ports): core knows only that there are some.
+# Unparametrized (`CommandContext`) means any ports: what the registry itself handles.
+P_co = TypeVar("P_co", covariant=True, default=Any)
+
+
 @dataclass
-class CommandContext:
+class CommandContext(Generic[P_co]):
+    """Who asked, where, with which arguments; and the ports the handler may use.
+
+    A handler declares the ports it needs as the type parameter
+    (``CommandContext[Store]``), so it is typed against exactly those and a
+    test can give it fakes; the runner gives every handler the same full set.
+    """
+
     sender: str
     room_id: str
     room_kind: RoomKind
@@ -102,10 +120,17 @@ class CommandContext:
     # A member of a cohort (by Matrix id); others may use only `open_to_all` commands.
     is_participant: bool = True
     args: dict[str, Any] = field(default_factory=dict)
-    services: Any = None  # the wiring's ports; handlers reach adapters only through it
+    services: P_co | None = None  # set by the runner (hub.inbound); handlers use `ports`
+    prefix: str = "!hub"  # the command prefix, for replies that name another command
+
+    @property
+    def ports(self) -> P_co:
+        if self.services is None:
+            raise RuntimeError("this command context has no ports: the runner sets them")
+        return self.services
 
 
-Handler = Callable[[CommandContext], Awaitable[Reply]]
+Handler = Callable[[CommandContext[Any]], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -187,6 +212,11 @@ class CommandRegistry:
         return None
 
     def parse(self, rest: str) -> ParsedCommand:
+        """The command and its words, bound to its arguments (ints and choices checked).
+
+        Arguments declared with a converter (`Arg.to`) keep the word as typed
+        here: `check` converts them once the sender may run the command.
+        """
         verbatim = self._parse_verbatim(rest)
         if verbatim is not None:
             return verbatim
@@ -219,12 +249,12 @@ class CommandRegistry:
                 try:
                     values[arg.name] = arg.convert(word)
                 except ValueError as e:
-                    raise self._usage(spec, str(e)) from None
+                    raise self.usage_error(spec, str(e)) from None
             if len(chunks) < len(leading):
-                raise self._usage(spec, f"{leading[len(chunks)].name} is missing")
+                raise self.usage_error(spec, f"{leading[len(chunks)].name} is missing")
             text = chunks[len(leading)].strip() if len(chunks) > len(leading) else ""
             if not text and not spec.args[-1].optional:
-                raise self._usage(spec, f"{spec.args[-1].name} is missing")
+                raise self.usage_error(spec, f"{spec.args[-1].name} is missing")
             values[spec.args[-1].name] = text or None
             return ParsedCommand(spec, values)
         return None
@@ -245,25 +275,38 @@ class CommandRegistry:
             if arg.kind == "rest":
                 text = " ".join(words[i:]).strip()
                 if not text and not arg.optional:
-                    raise self._usage(spec, f"{arg.name} is missing")
+                    raise self.usage_error(spec, f"{arg.name} is missing")
                 values[arg.name] = text or None
                 i = len(words)
                 break
             if i >= len(words):
                 if not arg.optional:
-                    raise self._usage(spec, f"{arg.name} is missing")
+                    raise self.usage_error(spec, f"{arg.name} is missing")
                 values[arg.name] = None
                 continue
             try:
                 values[arg.name] = arg.convert(words[i])
             except ValueError as e:
-                raise self._usage(spec, str(e)) from None
+                raise self.usage_error(spec, str(e)) from None
             i += 1
         if i < len(words):
-            raise self._usage(spec, f"unexpected {echo(words[i])}")
+            raise self.usage_error(spec, f"unexpected {echo(words[i])}")
         return values
 
-    def _usage(self, spec: CommandSpec, problem: str) -> UsageError:
+    def check(self, parsed: ParsedCommand) -> ParsedCommand:
+        """Convert the arguments declared with a converter, in order; UsageError names the first bad one."""
+        values = dict(parsed.args)
+        for arg in parsed.spec.args:
+            if arg.to is None or values.get(arg.name) is None:
+                continue
+            try:
+                values[arg.name] = arg.to(str(values[arg.name]))
+            except ValueError as e:
+                raise self.usage_error(parsed.spec, str(e)) from None
+        return ParsedCommand(parsed.spec, values)
+
+    def usage_error(self, spec: CommandSpec, problem: str) -> UsageError:
+        """`problem` followed by the command's usage line, as every argument error reads."""
         return UsageError(f"{problem}. Usage: `{spec.usage(self.prefix)}`")
 
     def authorize(self, spec: CommandSpec, ctx: CommandContext) -> None:

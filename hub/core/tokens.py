@@ -33,11 +33,16 @@ from hub.errors import InvalidToken
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
+    "AddressTokenSigner",
     "Purpose",
+    "ReplyClaims",
     "TokenClaims",
     "TokenSigner",
+    "address_token",
+    "bounce_address",
     "list_unsubscribe_headers",
     "new_handle",
+    "reply_address",
     "unsubscribe_url",
 ]
 
@@ -180,3 +185,98 @@ def list_unsubscribe_headers(public_url: str, token: str) -> dict[str, str]:
         "List-Unsubscribe": f"<{unsubscribe_url(public_url, token)}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+# -- tokens in email addresses: reply+TOKEN@domain, bounce+TOKEN@domain ----------------------
+#
+# An address's local part holds at most 64 characters and some mail systems change its
+# case, so these tokens are shorter and case-free: lower-case base32 (no padding) of
+#
+#     version (1) | purpose (1) | a (4) | b (4) | truncated HMAC-SHA256 (10)
+#
+# = 20 bytes = 32 characters. Reply: a = the member (person in a cohort), b = the hub room.
+# Bounce: a:b = the outbox row (its sequence number, 8 bytes), whose lane is the address.
+# 80 bits of MAC: a forger can only try tokens one SMTP transaction at a time, each answered
+# 550, so 2**80 tries is out of reach. The key is derived with its own label, so no other
+# token can ever be read as one of these.
+
+_ADDRESS_VERSION = 1
+_ADDRESS_MAC_LEN = 10
+_ADDRESS_BODY = struct.Struct(">BBII")
+_ADDRESS_KEY_LABEL = b"cohort-hub/address-token/v1"
+_ADDRESS_TOKEN = re.compile(r"[a-z2-7]{32}")
+_REPLY_CODE = 1
+_BOUNCE_CODE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyClaims:
+    member_id: int
+    room_pk: int  # hub_room.id: the room a reply is posted in, whatever its Matrix id becomes
+
+
+class AddressTokenSigner:
+    """Signs the tokens in reply and bounce addresses with a key derived from `web.secret`."""
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("web.secret must be set to sign tokens")
+        self._key = hmac.new(secret.encode("utf-8"), _ADDRESS_KEY_LABEL, hashlib.sha256).digest()
+
+    def _pack(self, code: int, a: int, b: int) -> str:
+        if not (0 <= a < 2**32 and 0 <= b < 2**32):
+            raise ValueError("token ids out of range")
+        body = _ADDRESS_BODY.pack(_ADDRESS_VERSION, code, a, b)
+        mac = hmac.new(self._key, body, hashlib.sha256).digest()[:_ADDRESS_MAC_LEN]
+        return base64.b32encode(body + mac).decode("ascii").lower()
+
+    def _unpack(self, token: str, code: int) -> tuple[int, int]:
+        token = token.lower() if isinstance(token, str) else ""
+        if not _ADDRESS_TOKEN.fullmatch(token):
+            raise InvalidToken("not an address token")
+        data = base64.b32decode(token.upper())
+        body, mac = data[:_ADDRESS_BODY.size], data[_ADDRESS_BODY.size:]
+        expected = hmac.new(self._key, body, hashlib.sha256).digest()[:_ADDRESS_MAC_LEN]
+        if not hmac.compare_digest(mac, expected):
+            raise InvalidToken("bad signature")
+        version, got, a, b = _ADDRESS_BODY.unpack(body)
+        if version != _ADDRESS_VERSION:
+            raise InvalidToken(f"unknown version {version}")
+        if got != code:
+            raise InvalidToken("wrong purpose")
+        return a, b
+
+    def reply(self, member_id: int, room_pk: int) -> str:
+        return self._pack(_REPLY_CODE, member_id, room_pk)
+
+    def verify_reply(self, token: str) -> ReplyClaims:
+        member_id, room_pk = self._unpack(token, _REPLY_CODE)
+        return ReplyClaims(member_id, room_pk)
+
+    def bounce(self, outbox_seq: int) -> str:
+        return self._pack(_BOUNCE_CODE, outbox_seq >> 32, outbox_seq & 0xFFFFFFFF)
+
+    def verify_bounce(self, token: str) -> int:
+        """The outbox row (seq) the bounced mail was sent for."""
+        high, low = self._unpack(token, _BOUNCE_CODE)
+        return (high << 32) | low
+
+
+def reply_address(token: str, domain: str) -> str:
+    return f"reply+{token}@{domain}"
+
+
+def bounce_address(token: str, domain: str) -> str:
+    return f"bounce+{token}@{domain}"
+
+
+def address_token(address: str, domain: str) -> tuple[str, str] | None:
+    """("reply" | "bounce", token) of an address at `domain`; None if it is neither."""
+    local, at, host = address.strip().strip("<>").rpartition("@")
+    if not at or host.lower() != domain.lower():
+        return None
+    kind, plus, token = local.partition("+")
+    kind = kind.lower()
+    if not plus or kind not in ("reply", "bounce"):
+        return None
+    return kind, token

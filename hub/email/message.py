@@ -271,8 +271,12 @@ def _headers(payload: EmailPayload, *, txn_id: str, from_header: str, date: date
 
 
 def build_message(
-    payload: EmailPayload, *, txn_id: str, from_header: str, date: datetime
+    payload: EmailPayload, *, txn_id: str, from_header: str, date: datetime,
+    envelope_from: str | None = None,
 ) -> BuiltMessage:
+    """The bytes and envelope of one row. `envelope_from` replaces the From address as the
+    SMTP envelope sender: a VERP `bounce+TOKEN@domain` that names the row (hub.core.tokens),
+    so a bounce that comes back says which address failed however it is worded."""
     boundary = f"=_hub_{txn_id}".encode("ascii")
     text_part = _text_part("plain", payload["text"])
     html = payload.get("html")  # rows queued before email_payload made it ASCII are made so here
@@ -293,7 +297,7 @@ def build_message(
         body = _multipart("mixed", boundary + b"_mix", parts)
     head = _headers(payload, txn_id=txn_id, from_header=from_header, date=date)
     # The envelope goes into SMTP commands verbatim: a line break there would be a new command.
-    envelope_from = check_address(sender_address(from_header))
+    envelope_from = check_address(envelope_from or sender_address(from_header))
     recipient = check_address(payload["to"].strip())
     return BuiltMessage(
         envelope_from=envelope_from,

@@ -52,7 +52,8 @@ from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.delivery.outbox import EMAIL, Outbox
+from hub.core.ports import Queue
+from hub.delivery.outbox import EMAIL
 from hub.errors import UnsafeHeaderError
 
 __all__ = [
@@ -272,7 +273,7 @@ def email_payload(
 
 
 async def enqueue_email(
-    outbox: Outbox,
+    outbox: Queue[AsyncSession],
     session: AsyncSession,
     payload: EmailPayload,
     *,

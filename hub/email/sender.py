@@ -39,7 +39,8 @@ from hub.storage.db import Database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import email_suppression_table as S
 
-__all__ = ["EmailSender", "Rejected", "Suppressed", "SuppressionHook", "lift_suppression"]
+__all__ = ["EmailSender", "Rejected", "Suppressed", "SuppressionHook", "lift_suppression",
+           "suppress_address"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class EmailSender:
         from_header: str,
         on_suppressed: SuppressionHook | None = None,
         refresh_seconds: float = 5.0,
+        envelope_for: Callable[[int], str] | None = None,
     ) -> None:
         self.db = db
         self.pool = pool
@@ -112,6 +114,9 @@ class EmailSender:
         self.from_header = from_header
         self.on_suppressed = on_suppressed
         self.refresh_seconds = refresh_seconds
+        # With [email.inbound]: the row's VERP bounce address (hub.core.tokens.bounce_address),
+        # so a delivery report reaching the hub later names the row and thus the address.
+        self.envelope_for = envelope_for
         # Addresses known to be suppressed. Only a hint that saves a query per
         # row: a hit is confirmed in the database before a row is failed (the
         # suppression may have been lifted), and rows from other processes'
@@ -144,7 +149,8 @@ class EmailSender:
                 )
             self._known.discard(address)
         message = build_message(payload, txn_id=row.txn_id, from_header=self.from_header,
-                                date=self.clock.now())
+                                date=self.clock.now(),
+                                envelope_from=self.envelope_for(row.seq) if self.envelope_for else None)
         try:
             return await self.pool.send(message)
         except RecipientRejectedError as e:
@@ -172,15 +178,30 @@ class EmailSender:
             await self.on_suppressed(s, Rejected(address, e.code, e.reason, row.kind, subject, group))
 
     async def _suppress(self, address: str, e: RecipientRejectedError, row: Claimed) -> None:
-        values: dict[str, Any] = dict(address=address, code=e.code, reason=e.reason[:2000],
-                                      txn_id=row.txn_id, created_at=self.clock.now().timestamp())
         async with self.db.transaction() as s:
-            insert = postgresql.insert if self.db.is_postgres else sqlite.insert
-            await s.execute(insert(S).values(**values).on_conflict_do_nothing(
-                index_elements=["address"]))
-            if self.on_suppressed is not None:
-                await self.on_suppressed(
-                    s, Suppressed(address, e.code, e.reason, row.kind, row.txn_id)
-                )
+            await suppress_address(s, self.db, address, code=e.code, reason=e.reason,
+                                   kind=row.kind, txn_id=row.txn_id, now=self.clock.now().timestamp(),
+                                   on_suppressed=self.on_suppressed)
         self._known.add(address)
         log.warning("suppressed %s after a permanent SMTP failure: %s", address, e.reason)
+
+
+async def suppress_address(session: AsyncSession, db: Database, address: str, *, code: int, reason: str,
+                           kind: str, txn_id: str, now: float,
+                           on_suppressed: SuppressionHook | None) -> bool:
+    """Suppress `address` and queue the moderators' alert, in the caller's transaction.
+
+    The one way an address is suppressed: a 5xx at SMTP time (`EmailSender`) and a delivery
+    status notification to a VERP address (hub.features.email_replies) both come here.
+    False if it was suppressed already (nothing new is said then).
+    """
+    address = normalize_address(address)
+    values: dict[str, Any] = dict(address=address, code=code, reason=reason[:2000],
+                                  txn_id=txn_id, created_at=now)
+    insert = postgresql.insert if db.is_postgres else sqlite.insert
+    done = await session.execute(insert(S).values(**values).on_conflict_do_nothing(
+        index_elements=["address"]))
+    new = bool(getattr(done, "rowcount", 1))
+    if on_suppressed is not None:
+        await on_suppressed(session, Suppressed(address, code, reason, kind, txn_id))
+    return new

@@ -13,6 +13,7 @@ transaction is rolled back, subscriber handles made for the preview included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from hub.clock import SystemClock
 from hub.config import Settings
@@ -24,62 +25,63 @@ from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import normalize_address
 from hub.errors import CommandError, HubError
 from hub.features.digest import DigestService
-from hub.features.participants import load_cohort_view, program_of, program_week_of
+from hub.features.participants import load_cohort_view, program_week_of
+from hub.features.ports import Digesting, Effects, Moderators, Programmed, Timed
 from hub.features.program import ProgramService
-from hub.inbound import Ports
 from hub.storage.db import open_database
 
-__all__ = ["PreviewResult", "digest_of", "preview", "register_digest_commands"]
+__all__ = ["DigestPorts", "PreviewResult", "digest", "preview", "register_digest_commands"]
 
 
-def digest_of(ctx: CommandContext) -> DigestService:
-    service = getattr(getattr(ctx.services, "app", None), "digest", None)
-    if service is None:
-        raise CommandError("The digest is not running yet; try again in a minute.")
-    return service  # type: ignore[no-any-return]
+class DigestPorts(Effects, Timed, Moderators, Programmed, Digesting, Protocol):
+    """What `!hub digest` uses: the transaction and outbox, time, the moderators' room, the
+    program (whose calendar item `send` reuses) and the digest."""
+
+
+Ctx = CommandContext[DigestPorts]
+
+
+async def digest(ctx: Ctx) -> Reply:
+    ports = ctx.ports
+    s, now = ports.session, ports.clock.now()
+    service, program = ports.digest, ports.program
+    slug = str(ctx.args["slug"]).lower()
+    view = await load_cohort_view(s, slug)
+    if view is None:
+        raise CommandError(f"There is no cohort {echo(slug)}. `{ctx.prefix} cohort list` shows them.")
+    week = program_week_of(view, now)
+    if ctx.args["action"] == "preview":
+        ed = await service.edition(s, view, week or 1, now, preview=True)
+        post = ed.builder.lounge_post(ed.issue)
+        if ctx.room_kind is RoomKind.CONTROL or not ports.control_room:
+            return Reply(post.body, post.formatted_body)
+        room = ports.control_room
+        await ports.outbox.enqueue(s, channel=MATRIX, kind="digest-preview", lane=room,
+                                   dedupe_key=f"digest-preview:{ctx.event_id}",
+                                   payload={"op": "message", "room_id": room, "type": "m.room.message",
+                                            "content": post.content()})
+        return Reply("The preview is in the moderators' room.")
+    if week == 0:
+        raise CommandError(f"`{slug}` has not started yet (it starts {view.cohort.start_date}); "
+                           "nothing was sent. `preview` shows what week 1 will look like.")
+    item = CalendarItem(key=f"{ItemKind.DIGEST.value}:{slug}:w{week}", kind=ItemKind.DIGEST,
+                        cohort=slug, week=week, due=now)
+    targets = await program.targets_of(item, now)
+    rows = await program.rows(s, item, targets, source="send")
+    await ports.outbox.enqueue_many(s, rows)
+    posted = any(r["channel"] == MATRIX and r["kind"] == "digest" for r in rows)
+    lounge = "the lounge and " if posted else ""
+    emails = sum(1 for r in rows if r["channel"] == EMAIL)
+    if not rows:
+        return Reply(f"Week {week}'s digest for `{slug}` has already gone to everyone; nothing was sent.")
+    return Reply(f"Sent week {week}'s digest for `{slug}` to {lounge}{emails} "
+                 f"{'person' if emails == 1 else 'people'} by email.")
 
 
 def register_digest_commands(registry: CommandRegistry) -> None:
-    prefix = registry.prefix
-
-    @registry.command("digest", "preview this week's digest (lounge version) or send it now",
-                      Arg("slug"), Arg("action", kind="choice", choices=("preview", "send")),
-                      moderator_only=True, private_answer=True)
-    async def digest(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        s, now = ports.session, ports.clock.now()
-        service, program = digest_of(ctx), program_of(ctx)
-        slug = str(ctx.args["slug"]).lower()
-        view = await load_cohort_view(s, slug)
-        if view is None:
-            raise CommandError(f"There is no cohort {echo(slug)}. `{prefix} cohort list` shows them.")
-        week = program_week_of(view, now)
-        if ctx.args["action"] == "preview":
-            ed = await service.edition(s, view, week or 1, now, preview=True)
-            post = ed.builder.lounge_post(ed.issue)
-            if ctx.room_kind is RoomKind.CONTROL or not ports.control_room:
-                return Reply(post.body, post.formatted_body)
-            room = ports.control_room
-            await ports.outbox.enqueue(s, channel=MATRIX, kind="digest-preview", lane=room,
-                                       dedupe_key=f"digest-preview:{ctx.event_id}",
-                                       payload={"op": "message", "room_id": room, "type": "m.room.message",
-                                                "content": post.content()})
-            return Reply("The preview is in the moderators' room.")
-        if week == 0:
-            raise CommandError(f"`{slug}` has not started yet (it starts {view.cohort.start_date}); "
-                               "nothing was sent. `preview` shows what week 1 will look like.")
-        item = CalendarItem(key=f"{ItemKind.DIGEST.value}:{slug}:w{week}", kind=ItemKind.DIGEST,
-                            cohort=slug, week=week, due=now)
-        targets = await program.targets_of(item, now)
-        rows = await program.rows(s, item, targets, source="send")
-        await ports.outbox.enqueue_many(s, rows)
-        posted = any(r["channel"] == MATRIX and r["kind"] == "digest" for r in rows)
-        lounge = "the lounge and " if posted else ""
-        emails = sum(1 for r in rows if r["channel"] == EMAIL)
-        if not rows:
-            return Reply(f"Week {week}'s digest for `{slug}` has already gone to everyone; nothing was sent.")
-        return Reply(f"Sent week {week}'s digest for `{slug}` to {lounge}{emails} "
-                     f"{'person' if emails == 1 else 'people'} by email.")
+    registry.command("digest", "preview this week's digest (lounge version) or send it now",
+                     Arg("slug"), Arg("action", kind="choice", choices=("preview", "send")),
+                     moderator_only=True, private_answer=True)(digest)
 
 
 @dataclass(frozen=True)
@@ -128,4 +130,3 @@ async def preview(settings: Settings, slug: str, *, week: int | None = None,
                 await s.rollback()  # handles and the generated secret made for a preview are not kept
     finally:
         await db.close()
-

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
-from hub.core.commands import CommandContext
 from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
 from hub.core.zones import find_zone
@@ -48,9 +47,6 @@ from hub.storage.models import (
     person_pref_table,
 )
 
-if TYPE_CHECKING:
-    from hub.features.program import ProgramService
-
 __all__ = [
     "CohortView",
     "PairView",
@@ -60,20 +56,11 @@ __all__ = [
     "get_pref",
     "load_cohort_view",
     "pair_of_room",
-    "program_of",
     "record_use",
     "room_row",
     "said",
     "used_items",
 ]
-
-
-def program_of(ctx: CommandContext) -> ProgramService:
-    """The running program service, reached through the command's ports."""
-    program = getattr(getattr(ctx.services, "app", None), "program", None)
-    if program is None:
-        raise CommandError("The program is not running yet; try again in a minute.")
-    return program  # type: ignore[no-any-return]
 
 
 def said(template: str, **values: str) -> tuple[str, str]:

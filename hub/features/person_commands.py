@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +22,7 @@ from hub.core.markup import echo
 from hub.core.messages import notice_content
 from hub.delivery.outbox import MATRIX
 from hub.email.payload import email_payload, enqueue_email, normalize_address
-from hub.errors import CommandError, UsageError
+from hub.errors import ArgumentError, CommandError
 from hub.features.participants import (
     code_hash,
     content_cohort,
@@ -29,17 +30,17 @@ from hub.features.participants import (
     get_pref,
     load_cohort_view,
     memberships,
-    program_of,
     program_week_of,
     said,
 )
+from hub.features.ports import Configured, Effects, Moderators, Programmed, Store, Timed
 from hub.features.reactions import answering, drop_score, remember
-from hub.inbound import Ports
 from hub.storage.models import CommandUse, PrivateCheckin
 from hub.storage.models import command_use_table as U
 
 __all__ = ["CONFIRM_PER_DAY", "CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "MAX_SUPPORT_CHARS",
-           "record_private_checkin", "register_person_commands"]
+           "PersonPorts", "Prefs", "checkin", "email", "record_private_checkin", "reflect",
+           "register_person_commands", "snooze", "support", "unsnooze"]
 
 LOW_SCORE = 2  # a score at or below this brings the private reflection guide
 MAX_SNOOZE_DAYS = 60
@@ -50,6 +51,17 @@ DIRECT = frozenset({RoomKind.DIRECT})
 CONFIRM_PER_DAY = 3
 MAX_SUPPORT_CHARS = 2000  # a request the control room can always receive (a Matrix event is 64 KiB)
 _DAY = 86400.0
+
+
+class PersonPorts(Effects, Timed, Configured, Moderators, Programmed, Protocol):
+    """What a person's own commands use: the transaction and outbox, time, settings, the program."""
+
+
+class Prefs(Store, Timed, Protocol):
+    """Snoozing reads and writes a preference row at the current time, nothing else."""
+
+
+Ctx = CommandContext[PersonPorts]
 
 
 async def _use_daily(session: AsyncSession, keys: list[str], now: datetime, limit: int) -> float | None:
@@ -79,10 +91,10 @@ async def record_private_checkin(s: AsyncSession, cohort_id: int | None, week: i
     s.add(PrivateCheckin(cohort_id=cohort_id, week=week, score=score, at=now))
 
 
-async def _guide(ctx: CommandContext) -> Reply:
+async def _guide(ctx: Ctx) -> Reply:
     """The private reflection guide, rendered for the person asking."""
-    ports: Ports = ctx.services
-    program = program_of(ctx)
+    ports = ctx.ports
+    program = ports.program
     mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender) if m.role in ("mentor", "mentee")]
     if not mine:
         raise CommandError("You're not a mentor or mentee in a cohort, so there's no reflection guide "
@@ -101,142 +113,148 @@ async def _guide(ctx: CommandContext) -> Reply:
     return Reply(rendered.body, rendered.formatted_body)
 
 
-def register_person_commands(registry: CommandRegistry) -> None:
-    prefix = registry.prefix
-
-    @registry.command("checkin", "a private 1-5 rating of how your mentoring relationship feels",
-                      Arg("score", kind="int", minimum=1, maximum=5), where=DIRECT)
-    async def checkin(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        now = ports.clock.now()
-        mine = await memberships(ports.session, ctx.sender)
-        cohort = next((c for m, c in mine if m.role in ("mentor", "mentee")), None)
-        week = 0
-        if cohort is not None:
-            view = await load_cohort_view(ports.session, cohort.slug)
-            week = program_week_of(view, now) if view is not None else 0
-        cohort_id = cohort.id if cohort else None
-        score = int(ctx.args["score"])
-        by_reaction = answering()
-        if by_reaction is not None:
-            # Answered by reaction or reply to a prompt (hub.features.reactions): that prompt's
-            # cohort and week, and a later answer replaces the earlier one instead of adding to it.
-            cohort_id, week = by_reaction.cohort_id, by_reaction.week
-            replaced = await remember(ports.session, by_reaction, now.timestamp())
-            if replaced is not None:
-                await drop_score(ports.session, cohort_id, week, int(replaced))
-        await record_private_checkin(ports.session, cohort_id, week, score, now.timestamp())
-        if score <= LOW_SCORE:
-            return await _guide(ctx)
-        return Reply("Thanks, noted privately. It isn't shown to your partner or the program team. "
-                     f"If things change, `{prefix} reflect` opens a short guide any time.")
-
-    @registry.command("reflect", "the private reflection guide", where=DIRECT)
-    async def reflect(ctx: CommandContext) -> Reply:
+async def checkin(ctx: Ctx) -> Reply:
+    ports = ctx.ports
+    now = ports.clock.now()
+    mine = await memberships(ports.session, ctx.sender)
+    cohort = next((c for m, c in mine if m.role in ("mentor", "mentee")), None)
+    week = 0
+    if cohort is not None:
+        view = await load_cohort_view(ports.session, cohort.slug)
+        week = program_week_of(view, now) if view is not None else 0
+    cohort_id = cohort.id if cohort else None
+    score = int(ctx.args["score"])
+    by_reaction = answering()
+    if by_reaction is not None:
+        # Answered by reaction or reply to a prompt (hub.features.reactions): that prompt's
+        # cohort and week, and a later answer replaces the earlier one instead of adding to it.
+        cohort_id, week = by_reaction.cohort_id, by_reaction.week
+        replaced = await remember(ports.session, by_reaction, now.timestamp())
+        if replaced is not None:
+            await drop_score(ports.session, cohort_id, week, int(replaced))
+    await record_private_checkin(ports.session, cohort_id, week, score, now.timestamp())
+    if score <= LOW_SCORE:
         return await _guide(ctx)
+    return Reply("Thanks, noted privately. It isn't shown to your partner or the program team. "
+                 f"If things change, `{ctx.prefix} reflect` opens a short guide any time.")
 
-    @registry.command("support", "ask the moderators for help (only these words reach them)",
-                      Arg("text", kind="text", maximum=MAX_SUPPORT_CHARS), where=DIRECT)
-    async def support(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        control = ports.control_room
-        if not control:
-            raise CommandError("The moderators' room is not ready yet, so nothing was sent. "
-                               "Please try again in a few minutes.")
-        mine = await memberships(ports.session, ctx.sender)
-        who = display_name(mine[0][0].name if mine else None, ctx.sender, None)
-        cohorts = ", ".join(sorted({c.slug for _, c in mine})) or "no cohort"
-        plain, html = said("🆘 **Support request** from {who} ({sender}, {cohorts}):\n\n{text}\n\n"
-                           "Please contact them directly. Their partner has not been told.",
-                           who=who, sender=ctx.sender, cohorts=cohorts, text=str(ctx.args["text"]))
-        await ports.outbox.enqueue(
-            ports.session, channel=MATRIX, kind="support", lane=control, dedupe_key=f"support:{ctx.event_id}",
-            payload={"op": "message", "room_id": control, "type": "m.room.message",
-                     "content": notice_content(plain, html)})
-        return Reply("Sent to the moderators, just those words. Someone will get in touch with you; "
-                     "your partner isn't told.")
 
-    @registry.command("email", "email preferences: off, weekly (digest only), on, a new ADDRESS, "
-                      "or confirm CODE", Arg("setting"), Arg("code", optional=True))
-    async def email(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        now = ports.clock.now()
-        setting, code = str(ctx.args["setting"]), ctx.args.get("code")
-        usage = f"Usage: `{prefix} email off|weekly|on|ADDRESS` or `{prefix} email confirm CODE`"
-        word = setting.lower()
-        if word != "confirm" and code is not None:
-            raise UsageError(f"unexpected {echo(code)}. {usage}")
-        pref = await get_pref(ports.session, ctx.sender, now, create=True)
-        assert pref is not None
-        if word in ("off", "weekly", "on"):
-            pref.email_mode, pref.updated_at = ("all" if word == "on" else word), now.timestamp()
-            return Reply({
-                "off": "Done: the hub sends you no more digests, announcements or webinar emails. "
-                       "(A backup plan someone asks for with `!hub dropped` still reaches you.) "
-                       f"`{prefix} email on` undoes it.",
-                "weekly": "Done: by email you now get only the weekly digest.",
-                "on": "Done: you get the weekly digest, announcements and webinar invitations by email.",
-            }[word].replace("!hub", prefix))
-        if word == "confirm":
-            if not code:
-                raise UsageError(f"the code is missing. {usage}")
-            age = now.timestamp() - pref.pending_at if pref.pending_at is not None else None
-            fresh = age is not None and age <= CONFIRM_WITHIN.total_seconds()
-            if not pref.pending_email or not fresh or pref.pending_code != code_hash(str(code)):
-                raise CommandError("That code doesn't match a recent address change; nothing changed. "
-                                   f"Send `{prefix} email ADDRESS` again for a new code.")
-            pref.email, pref.pending_email, pref.pending_code, pref.pending_at = (
-                pref.pending_email, None, None, None)
-            pref.updated_at = now.timestamp()
-            return Reply(f"Confirmed: the hub's email now goes to {pref.email}.")
-        if not is_email(setting):
-            raise UsageError(f"{echo(setting)} is not off, weekly, on or an email address. {usage}")
-        settings = program_of(ctx).settings()
-        if not settings.email.enabled:
-            raise CommandError("Email is turned off on this hub, so there is nothing to change.")
-        address = normalize_address(setting)
-        again = await _use_daily(ports.session, [f"email-confirm:person:{ctx.sender}",
-                                                 f"email-confirm:address:{address}"], now, CONFIRM_PER_DAY)
-        if again is not None:
-            raise CommandError(
-                f"I send at most {CONFIRM_PER_DAY} confirmation emails a day per person and per "
-                f"address, and that limit is reached; nothing was sent or changed. You can ask "
-                f"again after {datetime.fromtimestamp(again, now.tzinfo):%H:%M} UTC.")
-        # The new address is used only once its owner proves it by sending back the mailed code.
-        new_code = secrets.token_hex(4).upper()
-        pref.pending_email, pref.pending_code, pref.pending_at = address, code_hash(new_code), now.timestamp()
+async def reflect(ctx: Ctx) -> Reply:
+    return await _guide(ctx)
+
+
+async def support(ctx: Ctx) -> Reply:
+    ports = ctx.ports
+    control = ports.control_room
+    if not control:
+        raise CommandError("The moderators' room is not ready yet, so nothing was sent. "
+                           "Please try again in a few minutes.")
+    mine = await memberships(ports.session, ctx.sender)
+    who = display_name(mine[0][0].name if mine else None, ctx.sender, None)
+    cohorts = ", ".join(sorted({c.slug for _, c in mine})) or "no cohort"
+    plain, html = said("🆘 **Support request** from {who} ({sender}, {cohorts}):\n\n{text}\n\n"
+                       "Please contact them directly. Their partner has not been told.",
+                       who=who, sender=ctx.sender, cohorts=cohorts, text=str(ctx.args["text"]))
+    await ports.outbox.enqueue(
+        ports.session, channel=MATRIX, kind="support", lane=control, dedupe_key=f"support:{ctx.event_id}",
+        payload={"op": "message", "room_id": control, "type": "m.room.message",
+                 "content": notice_content(plain, html)})
+    return Reply("Sent to the moderators, just those words. Someone will get in touch with you; "
+                 "your partner isn't told.")
+
+
+async def email(ctx: Ctx) -> Reply:
+    ports = ctx.ports
+    now = ports.clock.now()
+    setting, code = str(ctx.args["setting"]), ctx.args.get("code")
+    word = setting.lower()
+    if word != "confirm" and code is not None:
+        raise ArgumentError(f"unexpected {echo(code)}")
+    pref = await get_pref(ports.session, ctx.sender, now, create=True)
+    assert pref is not None
+    if word in ("off", "weekly", "on"):
+        pref.email_mode, pref.updated_at = ("all" if word == "on" else word), now.timestamp()
+        return Reply({
+            "off": "Done: the hub sends you no more digests, announcements or webinar emails. "
+                   "(A backup plan someone asks for with `!hub dropped` still reaches you.) "
+                   f"`{ctx.prefix} email on` undoes it.",
+            "weekly": "Done: by email you now get only the weekly digest.",
+            "on": "Done: you get the weekly digest, announcements and webinar invitations by email.",
+        }[word].replace("!hub", ctx.prefix))
+    if word == "confirm":
+        if not code:
+            raise ArgumentError("the code is missing")
+        age = now.timestamp() - pref.pending_at if pref.pending_at is not None else None
+        fresh = age is not None and age <= CONFIRM_WITHIN.total_seconds()
+        if not pref.pending_email or not fresh or pref.pending_code != code_hash(str(code)):
+            raise CommandError("That code doesn't match a recent address change; nothing changed. "
+                               f"Send `{ctx.prefix} email ADDRESS` again for a new code.")
+        pref.email, pref.pending_email, pref.pending_code, pref.pending_at = (
+            pref.pending_email, None, None, None)
         pref.updated_at = now.timestamp()
-        text = (f"Someone asked the mentoring hub to send its email to this address.\n\n"
-                f"If that was you, send this in any chat with the hub (within 48 hours):\n\n"
-                f"    {prefix} email confirm {new_code}\n\n"
-                "If it wasn't you, ignore this message: nothing changes.")
-        payload = email_payload(to=address, subject="Confirm your new address for the mentoring hub",
-                                text=text)
-        await enqueue_email(ports.outbox, ports.session, payload,
-                            kind="email-confirm", dedupe_key=f"email-confirm:{ctx.event_id}")
-        return Reply(f"Almost done: I've emailed a code to {address}. Send `{prefix} email confirm CODE` "
-                     "here to start using it; until then mail keeps going to your current address. "
-                     f"(At most {CONFIRM_PER_DAY} such emails a day per person and per address.)")
+        return Reply(f"Confirmed: the hub's email now goes to {pref.email}.")
+    if not is_email(setting):
+        raise ArgumentError(f"{echo(setting)} is not off, weekly, on or an email address")
+    settings = ctx.ports.settings()
+    if not settings.email.enabled:
+        raise CommandError("Email is turned off on this hub, so there is nothing to change.")
+    address = normalize_address(setting)
+    again = await _use_daily(ports.session, [f"email-confirm:person:{ctx.sender}",
+                                             f"email-confirm:address:{address}"], now, CONFIRM_PER_DAY)
+    if again is not None:
+        raise CommandError(
+            f"I send at most {CONFIRM_PER_DAY} confirmation emails a day per person and per "
+            f"address, and that limit is reached; nothing was sent or changed. You can ask "
+            f"again after {datetime.fromtimestamp(again, now.tzinfo):%H:%M} UTC.")
+    # The new address is used only once its owner proves it by sending back the mailed code.
+    new_code = secrets.token_hex(4).upper()
+    pref.pending_email, pref.pending_code, pref.pending_at = address, code_hash(new_code), now.timestamp()
+    pref.updated_at = now.timestamp()
+    text = (f"Someone asked the mentoring hub to send its email to this address.\n\n"
+            f"If that was you, send this in any chat with the hub (within 48 hours):\n\n"
+            f"    {ctx.prefix} email confirm {new_code}\n\n"
+            "If it wasn't you, ignore this message: nothing changes.")
+    payload = email_payload(to=address, subject="Confirm your new address for the mentoring hub",
+                            text=text)
+    await enqueue_email(ports.outbox, ports.session, payload,
+                        kind="email-confirm", dedupe_key=f"email-confirm:{ctx.event_id}")
+    return Reply(f"Almost done: I've emailed a code to {address}. Send `{ctx.prefix} email confirm CODE` "
+                 "here to start using it; until then mail keeps going to your current address. "
+                 f"(At most {CONFIRM_PER_DAY} such emails a day per person and per address.)")
 
-    @registry.command("snooze", f"pause nudges to you for DAYS days (at most {MAX_SNOOZE_DAYS})",
-                      Arg("days", kind="int", minimum=1, maximum=MAX_SNOOZE_DAYS))
-    async def snooze(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        now = ports.clock.now()
-        pref = await get_pref(ports.session, ctx.sender, now, create=True)
-        assert pref is not None
-        until = now + timedelta(days=int(ctx.args["days"]))
-        pref.snooze_until, pref.updated_at = until.timestamp(), now.timestamp()
-        return Reply(f"Snoozed until {until:%A %d %B, %H:%M} UTC: no private check-ins from me until then. "
-                     f"Your pair room still gets its weekly prompts (they're for you both). "
-                     f"`{prefix} unsnooze` ends it early.")
 
-    @registry.command("unsnooze", "end a snooze")
-    async def unsnooze(ctx: CommandContext) -> Reply:
-        ports: Ports = ctx.services
-        now = ports.clock.now()
-        pref = await get_pref(ports.session, ctx.sender, now)
-        if pref is None or pref.snooze_until is None or pref.snooze_until <= now.timestamp():
-            return Reply("You weren't snoozed; nothing changed.")
-        pref.snooze_until, pref.updated_at = None, now.timestamp()
-        return Reply("Welcome back: nudges to you are on again.")
+async def snooze(ctx: CommandContext[Prefs]) -> Reply:
+    ports = ctx.ports
+    now = ports.clock.now()
+    pref = await get_pref(ports.session, ctx.sender, now, create=True)
+    assert pref is not None
+    until = now + timedelta(days=int(ctx.args["days"]))
+    pref.snooze_until, pref.updated_at = until.timestamp(), now.timestamp()
+    return Reply(f"Snoozed until {until:%A %d %B, %H:%M} UTC: no private check-ins from me until then. "
+                 f"Your pair room still gets its weekly prompts (they're for you both). "
+                 f"`{ctx.prefix} unsnooze` ends it early.")
+
+
+async def unsnooze(ctx: CommandContext[Prefs]) -> Reply:
+    ports = ctx.ports
+    now = ports.clock.now()
+    pref = await get_pref(ports.session, ctx.sender, now)
+    if pref is None or pref.snooze_until is None or pref.snooze_until <= now.timestamp():
+        return Reply("You weren't snoozed; nothing changed.")
+    pref.snooze_until, pref.updated_at = None, now.timestamp()
+    return Reply("Welcome back: nudges to you are on again.")
+
+
+def register_person_commands(registry: CommandRegistry) -> None:
+    registry.command("checkin", "a private 1-5 rating of how your mentoring relationship feels",
+                     Arg("score", kind="int", minimum=1, maximum=5), where=DIRECT)(checkin)
+    registry.command("reflect", "the private reflection guide", where=DIRECT)(reflect)
+    registry.command("support", "ask the moderators for help (only these words reach them)",
+                     Arg("text", kind="text", maximum=MAX_SUPPORT_CHARS), where=DIRECT)(support)
+    registry.command("email", "email preferences: off, weekly (digest only), on, a new ADDRESS, "
+                     "or confirm CODE", Arg("setting"), Arg("code", optional=True))(email)
+    registry.command("snooze", f"pause nudges to you for DAYS days (at most {MAX_SNOOZE_DAYS})",
+                     Arg("days", kind="int", minimum=1, maximum=MAX_SNOOZE_DAYS))(snooze)
+    registry.command("unsnooze", "end a snooze")(unsnooze)
+
+

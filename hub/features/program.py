@@ -210,6 +210,9 @@ class ProgramService:
             catch_up=timedelta(hours=s.hub.catch_up_hours),
         )
         self.scheduler: TickScheduler | None = None
+        # (member id, hub room id) -> the Reply-To header of an email about that room; set by
+        # hub.service when [email.inbound] is configured (hub.features.email_replies).
+        self.reply_headers: Callable[[int | None, int | None], dict[str, str]] = lambda member, room: {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -222,6 +225,10 @@ class ProgramService:
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None
+
+    def reply_to(self, member_id: int | None, room_pk: int | None) -> dict[str, str]:
+        """The Reply-To header of an email to a member about a room (replies by email)."""
+        return self.reply_headers(member_id, room_pk)
 
     def poke(self) -> None:
         if self.scheduler is not None:

@@ -31,9 +31,9 @@ from hub.errors import CommandError, RosterError
 from hub.features import membership as ms
 from hub.features import membership_batch
 from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
-from hub.storage.models import Cohort, cohort_table
+from hub.storage.models import Cohort, Member, cohort_table
 
-__all__ = ["ImportReport", "apply_roster", "import_file"]
+__all__ = ["ImportReport", "apply_roster", "import_file", "set_matching"]
 
 
 @dataclass
@@ -141,20 +141,35 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
     would only mislead.
     """
     added: list[RosterRow] = []
+    avoiding: list[tuple[RosterRow, Member]] = []
     for row in roster.rows:
         cohort = cohorts.get(row.cohort)
         if cohort is None:
             continue
         try:
-            _, outcome = await ms.add_member(
+            member, outcome = await ms.add_member(
                 s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
                 queue_invites=False)
         except CommandError as e:
             problems.add(row.line, str(e))
             problems.fail(row.cohort, row.matrix_id, row.email)
             continue
+        if set_matching(member, row) and outcome == "unchanged":
+            outcome = "updated"
         added.append(row)
+        avoiding.append((row, member))
         setattr(report, outcome, getattr(report, outcome) + 1)
+    # After every row's person exists: an avoid may name someone further down the file.
+    for row, member in avoiding:
+        cohort = cohorts[row.cohort]
+        assert cohort.id is not None
+        for who in row.avoid or ():
+            other = await ms.find_member(s, cohort.id, who)
+            if other is None:
+                problems.add(row.line, f"avoid: {who} is nobody in cohort {cohort.slug} (add them, or "
+                                       "check the spelling)")
+            elif other is member:
+                problems.add(row.line, "avoid: a person cannot avoid themselves")
     paired = [row for row in added if row.mentor is not None
               and not problems.has_failed(row.cohort, row.matrix_id or row.email)
               and not problems.has_failed(row.cohort, row.mentor.matrix_id or row.mentor.email)]
@@ -178,6 +193,25 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
         for room in await ms.cohort_rooms(s, cohort.id):
             if room is not None:
                 await ms.queue_pending_invites(s, env, room)
+
+
+def set_matching(member: Member, row: RosterRow) -> bool:
+    """Copy the row's matching columns present in the file onto the member; True if any changed."""
+    values: dict[str, str | int | None] = {}
+    if row.languages is not None:
+        values["languages"] = ";".join(row.languages) or None
+    if row.topics is not None:
+        values["topics"] = ";".join(row.topics) or None
+    if row.capacity is not None:
+        values["capacity"] = row.capacity
+    if row.avoid is not None:
+        values["avoid"] = ";".join(str(w.matrix_id or w.email) for w in row.avoid) or None
+    changed = False
+    for attr, value in values.items():
+        if getattr(member, attr) != value:
+            setattr(member, attr, value)
+            changed = True
+    return changed
 
 
 async def import_file(settings: Settings, path: Path, *, dry_run: bool = False) -> ImportReport:

@@ -6,7 +6,7 @@ these classes must match them (a test compares the two).
 
 from __future__ import annotations
 
-from sqlalchemy import Index, Table, Text, UniqueConstraint, text
+from sqlalchemy import Index, LargeBinary, Table, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -14,27 +14,33 @@ __all__ = [
     "CommandUse",
     "EmailSuppression",
     "HandledEvent",
+    "InboundMail",
     "KeyValue",
     "LoungePost",
     "LoungeReaction",
     "OutboxRow",
+    "PairMail",
     "ProgramSkipped",
     "ProgramTick",
     "Prompt",
     "PromptAnswer",
+    "RematchRequest",
     "RoomActivity",
     "Subscriber",
     "audit_table",
     "command_use_table",
     "email_suppression_table",
+    "inbound_mail_table",
     "lounge_post_table",
     "lounge_reaction_table",
     "metadata",
     "outbox_table",
+    "pair_mail_table",
     "program_skipped_table",
     "program_tick_table",
     "prompt_answer_table",
     "prompt_table",
+    "rematch_request_table",
     "room_activity_table",
     "subscriber_table",
 ]
@@ -176,6 +182,12 @@ class Member(SQLModel, table=True):
     created_at: float
     removed_at: float | None = None
     reminded_at: float | None = None  # the one "you have not joined yet" email
+    # Matching (migration 0011, hub.core.matching): `;`-separated, lower case; NULL when not given.
+    languages: str | None = Field(default=None, sa_type=Text)
+    topics: str | None = Field(default=None, sa_type=Text)
+    capacity: int | None = None  # mentors: how many mentees at once; NULL is 1
+    # Matrix ids and emails never to pair with. Private: only the matcher reads it.
+    avoid: str | None = Field(default=None, sa_type=Text)
 
 
 class Pair(SQLModel, table=True):
@@ -379,6 +391,16 @@ class CommandUse(SQLModel, table=True):
     at: float
 
 
+class RematchRequest(SQLModel, table=True):
+    """One `!hub rematch` (migration 0011): counted in `!hub report`, deliberately without the person."""
+
+    __tablename__ = "rematch_request"
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id", index=True)
+    source: str = Field(max_length=16)  # participant | moderator
+    at: float
+
+
 class Prompt(SQLModel, table=True):
     """A sent message that takes answers by reaction (migration 0010, hub.features.prompts)."""
 
@@ -404,6 +426,41 @@ class PromptAnswer(SQLModel, table=True):
     answer_event_id: str = Field(max_length=255, unique=True, index=True)  # the reaction (or reply)
     option: str = Field(max_length=16)  # video | ... | notyet, or 1-5
     at: float
+
+
+# -- replies by email (migration 0012, hub.email.inbound, hub.features.email_replies) ----
+
+
+class InboundMail(SQLModel, table=True):
+    """A message the hub's SMTP listener accepted, kept raw; written before it answers 250."""
+
+    __tablename__ = "inbound_mail"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # reply | bounce
+    token: str = Field(max_length=64)  # verified at RCPT time
+    mail_from: str = Field(max_length=320)  # the envelope sender
+    message_id: str | None = Field(default=None, max_length=400)
+    raw: bytes = Field(sa_type=LargeBinary)
+    received_at: float
+    status: str = Field(max_length=16, index=True)  # new | posted | bounce | dropped
+    outcome: str | None = Field(default=None, sa_type=Text)  # why it was dropped, what it did
+    handled_at: float | None = None
+
+
+class PairMail(SQLModel, table=True):
+    """A pair-room message for an email-only member, until it goes out in a batch."""
+
+    __tablename__ = "pair_mail"
+    __table_args__ = (UniqueConstraint("event_id", "member_id", name="uq_pair_mail_event_member"),)
+    id: int | None = Field(default=None, primary_key=True)
+    room_pk: int = Field(foreign_key="hub_room.id")
+    member_id: int = Field(foreign_key="member.id", index=True)  # the email-only recipient
+    event_id: str = Field(max_length=255)
+    sender_name: str = Field(max_length=200)
+    body: str = Field(sa_type=Text)
+    sent_at: float  # the message's own time (origin_server_ts), shown in the email
+    recorded_at: float  # the hub's clock when it saw it: batches are timed by this
+    mailed_at: float | None = None
 
 
 metadata = SQLModel.metadata
@@ -433,3 +490,6 @@ subscriber_table: Table = Subscriber.__table__  # type: ignore[attr-defined]
 command_use_table: Table = CommandUse.__table__  # type: ignore[attr-defined]
 prompt_table: Table = Prompt.__table__  # type: ignore[attr-defined]
 prompt_answer_table: Table = PromptAnswer.__table__  # type: ignore[attr-defined]
+inbound_mail_table: Table = InboundMail.__table__  # type: ignore[attr-defined]
+pair_mail_table: Table = PairMail.__table__  # type: ignore[attr-defined]
+rematch_request_table: Table = RematchRequest.__table__  # type: ignore[attr-defined]
