@@ -34,8 +34,10 @@ from hub.core.effects import (
     PinPlan,
 )
 from hub.core.limits import AlertAggregator
+from hub.core.membership import Outgoing
 from hub.core.tokens import AddressTokenSigner, bounce_address
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
+from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.inbound import InboundHandler, InboundServer
@@ -464,8 +466,7 @@ class Hub:
                      room_id, inviter)
             effect, kind, key = LeaveRoom(room_id), "invite-decline", f"decline:{room_id}:{batch}"
         async with self.db.transaction() as s:
-            await self.outbox.enqueue(s, channel=MATRIX, kind=kind, lane=f"join:{room_id}",
-                                      payload=effect.to_payload(), dedupe_key=key)
+            await enqueue(self.outbox, s, Outgoing(effect, kind, key, lane=f"join:{room_id}"))
 
     async def _join(self, row: Claimed, effect: Join) -> str:
         """The `Join` handler (hub.features.room_joins), telling a command that waits for it."""

@@ -26,12 +26,13 @@ from hub.core.cohorts import display_name, parse_who, valid_slug
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.converters import to_slug
+from hub.core.effects import Email, RoomMessage
 from hub.core.markup import echo
 from hub.core.matching import MatchInput, Proposal, allowed, proposal_lines, propose
-from hub.core.messages import notice_content
-from hub.email.payload import email_payload, enqueue_email
+from hub.core.membership import CLOSED_ROOM, OPEN_PAIR, Outgoing
+from hub.delivery.effect_writer import enqueue
 from hub.errors import ArgumentError, CommandError
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort, require_cohort
 from hub.features.matching_store import (
     CohortMatch,
     forget_proposal,
@@ -39,6 +40,7 @@ from hub.features.matching_store import (
     load_proposal,
     save_proposal,
 )
+from hub.features.pairs import close_pair, make_pairs
 from hub.features.participants import (
     content_cohort,
     content_pair,
@@ -48,7 +50,9 @@ from hub.features.participants import (
     program_week_of,
     said,
 )
+from hub.features.people import find_member, member_markdown
 from hub.features.ports import Configured, Effects, Membership, Moderators, Programmed, Timed
+from hub.features.room_queue import Env, queue, queue_room_op
 from hub.storage.models import (
     AuditEntry,
     Cohort,
@@ -104,7 +108,7 @@ async def match(ctx: Ctx) -> Reply:
     """`!hub match SLUG [accept [N...]]`."""
     ports = ctx.ports
     s, env = ports.session, await ports.membership()
-    cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+    cohort = await require_cohort(s, env, str(ctx.args["slug"]))
     action, numbers = ctx.args.get("accept"), str(ctx.args.get("lines") or "").split()
     if action is None and numbers:
         raise ArgumentError(f"unexpected {echo(numbers[0])}")
@@ -116,7 +120,7 @@ async def match(ctx: Ctx) -> Reply:
     return Reply(proposal_markdown(cm, proposal, env.prefix))
 
 
-async def _accept(s: AsyncSession, env: ms.Env, cohort: Cohort, numbers: list[str]) -> str:
+async def _accept(s: AsyncSession, env: Env, cohort: Cohort, numbers: list[str]) -> str:
     lines = await load_proposal(s, cohort)
     if not lines:
         raise CommandError(f"There is no proposal for `{cohort.slug}` to accept; "
@@ -144,7 +148,7 @@ async def _accept(s: AsyncSession, env: ms.Env, cohort: Cohort, numbers: list[st
             continue
         room[mentor_id] -= 1
         valid.append((n, mentor_id, mentee_id))
-    results = await ms.make_pairs(s, env, [(cohort, cm.people[a].who, cm.people[b].who) for _, a, b in valid])
+    results = await make_pairs(s, env, [(cohort, cm.people[a].who, cm.people[b].who) for _, a, b in valid])
     made: list[int] = []
     for (n, _, _), result in zip(valid, results, strict=True):
         (stale if isinstance(result, CommandError) else made).append(n)
@@ -175,7 +179,7 @@ async def rematch(ctx: Ctx) -> Reply:
     ports = ctx.ports
     text = str(ctx.args.get("text") or "")
     words = text.split()
-    if ctx.is_moderator and len(words) == 2 and valid_slug(words[0].lower()) and await ms.get_cohort(
+    if ctx.is_moderator and len(words) == 2 and valid_slug(words[0].lower()) and await get_cohort(
             ports.session, words[0].lower()) is not None:
         return await _close_for_rematch(ctx, words[0].lower(), words[1])
     if ctx.room_kind is not RoomKind.DIRECT:
@@ -202,11 +206,8 @@ async def _ask_for_rematch(ctx: Ctx, text: str) -> Reply:
                                            "`{prefix} rematch {cohort} MENTEE` closes a pair kindly.")
     plain, html = said(template, who=who, sender=ctx.sender, cohort=cohort.slug, text=text,
                        prefix=ctx.prefix)
-    await ports.outbox.enqueue(
-        ports.session, channel="matrix", kind="rematch-request", lane=control,
-        dedupe_key=f"rematch:{ctx.event_id}",
-        payload={"op": "message", "room_id": control, "type": "m.room.message",
-                 "content": notice_content(plain, html)})
+    await enqueue(ports.outbox, ports.session, Outgoing(
+        RoomMessage.notice(plain, html, room_id=control), "rematch-request", f"rematch:{ctx.event_id}"))
     ports.session.add(RematchRequest(cohort_id=cohort.id, source="participant",
                                      at=ports.clock.now().timestamp()))
     view = await load_cohort_view(ports.session, cohort.slug)
@@ -235,20 +236,20 @@ async def _close_for_rematch(ctx: Ctx, slug: str, mentee_text: str) -> Reply:
     except ValueError:
         raise ArgumentError(f"{echo(mentee_text)} is neither a Matrix id nor an email address "
                             f"(`{env.prefix} rematch SLUG MENTEE`)") from None
-    cohort = await ms.require_cohort(s, env, slug)
+    cohort = await require_cohort(s, env, slug)
     assert cohort.id is not None
-    mentee = await ms.find_member(s, cohort.id, who)
+    mentee = await find_member(s, env, cohort.id, who)
     if mentee is None or mentee.role != "mentee":
         raise CommandError(f"{who} is not a mentee in `{slug}`; nothing was changed.")
     pair = (await s.execute(select(Pair).where(
-        (pair_table.c.mentee_id == mentee.id) & pair_table.c.status.in_(ms.OPEN)))).scalar_one_or_none()
+        (pair_table.c.mentee_id == mentee.id) & pair_table.c.status.in_(OPEN_PAIR)))).scalar_one_or_none()
     if pair is None:
         raise CommandError(f"{who} has no pair in `{slug}` to close; `{env.prefix} match {slug}` proposes "
                            "a mentor.")
     mentor = await s.get(Member, pair.mentor_id)
     assert mentor is not None
     await _goodbye(ctx, s, env, cohort, pair)
-    await ms.close_pair(s, env, pair)
+    await close_pair(s, env, pair)
     now = ports.clock.now()
     s.add(RematchRequest(cohort_id=cohort.id, source="moderator", at=now.timestamp()))
     # Not a declared moderator command (the name is shared with the participants'), so the
@@ -261,13 +262,13 @@ async def _close_for_rematch(ctx: Ctx, slug: str, mentee_text: str) -> Reply:
                       cm.input.forbidden)
     proposal = propose(only)
     await save_proposal(s, cohort, proposal, now.timestamp())
-    closed = (f"Closed the pair {ms.member_markdown(mentor)} & {ms.member_markdown(mentee)} in `{slug}` "
+    closed = (f"Closed the pair {member_markdown(mentor)} & {member_markdown(mentee)} in `{slug}` "
               "with a kind goodbye to both; the hub leaves their room.")
     cm.input = only
     return Reply(f"{closed}\n\n{proposal_markdown(cm, proposal, env.prefix)}")
 
 
-async def _goodbye(ctx: Ctx, s: AsyncSession, env: ms.Env, cohort: Cohort, pair: Pair) -> None:
+async def _goodbye(ctx: Ctx, s: AsyncSession, env: Env, cohort: Cohort, pair: Pair) -> None:
     """The content library's goodbye to both, before `close_pair`.
 
     In the pair room it is queued under the same dedupe key as close_pair's plain goodbye,
@@ -284,17 +285,16 @@ async def _goodbye(ctx: Ctx, s: AsyncSession, env: ms.Env, cohort: Cohort, pair:
     rendered = program.library.render(item, variables)
     key = f"pair:{pair.id}"
     room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
-    if room is not None and room.status not in ("closing", "closed") and room.room_id is not None:
-        await ms.queue_room_op(s, env, room, "message", {
-            "type": "m.room.message", "content": notice_content(rendered.body, rendered.formatted_body)},
-            kind="pair-goodbye", dedupe_key=f"goodbye:{room.key}:{room.generation}")
+    if room is not None and room.status not in CLOSED_ROOM and room.room_id is not None:
+        goodbye = RoomMessage.notice(rendered.body, rendered.formatted_body, room_key=room.key)
+        await queue_room_op(s, env, room, goodbye,
+                               kind="pair-goodbye", dedupe_key=f"goodbye:{room.key}:{room.generation}")
     for person in (pv.mentor, pv.mentee):
         address = view.address(person)
         if person.matrix_id is None and address and env.settings.email.enabled:
-            payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
-                                    html=rendered.email_html)
-            await enqueue_email(env.outbox, s, payload, kind="rematch-goodbye",
-                                dedupe_key=f"rematch-goodbye:{pair.id}:{person.id}")
+            mail = Email(to=address, subject=rendered.subject, text=rendered.email_text,
+                         html=rendered.email_html)
+            await queue(s, env, Outgoing(mail, "rematch-goodbye", f"rematch-goodbye:{pair.id}:{person.id}"))
 
 
 def register_match_commands(registry: CommandRegistry) -> None:

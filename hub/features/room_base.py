@@ -24,9 +24,12 @@ from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.effects import RoomMessage
 from hub.core.homeserver import Homeserver
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.core.membership import Outgoing
+from hub.core.membership import RoomKind as HubRoomKind
+from hub.delivery.outbox import Outbox
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
+from hub.features.people import is_participant, member_markdown
+from hub.features.room_queue import Env, load_env, queue
 from hub.storage.db import Database
 from hub.storage.models import Cohort, HubRoom, Member, Pair, hub_room_table
 
@@ -36,7 +39,7 @@ __all__ = ["LIVE", "ReconcileReport", "RoomBase"]
 log = logging.getLogger("hub.features.rooms")
 
 _KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT,
-          ms.DM: RoomKind.DIRECT}
+          HubRoomKind.DM: RoomKind.DIRECT}
 LIVE = ("pending", "creating", "ready", "closing")
 
 
@@ -80,14 +83,14 @@ class RoomBase:
         self.last_report: ReconcileReport | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._config_mtime: float | None = None
-        self._env: ms.Env | None = None
+        self._env: Env | None = None
         self._ticks = 0
         self._told: set[str] = set()  # state event ids of drift already told to the moderators
 
-    async def env(self, s: AsyncSession) -> ms.Env:
+    async def env(self, s: AsyncSession) -> Env:
         settings = self.settings()
         if self._env is None or self._env.settings is not settings:
-            self._env = await ms.load_env(s, self.outbox, self.clock, settings)
+            self._env = await load_env(s, self.outbox, self.clock, settings)
         return self._env
 
     # -- looking rooms up ----------------------------------------------------------------------
@@ -115,23 +118,19 @@ class RoomBase:
 
     async def is_participant(self, user_id: str) -> bool:
         async with self.db.session() as s:
-            return await ms.is_participant(s, user_id)
+            return await is_participant(s, user_id)
 
-    async def _say(self, s: AsyncSession, env: ms.Env, room_id: str, markdown: str, dedupe: str) -> None:
-        await env.outbox.enqueue(s, channel=MATRIX, kind="room-notice", lane=room_id,
-                                 payload=RoomMessage.markdown(markdown, room_id=room_id).to_payload(),
-                                 dedupe_key=dedupe)
+    async def _say(self, s: AsyncSession, env: Env, room_id: str, markdown: str, dedupe: str) -> None:
+        await queue(s, env, Outgoing(RoomMessage.markdown(markdown, room_id=room_id), "room-notice", dedupe))
 
     # -- alerts ------------------------------------------------------------------------------------
 
-    async def _alert(self, s: AsyncSession, env: ms.Env, text: str, *, dedupe: str) -> None:
+    async def _alert(self, s: AsyncSession, env: Env, text: str, *, dedupe: str) -> None:
         control = self.control_room()
         if not control:
             log.warning("%s", text)
             return
-        await env.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=control,
-                                 payload=RoomMessage.markdown(text, room_id=control).to_payload(),
-                                 dedupe_key=dedupe)
+        await queue(s, env, Outgoing(RoomMessage.markdown(text, room_id=control), "alert", dedupe))
 
     async def _describe(self, s: AsyncSession, room: HubRoom) -> str:
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
@@ -142,7 +141,7 @@ class RoomBase:
             if pair is not None:
                 a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if a is not None and b is not None:
-                    return f"the pair room of {ms.member_markdown(a)} & {ms.member_markdown(b)}"
-        if room.kind in ("direct", ms.DM):
+                    return f"the pair room of {member_markdown(a)} & {member_markdown(b)}"
+        if room.kind in ("direct", HubRoomKind.DM):
             return f"the direct room with {escape_markdown(room.user_id or '?')}"
         return f"room {room.key}"

@@ -15,13 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import state_fixes
 from hub.core.content_format import escape_markdown
-from hub.core.effects import Join
+from hub.core.effects import FixState, Invite, Join, Kick, StateEvent
 from hub.core.homeserver import RoomSnapshot
-from hub.delivery.outbox import MATRIX
+from hub.core.membership import Outgoing
+from hub.core.membership import RoomKind as HubRoomKind
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
+from hub.features.cohort_setup import cohort_rooms
+from hub.features.config_sync import sync_config
+from hub.features.pairs import ensure_pair_room
 from hub.features.room_base import LIVE, ReconcileReport, log
 from hub.features.room_joins import RoomJoins
+from hub.features.room_queue import Env, leave_by_id, queue, queue_create, queue_room_op
+from hub.features.room_spec import build_spec, desired_members
 from hub.storage.models import HubRoom, Pair, RoomMember, hub_room_table, outbox_table, room_member_table
 
 __all__ = ["REJOIN_WAIT", "RoomCheck"]
@@ -35,7 +40,7 @@ class RoomCheck(RoomJoins):
         report = ReconcileReport(repaired=[], replaced=[], problems=[])
         async with self.db.transaction() as s:
             env = await self.env(s)
-            for change in await ms.sync_config(s, env):
+            for change in await sync_config(s, env):
                 log.info("config: %s", change)
             rooms = list((await s.execute(select(HubRoom).where(
                 hub_room_table.c.status.in_(LIVE)))).scalars())
@@ -60,7 +65,7 @@ class RoomCheck(RoomJoins):
                  len(report.repaired or []), len(report.replaced or []), len(report.problems or []))
         return report
 
-    async def _ensure_creation(self, s: AsyncSession, env: ms.Env, room: HubRoom,
+    async def _ensure_creation(self, s: AsyncSession, env: Env, room: HubRoom,
                                report: ReconcileReport) -> None:
         """A room without an id must have a live create row; a failed one is tried again."""
         row = (await s.execute(select(outbox_table.c.status).where(
@@ -70,18 +75,18 @@ class RoomCheck(RoomJoins):
             room.status = "pending"
             assert report.problems is not None
             report.problems.append(f"creating {await self._describe(s, room)} had failed; trying again")
-            await ms.queue_create(s, env, room)
+            await queue_create(s, env, room)
             if room.kind == "pair" and room.pair_id is not None:
                 pair = await s.get(Pair, room.pair_id)
                 if pair is not None:
-                    await ms.ensure_pair_room(s, env, pair)
+                    await ensure_pair_room(s, env, pair)
         elif row is None:
-            await ms.queue_create(s, env, room)
+            await queue_create(s, env, room)
 
     async def check_room(self, room: HubRoom, report: ReconcileReport) -> None:
         assert room.room_id is not None and report.repaired is not None
         hub = self.settings().matrix.user_id
-        if room.kind == ms.DM:
+        if room.kind == HubRoomKind.DM:
             await self._check_dm(room)
             return
         snap = await self.provision.snapshot(room.room_id)
@@ -100,7 +105,7 @@ class RoomCheck(RoomJoins):
             others = ", ".join(escape_markdown(u) for u in sorted(snap.created_by - {hub})) or "someone else"
             await self._replace(room, f"it was created by {others}, not by the hub", report)
             async with self.db.transaction() as s:
-                await ms.leave_by_id(s, await self.env(s), room.room_id, None, key="not-owned")
+                await leave_by_id(s, await self.env(s), room.room_id, None, key="not-owned")
             return
         self.provision.feed(room.room_id, snap.events)
         async with self.db.transaction() as s:
@@ -108,20 +113,20 @@ class RoomCheck(RoomJoins):
             fresh = await self._by_key(s, room.key)
             if fresh is None or fresh.room_id != room.room_id:
                 return
-            spec, children = await ms.build_spec(s, env, fresh)
+            spec, children = await build_spec(s, env, fresh)
             fixes = state_fixes(spec, snap.state, hub=hub, room_version=snap.room_version,
                                 child_rooms=children)
             if fixes:
-                await ms.queue_room_op(s, env, fresh, "room_fix", {"demote": []}, kind="room-fix",
+                await queue_room_op(s, env, fresh, FixState(fresh.key), kind="room-fix",
                                        dedupe_key=f"fix:{fresh.key}:reconcile:{self.clock.now().timestamp()}")
                 report.repaired.append(f"{await self._describe(s, fresh)}: "
                                        + ", ".join(f.reason for f in fixes))
             await self._check_members(s, env, fresh, snap, report)
 
-    async def _check_members(self, s: AsyncSession, env: ms.Env, room: HubRoom, snap: RoomSnapshot,
+    async def _check_members(self, s: AsyncSession, env: Env, room: HubRoom, snap: RoomSnapshot,
                              report: ReconcileReport) -> None:
         assert report.repaired is not None
-        wanted = await ms.desired_members(s, env, room)
+        wanted = await desired_members(s, env, room)
         rows = {r.user_id: r for r in (await s.execute(select(RoomMember).where(
             room_member_table.c.room_pk == room.id))).scalars()}
         now = env.now()
@@ -150,7 +155,7 @@ class RoomCheck(RoomJoins):
                         rm.joined_at = now
             rm.updated_at = now
         if missing:
-            await ms.queue_room_op(s, env, room, "invite", {"users": missing}, kind="room-invite",
+            await queue_room_op(s, env, room, Invite(room.key, tuple(missing)), kind="room-invite",
                                    dedupe_key=f"invite:{room.key}:reconcile:{now}")
             report.repaired.append(f"{await self._describe(s, room)}: invited {', '.join(missing)}")
         if room.kind in ("pair", "direct"):
@@ -162,8 +167,7 @@ class RoomCheck(RoomJoins):
             stuck = [u for u in extra if snap.outranks(u, hub)]
             removing = [u for u in extra if u not in stuck]
             for user in removing:
-                await ms.queue_room_op(s, env, room, "kick",
-                                       {"user": user, "reason": "this room is only for its pair"},
+                await queue_room_op(s, env, room, Kick(room.key, user, "this room is only for its pair"),
                                        kind="room-kick", dedupe_key=f"kick:{room.key}:{user}:{now}")
             what = await self._describe(s, room)
             if removing:
@@ -195,17 +199,17 @@ class RoomCheck(RoomJoins):
                 room_member_table.c.room_pk == fresh.id))).scalars():
                 if rm.state != "removed":
                     rm.state, rm.invited_at, rm.joined_at = "pending", None, None
-            await ms.queue_create(s, env, fresh)
+            await queue_create(s, env, fresh)
             if fresh.kind == "pair" and fresh.pair_id is not None:
                 pair = await s.get(Pair, fresh.pair_id)
                 assert pair is not None
-                await ms.ensure_pair_room(s, env, pair)
+                await ensure_pair_room(s, env, pair)
             if fresh.kind == "lounge" and fresh.cohort_id is not None:
-                space, _ = await ms.cohort_rooms(s, fresh.cohort_id)
+                space, _ = await cohort_rooms(s, env, fresh.cohort_id)
                 if space is not None and space.room_id:
-                    await ms.queue_room_op(
-                        s, env, space, "state",
-                        {"type": "m.space.child", "state_key": old, "content": {}},
+                    await queue_room_op(
+                        s, env, space,
+                        StateEvent("m.space.child", {}, state_key=old or "", room_key=space.key),
                         kind="room-state", dedupe_key=f"unlink:{space.key}:{old}")
             line = f"{what} ({old}) was lost: {reason}. A new one is being made and its members invited."
             report.replaced.append(line)
@@ -221,9 +225,8 @@ class RoomCheck(RoomJoins):
         assert room.room_id is not None
         key = f"rejoin:{room.key}:{room.generation}:{self.clock.now().timestamp()}"
         async with self.db.transaction() as s:
-            await self.outbox.enqueue(s, channel=MATRIX, kind="room-join", lane=f"join:{room.room_id}",
-                                      payload=Join(room.room_id, room_key=room.key).to_payload(),
-                                      dedupe_key=key)
+            rejoin = Join(room.room_id, room_key=room.key)
+            await queue(s, await self.env(s), Outgoing(rejoin, "room-join", key, lane=f"join:{room.room_id}"))
         outcome = await self.outbox.outcome(key, within=REJOIN_WAIT)
         if outcome is None:
             raise TemporaryDeliveryError(f"rejoining it took longer than {REJOIN_WAIT:.0f} s")

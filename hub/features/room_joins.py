@@ -3,7 +3,7 @@
 A participant or moderator who invites the hub gets a `Join` row (queued by the
 sync handler in `hub.service`); once joined, a chat marked direct is adopted as
 their direct room if it really is one (`adopt_direct`). Adopted, the room is the
-person's, never the hub's (`ms.DM`): the hub sends only what is meant for them
+person's, never the hub's (`HubRoomKind.DM`): the hub sends only what is meant for them
 and watches who is in it.
 """
 
@@ -15,9 +15,10 @@ from hub.core.effects import Join
 from hub.core.homeserver import RoomSnapshot
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
+from hub.features.direct_rooms import adopt_direct_room, drop_direct_room
 from hub.features.room_base import log
 from hub.features.room_ops import RoomOps
+from hub.features.room_queue import Env, leave_by_id
 from hub.storage.models import HubRoom
 
 __all__ = ["JOIN_TRIES", "RoomJoins"]
@@ -55,7 +56,7 @@ class RoomJoins(RoomOps):
         Only a room the person created, with the two of them in it and nobody else
         invited, counts (its state is read after joining: an invite's stripped state does
         not list members). Anything else stays an ordinary room, with a word saying why.
-        Adopted, it is theirs, never the hub's (`ms.DM`): the hub sends only what is meant
+        Adopted, it is theirs, never the hub's (`HubRoomKind.DM`): the hub sends only what is meant
         for the person and watches who is in it (`_dm_member`, `_check_dm`).
         """
         hub = self.settings().matrix.user_id
@@ -66,7 +67,7 @@ class RoomJoins(RoomOps):
         async with self.db.transaction() as s:
             env = await self.env(s)
             if why is None:
-                adopted, old = await ms.adopt_direct_room(s, env, user_id, room_id)
+                adopted, old = await adopt_direct_room(s, env, user_id, room_id)
                 why = None if adopted else "the hub already uses it for something else"
             if why is not None:
                 log.info("%s is not a direct room with %s: %s", room_id, user_id, why)
@@ -74,7 +75,7 @@ class RoomJoins(RoomOps):
                 return False
             await self._say(s, env, room_id, _hello_text(env.prefix), f"dm-hello:{room_id}")
             if old is not None:
-                await ms.leave_by_id(s, env, old, _REPLACED, key=f"direct:{user_id}:replaced")
+                await leave_by_id(s, env, old, _REPLACED, key=f"direct:{user_id}:replaced")
         log.info("adopted %s as the direct room of %s%s", room_id, user_id,
                  f" (instead of {old})" if old else "")
         self.provision.feed(room_id, snap.events)  # nio may not have synced it yet: the hello is next
@@ -85,16 +86,16 @@ class RoomJoins(RoomOps):
             log.warning("m.direct not updated for %s: %s", room_id, e.reason)
         return True
 
-    async def _dm_member(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str, state: str) -> None:
+    async def _dm_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str, state: str) -> None:
         """Someone's membership changed in an adopted direct room (seen by the sync)."""
         if room.status != "ready":
             return
         if user == room.user_id:
             if state in ("left", "banned"):
-                await ms.drop_direct_room(s, env, room, None)  # they left it: nobody to tell
+                await drop_direct_room(s, env, room, None)  # they left it: nobody to tell
         elif state in ("invited", "joined"):
             log.info("%s is no longer a direct room: %s %s", room.room_id, user, state)
-            await ms.drop_direct_room(s, env, room, _NOT_PRIVATE)
+            await drop_direct_room(s, env, room, _NOT_PRIVATE)
 
     async def _check_dm(self, room: HubRoom) -> None:
         """An adopted direct room at start: still the two of them? Nothing else is checked or set."""
@@ -115,7 +116,7 @@ class RoomJoins(RoomOps):
             if gone:
                 fresh.status = "closed"  # removed from it, or the room is gone: nothing to leave
             else:
-                await ms.drop_direct_room(s, env, fresh, _NOT_PRIVATE)
+                await drop_direct_room(s, env, fresh, _NOT_PRIVATE)
 
 
 _REPLACED = ("You opened a new direct chat with me, so I'll talk with you there from now on and "

@@ -22,10 +22,13 @@ from hub.core.cohorts import MODERATOR_LEVEL, StateFix, state_fixes
 from hub.core.content_format import escape_markdown
 from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoom
 from hub.core.homeserver import RoomSnapshot
+from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
+from hub.features.cohort_setup import cohort_rooms
 from hub.features.room_base import RoomBase, log
+from hub.features.room_queue import Env, leave_by_id, queue_room_op, relane, users_in
+from hub.features.room_spec import build_spec
 from hub.storage.models import HubRoom, RoomMember, hub_room_table, room_member_table
 
 __all__ = ["RoomOps"]
@@ -55,9 +58,9 @@ class RoomOps(RoomBase):
                 # `closing`: closed while being created; make (or find) it, then the queued
                 # goodbye and leave follow.
                 retry = room.status in ("creating", "closing")
-                spec, _ = await ms.build_spec(s, env, room)
+                spec, _ = await build_spec(s, env, room)
                 if room.kind == "lounge" and spec.parent_space is None:
-                    space, _ = await ms.cohort_rooms(s, room.cohort_id or 0)
+                    space, _ = await cohort_rooms(s, env, room.cohort_id or 0)
                     if space is not None and space.status != "closed":
                         raise TemporaryDeliveryError("waiting for the cohort's space", retry_after=1.0)
                 known: set[str] = set()
@@ -66,7 +69,7 @@ class RoomOps(RoomBase):
                         hub_room_table.c.room_id.is_not(None)))).scalars() if r}
                 if room.status == "pending":
                     room.status = "creating"
-            invitees = ms.users_in((await s.execute(select(RoomMember).where(
+            invitees = users_in((await s.execute(select(RoomMember).where(
                 room_member_table.c.room_pk == room.id))).scalars(), "pending")
         if room_id is None:
             # Committed: a crash from here on finds `creating` and looks before creating.
@@ -99,12 +102,12 @@ class RoomOps(RoomBase):
             elif room.room_id != room_id:
                 # The person opened a direct chat while this one was being made: theirs is
                 # used (`adopt_direct`), this one is left.
-                await ms.leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
+                await leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
                 return f"superseded by {room.room_id}"
             if room.status == "creating":
                 room.status, room.ready_at = "ready", env.now()
             await self._mark_invited(s, env, room, done, failed, row)
-            await ms.relane(s, room)
+            await relane(s, room)
             await self._after_created(s, env, room)
         return room_id
 
@@ -125,7 +128,7 @@ class RoomOps(RoomBase):
         await asyncio.gather(*(one(u) for u in users))
         return done, failed
 
-    async def _mark_invited(self, s: AsyncSession, env: ms.Env, room: HubRoom, done: list[str],
+    async def _mark_invited(self, s: AsyncSession, env: Env, room: HubRoom, done: list[str],
                             failed: list[str], row: Claimed) -> None:
         now = env.now()
         for rm in (await s.execute(select(RoomMember).where(
@@ -137,17 +140,17 @@ class RoomOps(RoomBase):
             await self._alert(s, env, f"Could not invite to {await self._describe(s, room)}: "
                               + "; ".join(failed), dedupe=f"invite-failed:{row.txn_id}")
 
-    async def _after_created(self, s: AsyncSession, env: ms.Env, room: HubRoom) -> None:
+    async def _after_created(self, s: AsyncSession, env: Env, room: HubRoom) -> None:
         assert room.id is not None and room.room_id is not None
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
-            space, lounge = await ms.cohort_rooms(s, room.cohort_id)
+            space, lounge = await cohort_rooms(s, env, room.cohort_id)
             # The space lists the lounge; a replaced space also needs the lounge's links redone.
             if space is not None and space.room_id and lounge is not None and lounge.room_id:
-                await ms.queue_room_op(s, env, space, "room_fix", {"demote": []}, kind="room-fix",
+                await queue_room_op(s, env, space, FixState(space.key), kind="room-fix",
                                        dedupe_key=f"fix:{space.key}:{space.generation}:"
                                                   f"{lounge.generation}:link")
                 if room.kind == "space":
-                    await ms.queue_room_op(s, env, lounge, "room_fix", {"demote": []}, kind="room-fix",
+                    await queue_room_op(s, env, lounge, FixState(lounge.key), kind="room-fix",
                                            dedupe_key=f"fix:{lounge.key}:{lounge.generation}:"
                                                       f"{space.generation}:parent")
 
@@ -202,7 +205,7 @@ class RoomOps(RoomBase):
         key = e.room_key
         async with self.db.session() as s:
             found = await self._by_key(s, key)
-        if found is not None and found.kind == ms.DM:
+        if found is not None and found.kind == HubRoomKind.DM:
             return "not the hub's room: its state is the person's"  # a fix queued before adoption
         room_id = await self.resolve(key)
         snap = await self.provision.snapshot(room_id)
@@ -212,7 +215,7 @@ class RoomOps(RoomBase):
             env = await self.env(s)
             room = await self._by_key(s, key)
             assert room is not None
-            spec, children = await ms.build_spec(s, env, room)
+            spec, children = await build_spec(s, env, room)
         fixes = state_fixes(spec, snap.state, hub=env.hub_user, room_version=snap.room_version,
                             child_rooms=children)
         demote = [u for u in e.demote if u not in spec.moderators]

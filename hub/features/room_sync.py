@@ -15,10 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import pair_welcome, video_url
+from hub.core.effects import FixState
 from hub.core.homeserver import RoomSyncFacts, StateChange
-from hub.features import membership as ms
+from hub.core.membership import RoomKind as HubRoomKind
+from hub.features.people import member_label
 from hub.features.room_base import log
 from hub.features.room_check import RoomCheck
+from hub.features.room_queue import Env, queue_room_message, queue_room_op
 from hub.storage.models import Cohort, HubRoom, Member, Pair, RoomMember, hub_room_table, room_member_table
 
 __all__ = ["RoomSync"]
@@ -53,7 +56,7 @@ class RoomSync(RoomCheck):
                     self._tasks.append(task)
             await self._queue_drift_fixes(s, env, rooms, drift, facts.batch)
 
-    async def _queue_drift_fixes(self, s: AsyncSession, env: ms.Env, rooms: dict[str | None, HubRoom],
+    async def _queue_drift_fixes(self, s: AsyncSession, env: Env, rooms: dict[str | None, HubRoom],
                                  drift: list[StateChange], batch: str) -> None:
         """Someone changed what the hub owns in one of its rooms: a fix row per room and sync batch.
 
@@ -63,14 +66,14 @@ class RoomSync(RoomCheck):
         """
         for room_id in dict.fromkeys(c.room_id for c in drift):
             room = rooms.get(room_id)
-            if room is None or room.status != "ready" or room.kind == ms.DM:
+            if room is None or room.status != "ready" or room.kind == HubRoomKind.DM:
                 continue  # an adopted direct room's state is its maker's, not the hub's
             # Keyed by the batch, not the event: state resolution can bring an event back
             # that was fixed already, and the sync then shows the same event id again.
-            await ms.queue_room_op(s, env, room, "room_fix", {"demote": [], "drift": True},
+            await queue_room_op(s, env, room, FixState(room.key, drift=True),
                                    kind="room-fix", dedupe_key=f"fix:{room.key}:drift:{batch}")
 
-    async def _record(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str, membership: str,
+    async def _record(self, s: AsyncSession, env: Env, room: HubRoom, user: str, membership: str,
                       *, welcome: bool) -> None:
         rm = (await s.execute(select(RoomMember).where(
             (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user)
@@ -79,7 +82,7 @@ class RoomSync(RoomCheck):
         state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(membership)
         if state is None:
             return
-        if room.kind == ms.DM:
+        if room.kind == HubRoomKind.DM:
             await self._dm_member(s, env, room, user, state)
             return
         if rm is None:
@@ -97,7 +100,7 @@ class RoomSync(RoomCheck):
             if welcome and room.kind == "pair":
                 await self._welcome_member(s, env, room, user)
 
-    async def _welcome_member(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str) -> None:
+    async def _welcome_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str) -> None:
         """A member's own welcome when they join: their devices may postdate the first one."""
         if room.pair_id is None:
             return
@@ -109,8 +112,8 @@ class RoomSync(RoomCheck):
         if a is None or b is None or cohort is None:
             return
         me = a if a.matrix_id == user else b
-        text = pair_welcome(mentor=ms.member_label(a), mentee=ms.member_label(b), cohort=cohort.name,
+        text = pair_welcome(mentor=member_label(a), mentee=member_label(b), cohort=cohort.name,
                             link=video_url(env.settings.video.base_url, pair.video_name),
-                            prefix=env.prefix, for_name=ms.member_label(me))
-        await ms.queue_room_message(s, env, room, text, kind="pair-welcome",
+                            prefix=env.prefix, for_name=member_label(me))
+        await queue_room_message(s, env, room, text, kind="pair-welcome",
                                     dedupe_key=f"welcome:{room.key}:{room.generation}:{user}")

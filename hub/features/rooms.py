@@ -19,8 +19,10 @@ from sqlalchemy import select
 from hub.config import load_settings
 from hub.core.cohorts import not_joined_reminder
 from hub.errors import ConfigError
-from hub.features import membership as ms
+from hub.features.config_sync import sync_config
+from hub.features.people import member_label
 from hub.features.room_base import ReconcileReport, log
+from hub.features.room_queue import queue_email
 from hub.features.room_sync import RoomSync
 from hub.storage.models import (
     Cohort,
@@ -103,10 +105,10 @@ class RoomKeeper(RoomSync):
                 cohort = await s.get(Cohort, cohort_id)
                 assert cohort is not None
                 names = [await self._describe(s, r) for r in rooms]
-                subject, body = not_joined_reminder(name=ms.member_label(member), cohort=cohort.name,
+                subject, body = not_joined_reminder(name=member_label(member), cohort=cohort.name,
                                                     rooms=names, homeserver=env.settings.matrix.homeserver)
                 # Through email_payload like every email: the subject carries the cohort's name.
-                await ms.queue_email(s, env, member.email, subject, body, kind="join-reminder",
+                await queue_email(s, env, member.email, subject, body, kind="join-reminder",
                                      dedupe_key=f"join-reminder:{member.id}")
                 member.reminded_at = env.now()
                 sent += 1
@@ -133,7 +135,7 @@ class RoomKeeper(RoomSync):
             self.on_settings(fresh)
         async with self.db.transaction() as s:
             env = await self.env(s)
-            changes = await ms.sync_config(s, env)
+            changes = await sync_config(s, env)
             for change in changes:
                 log.info("config: %s", change)
         if changes and self.on_config_applied is not None:

@@ -28,8 +28,13 @@ from hub.core.digest import plural
 from hub.core.roster import Roster, RosterProblems, RosterRow, check_roster, decode_roster
 from hub.delivery.outbox import Outbox
 from hub.errors import CommandError, RosterError
-from hub.features import membership as ms
 from hub.features import membership_batch
+from hub.features.cohort_setup import cohort_rooms, get_cohort
+from hub.features.config_sync import sync_config
+from hub.features.members import add_member
+from hub.features.pairs import make_pairs
+from hub.features.people import find_member
+from hub.features.room_queue import Env, load_env, queue_pending_invites
 from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
 from hub.storage.models import Cohort, Member, cohort_table
 
@@ -72,15 +77,16 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
     report = ImportReport(dry_run=dry_run, rows=len(roster.rows), cohorts=roster.cohorts)
     try:
         async with db.transaction() as s:
-            env = await ms.load_env(s, outbox, clock, settings)
+            env = await load_env(s, outbox, clock, settings)
             # Cohorts from the config exist for the import even if the hub never ran.
-            await ms.sync_config(s, env)
+            await sync_config(s, env)
             cohorts = await _cohorts(s, settings, roster, problems)
             # On SQLite the import holds the write lock throughout, so it must be quick: the
             # cohorts' people, pairs and rooms are read once, and what is new is written with
             # a few bulk INSERTs, instead of dozens of round trips per row (membership_batch.Batch).
-            async with membership_batch.batch(s, env, [c.id for c in cohorts.values() if c.id is not None]):
-                await _apply_rows(s, env, roster, cohorts, report, problems)
+            ids = [c.id for c in cohorts.values() if c.id is not None]
+            async with membership_batch.batch(s, env, ids) as batch_env:
+                await _apply_rows(s, batch_env, roster, cohorts, report, problems)
             # Raised inside the transaction, so everything the checks above wrote is rolled back.
             problems.raise_if_any()
             if dry_run:
@@ -112,7 +118,7 @@ async def _cohorts(s: AsyncSession, settings: Settings, roster: Roster,
         if row.cohort in found or row.cohort in missing:
             missing.get(row.cohort, []).append(row)
             continue
-        cohort = await ms.get_cohort(s, row.cohort)
+        cohort = await get_cohort(s, row.cohort)
         if cohort is None:
             missing[row.cohort] = [row]
         else:
@@ -132,7 +138,7 @@ async def _cohorts(s: AsyncSession, settings: Settings, roster: Roster,
     return found
 
 
-async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dict[str, Cohort],
+async def _apply_rows(s: AsyncSession, env: Env, roster: Roster, cohorts: dict[str, Cohort],
                       report: ImportReport, problems: RosterProblems) -> None:
     """Members first, then pairs, then one invite row per cohort room; problems are added, not raised.
 
@@ -147,7 +153,7 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
         if cohort is None:
             continue
         try:
-            member, outcome = await ms.add_member(
+            member, outcome = await add_member(
                 s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
                 queue_invites=False)
         except CommandError as e:
@@ -164,7 +170,7 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
         cohort = cohorts[row.cohort]
         assert cohort.id is not None
         for who in row.avoid or ():
-            other = await ms.find_member(s, cohort.id, who)
+            other = await find_member(s, env, cohort.id, who)
             if other is None:
                 problems.add(row.line, f"avoid: {who} is nobody in cohort {cohort.slug} (add them, or "
                                        "check the spelling)")
@@ -178,7 +184,7 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
         assert row.mentor is not None
         requests.append((cohorts[row.cohort], row.mentor, row.who))
     # All pairs in one call: a few INSERTs for all of them rather than a few per pair.
-    for row, result in zip(paired, await ms.make_pairs(s, env, requests), strict=True):
+    for row, result in zip(paired, await make_pairs(s, env, requests), strict=True):
         if isinstance(result, CommandError):
             problems.add(row.line, str(result))
         elif result[1]:
@@ -190,9 +196,9 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
     # One invite row per cohort room for everyone new, rather than one per person.
     for cohort in cohorts.values():
         assert cohort.id is not None
-        for room in await ms.cohort_rooms(s, cohort.id):
+        for room in await cohort_rooms(s, env, cohort.id):
             if room is not None:
-                await ms.queue_pending_invites(s, env, room)
+                await queue_pending_invites(s, env, room)
 
 
 def set_matching(member: Member, row: RosterRow) -> bool:
