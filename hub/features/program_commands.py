@@ -219,6 +219,8 @@ async def announce(ctx: Ctx) -> Reply:
                 continue
             headers = unsubscribe.get(person_key(member.matrix_id, member.email) or "",
                                       email_headers(settings, view.cohort))
+            # Answering an announcement posts in the lounge (replies by email).
+            headers = {**headers, **ports.program.reply_to(member.id, view.lounge.id)}
             payload = email_payload(to=address, subject=subject, text=plain, html=page,
                                     headers=headers)
             rows.append({"channel": EMAIL, "kind": "announce", "lane": normalize_address(address),
