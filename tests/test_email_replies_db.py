@@ -1,4 +1,4 @@
-"""Pair-room messages for an email-only member: what is recorded, and the 15-minute batches (FakeClock)."""
+"""Replies by email on a real database (SQLite) and a FakeClock: pair-room batches, the poster, pruning."""
 
 from __future__ import annotations
 
@@ -138,3 +138,53 @@ async def test_one_email_per_15_minutes_of_activity_each_message_with_its_time(
     second = (await _emails(db))[1]
     assert second["subject"] == "Ada wrote in your pair room" and "Fourth" in second["text"]
     assert "First" not in second["text"]
+
+
+def _raw(to: str, sender: str = "Eve <eve@example.org>", mid: str = "<r1@example.org>") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: Re: hello\r\nMessage-ID: {mid}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            "Hello all!\r\n\r\nOn Mon, Hub wrote:\r\n> Welcome\r\n").encode()
+
+
+async def test_poster_posts_once_keeps_out_and_prunes(db: Database, tmp_path: Path) -> None:
+    from hub.features.email_replies import KEEP_RAW_DAYS, ReplyPoster
+    from hub.storage.models import inbound_mail_table as M
+
+    clock = FakeClock(T0)
+    signer = AddressTokenSigner("s3cret")
+    poster = ReplyPoster(db, Outbox(db, clock), clock, signer)
+    lounge, pair = signer.reply(2, 12), signer.reply(2, 10)
+    rows = [("reply", lounge, _raw("x")), ("reply", lounge, _raw("x")),  # the same Message-ID twice
+            ("reply", pair, _raw("x", sender="mallory@example.net", mid="<m@x>")),
+            ("reply", signer.reply(2, 11), _raw("x", mid="<other-pair@x>")),  # not her pair
+            ("reply", pair, _raw("x", mid="<r2@example.org>"))]
+    async with db.transaction() as s:
+        for kind, token, raw in rows:
+            mid = raw.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode()
+            await s.execute(M.insert().values(kind=kind, token=token, mail_from="eve@example.org",
+                                              message_id=mid, raw=raw, received_at=T0.timestamp(),
+                                              status="new"))
+    assert await poster.handle_new() == 5
+    assert await poster.handle_new() == 0  # each row once
+    async with db.session() as s:
+        handled = (await s.execute(select(M.c.status, M.c.outcome).order_by(M.c.id))).all()
+        posts = (await s.execute(select(O.c.lane, O.c.payload).where(O.c.kind == "email-reply")
+                                 .order_by(O.c.seq))).all()
+    assert [h.status for h in handled] == ["posted", "dropped", "dropped", "dropped", "posted"], handled
+    assert "second copy" in handled[1].outcome and "not the person" in handled[2].outcome
+    assert "not in this pair" in handled[3].outcome
+    assert [p.lane for p in posts] == ["!lounge", "!pair1"]
+    lounge_post = json.loads(posts[0].payload)["content"]
+    pair_post = json.loads(posts[1].payload)["content"]
+    assert lounge_post["body"] == "**Eve** (by email): Hello all!" and lounge_post["m.mentions"] == {}
+    assert pair_post["m.mentions"] == {"user_ids": [ADA]}  # her partner, in the pair room
+    # The raw mail is emptied 14 days after it was handled; the rows (and Message-IDs) stay.
+    clock.advance(KEEP_RAW_DAYS * 86400 - 60)
+    await poster.prune()
+    async with db.session() as s:
+        assert b"" not in (await s.execute(select(M.c.raw))).scalars().all()  # not yet
+    clock.advance(3600)
+    await poster.prune()
+    async with db.session() as s:
+        raws = (await s.execute(select(M.c.raw, M.c.message_id))).all()
+    assert all(r.raw == b"" for r in raws) and len(raws) == 5
