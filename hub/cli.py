@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", metavar="FILE.html", help="also write the HTML here")
     _config_option(dp)
 
+    match = sub.add_parser("match", help="propose pairs for a cohort's unpaired mentees (changes nothing)")
+    match.add_argument("--cohort", required=True, metavar="SLUG")
+    _config_option(match)
+    match.add_argument("--out", metavar="FILE.csv",
+                       help="also write the proposed pairs as a roster CSV, to edit and `hub roster import`")
+
     demo = sub.add_parser("demo", help="try it: a throwaway homeserver and mail sink, a sample cohort, "
                                        "a compressed program (needs the demo extra)")
     demo.add_argument("--out", default="demo-out", metavar="DIR",
@@ -95,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _content_copy(args)
         if args.command == "digest" and args.digest_command == "preview":
             return _digest_preview(args)
+        if args.command == "match":
+            return asyncio.run(_match(args))
         if args.command == "demo":
             from pathlib import Path
 
@@ -208,6 +216,24 @@ def _digest_preview(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(result.html, encoding="utf-8")
         print(f"HTML written to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _match(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.features.match_cli import proposal_csv, propose_for_cli
+
+    result = await propose_for_cli(_load(args.config), args.cohort)
+    print(result.text())
+    if args.out:
+        try:
+            Path(args.out).write_text(proposal_csv(result), encoding="utf-8")  # noqa: ASYNC240
+        except OSError as e:
+            print(f"hub: {args.out}: cannot write: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(f"Roster CSV with {len(result.proposal.pairs)} proposed pairs written to {args.out}; "
+              f"edit it and run `hub roster import {args.out}` to make them.", file=sys.stderr)
     return 0
 
 

@@ -24,8 +24,10 @@ from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow
 from hub.core.markup import echo, markdown_to_matrix
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import ArgumentError, CommandError, PermissionDenied, UsageError
-from hub.features.membership import Env, describe_room, is_participant, load_env
+from hub.features.direct_rooms import describe_room
+from hub.features.people import is_participant
 from hub.features.ports import CommandPorts, Digest, Program
+from hub.features.room_queue import Env, load_env
 from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent

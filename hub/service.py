@@ -37,6 +37,7 @@ from hub.features.digest import DigestService
 from hub.features.digest_commands import register_digest_commands
 from hub.features.email_commands import register_email_commands
 from hub.features.email_replies import ReplyPoster, reply_headers
+from hub.features.match_commands import register_match_commands
 from hub.features.pair_commands import register_pair_commands
 from hub.features.pair_mail import PairMailer, RoomText
 from hub.features.person_commands import register_person_commands
@@ -76,6 +77,7 @@ def build_registry(prefix: str) -> CommandRegistry:
     register_program_commands(registry)
     register_digest_commands(registry)
     register_email_commands(registry)
+    register_match_commands(registry)
     return registry
 
 

@@ -45,6 +45,11 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "reflect": ("!hub reflect", "The private reflection guide."),
     "support": ("!hub support I'd like to talk about my pairing",
                 "Confirmation that the moderators got it; only these words reach them."),
+    "rematch": ("!hub rematch We get on, but our goals are too far apart",
+                "Confirmation that the program team has it (only that you asked, and your words); your "
+                "partner isn't told. Moderators: `!hub rematch SLUG MENTEE` in the control room closes "
+                "that mentee's pair with a kind goodbye to both and proposes a new mentor, never a "
+                "former one."),
     "email": ("!hub email weekly", "Confirmation of the new email preference."),
     "email unsuppress": ("!hub email unsuppress ben@example.org",
                          "Nothing at once: the next email to that address is sent again."),
@@ -69,6 +74,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
               "Nothing: scheduled content to that pair stops."),
     "resume": ("!hub resume spring-2027 @ada:example.org @ben:example.org",
                "Scheduled content to that pair starts again."),
+    "match": ("!hub match spring-2027",
+              "Nothing until accepted: `!hub match spring-2027 accept` (or `accept 1 3`) makes the "
+              "proposed pairs, with their rooms, welcomes and emails."),
     "webinar": ('!hub webinar spring-2027 2027-03-04T17:00 "Kick-off" https://meet.jit.si/spring-kickoff',
                 "An announcement in the lounge and an email with an .ics invite; reminders 24 h and "
                 "1 h before; a follow-up after."),

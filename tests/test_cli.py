@@ -23,7 +23,7 @@ def test_every_config_option_has_help() -> None:
                    if any("--config" in a.option_strings for a in p._actions)}
     # Every subcommand that reads a config (all but `demo` and `content copy`, which write their own).
     assert set(with_config) == {("run",), ("check",), ("roster", "import"), ("content", "check"),
-                                ("digest", "preview")}
+                                ("digest", "preview"), ("match",)}
     for words, p in with_config.items():
         (option,) = [a for a in p._actions if "--config" in a.option_strings]
         assert option.option_strings == ["-c", "--config"]
@@ -31,7 +31,7 @@ def test_every_config_option_has_help() -> None:
 
 
 @pytest.mark.parametrize("words", [["run"], ["check"], ["roster", "import"], ["content", "check"],
-                                   ["digest", "preview"]])
+                                   ["digest", "preview"], ["match"]])
 def test_help_shows_what_c_means(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main([*words, "--help"])

@@ -309,20 +309,23 @@ async def refusing(synapse: SynapseServer, tmp_path_factory: pytest.TempPathFact
                             moderators=["@lead-nobody:localhost"])
     async with running_hub(settings) as hub:
         from hub.core.cohorts import Who
-        from hub.features import membership as ms
+        from hub.features.cohort_setup import create_cohort
+        from hub.features.members import add_member
+        from hub.features.pairs import make_pair
+        from hub.features.room_queue import load_env
 
         assert hub.db is not None and hub.outbox is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
             # Starting next year: no calendar tick may queue program items while the
             # test compares the database before and after a refused command.
             next_year = hub.clock.now().date() + timedelta(days=365)
-            cohort = await ms.create_cohort(s, env, slug="refuse", name="Refuse", timezone="UTC",
+            cohort = await create_cohort(s, env, slug="refuse", name="Refuse", timezone="UTC",
                                             start=next_year, weeks=12, source="command")
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=outsider.user_id))
+            await add_member(s, env, cohort, "mentee", Who(matrix_id=outsider.user_id))
             for n, role in ((1, "mentor"), (2, "mentee"), (3, "mentor")):
-                await ms.add_member(s, env, cohort, role, Who(matrix_id=f"@member{n}:localhost"))
-            await ms.make_pair(s, env, cohort, Who(matrix_id="@member1:localhost"),
+                await add_member(s, env, cohort, role, Who(matrix_id=f"@member{n}:localhost"))
+            await make_pair(s, env, cohort, Who(matrix_id="@member1:localhost"),
                                Who(matrix_id="@member2:localhost"))
         # One person tries every moderator command in a row: more than the per-person
         # command rate limit (hub.core.limits) lets through, which is not what this tests.

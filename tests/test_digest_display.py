@@ -21,7 +21,9 @@ from test_program_wiring import BERLIN, CONTROL, MOD, World, give_rooms_ids, run
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort
+from hub.features.members import add_member
+from hub.features.room_queue import load_env
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
@@ -33,14 +35,14 @@ HOSTILE_POST = "hostile-post-9k2q"
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = await digest_world(tmp_path)
     async with w.db.transaction() as s:
-        env = await ms.load_env(s, w.outbox, w.clock, w.settings)
-        cohort = await ms.get_cohort(s, "winter")
+        env = await load_env(s, w.outbox, w.clock, w.settings)
+        cohort = await get_cohort(s, "winter")
         assert cohort is not None
-        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=HOSTILE_MXID), name=HOSTILE,
+        await add_member(s, env, cohort, "mentee", Who(matrix_id=HOSTILE_MXID), name=HOSTILE,
                             email="hostile@example.org")
-        await ms.add_member(s, env, cohort, "mentee", Who(email="tokyo@example.org"), name="Haruki",
+        await add_member(s, env, cohort, "mentee", Who(email="tokyo@example.org"), name="Haruki",
                             timezone="Asia/Tokyo")
-        await ms.add_member(s, env, cohort, "mentor", Who(email="la@example.org"), name="Lupe",
+        await add_member(s, env, cohort, "mentor", Who(email="la@example.org"), name="Lupe",
                             timezone="America/Los_Angeles")
     yield w
     await w.db.close()

@@ -22,9 +22,11 @@ from test_program_wiring import BERLIN, CONTROL, MOD, PEOPLE, World, give_rooms_
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
 from hub.core.tokens import Purpose, TokenSigner
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort
 from hub.features.digest import DigestService
 from hub.features.digest_commands import preview
+from hub.features.members import add_member
+from hub.features.room_queue import load_env
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.storage.models import PersonPref, metadata, room_activity_table, subscriber_table
 
@@ -65,10 +67,10 @@ async def digest_world(tmp_path: Path) -> World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = await digest_world(tmp_path)
     async with w.db.transaction() as s:  # an email-only mentee, to prove `mailto:` preferences work
-        env = await ms.load_env(s, w.outbox, w.clock, w.settings)
-        cohort = await ms.get_cohort(s, "winter")
+        env = await load_env(s, w.outbox, w.clock, w.settings)
+        cohort = await get_cohort(s, "winter")
         assert cohort is not None
-        await ms.add_member(s, env, cohort, "mentee", Who(email="eve@example.org"), name="Eve")
+        await add_member(s, env, cohort, "mentee", Who(email="eve@example.org"), name="Eve")
     yield w
     await w.db.close()
 

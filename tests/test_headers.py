@@ -34,7 +34,10 @@ from hub.email.payload import EmailPayload, email_payload, fold_header_text, is_
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender
 from hub.errors import PermanentDeliveryError, UnsafeHeaderError
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort
+from hub.features.config_sync import sync_config
+from hub.features.members import add_member
+from hub.features.room_queue import Env, load_env
 from hub.features.rooms import RoomKeeper
 from hub.storage.db import Database, open_database
 from hub.storage.models import cohort_table, hub_room_table, room_member_table
@@ -197,7 +200,7 @@ HOSTILE_COHORT = "X\r\nBcc: victim@example.org\r\nX-Injected: yes"
 
 
 @pytest.fixture
-async def mail_rig(tmp_path: Path) -> AsyncIterator[tuple[Database, Outbox, ms.Env, SmtpSink]]:
+async def mail_rig(tmp_path: Path) -> AsyncIterator[tuple[Database, Outbox, Env, SmtpSink]]:
     db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
     clock = SystemClock()
     outbox = Outbox(db, clock)
@@ -214,8 +217,8 @@ async def mail_rig(tmp_path: Path) -> AsyncIterator[tuple[Database, Outbox, ms.E
                     "start": "2027-01-11", "weeks": 12}],
     }, base=tmp_path, env={})
     async with db.transaction() as s:
-        env = await ms.load_env(s, outbox, clock, settings)
-        await ms.sync_config(s, env)
+        env = await load_env(s, outbox, clock, settings)
+        await sync_config(s, env)
         # Straight into the database: the name check at entry is another layer; this is
         # about what the email builders do with such a name if it is there anyway.
         await s.execute(update(cohort_table).where(cohort_table.c.slug == "winter")
@@ -255,13 +258,13 @@ def _assert_clean(mail: ReceivedMail, to: str) -> None:
 
 
 async def test_a_cohort_named_with_a_bcc_line_mails_only_the_member(
-    mail_rig: tuple[Database, Outbox, ms.Env, SmtpSink],
+    mail_rig: tuple[Database, Outbox, Env, SmtpSink],
 ) -> None:
     db, outbox, env, sink = mail_rig
     async with db.transaction() as s:
-        cohort = await ms.get_cohort(s, "winter")
+        cohort = await get_cohort(s, "winter")
         assert cohort is not None and cohort.name == HOSTILE_COHORT
-        await ms.add_member(s, env, cohort, "mentee", Who(email="ada@example.org"), name="Ada",
+        await add_member(s, env, cohort, "mentee", Who(email="ada@example.org"), name="Ada",
                             email="ada@example.org")
     await _deliver(db, outbox, sink, 1)
     (mail,) = sink.messages
@@ -270,13 +273,13 @@ async def test_a_cohort_named_with_a_bcc_line_mails_only_the_member(
 
 
 async def test_the_48_hour_reminder_with_that_cohort_name_mails_only_the_member(
-    mail_rig: tuple[Database, Outbox, ms.Env, SmtpSink],
+    mail_rig: tuple[Database, Outbox, Env, SmtpSink],
 ) -> None:
     db, outbox, env, sink = mail_rig
     async with db.transaction() as s:
-        cohort = await ms.get_cohort(s, "winter")
+        cohort = await get_cohort(s, "winter")
         assert cohort is not None
-        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@ada:example.org"), name="Ada",
+        await add_member(s, env, cohort, "mentee", Who(matrix_id="@ada:example.org"), name="Ada",
                             email="ada@example.org")
         # As if the lounge had been made and Ada invited three days ago, never joining.
         long_ago = env.now() - 3 * 86400

@@ -18,8 +18,14 @@ from hub.core.cohorts import Who
 from hub.delivery.outbox import Outbox
 from hub.devserver.synapse import RegisteredUser
 from hub.errors import CommandError
-from hub.features import membership as ms
 from hub.features import membership_batch
+from hub.features.cohort_setup import cohort_rooms, create_cohort, get_cohort
+from hub.features.config_sync import sync_config
+from hub.features.direct_rooms import ensure_direct_room
+from hub.features.members import add_member, remove_member
+from hub.features.pairs import ensure_pair_room, find_open_pair, make_pair, make_pairs
+from hub.features.people import is_participant, member_label
+from hub.features.room_queue import Env, load_env, queue_room_message, relane
 from hub.storage.db import Database, open_database
 from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
 from hub.storage.models import outbox_table as T
@@ -46,8 +52,8 @@ async def world(database_urls: dict[str, str], backend: str, tmp_path: Path) -> 
             self.settings = settings_for(tmp_path, database_urls[backend])
             self.outbox = Outbox(db, SystemClock())
 
-        async def env(self, s: Any) -> ms.Env:
-            return await ms.load_env(s, self.outbox, SystemClock(), self.settings)
+        async def env(self, s: Any) -> Env:
+            return await load_env(s, self.outbox, SystemClock(), self.settings)
 
         async def rows(self) -> list[dict[str, Any]]:
             async with db.session() as s:
@@ -63,7 +69,7 @@ async def world(database_urls: dict[str, str], backend: str, tmp_path: Path) -> 
 async def _cohort(w: Any) -> Any:
     async with w.db.transaction() as s:
         env = await w.env(s)
-        return await ms.create_cohort(s, env, slug="winter", name="Winter", timezone="UTC", start=None,
+        return await create_cohort(s, env, slug="winter", name="Winter", timezone="UTC", start=None,
                                       weeks=12, source="command")
 
 
@@ -98,16 +104,16 @@ async def test_members_are_added_once_and_roles_do_not_silently_change(world: An
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        member, outcome = await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"),
+        member, outcome = await add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"),
                                               name="Ada", email="ada@x.org")
         assert outcome == "added" and member.email == "ada@x.org"
     before = len(await world.rows())
     async with world.db.transaction() as s:
         env = await world.env(s)
-        _, again = await ms.add_member(s, env, cohort, "mentor", Who(email="ADA@x.org"), name="Ada")
+        _, again = await add_member(s, env, cohort, "mentor", Who(email="ADA@x.org"), name="Ada")
         assert again == "unchanged"
         with pytest.raises(CommandError, match="already a mentor"):
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@ada:x.org"))
+            await add_member(s, env, cohort, "mentee", Who(matrix_id="@ada:x.org"))
     assert len(await world.rows()) == before  # nothing queued twice
 
 
@@ -119,7 +125,7 @@ async def test_email_only_members_get_a_welcome_email_when_email_is_on(world: An
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentee", Who(email="cy@x.org"), name="Cy")
+        await add_member(s, env, cohort, "mentee", Who(email="cy@x.org"), name="Cy")
     emails = [r for r in await world.rows() if r["channel"] == "email"]
     assert len(emails) == 1
     payload = emails[0]["payload"]
@@ -135,19 +141,19 @@ async def test_pairing_queues_room_invites_and_welcome_in_order(world: Any) -> N
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"), name="Ada")
-        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"), name="Bo")
-        await ms.add_member(s, env, cohort, "mentee", Who(email="cy@x.org"))
-        pair, created = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
+        await add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"), name="Ada")
+        await add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"), name="Bo")
+        await add_member(s, env, cohort, "mentee", Who(email="cy@x.org"))
+        pair, created = await make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
                                            Who(matrix_id="@bo:x.org"))
         assert created
-        again, created_again = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
+        again, created_again = await make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"),
                                                   Who(matrix_id="@bo:x.org"))
         assert again.id == pair.id and not created_again
         with pytest.raises(CommandError, match="is a mentee in winter, not a mentor"):
-            await ms.make_pair(s, env, cohort, Who(matrix_id="@bo:x.org"), Who(email="cy@x.org"))
+            await make_pair(s, env, cohort, Who(matrix_id="@bo:x.org"), Who(email="cy@x.org"))
         with pytest.raises(CommandError, match="not a member"):
-            await ms.make_pair(s, env, cohort, Who(matrix_id="@zed:x.org"), Who(email="cy@x.org"))
+            await make_pair(s, env, cohort, Who(matrix_id="@zed:x.org"), Who(email="cy@x.org"))
     lane = f"room:pair:{pair.id}"
     mine = [r for r in await world.rows() if r["lane"] == lane]
     assert [r["kind"] for r in mine] == ["room-create", "pair-welcome"]
@@ -160,10 +166,10 @@ async def test_a_mentee_has_one_open_pair_even_at_the_database_level(world: Any)
     async with world.db.transaction() as s:
         env = await world.env(s)
         for who, role in (("@a:x", "mentor"), ("@b:x", "mentor"), ("@m:x", "mentee")):
-            await ms.add_member(s, env, cohort, role, Who(matrix_id=who))
-        await ms.make_pair(s, env, cohort, Who(matrix_id="@a:x"), Who(matrix_id="@m:x"))
+            await add_member(s, env, cohort, role, Who(matrix_id=who))
+        await make_pair(s, env, cohort, Who(matrix_id="@a:x"), Who(matrix_id="@m:x"))
         with pytest.raises(CommandError, match="already paired with a"):
-            await ms.make_pair(s, env, cohort, Who(matrix_id="@b:x"), Who(matrix_id="@m:x"))
+            await make_pair(s, env, cohort, Who(matrix_id="@b:x"), Who(matrix_id="@m:x"))
     with pytest.raises(IntegrityError):
         async with world.db.transaction() as s:
             first = (await s.execute(select(Pair))).scalars().first()
@@ -176,19 +182,19 @@ async def test_relane_moves_waiting_rows_to_the_room_lane_in_order(world: Any) -
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
-        space, _ = await ms.cohort_rooms(s, cohort.id)
+        await add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        space, _ = await cohort_rooms(s, env, cohort.id)
         assert space is not None
         space.room_id, space.status = "!space:x.org", "ready"
-        moved = await ms.relane(s, space)
+        moved = await relane(s, space)
         assert moved == 2  # the create row (still queued here) and Ada's invite, queued later
     rows = [r for r in await world.rows() if r["lane"] == "!space:x.org"]
     assert [r["kind"] for r in rows] == ["room-create", "room-invite"]
     async with world.db.transaction() as s:
         env = await world.env(s)
-        space, _ = await ms.cohort_rooms(s, cohort.id)
+        space, _ = await cohort_rooms(s, env, cohort.id)
         assert space is not None and space.room_id == "!space:x.org"
-        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+        await add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
     assert (await world.rows())[-2]["lane"] == "!space:x.org"  # known room: queued on its id
 
 
@@ -196,24 +202,24 @@ async def test_remove_closes_pairs_and_kicks(world: Any) -> None:
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
-        await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
-        pair, _ = await ms.make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"), Who(matrix_id="@bo:x.org"))
+        await add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        await add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+        pair, _ = await make_pair(s, env, cohort, Who(matrix_id="@ada:x.org"), Who(matrix_id="@bo:x.org"))
         room = (await s.execute(
             select(HubRoom).where(hub_room_table.c.key == f"pair:{pair.id}"))).scalar_one()
         room.room_id, room.status = "!pair:x.org", "ready"
     async with world.db.transaction() as s:
         env = await world.env(s)
-        member, closed = await ms.remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
+        member, closed = await remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
         assert closed == 1 and member.status == "removed"
         with pytest.raises(CommandError, match="not a member"):
-            await ms.remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
+            await remove_member(s, env, cohort, Who(matrix_id="@bo:x.org"))
     kinds = [r["kind"] for r in await world.rows()]
     assert kinds[-4:] == ["pair-goodbye", "room-leave", "room-kick", "room-kick"]
     async with world.db.session() as s:
         pair2 = await s.get(Pair, pair.id)
         assert pair2 is not None and pair2.status == "closed"
-        space, lounge = await ms.cohort_rooms(s, cohort.id)
+        space, lounge = await cohort_rooms(s, env, cohort.id)
         assert space is not None and lounge is not None
         states = {(r.room_pk, r.user_id): r.state for r in (await s.execute(select(RoomMember))).scalars()}
     assert states[(space.id, "@bo:x.org")] == states[(lounge.id, "@bo:x.org")] == "removed"
@@ -221,7 +227,7 @@ async def test_remove_closes_pairs_and_kicks(world: Any) -> None:
     # Added again: reactivated (same row), invited again.
     async with world.db.transaction() as s:
         env = await world.env(s)
-        again, outcome = await ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
+        again, outcome = await add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org"))
         assert outcome == "added" and again.id == member.id
 
 
@@ -241,17 +247,17 @@ async def test_config_sync_creates_cohorts_once_and_follows_moderators(
          "database": {"url": database_urls[backend]}}, base=tmp_path, env={})
     world.settings = replace(data, cohorts=with_cohort.cohorts)
     async with world.db.transaction() as s:
-        changes = await ms.sync_config(s, await world.env(s))
+        changes = await sync_config(s, await world.env(s))
     assert changes == ["cohort spring created from the config"]
     async with world.db.transaction() as s:
-        assert await ms.sync_config(s, await world.env(s)) == []
-        cohort = await ms.get_cohort(s, "spring")
+        assert await sync_config(s, await world.env(s)) == []
+        cohort = await get_cohort(s, "spring")
         assert cohort is not None and cohort.start_date == "2027-03-01" and cohort.source == "config"
     # A second moderator in the config is invited to the space and lounge.
     world.settings = replace(world.settings, matrix=replace(world.settings.matrix,
                                                             moderators=(MOD, "@second:x.org")))
     async with world.db.transaction() as s:
-        changes = await ms.sync_config(s, await world.env(s))
+        changes = await sync_config(s, await world.env(s))
     assert changes and "@second:x.org" in changes[0]
     invited = [r["payload"]["users"] for r in await world.rows() if r["kind"] == "room-invite"]
     assert invited[-2:] == [["@second:x.org"], ["@second:x.org"]]
@@ -261,13 +267,13 @@ async def test_participants_and_room_kinds(world: Any) -> None:
     cohort = await _cohort(world)
     async with world.db.transaction() as s:
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
-        direct = await ms.ensure_direct_room(s, env, "@ada:x.org")
-        assert (await ms.ensure_direct_room(s, env, "@ada:x.org")).id == direct.id
-        await ms.queue_room_message(s, env, direct, "hello", kind="test", dedupe_key="t1")
+        await add_member(s, env, cohort, "mentor", Who(matrix_id="@ada:x.org"))
+        direct = await ensure_direct_room(s, env, "@ada:x.org")
+        assert (await ensure_direct_room(s, env, "@ada:x.org")).id == direct.id
+        await queue_room_message(s, env, direct, "hello", kind="test", dedupe_key="t1")
     async with world.db.session() as s:
-        assert await ms.is_participant(s, "@ada:x.org")
-        assert not await ms.is_participant(s, "@stranger:x.org")
+        assert await is_participant(s, "@ada:x.org")
+        assert not await is_participant(s, "@stranger:x.org")
         count = (await s.execute(select(func.count()).select_from(Member))).scalar()
         assert count == 1
     lane = [r for r in await world.rows() if r["lane"] == "room:direct:@ada:x.org"]
@@ -308,7 +314,7 @@ async def _said(s: Any, result: Any) -> Any:
     """A function's result in words that do not depend on ids (PostgreSQL's differ between runs)."""
     async def who(member_id: int) -> str:
         m = await s.get(Member, member_id)
-        return ms.member_label(m)
+        return member_label(m)
 
     if isinstance(result, list):
         return [await _said(s, r) for r in result]
@@ -377,33 +383,33 @@ async def test_a_batch_writes_what_the_same_calls_write_one_after_another(
                             Who(email="di@x.org"), Who(email="eve@x.org"))
     async with world.db.transaction() as s:  # before: a pair whose room is ready, its mentee email-only
         env = await world.env(s)
-        await ms.add_member(s, env, cohort, "mentor", ada, name="Ada")
-        await ms.add_member(s, env, cohort, "mentee", bo, name="Bo")
-        pair, _ = await ms.make_pair(s, env, cohort, ada, bo)
-        room = await ms.ensure_pair_room(s, env, pair)
+        await add_member(s, env, cohort, "mentor", ada, name="Ada")
+        await add_member(s, env, cohort, "mentee", bo, name="Bo")
+        pair, _ = await make_pair(s, env, cohort, ada, bo)
+        room = await ensure_pair_room(s, env, pair)
         assert room is not None
         room.room_id, room.status = "!ab:x.org", "ready"
 
-    async def story(s: Any, env: ms.Env) -> list[Any]:
+    async def story(s: Any, env: Env) -> list[Any]:
         steps = [
-            lambda: ms.add_member(s, env, cohort, "mentor", cy, name="Cy"),
-            lambda: ms.add_member(s, env, cohort, "mentee", di, name="Di"),
-            lambda: ms.make_pair(s, env, cohort, cy, di),
+            lambda: add_member(s, env, cohort, "mentor", cy, name="Cy"),
+            lambda: add_member(s, env, cohort, "mentee", di, name="Di"),
+            lambda: make_pair(s, env, cohort, cy, di),
             # Bo gets a Matrix id: wanted in the space, the lounge and Ada's ready pair room.
-            lambda: ms.add_member(s, env, cohort, "mentee", bo, matrix_id="@bo:x.org"),
-            lambda: ms.add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org")),
-            lambda: ms.remove_member(s, env, cohort, cy),  # closes Cy and Di's pair
-            lambda: ms.add_member(s, env, cohort, "mentor", cy),  # back: the same row, invited again
-            lambda: ms.add_member(s, env, cohort, "mentee", cy),
-            lambda: ms.make_pair(s, env, cohort, ada, di),  # Di is free again
-            lambda: ms.make_pair(s, env, cohort, cy, di),
-            lambda: ms.add_member(s, env, cohort, "moderator", Who(matrix_id="@mo:x.org")),
-            lambda: ms.add_member(s, env, cohort, "mentee", eve),
-            lambda: ms.make_pairs(s, env, [(cohort, cy, eve), (cohort, cy, eve), (cohort, ada, eve),
+            lambda: add_member(s, env, cohort, "mentee", bo, matrix_id="@bo:x.org"),
+            lambda: add_member(s, env, cohort, "mentee", Who(matrix_id="@bo:x.org")),
+            lambda: remove_member(s, env, cohort, cy),  # closes Cy and Di's pair
+            lambda: add_member(s, env, cohort, "mentor", cy),  # back: the same row, invited again
+            lambda: add_member(s, env, cohort, "mentee", cy),
+            lambda: make_pair(s, env, cohort, ada, di),  # Di is free again
+            lambda: make_pair(s, env, cohort, cy, di),
+            lambda: add_member(s, env, cohort, "moderator", Who(matrix_id="@mo:x.org")),
+            lambda: add_member(s, env, cohort, "mentee", eve),
+            lambda: make_pairs(s, env, [(cohort, cy, eve), (cohort, cy, eve), (cohort, ada, eve),
                                            (cohort, eve, cy), (cohort, cy, Who(email="nobody@x.org"))]),
-            lambda: ms.remove_member(s, env, cohort, eve),
-            lambda: ms.ensure_direct_room(s, env, "@ada:x.org"),  # not a cohort room: asked of the database
-            lambda: ms.find_open_pair(s, env, cohort, ada, di),
+            lambda: remove_member(s, env, cohort, eve),
+            lambda: ensure_direct_room(s, env, "@ada:x.org"),  # not a cohort room: asked of the database
+            lambda: find_open_pair(s, env, cohort, ada, di),
         ]
         said = []
         for step in steps:
@@ -420,8 +426,8 @@ async def test_a_batch_writes_what_the_same_calls_write_one_after_another(
             async with world.db.transaction() as s:
                 env = await world.env(s)
                 if batched:
-                    async with membership_batch.batch(s, env, [cohort.id]):
-                        said = await story(s, env)
+                    async with membership_batch.batch(s, env, [cohort.id]) as batch_env:
+                        said = await story(s, batch_env)
                 else:
                     said = await story(s, env)
                 seen[batched] = (said, await _everything(s))

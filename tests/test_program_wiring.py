@@ -33,10 +33,15 @@ from hub.core.content import Library
 from hub.core.content_library import load_library
 from hub.core.limits import CommandRateLimiter
 from hub.delivery.outbox import Outbox
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort
+from hub.features.config_sync import sync_config
+from hub.features.direct_rooms import ensure_direct_room
+from hub.features.members import add_member
+from hub.features.pairs import make_pair
 from hub.features.participants import load_cohort_view
 from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
+from hub.features.room_queue import load_env
 from hub.inbound import CommandRunner, Services
 from hub.matrix.events import IncomingMessage
 from hub.service import build_registry
@@ -124,16 +129,16 @@ async def make_world(tmp_path: Path, url: str, start: datetime) -> World:
     outbox = Outbox(db, clock)
     settings = make_settings(tmp_path, url)
     async with db.transaction() as s:
-        env = await ms.load_env(s, outbox, clock, settings)
-        await ms.sync_config(s, env)
-        cohort = await ms.get_cohort(s, "winter")
+        env = await load_env(s, outbox, clock, settings)
+        await sync_config(s, env)
+        cohort = await get_cohort(s, "winter")
         assert cohort is not None
         for i, (mentor, mentee) in enumerate(PEOPLE):
-            await ms.add_member(s, env, cohort, "mentor", Who(matrix_id=mentor), name=f"Mentor {i}",
+            await add_member(s, env, cohort, "mentor", Who(matrix_id=mentor), name=f"Mentor {i}",
                                 email=f"mentor{i}@example.org")
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=mentee), name=f"Mentee {i}",
+            await add_member(s, env, cohort, "mentee", Who(matrix_id=mentee), name=f"Mentee {i}",
                                 email=f"mentee{i}@example.org")
-            await ms.make_pair(s, env, cohort, Who(matrix_id=mentor), Who(matrix_id=mentee))
+            await make_pair(s, env, cohort, Who(matrix_id=mentor), Who(matrix_id=mentee))
     global _LIBRARY
     _LIBRARY = _LIBRARY or load_library()  # loading and checking it is most of a test's set-up
     program = ProgramService(db=db, outbox=outbox, clock=clock, settings=lambda: settings, library=_LIBRARY,
@@ -355,14 +360,14 @@ async def test_unpaired_direct_rooms_are_exactly_the_participants_no_pair_room_r
     try:
         t = w.program.targets
         async with w.db.transaction() as s:
-            env = await ms.load_env(s, w.outbox, w.clock, w.settings)
-            cohort = await ms.get_cohort(s, "winter")
+            env = await load_env(s, w.outbox, w.clock, w.settings)
+            cohort = await get_cohort(s, "winter")
             assert cohort is not None
             for user in (lone, dozing, left):
-                await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=user), name=user[1:5])
-            await ms.add_member(s, env, cohort, "mentee", Who(email="paper@example.org"), name="Paper",
+                await add_member(s, env, cohort, "mentee", Who(matrix_id=user), name=user[1:5])
+            await add_member(s, env, cohort, "mentee", Who(email="paper@example.org"), name="Paper",
                                 email="paper@example.org")
-            await ms.add_member(s, env, cohort, "moderator", Who(matrix_id=MOD), name="Lead")
+            await add_member(s, env, cohort, "moderator", Who(matrix_id=MOD), name="Lead")
         now = w.clock.now()
         assert sorted(await t.unpaired_direct_rooms("winter", now)) == sorted([lone, dozing, left])
         async with w.db.transaction() as s:
@@ -450,8 +455,8 @@ async def test_low_checkin_gets_the_guide_and_nothing_reaches_moderators(world: 
     w = world
     ids = await give_rooms_ids(w)
     async with w.db.transaction() as s:
-        env = await ms.load_env(s, w.outbox, w.clock, w.settings)
-        direct = await ms.ensure_direct_room(s, env, PEOPLE[0][1])
+        env = await load_env(s, w.outbox, w.clock, w.settings)
+        direct = await ensure_direct_room(s, env, PEOPLE[0][1])
         direct.room_id, direct.status = "!direct-mentee0:example.org", "ready"
     before = len(await w.rows())
     low = await w.command(PEOPLE[0][1], "!direct-mentee0:example.org", "!hub checkin 2")

@@ -24,8 +24,10 @@ from test_push_rules import spec_rules
 
 from hub.core.calendar import DIRECT_FOR_UNPAIRED, build_calendar
 from hub.core.cohorts import Who
-from hub.features import membership as ms
+from hub.features.cohort_setup import get_cohort
+from hub.features.members import add_member
 from hub.features.program import ProgramService
+from hub.features.room_queue import load_env
 from hub.storage.models import Pair
 
 HUB = "@hub:example.org"
@@ -109,12 +111,12 @@ async def test_webinar_reminders_reach_everyone_once_in_their_pair_or_direct_roo
     lone, dozing, mail_only = "@lone:example.org", "@dozing:example.org", "paper@example.org"
     try:
         async with w.db.transaction() as s:
-            env = await ms.load_env(s, w.outbox, w.clock, w.settings)
-            cohort = await ms.get_cohort(s, "winter")
+            env = await load_env(s, w.outbox, w.clock, w.settings)
+            cohort = await get_cohort(s, "winter")
             assert cohort is not None
             for user, name in ((lone, "Lone"), (dozing, "Dozing")):
-                await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=user), name=name)
-            await ms.add_member(s, env, cohort, "mentee", Who(email=mail_only), name="Paper",
+                await add_member(s, env, cohort, "mentee", Who(matrix_id=user), name=name)
+            await add_member(s, env, cohort, "mentee", Who(email=mail_only), name="Paper",
                                 email=mail_only)
             first = (await s.execute(select(Pair).order_by(Pair.id))).scalars().first()  # type: ignore[arg-type]
             assert first is not None

@@ -17,7 +17,8 @@ import pytest
 from nio import RoomGetStateResponse, RoomMessageNotice, RoomPutStateError, RoomPutStateResponse
 
 from hub.devserver.synapse import SynapseServer
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort
+from hub.features.room_queue import load_env
 
 from cohort_helpers import quiet, room_of
 from conftest import hub_settings, running_hub
@@ -35,8 +36,8 @@ async def test_a_moderator_opening_the_lounge_is_undone_at_once_and_reported_onc
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-            await ms.create_cohort(s, env, slug="open", name="Open", timezone="UTC", start=None,
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            await create_cohort(s, env, slug="open", name="Open", timezone="UTC", start=None,
                                    weeks=12, source="command")
         lounge = await room_of(hub, "lounge:1")
         control = hub.control_room_id

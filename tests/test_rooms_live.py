@@ -27,7 +27,11 @@ from hub.core.cohorts import ROOM_TAG, Who
 from hub.core.commands import RoomKind
 from hub.delivery.outbox import Outbox
 from hub.devserver.synapse import RegisteredUser, SynapseServer
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort
+from hub.features.direct_rooms import ensure_direct_room
+from hub.features.members import add_member
+from hub.features.pairs import make_pair
+from hub.features.room_queue import load_env, queue_room_message
 from hub.features.rooms import RoomKeeper
 from hub.features.roster import import_file
 from hub.matrix.provision import Provision
@@ -224,12 +228,12 @@ async def test_rooms_lost_or_changed_behind_the_hubs_back_are_repaired_and_repor
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-            cohort = await ms.create_cohort(s, env, slug="drift", name="Drift", timezone="UTC", start=None,
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            cohort = await create_cohort(s, env, slug="drift", name="Drift", timezone="UTC", start=None,
                                             weeks=12, source="command")
-            await ms.add_member(s, env, cohort, "mentor", Who(matrix_id=mentor.user_id), name="Ada")
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=mentee.user_id), name="Bo")
-            await ms.make_pair(s, env, cohort, Who(matrix_id=mentor.user_id), Who(matrix_id=mentee.user_id))
+            await add_member(s, env, cohort, "mentor", Who(matrix_id=mentor.user_id), name="Ada")
+            await add_member(s, env, cohort, "mentee", Who(matrix_id=mentee.user_id), name="Bo")
+            await make_pair(s, env, cohort, Who(matrix_id=mentor.user_id), Who(matrix_id=mentee.user_id))
         pair, lounge = await room_of(hub, "pair:1"), await room_of(hub, "lounge:1")
         space = await room_of(hub, "space:1")
         await mentor.wait_joined(pair, mentee.user_id, timeout=20)
@@ -299,12 +303,12 @@ async def test_membership_is_tracked_and_late_joiners_get_one_reminder(
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None and hub.rooms is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-            cohort = await ms.create_cohort(s, env, slug="late", name="Late", timezone="UTC", start=None,
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            cohort = await create_cohort(s, env, slug="late", name="Late", timezone="UTC", start=None,
                                             weeks=12, source="command")
-            await ms.add_member(s, env, cohort, "mentor", Who(matrix_id=joiner.user_id),
+            await add_member(s, env, cohort, "mentor", Who(matrix_id=joiner.user_id),
                                 email="joiner@example.org")
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=sleeper.user_id),
+            await add_member(s, env, cohort, "mentee", Who(matrix_id=sleeper.user_id),
                                 email="sleeper@example.org")
         space = await room_of(hub, "space:1")
         await joiner.wait_joined(space, joiner.user_id, timeout=20)
@@ -346,9 +350,9 @@ async def test_direct_rooms_are_made_when_first_needed(
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-            room = await ms.ensure_direct_room(s, env, person.user_id)
-            await ms.queue_room_message(s, env, room, "How is it going? `!hub checkin 1-5`",
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            room = await ensure_direct_room(s, env, person.user_id)
+            await queue_room_message(s, env, room, "How is it going? `!hub checkin 1-5`",
                                         kind="test", dedupe_key="direct-test")
         direct = await room_of(hub, f"direct:{person.user_id}")
         await person.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and "How is it going" in e.body
@@ -461,12 +465,12 @@ async def test_a_recorded_room_someone_else_created_is_replaced_and_left(
     async with running_hub(settings) as hub:
         assert hub.db is not None and hub.outbox is not None
         async with hub.db.transaction() as s:
-            env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-            cohort = await ms.create_cohort(s, env, slug="forge", name="Forge", timezone="UTC", start=None,
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            cohort = await create_cohort(s, env, slug="forge", name="Forge", timezone="UTC", start=None,
                                             weeks=12, source="command")
-            await ms.add_member(s, env, cohort, "mentor", Who(matrix_id=mentor.user_id), name="Ada")
-            await ms.add_member(s, env, cohort, "mentee", Who(matrix_id=forger.user_id), name="Eve")
-            await ms.make_pair(s, env, cohort, Who(matrix_id=mentor.user_id), Who(matrix_id=forger.user_id))
+            await add_member(s, env, cohort, "mentor", Who(matrix_id=mentor.user_id), name="Ada")
+            await add_member(s, env, cohort, "mentee", Who(matrix_id=forger.user_id), name="Eve")
+            await make_pair(s, env, cohort, Who(matrix_id=mentor.user_id), Who(matrix_id=forger.user_id))
         pair = await room_of(hub, "pair:1")
         forged = await forger.create_room(invite=[bot.user_id], name="Forged")
         await forger.wait_joined(forged, bot.user_id, timeout=20)  # the inviter is a participant

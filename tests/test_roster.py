@@ -284,7 +284,8 @@ def test_an_import_racing_the_running_hubs_config_sync_neither_fails_nor_duplica
     from hub.clock import SystemClock
     from hub.config import load_settings
     from hub.delivery.outbox import Outbox
-    from hub.features import membership as ms
+    from hub.features.config_sync import sync_config
+    from hub.features.room_queue import load_env
     from hub.features.roster import import_file
 
     url = database_urls[backend]
@@ -294,8 +295,8 @@ def test_an_import_racing_the_running_hubs_config_sync_neither_fails_nor_duplica
 
     async def hub_start(db: Any) -> None:
         async with db.transaction() as s:
-            env = await ms.load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)
-            await ms.sync_config(s, env)
+            env = await load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)
+            await sync_config(s, env)
 
     async def go() -> list[Any]:
         db = await open_database(url)

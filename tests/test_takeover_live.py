@@ -23,7 +23,10 @@ from sqlalchemy import select
 
 from hub.core.cohorts import ROOM_TAG, Who
 from hub.devserver.synapse import RegisteredUser, SynapseServer
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort, require_cohort
+from hub.features.members import add_member
+from hub.features.pairs import make_pair
+from hub.features.room_queue import load_env
 from hub.storage.models import HubRoom, hub_room_table
 from hub.storage.models import outbox_table as T
 
@@ -76,13 +79,13 @@ async def test_forged_tags_are_not_adopted_when_a_pair_room_is_retried_after_an_
         async with running_hub(settings) as hub:
             assert hub.db is not None and hub.outbox is not None
             async with hub.db.transaction() as s:
-                env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-                cohort = await ms.create_cohort(s, env, slug="take", name="Take", timezone="UTC",
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                cohort = await create_cohort(s, env, slug="take", name="Take", timezone="UTC",
                                                 start=None, weeks=12, source="command")
                 for role, name in (("mentor", "mentor"), ("mentee", "forger"), ("mentor", "mentor2"),
                                    ("mentee", "mentee2")):
-                    await ms.add_member(s, env, cohort, role, Who(matrix_id=users[name].user_id), name=name)
-                await ms.make_pair(s, env, cohort, Who(matrix_id=users["mentor"].user_id),
+                    await add_member(s, env, cohort, role, Who(matrix_id=users[name].user_id), name=name)
+                await make_pair(s, env, cohort, Who(matrix_id=users["mentor"].user_id),
                                    Who(matrix_id=forger.user_id))
             lounge = await room_of(hub, "lounge:1")
             await room_of(hub, "pair:1")
@@ -118,9 +121,9 @@ async def test_forged_tags_are_not_adopted_when_a_pair_room_is_retried_after_an_
             # The homeserver goes down just as the next pair is made: its room creation fails.
             own_synapse.kill()
             async with hub.db.transaction() as s:
-                env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-                cohort = await ms.require_cohort(s, env, "take")
-                pair, _ = await ms.make_pair(s, env, cohort, Who(matrix_id=mentor2.user_id),
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                cohort = await require_cohort(s, env, "take")
+                pair, _ = await make_pair(s, env, cohort, Who(matrix_id=mentor2.user_id),
                                              Who(matrix_id=mentee2.user_id))
                 key = f"pair:{pair.id}"
             assert key in forged.values(), f"{key} was not forged: the test proves nothing"

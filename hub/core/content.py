@@ -172,6 +172,9 @@ SLOTS: dict[tuple[Kind, Audience, str], str] = {
     (_K.WELCOME, _A.PAIR, "greeting"): "the pair-room welcome, with the video link and backup-plan prompt",
     (_K.WELCOME, _A.PAIR, "launch"): "\"the program starts\" in each pair room on launch day",
     (_K.WELCOME, _A.PERSON, "greeting"): "the direct-room welcome (or welcome email if email-only)",
+    (_K.WELCOME, _A.PAIR, "goodbye"): "`!hub rematch SLUG MENTEE`: the kind goodbye to both (pair room, "
+                                      "and email to an email-only member)",
+    (_K.WELCOME, _A.PERSON, "rematch"): "the answer to a participant's `!hub rematch`",
     (_K.WEBINAR, _A.COHORT, "announcement"): "a webinar announcement (lounge and email)",
     (_K.WEBINAR, _A.COHORT, "reminder"): "the webinar reminders, 24 h and 1 h before (chat and email)",
     (_K.WEBINAR, _A.COHORT, "follow-up"): "after a webinar (lounge)",

@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.core.cohorts import ROLES, Who, is_email, is_matrix_id, parse_who, valid_slug
+from hub.core.matching import MAX_CAPACITY
 from hub.core.names import name_problem
 from hub.errors import RosterError
 
-__all__ = ["COLUMNS", "MAX_ROWS", "Roster", "RosterProblems", "RosterRow", "check_roster", "decode_roster",
-           "parse_roster"]
+__all__ = ["COLUMNS", "MAX_ROWS", "OPTIONAL_COLUMNS", "Roster", "RosterProblems", "RosterRow", "check_roster",
+           "decode_roster", "parse_roster"]
 
 COLUMNS = ("cohort", "role", "name", "email", "matrix_id", "timezone", "mentor")
+# The matching columns (PRODUCT.md "Roster CSV"), in any order after or among the others.
+OPTIONAL_COLUMNS = ("languages", "topics", "capacity", "avoid")
+_MAX_WORD = 60  # one language or topic
 MAX_ROWS = 50_000
 _MAX_PROBLEMS = 50
 _MAX_FIELD = 1000
@@ -41,6 +45,11 @@ class RosterRow:
     matrix_id: str | None
     timezone: str | None
     mentor: Who | None
+    # The matching columns; None where the file has no such column (the stored value stays).
+    languages: tuple[str, ...] | None = None
+    topics: tuple[str, ...] | None = None
+    capacity: int | None = None  # mentors: None when the file has no capacity column
+    avoid: tuple[Who, ...] | None = None  # private: never repeated in any message but the file's own
 
     @property
     def who(self) -> Who:
@@ -50,6 +59,7 @@ class RosterRow:
 @dataclass(frozen=True)
 class Roster:
     rows: tuple[RosterRow, ...]
+    columns: tuple[str, ...] = COLUMNS  # the header as read, so an absent column changes nothing
 
     @property
     def cohorts(self) -> list[str]:
@@ -178,14 +188,15 @@ def check_roster(text: str) -> tuple[Roster, RosterProblems]:
     for r in rows:
         if r.line in bad:
             problems.fail(r.cohort, r.matrix_id, r.email)
-    return Roster(tuple(r for r in rows if r.line not in bad)), problems
+    return Roster(tuple(r for r in rows if r.line not in bad), tuple(header or COLUMNS)), problems
 
 
 def _check_header(header: list[str], line: int, problems: RosterProblems) -> None:
     missing = [c for c in COLUMNS if c not in header]
-    unknown = [c for c in header if c not in COLUMNS]
+    unknown = [c for c in header if c not in COLUMNS and c not in OPTIONAL_COLUMNS]
     dupes = sorted({c for c in header if header.count(c) > 1})
-    expected = f"expected the header {','.join(COLUMNS)}"
+    expected = (f"expected the header {','.join(COLUMNS)}, then any of the optional columns "
+                f"{', '.join(OPTIONAL_COLUMNS)}")
     if unknown:
         problems.add(line, f"unknown column(s) {', '.join(repr(c) for c in unknown)}; {expected}")
     if missing:
@@ -233,6 +244,7 @@ def _row(values: dict[str, str], line: int, problems: RosterProblems) -> RosterR
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America" is a folder, or too long
             problems.add(line, f"timezone {tz!r} is not a known time zone (like Europe/Berlin)")
+    matching = _matching_columns(values, role, line, problems)
     mentor: Who | None = None
     if mentor_text:
         if role != "mentee":
@@ -244,7 +256,56 @@ def _row(values: dict[str, str], line: int, problems: RosterProblems) -> RosterR
                 problems.add(line, f"mentor: {e}")
     if len(problems) != before:
         return None
-    return RosterRow(line, cohort, role, name, email, matrix_id, tz, mentor)
+    return RosterRow(line, cohort, role, name, email, matrix_id, tz, mentor, *matching)
+
+
+def _words(values: dict[str, str], column: str, line: int,
+           problems: RosterProblems) -> tuple[str, ...] | None:
+    """A `;`-separated list, lower case, each word once, in the file's order; None without the column."""
+    if column not in values:
+        return None
+    words: list[str] = []
+    for word in values[column].split(";"):
+        word = " ".join(word.split()).lower()
+        if not word or word in words:
+            continue
+        if len(word) > _MAX_WORD:
+            problems.add(line, f"{column}: {word[:20]!r}... is longer than {_MAX_WORD} characters "
+                               "(separate the items with ;)")
+            return None
+        words.append(word)
+    return tuple(words)
+
+
+def _matching_columns(
+    values: dict[str, str], role: str, line: int, problems: RosterProblems,
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, int | None, tuple[Who, ...] | None]:
+    """languages, topics, capacity and avoid of one row; each problem names its column."""
+    languages = _words(values, "languages", line, problems)
+    topics = _words(values, "topics", line, problems)
+    # An empty cell is the default (1), stored; no column leaves the stored capacity alone.
+    capacity: int | None = 1 if "capacity" in values and role == "mentor" else None
+    raw = _clean(values.get("capacity", ""))
+    if raw:
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_CAPACITY:
+            problems.add(line, f"capacity {raw[:20]!r} is not a whole number from 1 to {MAX_CAPACITY}")
+        elif role != "mentor":
+            problems.add(line, f"only mentor rows have a capacity; this row's role is {role or 'empty'}")
+        else:
+            capacity = int(raw)
+    avoid: tuple[Who, ...] | None = None
+    if "avoid" in values:
+        people: list[Who] = []
+        for text in values["avoid"].split(";"):
+            if not text.strip():
+                continue
+            try:
+                people.append(parse_who(text.strip()))
+            except ValueError:
+                problems.add(line, f"avoid: {text.strip()[:80]!r} is neither a Matrix id nor an email "
+                                   "address (separate people with ;)")
+        avoid = tuple(people)
+    return languages, topics, capacity, avoid
 
 
 def _check_mentors(rows: list[RosterRow], problems: RosterProblems) -> set[int]:

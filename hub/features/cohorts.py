@@ -20,11 +20,16 @@ from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import escape_markdown
 from hub.core.converters import to_slug, to_who
 from hub.core.markup import echo
+from hub.core.membership import PairStatus
 from hub.core.names import check_name
 from hub.core.zones import find_zone
 from hub.errors import ArgumentError, CommandError, UsageError
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort, get_cohort, require_cohort
+from hub.features.members import add_member, remove_member
+from hub.features.pairs import close_pair, find_open_pair, make_pair, set_pair_status
+from hub.features.people import member_label, member_markdown
 from hub.features.ports import Membership, Store
+from hub.features.room_queue import Env
 from hub.storage.models import (
     Cohort,
     HubRoom,
@@ -81,9 +86,9 @@ async def cohort_create(ctx: Ctx) -> Reply:
         if not opts["weeks"].isdigit() or not 1 <= int(opts["weeks"]) <= 104:
             raise UsageError(f"{echo('weeks=' + opts['weeks'])} must be a whole number from 1 to 104.")
         weeks = int(opts["weeks"])
-    if await ms.get_cohort(s, slug) is not None:
+    if await get_cohort(s, slug) is not None:
         raise CommandError(f"Cohort `{slug}` exists already; `{prefix} cohort show {slug}`.")
-    cohort = await ms.create_cohort(s, env, slug=slug, name=name, timezone=tz, start=start,
+    cohort = await create_cohort(s, env, slug=slug, name=name, timezone=tz, start=start,
                                     weeks=weeks, source="command")
     return Reply(
         f"Created cohort **{name}** (`{slug}`): starts {cohort.start_date}, {weeks} weeks, "
@@ -112,7 +117,7 @@ async def cohort_list(ctx: CommandContext[Store]) -> Reply:
 
 async def cohort_show(ctx: Ctx) -> Reply:
     s, env = ctx.ports.session, await ctx.ports.membership()
-    cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+    cohort = await require_cohort(s, env, str(ctx.args["slug"]))
     assert cohort.id is not None
     roles: dict[str, int] = dict((await s.execute(
         select(member_table.c.role, func.count())
@@ -174,10 +179,10 @@ async def add(ctx: Ctx) -> Reply:
             check_name(name, "NAME")
         except ValueError as e:
             raise ArgumentError(str(e)) from None
-    cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+    cohort = await require_cohort(s, env, str(ctx.args["slug"]))
     role = str(ctx.args["role"])
-    member, outcome = await ms.add_member(s, env, cohort, role, who, name=name, email=email)
-    label = ms.member_label(member)
+    member, outcome = await add_member(s, env, cohort, role, who, name=name, email=email)
+    label = member_label(member)
     if outcome == "unchanged":
         return Reply(f"{label} ({who}) is already a {role} in `{cohort.slug}`; nothing changed.")
     if member.matrix_id:
@@ -194,24 +199,24 @@ async def add(ctx: Ctx) -> Reply:
 async def remove(ctx: Ctx) -> Reply:
     s, env = ctx.ports.session, await ctx.ports.membership()
     who: Who = ctx.args["who"]
-    cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
-    member, closed = await ms.remove_member(s, env, cohort, who)
+    cohort = await require_cohort(s, env, str(ctx.args["slug"]))
+    member, closed = await remove_member(s, env, cohort, who)
     extra = f"; {closed} pair{'s' if closed != 1 else ''} closed" if closed else ""
-    return Reply(f"Removed {ms.member_markdown(member)} from `{cohort.slug}`{extra}.")
+    return Reply(f"Removed {member_markdown(member)} from `{cohort.slug}`{extra}.")
 
 
-async def _people(ctx: Ctx) -> tuple[AsyncSession, ms.Env, Cohort, Who, Who]:
+async def _people(ctx: Ctx) -> tuple[AsyncSession, Env, Cohort, Who, Who]:
     s, env = ctx.ports.session, await ctx.ports.membership()
-    cohort = await ms.require_cohort(s, env, str(ctx.args["slug"]))
+    cohort = await require_cohort(s, env, str(ctx.args["slug"]))
     return s, env, cohort, ctx.args["mentor"], ctx.args["mentee"]
 
 
 async def pair(ctx: Ctx) -> Reply:
     s, env, cohort, mentor, mentee = await _people(ctx)
-    p, created = await ms.make_pair(s, env, cohort, mentor, mentee)
+    p, created = await make_pair(s, env, cohort, mentor, mentee)
     a, b = await s.get(Member, p.mentor_id), await s.get(Member, p.mentee_id)
     assert a is not None and b is not None
-    names = f"{ms.member_markdown(a)} & {ms.member_markdown(b)}"
+    names = f"{member_markdown(a)} & {member_markdown(b)}"
     if not created:
         return Reply(f"{names} are already a pair in `{cohort.slug}`; nothing changed.")
     if a.matrix_id or b.matrix_id:
@@ -224,16 +229,16 @@ async def pair(ctx: Ctx) -> Reply:
 
 async def unpair(ctx: Ctx) -> Reply:
     s, env, cohort, mentor, mentee = await _people(ctx)
-    p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-    await ms.close_pair(s, env, p)
+    p = await find_open_pair(s, env, cohort, mentor, mentee)
+    await close_pair(s, env, p)
     return Reply(f"Closed the pair {mentor} & {mentee} in `{cohort.slug}`. The hub says goodbye and "
                  "leaves their room; the history stays with them.")
 
 
 async def pause(ctx: Ctx) -> Reply:
     s, env, cohort, mentor, mentee = await _people(ctx)
-    p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-    if not await ms.set_pair_status(s, env, p, "paused"):
+    p = await find_open_pair(s, env, cohort, mentor, mentee)
+    if not await set_pair_status(s, env, p, PairStatus.PAUSED):
         return Reply(f"{mentor} & {mentee} are already paused; nothing changed.")
     return Reply(f"Paused {mentor} & {mentee}: no scheduled content until "
                  f"`{ctx.prefix} resume {cohort.slug} {mentor} {mentee}`.")
@@ -241,8 +246,8 @@ async def pause(ctx: Ctx) -> Reply:
 
 async def resume(ctx: Ctx) -> Reply:
     s, env, cohort, mentor, mentee = await _people(ctx)
-    p = await ms.find_open_pair(s, env, cohort, mentor, mentee)
-    if not await ms.set_pair_status(s, env, p, "active"):
+    p = await find_open_pair(s, env, cohort, mentor, mentee)
+    if not await set_pair_status(s, env, p, PairStatus.ACTIVE):
         return Reply(f"{mentor} & {mentee} are not paused; nothing changed.")
     return Reply(f"Resumed {mentor} & {mentee}: scheduled content starts again.")
 

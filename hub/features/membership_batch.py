@@ -1,9 +1,9 @@
-"""The bulk-operation Batch: one transaction's membership lookups answered from memory.
+"""The bulk-operation store: one transaction's membership lookups answered from memory.
 
-A roster import runs `membership.add_member` once per CSV row and `make_pairs` once, in one
-transaction; `batch()` makes those calls read the cohorts once and write in bulk (see
-`Batch`). The functions in `hub.features.membership` ask `current_batch(s)` and use it when
-one is open; nothing else here knows of them.
+A roster import runs `members.add_member` once per CSV row and `pairs.make_pairs` once, in
+one transaction; `batch()` gives it an `Env` whose `MembershipStore` is a `BatchStore`, so
+those calls read the cohorts once and write in bulk (see `Batch`). The membership modules
+only see the store Protocol (`hub.core.membership_store`): nothing there knows of batches.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import Who
+from hub.core.membership import OPEN_PAIR, MembershipState, MemberStatus
+from hub.core.membership_store import MembershipRow
+from hub.features.room_queue import Env
+from hub.storage.membership_store import SqlMembershipStore
 from hub.storage.models import (
     HubRoom,
     Member,
@@ -29,12 +33,9 @@ from hub.storage.models import (
     room_member_table,
 )
 
-if TYPE_CHECKING:  # membership imports this module; Env is only a parameter type here
-    from hub.features.membership import Env
+__all__ = ["Batch", "BatchStore", "NewMembership", "batch"]
 
-__all__ = ["Batch", "NewMembership", "batch", "current_batch", "new_id"]
-
-_BATCH = "hub.batch"  # Session.info: the Batch of a bulk operation (a roster import), if any
+_TABLES: dict[str, Table] = {t.name: t for t in (hub_room_table, member_table, pair_table, room_member_table)}
 
 
 class Batch:
@@ -115,7 +116,7 @@ class Batch:
                 self._by_matrix.get((cohort_id, who.matrix_id)) if who.matrix_id else None,
                 self._by_email.get((cohort_id, who.email.lower())) if who.email else None,
             )
-            if m is not None and (m.status == "active" or not active_only)
+            if m is not None and (m.status == MemberStatus.ACTIVE or not active_only)
         ]
         return min(found, key=lambda m: self._rank[id(m)]) if found else None
 
@@ -165,13 +166,14 @@ class Batch:
         objects: plain rows and one executemany save most of the import's ORM bookkeeping.
         """
         assert room.id is not None
-        row = NewMembership(await self.new_id(s, room_member_table), room.id, user_id, "pending", now)
+        row = NewMembership(await self.new_id(s, room_member_table.name), room.id, user_id,
+                            MembershipState.PENDING, now)
         (await self.room_members(s, room))[user_id] = row
         self._new_memberships.append(row)
 
     # ids
 
-    async def new_id(self, s: AsyncSession, table: Table) -> int | None:
+    async def new_id(self, s: AsyncSession, table: str) -> int | None:
         """On SQLite, the id the new row will get; None elsewhere (the database assigns it).
 
         SQLite's ORM inserts with a database-assigned id go one statement per row (their
@@ -184,19 +186,17 @@ class Batch:
         """
         if s.bind is None or s.bind.dialect.name != "sqlite":
             return None
-        next_id = self._next_id.get(table.name)
+        next_id = self._next_id.get(table)
         if next_id is None:
-            next_id = int((await s.execute(select(func.max(table.c.id)))).scalar() or 0) + 1
-        self._next_id[table.name] = next_id + 1
+            next_id = int((await s.execute(select(func.max(_TABLES[table].c.id)))).scalar() or 0) + 1
+        self._next_id[table] = next_id + 1
         return next_id
 
     # the outbox
 
-    def queue(self, env: Env, *, channel: str, kind: str, lane: str, payload: dict[str, Any],
-              dedupe_key: str) -> None:
-        """Buffer one row, exactly as `Outbox.enqueue` would have written it."""
-        self._outbox.append(env.outbox.row(channel=channel, kind=kind, lane=lane, payload=payload,
-                                           dedupe_key=dedupe_key))
+    def queue(self, row: dict[str, Any]) -> None:
+        """Buffer one outbox row (`EffectWriter.row`), written in order when the batch ends."""
+        self._outbox.append(row)
 
     def replace(self, dedupe_key: str, payload: dict[str, Any]) -> bool:
         """Give the buffered row `dedupe_key` a new payload (a welcome completed by a pairing)."""
@@ -245,29 +245,75 @@ class NewMembership:
         return row if self.id is None else {"id": self.id, **row}
 
 
-@asynccontextmanager
-async def batch(s: AsyncSession, env: Env, cohort_ids: Iterable[int]) -> AsyncIterator[Batch]:
-    """Run a bulk operation on `cohort_ids` with a Batch; everything is written when it ends.
+class BatchStore:
+    """`MembershipStore` over a `Batch`: its cohorts from memory, the rest from the database."""
 
+    def __init__(self, b: Batch, sql: SqlMembershipStore) -> None:
+        self.batch = b
+        self.sql = sql
+
+    async def room(self, tx: AsyncSession, key: str) -> HubRoom | None:
+        known, room = self.batch.room(key)
+        if known:
+            return room
+        room = await self.sql.room(tx, key)
+        if room is not None:
+            self.batch.note_room(room, new=False)  # keys are unique: a room found stays the answer
+        return room
+
+    def room_added(self, room: HubRoom) -> None:
+        self.batch.note_room(room, new=True)
+
+    async def membership(self, tx: AsyncSession, room: HubRoom, user_id: str) -> MembershipRow | None:
+        return (await self.batch.room_members(tx, room)).get(user_id)
+
+    async def add_membership(self, tx: AsyncSession, room: HubRoom, user_id: str, now: float) -> None:
+        await self.batch.add_membership(tx, room, user_id, now)
+
+    async def find_member(self, tx: AsyncSession, cohort_id: int, who: Who, *, active_only: bool,
+                          ) -> Member | None:
+        if self.batch.covers(cohort_id):
+            return self.batch.find_member(cohort_id, who, active_only=active_only)
+        return await self.sql.find_member(tx, cohort_id, who, active_only=active_only)
+
+    async def member_saved(self, tx: AsyncSession, member: Member) -> None:
+        # The row waits for the next flush: one INSERT for many people instead of a round
+        # trip each (its id is the batch's on SQLite, the flush's on PostgreSQL).
+        self.batch.note_member(member)
+
+    async def open_pairs_of(self, tx: AsyncSession, member: Member) -> list[Pair]:
+        if self.batch.covers(member.cohort_id):
+            return [p for p in self.batch.pairs_of(member) if p.status in OPEN_PAIR]
+        return await self.sql.open_pairs_of(tx, member)
+
+    async def open_pair_of_mentee(self, tx: AsyncSession, cohort_id: int, mentee: Member) -> Pair | None:
+        if self.batch.covers(cohort_id):
+            return next((p for p in self.batch.pairs_of(mentee)
+                         if p.mentee_id == mentee.id and p.status in OPEN_PAIR), None)
+        return await self.sql.open_pair_of_mentee(tx, cohort_id, mentee)
+
+    def pair_added(self, pair: Pair) -> None:
+        if self.batch.covers(pair.cohort_id):
+            self.batch.note_pair(pair)
+
+    async def new_id(self, tx: AsyncSession, table: str) -> int | None:
+        return await self.batch.new_id(tx, table)
+
+    async def queue(self, tx: AsyncSession, row: dict[str, Any]) -> bool:
+        self.batch.queue(row)
+        return True  # its dedupe key is checked when the batch is written
+
+    async def replace_queued(self, tx: AsyncSession, dedupe_key: str, payload: dict[str, Any]) -> bool:
+        return self.batch.replace(dedupe_key, payload)
+
+
+@asynccontextmanager
+async def batch(s: AsyncSession, env: Env, cohort_ids: Iterable[int]) -> AsyncIterator[Env]:
+    """An `Env` whose store is a Batch on `cohort_ids`; everything is written when it ends.
+
+    Membership functions called with the Env it yields read those cohorts from memory.
     On an exception nothing more is written (the caller's transaction is rolling back).
     """
-    if _BATCH in s.info:
-        raise RuntimeError("a batch is already open in this transaction")
     b = await Batch.load(s, cohort_ids)
-    s.info[_BATCH] = b
-    try:
-        yield b
-        await b.flush(s, env)
-    finally:
-        s.info.pop(_BATCH, None)
-
-
-def current_batch(s: AsyncSession) -> Batch | None:
-    b = s.info.get(_BATCH)
-    return b if isinstance(b, Batch) else None
-
-
-async def new_id(s: AsyncSession, table: Table) -> int | None:
-    """The id for a new row of `table`: None (the database's choice) unless a batch gives one."""
-    b = current_batch(s)
-    return None if b is None else await b.new_id(s, table)
+    yield replace(env, store=BatchStore(b, SqlMembershipStore(env.outbox)))
+    await b.flush(s, env)

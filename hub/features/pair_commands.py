@@ -49,19 +49,24 @@ from hub.storage.models import (
     hub_room_table,
 )
 
-__all__ = ["ICEBREAKERS_PER_DAY", "MAX_PLAN", "PairPorts", "call", "dropped", "icebreaker", "met",
-           "plan_clear", "plan_set", "plan_show", "record_met", "register_pair_commands"]
+__all__ = ["ICEBREAKERS_PER_DAY", "MAX_PLAN", "PairContent", "PairPorts", "PlanPorts", "call", "dropped",
+           "icebreaker", "met", "plan_clear", "plan_set", "plan_show", "record_met", "register_pair_commands"]
 
 ICEBREAKERS_PER_DAY = 3
 MAX_PLAN = 1000  # characters: a plan is a few sentences, and it is pinned and emailed
 PAIR = frozenset({RoomKind.PAIR})
 
 
-class PairPorts(Effects, Timed, Configured, Programmed, Protocol):
-    """What the pair-room commands use: the transaction and outbox, time, settings, the program."""
+class PairContent(Store, Timed, Configured, Programmed, Protocol):
+    """What renders the program's content for a pair: its cohort and week, the video link, the library."""
 
 
-Ctx = CommandContext[PairPorts]
+class PlanPorts(Effects, Timed, Protocol):
+    """Saving or clearing a plan: a row, and the message and pin queued with it."""
+
+
+class PairPorts(PairContent, Effects, Protocol):
+    """Everything the pair-room commands use (`dropped` needs all of it)."""
 
 
 async def record_met(s: AsyncSession, pair: Pair, week: int, how: str, now: float) -> None:
@@ -88,12 +93,13 @@ def _reply(rendered: ct.Rendered, note: str = "", *, for_people: Sequence[Mentio
                  mentions=tuple(for_people))
 
 
-def _pair_vars(ctx: Ctx, view: CohortView, pv: PairView) -> ct.Variables:
+def _pair_vars(ctx: CommandContext[PairContent], view: CohortView, pv: PairView) -> ct.Variables:
     return ct.Variables(cohort=content_cohort(view), week=program_week_of(view, ctx.ports.clock.now()),
                         pair=content_pair(view, pv, ctx.ports.settings().video.base_url))
 
 
-async def _video_nudge(ctx: Ctx, s: AsyncSession, view: CohortView, pv: PairView) -> ct.Rendered:
+async def _video_nudge(ctx: CommandContext[PairContent], s: AsyncSession, view: CohortView,
+                       pv: PairView) -> ct.Rendered:
     """The next video nudge for this pair (they rotate, so a pair does not read the same one twice)."""
     program = ctx.ports.program
     used = await used_items(s, [pv.key], ct.Kind.VIDEO.value)
@@ -115,7 +121,7 @@ async def plan_show(ctx: CommandContext[Store]) -> Reply:
     return Reply(plain, html)
 
 
-async def plan_set(ctx: Ctx) -> Reply:
+async def plan_set(ctx: CommandContext[PlanPorts]) -> Reply:
     text = " ".join(str(ctx.args["text"]).split("\n")).strip()
     if len(text) > MAX_PLAN:
         raise ArgumentError(f"That plan is {len(text)} characters; please keep it under {MAX_PLAN}")
@@ -146,7 +152,7 @@ async def plan_set(ctx: Ctx) -> Reply:
                  f"`{ctx.prefix} dropped` brings it back when a call fails.")
 
 
-async def plan_clear(ctx: Ctx) -> Reply:
+async def plan_clear(ctx: CommandContext[PlanPorts]) -> Reply:
     ports = ctx.ports
     s = ports.session
     _, pv = await pair_of_room(s, ctx.room_id)
@@ -160,7 +166,7 @@ async def plan_clear(ctx: Ctx) -> Reply:
     return Reply(f"Backup plan cleared and unpinned. Save a new one with `{ctx.prefix} plan set TEXT`.")
 
 
-async def dropped(ctx: Ctx) -> Reply:
+async def dropped(ctx: CommandContext[PairPorts]) -> Reply:
     ports = ctx.ports
     s = ports.session
     program = ctx.ports.program
@@ -196,13 +202,13 @@ async def dropped(ctx: Ctx) -> Reply:
     return _reply(rendered, note, for_people=partner)
 
 
-async def call(ctx: Ctx) -> Reply:
+async def call(ctx: CommandContext[PairContent]) -> Reply:
     ports = ctx.ports
     view, pv = await pair_of_room(ports.session, ctx.room_id)
     return _reply(await _video_nudge(ctx, ports.session, view, pv))
 
 
-async def icebreaker(ctx: Ctx) -> Reply:
+async def icebreaker(ctx: CommandContext[PairContent]) -> Reply:
     ports = ctx.ports
     s = ports.session
     program = ctx.ports.program
@@ -236,7 +242,7 @@ async def icebreaker(ctx: Ctx) -> Reply:
     return _reply(program.library.render(chosen, variables))
 
 
-async def met(ctx: Ctx) -> Reply:
+async def met(ctx: CommandContext[PairContent]) -> Reply:
     ports = ctx.ports
     s = ports.session
     view, pv = await pair_of_room(s, ctx.room_id)

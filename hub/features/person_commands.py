@@ -39,8 +39,8 @@ from hub.storage.models import CommandUse, PrivateCheckin
 from hub.storage.models import command_use_table as U
 
 __all__ = ["CONFIRM_PER_DAY", "CONFIRM_WITHIN", "LOW_SCORE", "MAX_SNOOZE_DAYS", "MAX_SUPPORT_CHARS",
-           "PersonPorts", "Prefs", "checkin", "email", "record_private_checkin", "reflect",
-           "register_person_commands", "snooze", "support", "unsnooze"]
+           "EmailPrefs", "Guide", "PersonPorts", "Prefs", "Support", "checkin", "email",
+           "record_private_checkin", "reflect", "register_person_commands", "snooze", "support", "unsnooze"]
 
 LOW_SCORE = 2  # a score at or below this brings the private reflection guide
 MAX_SNOOZE_DAYS = 60
@@ -53,15 +53,24 @@ MAX_SUPPORT_CHARS = 2000  # a request the control room can always receive (a Mat
 _DAY = 86400.0
 
 
-class PersonPorts(Effects, Timed, Configured, Moderators, Programmed, Protocol):
-    """What a person's own commands use: the transaction and outbox, time, settings, the program."""
-
-
 class Prefs(Store, Timed, Protocol):
     """Snoozing reads and writes a preference row at the current time, nothing else."""
 
 
-Ctx = CommandContext[PersonPorts]
+class Guide(Store, Timed, Programmed, Protocol):
+    """A check-in is stored; the reflection guide is rendered from the program's library."""
+
+
+class Support(Effects, Moderators, Protocol):
+    """A support request is one notice queued for the moderators' room."""
+
+
+class EmailPrefs(Effects, Timed, Configured, Protocol):
+    """An email preference, or a new address and the confirmation mail queued for it."""
+
+
+class PersonPorts(Guide, Support, EmailPrefs, Protocol):
+    """Everything a person's own commands use."""
 
 
 async def _use_daily(session: AsyncSession, keys: list[str], now: datetime, limit: int) -> float | None:
@@ -91,7 +100,7 @@ async def record_private_checkin(s: AsyncSession, cohort_id: int | None, week: i
     s.add(PrivateCheckin(cohort_id=cohort_id, week=week, score=score, at=now))
 
 
-async def _guide(ctx: Ctx) -> Reply:
+async def _guide(ctx: CommandContext[Guide]) -> Reply:
     """The private reflection guide, rendered for the person asking."""
     ports = ctx.ports
     program = ports.program
@@ -113,7 +122,7 @@ async def _guide(ctx: Ctx) -> Reply:
     return Reply(rendered.body, rendered.formatted_body)
 
 
-async def checkin(ctx: Ctx) -> Reply:
+async def checkin(ctx: CommandContext[Guide]) -> Reply:
     ports = ctx.ports
     now = ports.clock.now()
     mine = await memberships(ports.session, ctx.sender)
@@ -139,11 +148,11 @@ async def checkin(ctx: Ctx) -> Reply:
                  f"If things change, `{ctx.prefix} reflect` opens a short guide any time.")
 
 
-async def reflect(ctx: Ctx) -> Reply:
+async def reflect(ctx: CommandContext[Guide]) -> Reply:
     return await _guide(ctx)
 
 
-async def support(ctx: Ctx) -> Reply:
+async def support(ctx: CommandContext[Support]) -> Reply:
     ports = ctx.ports
     control = ports.control_room
     if not control:
@@ -163,7 +172,7 @@ async def support(ctx: Ctx) -> Reply:
                  "your partner isn't told.")
 
 
-async def email(ctx: Ctx) -> Reply:
+async def email(ctx: CommandContext[EmailPrefs]) -> Reply:
     ports = ctx.ports
     now = ports.clock.now()
     setting, code = str(ctx.args["setting"]), ctx.args.get("code")

@@ -27,8 +27,8 @@ from hub.program import ProgramState
 
 if TYPE_CHECKING:
     from hub.features.digest import Edition
-    from hub.features.membership import Env
     from hub.features.participants import CohortView
+    from hub.features.room_queue import Env
 
 __all__ = [
     "CommandPorts",
@@ -94,7 +94,7 @@ class Effects(Store, Protocol):
 
 class Membership(Store, Protocol):
     async def membership(self) -> Env:
-        """What the membership operations need (hub.features.membership), for this transaction."""
+        """What the membership operations need (hub.features.room_queue), for this transaction."""
         ...
 
 

@@ -49,8 +49,8 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import EMAIL, Outbox
 from hub.email.payload import Attachment, email_payload, normalize_address
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
 from hub.features import person_mail
+from hub.features.direct_rooms import ensure_direct_room
 from hub.features.participants import (
     CohortView,
     PairView,
@@ -62,7 +62,9 @@ from hub.features.participants import (
     room_row,
     used_items,
 )
+from hub.features.people import member_label
 from hub.features.program_unsent import Unsent, is_transient, reason_of, unsent_alert
+from hub.features.room_queue import load_env
 from hub.features.subscribers import list_headers, list_id
 from hub.program import ProgramRunner, target_set
 from hub.program_store import SqlProgramState
@@ -401,8 +403,8 @@ class ProgramService:
                 out += self._pair_rows(s, view, item, pv, t.id, keys[t], week, source, used.get(t.id, []),
                                        now)
             except Exception as e:
-                self.leave_out(unsent, item, f"the pair room of {ms.member_label(pv.mentor)} & "
-                                             f"{ms.member_label(pv.mentee)}", e)
+                self.leave_out(unsent, item, f"the pair room of {member_label(pv.mentor)} & "
+                                             f"{member_label(pv.mentee)}", e)
         return out
 
     def _pair_rows(self, s: AsyncSession, view: CohortView, item: CalendarItem, pv: PairView, scope: str,
@@ -447,7 +449,7 @@ class ProgramService:
         reminder = item.kind in DIRECT_FOR_UNPAIRED
         if item.kind is not ItemKind.REFLECTION and not reminder:
             return []
-        env = await ms.load_env(s, self.outbox, self.clock, self.settings())
+        env = await load_env(s, self.outbox, self.clock, self.settings())
         chosen = (self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
                   if reminder else self.library.pick(ct.Kind.CHECKIN, ct.Audience.PERSON))
         kind = f"program-{item.kind.value}" if reminder else "program-private-checkin"
@@ -465,10 +467,10 @@ class ProgramService:
                                         partner=content_person(view, partner) if partner else None))
                 rendered = self.library.render(chosen, variables)
             except Exception as e:
-                self.leave_out(unsent, item, f"{ms.member_label(member)} ({t.id})", e)
+                self.leave_out(unsent, item, f"{member_label(member)} ({t.id})", e)
                 continue
             # Made only once the message rendered: a person left out gets no room for nothing.
-            room = await ms.ensure_direct_room(s, env, t.id)
+            room = await ensure_direct_room(s, env, t.id)
             out.append(prompt_row(room, rendered, mentions(member), kind=kind, dedupe_key=keys[t], week=week))
         return out
 
@@ -510,7 +512,7 @@ class ProgramService:
                                             **reply_to},
                                         attachments=ics)
             except Exception as e:
-                self.leave_out(unsent, item, f"{ms.member_label(member)} <{address}>", e)
+                self.leave_out(unsent, item, f"{member_label(member)} <{address}>", e)
                 continue
             out.append({"channel": EMAIL, "kind": f"program-{item.kind.value}",
                         "lane": normalize_address(address), "payload": dict(payload),
@@ -536,7 +538,7 @@ class ProgramService:
             addresses={m.id or 0: view.address(m) for m in people},
             question=question, week=week, key=item.key, now=self.clock.now())
         for member, address, e in left_out:
-            self.leave_out(unsent, item, f"{ms.member_label(member)} <{address}>", e)
+            self.leave_out(unsent, item, f"{member_label(member)} <{address}>", e)
         return rows
 
     # -- the pinned backup plan -------------------------------------------------------------------

@@ -26,7 +26,7 @@ from hub.delivery.outbox import EMAIL
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
 from hub.features.participants import CohortView, load_cohort_view, program_week_of, room_row
-from hub.features.ports import Configured, Effects, Programmed, Timed
+from hub.features.ports import Configured, Effects, Programmed, Store, Timed
 from hub.features.program import ANNOUNCE_DELAY, email_headers, suppressed
 from hub.features.subscribers import list_headers
 from hub.matrix.events import notice_content
@@ -37,22 +37,32 @@ from hub.storage.models import (
     checkin_answer_table,
     content_use_table,
     hub_room_table,
+    rematch_request_table,
     room_member_table,
     webinar_table,
 )
 
-__all__ = ["QUIET_DAYS", "CohortReport", "ProgramPorts", "announce", "build_report",
-           "register_program_commands", "report", "send", "webinar"]
+__all__ = ["QUIET_DAYS", "Announcing", "CohortReport", "ProgramPorts", "Scheduling", "Sending", "announce",
+           "build_report", "register_program_commands", "report", "send", "webinar"]
 
 QUIET_DAYS = 14
 _SEND_KINDS = ("icebreaker", "checkin", "reflection")
 
 
-class ProgramPorts(Effects, Timed, Configured, Programmed, Protocol):
-    """What the program commands use: the transaction and outbox, time, settings, the program."""
+class Scheduling(Store, Timed, Programmed, Protocol):
+    """Reading or adding to a cohort's calendar (`webinar`, `report`)."""
 
 
-Ctx = CommandContext[ProgramPorts]
+class Sending(Effects, Timed, Programmed, Protocol):
+    """`send`: a calendar item's rows now, queued in the command's transaction."""
+
+
+class Announcing(Effects, Timed, Configured, Protocol):
+    """`announce`: a lounge post and emails (settings say whether email is on)."""
+
+
+class ProgramPorts(Scheduling, Sending, Announcing, Protocol):
+    """Everything the program commands use."""
 
 
 async def _view(s: AsyncSession, slug: str, prefix: str) -> CohortView:
@@ -71,6 +81,7 @@ class CohortReport:
     opted_out: int = 0
     bounced: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # calendar items missed while down, by kind
+    rematch: Counter[str] = field(default_factory=Counter)  # `!hub rematch`: participant | moderator
 
     def lines(self, slug: str) -> list[str]:
         p = self.pairs
@@ -85,6 +96,8 @@ class CohortReport:
             f"- Email: {self.bounced} bounced (suppressed), {self.opted_out} opted out, "
             f"{self.no_address} without an address",
             f"- Scheduled items skipped while the hub was down: {skipped}",
+            f"- Rematch requests: {self.rematch['participant']} from participants; "
+            f"{self.rematch['moderator']} pairs closed for a rematch",
         ]
 
 
@@ -136,10 +149,13 @@ async def build_report(
             addresses.append(address)
     r.bounced = len(await suppressed(s, addresses))
     r.skipped.update(item.kind for item in await state.skipped(view.cohort.slug))
+    r.rematch.update(dict((await s.execute(
+        select(rematch_request_table.c.source, func.count()).where(rematch_request_table.c.cohort_id == cid)
+        .group_by(rematch_request_table.c.source))).all()))
     return r
 
 
-async def webinar(ctx: Ctx) -> Reply:
+async def webinar(ctx: CommandContext[Scheduling]) -> Reply:
     ports = ctx.ports
     s = ports.session
     program = ports.program
@@ -171,7 +187,7 @@ async def webinar(ctx: Ctx) -> Reply:
                  f"{', '.join(reminders) or 'none (too soon)'} before; a follow-up after.")
 
 
-async def send(ctx: Ctx) -> Reply:
+async def send(ctx: CommandContext[Sending]) -> Reply:
     ports = ctx.ports
     s = ports.session
     program = ports.program
@@ -193,7 +209,7 @@ async def send(ctx: Ctx) -> Reply:
     return Reply(f"Sent the {kind.value} now to {' and '.join(parts)} of `{view.cohort.slug}`.")
 
 
-async def announce(ctx: Ctx) -> Reply:
+async def announce(ctx: CommandContext[Announcing]) -> Reply:
     ports = ctx.ports
     s = ports.session
     settings = ports.settings()
@@ -231,7 +247,7 @@ async def announce(ctx: Ctx) -> Reply:
                  f"{'person' if emailed == 1 else 'people'}.")
 
 
-async def report(ctx: Ctx) -> Reply:
+async def report(ctx: CommandContext[Scheduling]) -> Reply:
     ports = ctx.ports
     program = ports.program
     view = await _view(ports.session, str(ctx.args["slug"]), ctx.prefix)

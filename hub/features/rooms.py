@@ -42,11 +42,29 @@ from hub.core.cohorts import (
 )
 from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
+from hub.core.effects import FixState, Invite, Kick, StateEvent
 from hub.core.markup import markdown_to_matrix
+from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
-from hub.features import membership as ms
+from hub.features.cohort_setup import cohort_rooms
+from hub.features.config_sync import sync_config
+from hub.features.direct_rooms import adopt_direct_room, drop_direct_room
+from hub.features.pairs import ensure_pair_room
+from hub.features.people import is_participant, member_label, member_markdown
+from hub.features.room_queue import (
+    Env,
+    leave_by_id,
+    load_env,
+    queue_create,
+    queue_email,
+    queue_room_message,
+    queue_room_op,
+    relane,
+    users_in,
+)
+from hub.features.room_spec import build_spec, desired_members
 from hub.matrix.events import StateChange, notice_content, state_changes
 from hub.matrix.provision import Provision, RoomSnapshot
 from hub.matrix.sender import MatrixSender
@@ -69,7 +87,7 @@ log = logging.getLogger(__name__)
 
 REMINDER_AFTER = 48 * 3600.0
 _KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT,
-          ms.DM: RoomKind.DIRECT}
+          HubRoomKind.DM: RoomKind.DIRECT}
 _LIVE = ("pending", "creating", "ready", "closing")
 _DRIFT_RECHECKS = 5  # a drift fix looks again this many times for a change that came back
 
@@ -112,7 +130,7 @@ class RoomKeeper:
         self.last_report: ReconcileReport | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._config_mtime: float | None = None
-        self._env: ms.Env | None = None
+        self._env: Env | None = None
         self._ticks = 0
         self._told: set[str] = set()  # state event ids of drift already told to the moderators
 
@@ -130,10 +148,10 @@ class RoomKeeper:
         sender.resolve_room_key = self.resolve
         sender.load_room = self.provision.load_room
 
-    async def env(self, s: AsyncSession) -> ms.Env:
+    async def env(self, s: AsyncSession) -> Env:
         settings = self.settings()
         if self._env is None or self._env.settings is not settings:
-            self._env = await ms.load_env(s, self.outbox, self.clock, settings)
+            self._env = await load_env(s, self.outbox, self.clock, settings)
         return self._env
 
     async def start(self) -> None:
@@ -197,7 +215,7 @@ class RoomKeeper:
 
     async def is_participant(self, user_id: str) -> bool:
         async with self.db.session() as s:
-            return await ms.is_participant(s, user_id)
+            return await is_participant(s, user_id)
 
     # -- ops (called by the Matrix sender for outbox rows) ------------------------------------------
 
@@ -222,9 +240,9 @@ class RoomKeeper:
                 # `closing`: closed while being created; make (or find) it, then the queued
                 # goodbye and leave follow.
                 retry = room.status in ("creating", "closing")
-                spec, _ = await ms.build_spec(s, env, room)
+                spec, _ = await build_spec(s, env, room)
                 if room.kind == "lounge" and spec.parent_space is None:
-                    space, _ = await ms.cohort_rooms(s, room.cohort_id or 0)
+                    space, _ = await cohort_rooms(s, env, room.cohort_id or 0)
                     if space is not None and space.status != "closed":
                         raise TemporaryDeliveryError("waiting for the cohort's space", retry_after=1.0)
                 known: set[str] = set()
@@ -233,7 +251,7 @@ class RoomKeeper:
                         hub_room_table.c.room_id.is_not(None)))).scalars() if r}
                 if room.status == "pending":
                     room.status = "creating"
-            invitees = ms.users_in((await s.execute(select(RoomMember).where(
+            invitees = users_in((await s.execute(select(RoomMember).where(
                 room_member_table.c.room_pk == room.id))).scalars(), "pending")
         if room_id is None:
             # Committed: a crash from here on finds `creating` and looks before creating.
@@ -266,12 +284,12 @@ class RoomKeeper:
             elif room.room_id != room_id:
                 # The person opened a direct chat while this one was being made: theirs is
                 # used (`adopt_direct`), this one is left.
-                await ms.leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
+                await leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
                 return f"superseded by {room.room_id}"
             if room.status == "creating":
                 room.status, room.ready_at = "ready", env.now()
             await self._mark_invited(s, env, room, done, failed, row)
-            await ms.relane(s, room)
+            await relane(s, room)
             await self._after_created(s, env, room)
         return room_id
 
@@ -292,7 +310,7 @@ class RoomKeeper:
         await asyncio.gather(*(one(u) for u in users))
         return done, failed
 
-    async def _mark_invited(self, s: AsyncSession, env: ms.Env, room: HubRoom, done: list[str],
+    async def _mark_invited(self, s: AsyncSession, env: Env, room: HubRoom, done: list[str],
                             failed: list[str], row: Claimed) -> None:
         now = env.now()
         for rm in (await s.execute(select(RoomMember).where(
@@ -304,17 +322,17 @@ class RoomKeeper:
             await self._alert(s, env, f"Could not invite to {await self._describe(s, room)}: "
                               + "; ".join(failed), dedupe=f"invite-failed:{row.txn_id}")
 
-    async def _after_created(self, s: AsyncSession, env: ms.Env, room: HubRoom) -> None:
+    async def _after_created(self, s: AsyncSession, env: Env, room: HubRoom) -> None:
         assert room.id is not None and room.room_id is not None
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
-            space, lounge = await ms.cohort_rooms(s, room.cohort_id)
+            space, lounge = await cohort_rooms(s, env, room.cohort_id)
             # The space lists the lounge; a replaced space also needs the lounge's links redone.
             if space is not None and space.room_id and lounge is not None and lounge.room_id:
-                await ms.queue_room_op(s, env, space, "room_fix", {"demote": []}, kind="room-fix",
+                await queue_room_op(s, env, space, FixState(space.key), kind="room-fix",
                                        dedupe_key=f"fix:{space.key}:{space.generation}:"
                                                   f"{lounge.generation}:link")
                 if room.kind == "space":
-                    await ms.queue_room_op(s, env, lounge, "room_fix", {"demote": []}, kind="room-fix",
+                    await queue_room_op(s, env, lounge, FixState(lounge.key), kind="room-fix",
                                            dedupe_key=f"fix:{lounge.key}:{lounge.generation}:"
                                                       f"{space.generation}:parent")
 
@@ -369,7 +387,7 @@ class RoomKeeper:
         key = str(p["room_key"])
         async with self.db.session() as s:
             found = await self._by_key(s, key)
-        if found is not None and found.kind == ms.DM:
+        if found is not None and found.kind == HubRoomKind.DM:
             return "not the hub's room: its state is the person's"  # a fix queued before adoption
         room_id = await self.resolve(key)
         snap = await self.provision.snapshot(room_id)
@@ -379,7 +397,7 @@ class RoomKeeper:
             env = await self.env(s)
             room = await self._by_key(s, key)
             assert room is not None
-            spec, children = await ms.build_spec(s, env, room)
+            spec, children = await build_spec(s, env, room)
         fixes = state_fixes(spec, snap.state, hub=env.hub_user, room_version=snap.room_version,
                             child_rooms=children)
         demote = [u for u in p.get("demote", []) if u not in spec.moderators]
@@ -441,7 +459,7 @@ class RoomKeeper:
         Only a room the person created, with the two of them in it and nobody else
         invited, counts (its state is read after joining: an invite's stripped state does
         not list members). Anything else stays an ordinary room, with a word saying why.
-        Adopted, it is theirs, never the hub's (`ms.DM`): the hub sends only what is meant
+        Adopted, it is theirs, never the hub's (`HubRoomKind.DM`): the hub sends only what is meant
         for the person and watches who is in it (`_dm_member`, `_check_dm`).
         """
         hub = self.settings().matrix.user_id
@@ -452,7 +470,7 @@ class RoomKeeper:
         async with self.db.transaction() as s:
             env = await self.env(s)
             if why is None:
-                adopted, old = await ms.adopt_direct_room(s, env, user_id, room_id)
+                adopted, old = await adopt_direct_room(s, env, user_id, room_id)
                 why = None if adopted else "the hub already uses it for something else"
             if why is not None:
                 log.info("%s is not a direct room with %s: %s", room_id, user_id, why)
@@ -460,7 +478,7 @@ class RoomKeeper:
                 return False
             await self._say(s, env, room_id, _hello_text(env.prefix), f"dm-hello:{room_id}")
             if old is not None:
-                await ms.leave_by_id(s, env, old, _REPLACED, key=f"direct:{user_id}:replaced")
+                await leave_by_id(s, env, old, _REPLACED, key=f"direct:{user_id}:replaced")
         log.info("adopted %s as the direct room of %s%s", room_id, user_id,
                  f" (instead of {old})" if old else "")
         self.provision.feed(room_id, snap.events)  # nio may not have synced it yet: the hello is next
@@ -471,23 +489,23 @@ class RoomKeeper:
             log.warning("m.direct not updated for %s: %s", room_id, e.reason)
         return True
 
-    async def _say(self, s: AsyncSession, env: ms.Env, room_id: str, markdown: str, dedupe: str) -> None:
+    async def _say(self, s: AsyncSession, env: Env, room_id: str, markdown: str, dedupe: str) -> None:
         body, html = markdown_to_matrix(markdown)
         await env.outbox.enqueue(s, channel=MATRIX, kind="room-notice", lane=room_id,
                                  payload={"op": "message", "room_id": room_id, "type": "m.room.message",
                                           "content": notice_content(body, html)},
                                  dedupe_key=dedupe)
 
-    async def _dm_member(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str, state: str) -> None:
+    async def _dm_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str, state: str) -> None:
         """Someone's membership changed in an adopted direct room (seen by the sync)."""
         if room.status != "ready":
             return
         if user == room.user_id:
             if state in ("left", "banned"):
-                await ms.drop_direct_room(s, env, room, None)  # they left it: nobody to tell
+                await drop_direct_room(s, env, room, None)  # they left it: nobody to tell
         elif state in ("invited", "joined"):
             log.info("%s is no longer a direct room: %s %s", room.room_id, user, state)
-            await ms.drop_direct_room(s, env, room, _NOT_PRIVATE)
+            await drop_direct_room(s, env, room, _NOT_PRIVATE)
 
     async def _check_dm(self, room: HubRoom) -> None:
         """An adopted direct room at start: still the two of them? Nothing else is checked or set."""
@@ -508,11 +526,11 @@ class RoomKeeper:
             if gone:
                 fresh.status = "closed"  # removed from it, or the room is gone: nothing to leave
             else:
-                await ms.drop_direct_room(s, env, fresh, _NOT_PRIVATE)
+                await drop_direct_room(s, env, fresh, _NOT_PRIVATE)
 
     # -- alerts ------------------------------------------------------------------------------------
 
-    async def _alert(self, s: AsyncSession, env: ms.Env, text: str, *, dedupe: str) -> None:
+    async def _alert(self, s: AsyncSession, env: Env, text: str, *, dedupe: str) -> None:
         control = self.control_room()
         if not control:
             log.warning("%s", text)
@@ -534,8 +552,8 @@ class RoomKeeper:
             if pair is not None:
                 a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if a is not None and b is not None:
-                    return f"the pair room of {ms.member_markdown(a)} & {ms.member_markdown(b)}"
-        if room.kind in ("direct", ms.DM):
+                    return f"the pair room of {member_markdown(a)} & {member_markdown(b)}"
+        if room.kind in ("direct", HubRoomKind.DM):
             return f"the direct room with {escape_markdown(room.user_id or '?')}"
         return f"room {room.key}"
 
@@ -574,7 +592,7 @@ class RoomKeeper:
                     self._tasks.append(task)
             await self._queue_drift_fixes(s, env, rooms, drift, str(resp.next_batch))
 
-    async def _queue_drift_fixes(self, s: AsyncSession, env: ms.Env, rooms: dict[str | None, HubRoom],
+    async def _queue_drift_fixes(self, s: AsyncSession, env: Env, rooms: dict[str | None, HubRoom],
                                  drift: list[StateChange], batch: str) -> None:
         """Someone changed what the hub owns in one of its rooms: a fix row per room and sync batch.
 
@@ -584,11 +602,11 @@ class RoomKeeper:
         """
         for room_id in dict.fromkeys(c.room_id for c in drift):
             room = rooms.get(room_id)
-            if room is None or room.status != "ready" or room.kind == ms.DM:
+            if room is None or room.status != "ready" or room.kind == HubRoomKind.DM:
                 continue  # an adopted direct room's state is its maker's, not the hub's
             # Keyed by the batch, not the event: state resolution can bring an event back
             # that was fixed already, and the sync then shows the same event id again.
-            await ms.queue_room_op(s, env, room, "room_fix", {"demote": [], "drift": True},
+            await queue_room_op(s, env, room, FixState(room.key, drift=True),
                                    kind="room-fix", dedupe_key=f"fix:{room.key}:drift:{batch}")
 
     async def _check_later(self, key: str) -> None:
@@ -599,7 +617,7 @@ class RoomKeeper:
             await self.check_room(room, report)
             await self._report(report)
 
-    async def _record(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str, membership: str,
+    async def _record(self, s: AsyncSession, env: Env, room: HubRoom, user: str, membership: str,
                       *, welcome: bool) -> None:
         rm = (await s.execute(select(RoomMember).where(
             (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user)
@@ -608,7 +626,7 @@ class RoomKeeper:
         state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(membership)
         if state is None:
             return
-        if room.kind == ms.DM:
+        if room.kind == HubRoomKind.DM:
             await self._dm_member(s, env, room, user, state)
             return
         if rm is None:
@@ -626,7 +644,7 @@ class RoomKeeper:
             if welcome and room.kind == "pair":
                 await self._welcome_member(s, env, room, user)
 
-    async def _welcome_member(self, s: AsyncSession, env: ms.Env, room: HubRoom, user: str) -> None:
+    async def _welcome_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str) -> None:
         """A member's own welcome when they join: their devices may postdate the first one."""
         if room.pair_id is None:
             return
@@ -638,10 +656,10 @@ class RoomKeeper:
         if a is None or b is None or cohort is None:
             return
         me = a if a.matrix_id == user else b
-        text = pair_welcome(mentor=ms.member_label(a), mentee=ms.member_label(b), cohort=cohort.name,
+        text = pair_welcome(mentor=member_label(a), mentee=member_label(b), cohort=cohort.name,
                             link=video_url(env.settings.video.base_url, pair.video_name),
-                            prefix=env.prefix, for_name=ms.member_label(me))
-        await ms.queue_room_message(s, env, room, text, kind="pair-welcome",
+                            prefix=env.prefix, for_name=member_label(me))
+        await queue_room_message(s, env, room, text, kind="pair-welcome",
                                     dedupe_key=f"welcome:{room.key}:{room.generation}:{user}")
 
     # -- reconcile -------------------------------------------------------------------------------------
@@ -651,7 +669,7 @@ class RoomKeeper:
         report = ReconcileReport(repaired=[], replaced=[], problems=[])
         async with self.db.transaction() as s:
             env = await self.env(s)
-            for change in await ms.sync_config(s, env):
+            for change in await sync_config(s, env):
                 log.info("config: %s", change)
             rooms = list((await s.execute(select(HubRoom).where(
                 hub_room_table.c.status.in_(_LIVE)))).scalars())
@@ -676,7 +694,7 @@ class RoomKeeper:
                  len(report.repaired or []), len(report.replaced or []), len(report.problems or []))
         return report
 
-    async def _ensure_creation(self, s: AsyncSession, env: ms.Env, room: HubRoom,
+    async def _ensure_creation(self, s: AsyncSession, env: Env, room: HubRoom,
                                report: ReconcileReport) -> None:
         """A room without an id must have a live create row; a failed one is tried again."""
         row = (await s.execute(select(outbox_table.c.status).where(
@@ -686,18 +704,18 @@ class RoomKeeper:
             room.status = "pending"
             assert report.problems is not None
             report.problems.append(f"creating {await self._describe(s, room)} had failed; trying again")
-            await ms.queue_create(s, env, room)
+            await queue_create(s, env, room)
             if room.kind == "pair" and room.pair_id is not None:
                 pair = await s.get(Pair, room.pair_id)
                 if pair is not None:
-                    await ms.ensure_pair_room(s, env, pair)
+                    await ensure_pair_room(s, env, pair)
         elif row is None:
-            await ms.queue_create(s, env, room)
+            await queue_create(s, env, room)
 
     async def check_room(self, room: HubRoom, report: ReconcileReport) -> None:
         assert room.room_id is not None and report.repaired is not None
         hub = self.settings().matrix.user_id
-        if room.kind == ms.DM:
+        if room.kind == HubRoomKind.DM:
             await self._check_dm(room)
             return
         snap = await self.provision.snapshot(room.room_id)
@@ -724,20 +742,20 @@ class RoomKeeper:
             fresh = await self._by_key(s, room.key)
             if fresh is None or fresh.room_id != room.room_id:
                 return
-            spec, children = await ms.build_spec(s, env, fresh)
+            spec, children = await build_spec(s, env, fresh)
             fixes = state_fixes(spec, snap.state, hub=hub, room_version=snap.room_version,
                                 child_rooms=children)
             if fixes:
-                await ms.queue_room_op(s, env, fresh, "room_fix", {"demote": []}, kind="room-fix",
+                await queue_room_op(s, env, fresh, FixState(fresh.key), kind="room-fix",
                                        dedupe_key=f"fix:{fresh.key}:reconcile:{self.clock.now().timestamp()}")
                 report.repaired.append(f"{await self._describe(s, fresh)}: "
                                        + ", ".join(f.reason for f in fixes))
             await self._check_members(s, env, fresh, snap, report)
 
-    async def _check_members(self, s: AsyncSession, env: ms.Env, room: HubRoom, snap: RoomSnapshot,
+    async def _check_members(self, s: AsyncSession, env: Env, room: HubRoom, snap: RoomSnapshot,
                              report: ReconcileReport) -> None:
         assert report.repaired is not None
-        wanted = await ms.desired_members(s, env, room)
+        wanted = await desired_members(s, env, room)
         rows = {r.user_id: r for r in (await s.execute(select(RoomMember).where(
             room_member_table.c.room_pk == room.id))).scalars()}
         now = env.now()
@@ -766,7 +784,7 @@ class RoomKeeper:
                         rm.joined_at = now
             rm.updated_at = now
         if missing:
-            await ms.queue_room_op(s, env, room, "invite", {"users": missing}, kind="room-invite",
+            await queue_room_op(s, env, room, Invite(room.key, tuple(missing)), kind="room-invite",
                                    dedupe_key=f"invite:{room.key}:reconcile:{now}")
             report.repaired.append(f"{await self._describe(s, room)}: invited {', '.join(missing)}")
         if room.kind in ("pair", "direct"):
@@ -778,9 +796,8 @@ class RoomKeeper:
             stuck = [u for u in extra if snap.outranks(u, hub)]
             removing = [u for u in extra if u not in stuck]
             for user in removing:
-                await ms.queue_room_op(s, env, room, "kick",
-                                       {"user": user, "reason": "this room is only for its pair"},
-                                       kind="room-kick", dedupe_key=f"kick:{room.key}:{user}:{now}")
+                await queue_room_op(s, env, room, Kick(room.key, user, "this room is only for its pair"),
+                                    kind="room-kick", dedupe_key=f"kick:{room.key}:{user}:{now}")
             what = await self._describe(s, room)
             if removing:
                 report.repaired.append(f"{what}: removing {', '.join(map(escape_markdown, removing))}")
@@ -811,17 +828,17 @@ class RoomKeeper:
                 room_member_table.c.room_pk == fresh.id))).scalars():
                 if rm.state != "removed":
                     rm.state, rm.invited_at, rm.joined_at = "pending", None, None
-            await ms.queue_create(s, env, fresh)
+            await queue_create(s, env, fresh)
             if fresh.kind == "pair" and fresh.pair_id is not None:
                 pair = await s.get(Pair, fresh.pair_id)
                 assert pair is not None
-                await ms.ensure_pair_room(s, env, pair)
+                await ensure_pair_room(s, env, pair)
             if fresh.kind == "lounge" and fresh.cohort_id is not None:
-                space, _ = await ms.cohort_rooms(s, fresh.cohort_id)
+                space, _ = await cohort_rooms(s, env, fresh.cohort_id)
                 if space is not None and space.room_id:
-                    await ms.queue_room_op(
-                        s, env, space, "state",
-                        {"type": "m.space.child", "state_key": old, "content": {}},
+                    await queue_room_op(
+                        s, env, space,
+                        StateEvent("m.space.child", {}, state_key=old or "", room_key=space.key),
                         kind="room-state", dedupe_key=f"unlink:{space.key}:{old}")
             line = f"{what} ({old}) was lost: {reason}. A new one is being made and its members invited."
             report.replaced.append(line)
@@ -866,10 +883,10 @@ class RoomKeeper:
                 cohort = await s.get(Cohort, cohort_id)
                 assert cohort is not None
                 names = [await self._describe(s, r) for r in rooms]
-                subject, body = not_joined_reminder(name=ms.member_label(member), cohort=cohort.name,
+                subject, body = not_joined_reminder(name=member_label(member), cohort=cohort.name,
                                                     rooms=names, homeserver=env.settings.matrix.homeserver)
                 # Through email_payload like every email: the subject carries the cohort's name.
-                await ms.queue_email(s, env, member.email, subject, body, kind="join-reminder",
+                await queue_email(s, env, member.email, subject, body, kind="join-reminder",
                                      dedupe_key=f"join-reminder:{member.id}")
                 member.reminded_at = env.now()
                 sent += 1
@@ -896,7 +913,7 @@ class RoomKeeper:
             self.on_settings(fresh)
         async with self.db.transaction() as s:
             env = await self.env(s)
-            changes = await ms.sync_config(s, env)
+            changes = await sync_config(s, env)
             for change in changes:
                 log.info("config: %s", change)
         if changes and self.on_config_applied is not None:

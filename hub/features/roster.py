@@ -28,12 +28,17 @@ from hub.core.digest import plural
 from hub.core.roster import Roster, RosterProblems, RosterRow, check_roster, decode_roster
 from hub.delivery.outbox import Outbox
 from hub.errors import CommandError, RosterError
-from hub.features import membership as ms
 from hub.features import membership_batch
+from hub.features.cohort_setup import cohort_rooms, get_cohort
+from hub.features.config_sync import sync_config
+from hub.features.members import add_member
+from hub.features.pairs import make_pairs
+from hub.features.people import find_member
+from hub.features.room_queue import Env, load_env, queue_pending_invites
 from hub.storage.db import SQLITE_BUSY_MS, Database, open_database
-from hub.storage.models import Cohort, cohort_table
+from hub.storage.models import Cohort, Member, cohort_table
 
-__all__ = ["ImportReport", "apply_roster", "import_file"]
+__all__ = ["ImportReport", "apply_roster", "import_file", "set_matching"]
 
 
 @dataclass
@@ -72,15 +77,16 @@ async def apply_roster(db: Database, settings: Settings, roster: Roster, *, dry_
     report = ImportReport(dry_run=dry_run, rows=len(roster.rows), cohorts=roster.cohorts)
     try:
         async with db.transaction() as s:
-            env = await ms.load_env(s, outbox, clock, settings)
+            env = await load_env(s, outbox, clock, settings)
             # Cohorts from the config exist for the import even if the hub never ran.
-            await ms.sync_config(s, env)
+            await sync_config(s, env)
             cohorts = await _cohorts(s, settings, roster, problems)
             # On SQLite the import holds the write lock throughout, so it must be quick: the
             # cohorts' people, pairs and rooms are read once, and what is new is written with
             # a few bulk INSERTs, instead of dozens of round trips per row (membership_batch.Batch).
-            async with membership_batch.batch(s, env, [c.id for c in cohorts.values() if c.id is not None]):
-                await _apply_rows(s, env, roster, cohorts, report, problems)
+            ids = [c.id for c in cohorts.values() if c.id is not None]
+            async with membership_batch.batch(s, env, ids) as batch_env:
+                await _apply_rows(s, batch_env, roster, cohorts, report, problems)
             # Raised inside the transaction, so everything the checks above wrote is rolled back.
             problems.raise_if_any()
             if dry_run:
@@ -112,7 +118,7 @@ async def _cohorts(s: AsyncSession, settings: Settings, roster: Roster,
         if row.cohort in found or row.cohort in missing:
             missing.get(row.cohort, []).append(row)
             continue
-        cohort = await ms.get_cohort(s, row.cohort)
+        cohort = await get_cohort(s, row.cohort)
         if cohort is None:
             missing[row.cohort] = [row]
         else:
@@ -132,7 +138,7 @@ async def _cohorts(s: AsyncSession, settings: Settings, roster: Roster,
     return found
 
 
-async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dict[str, Cohort],
+async def _apply_rows(s: AsyncSession, env: Env, roster: Roster, cohorts: dict[str, Cohort],
                       report: ImportReport, problems: RosterProblems) -> None:
     """Members first, then pairs, then one invite row per cohort room; problems are added, not raised.
 
@@ -141,20 +147,35 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
     would only mislead.
     """
     added: list[RosterRow] = []
+    avoiding: list[tuple[RosterRow, Member]] = []
     for row in roster.rows:
         cohort = cohorts.get(row.cohort)
         if cohort is None:
             continue
         try:
-            _, outcome = await ms.add_member(
+            member, outcome = await add_member(
                 s, env, cohort, row.role, row.who, name=row.name, timezone=row.timezone,
                 queue_invites=False)
         except CommandError as e:
             problems.add(row.line, str(e))
             problems.fail(row.cohort, row.matrix_id, row.email)
             continue
+        if set_matching(member, row) and outcome == "unchanged":
+            outcome = "updated"
         added.append(row)
+        avoiding.append((row, member))
         setattr(report, outcome, getattr(report, outcome) + 1)
+    # After every row's person exists: an avoid may name someone further down the file.
+    for row, member in avoiding:
+        cohort = cohorts[row.cohort]
+        assert cohort.id is not None
+        for who in row.avoid or ():
+            other = await find_member(s, env, cohort.id, who)
+            if other is None:
+                problems.add(row.line, f"avoid: {who} is nobody in cohort {cohort.slug} (add them, or "
+                                       "check the spelling)")
+            elif other is member:
+                problems.add(row.line, "avoid: a person cannot avoid themselves")
     paired = [row for row in added if row.mentor is not None
               and not problems.has_failed(row.cohort, row.matrix_id or row.email)
               and not problems.has_failed(row.cohort, row.mentor.matrix_id or row.mentor.email)]
@@ -163,7 +184,7 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
         assert row.mentor is not None
         requests.append((cohorts[row.cohort], row.mentor, row.who))
     # All pairs in one call: a few INSERTs for all of them rather than a few per pair.
-    for row, result in zip(paired, await ms.make_pairs(s, env, requests), strict=True):
+    for row, result in zip(paired, await make_pairs(s, env, requests), strict=True):
         if isinstance(result, CommandError):
             problems.add(row.line, str(result))
         elif result[1]:
@@ -175,9 +196,28 @@ async def _apply_rows(s: AsyncSession, env: ms.Env, roster: Roster, cohorts: dic
     # One invite row per cohort room for everyone new, rather than one per person.
     for cohort in cohorts.values():
         assert cohort.id is not None
-        for room in await ms.cohort_rooms(s, cohort.id):
+        for room in await cohort_rooms(s, env, cohort.id):
             if room is not None:
-                await ms.queue_pending_invites(s, env, room)
+                await queue_pending_invites(s, env, room)
+
+
+def set_matching(member: Member, row: RosterRow) -> bool:
+    """Copy the row's matching columns present in the file onto the member; True if any changed."""
+    values: dict[str, str | int | None] = {}
+    if row.languages is not None:
+        values["languages"] = ";".join(row.languages) or None
+    if row.topics is not None:
+        values["topics"] = ";".join(row.topics) or None
+    if row.capacity is not None:
+        values["capacity"] = row.capacity
+    if row.avoid is not None:
+        values["avoid"] = ";".join(str(w.matrix_id or w.email) for w in row.avoid) or None
+    changed = False
+    for attr, value in values.items():
+        if getattr(member, attr) != value:
+            setattr(member, attr, value)
+            changed = True
+    return changed
 
 
 async def import_file(settings: Settings, path: Path, *, dry_run: bool = False) -> ImportReport:

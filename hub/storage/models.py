@@ -24,6 +24,7 @@ __all__ = [
     "ProgramTick",
     "Prompt",
     "PromptAnswer",
+    "RematchRequest",
     "RoomActivity",
     "Subscriber",
     "audit_table",
@@ -39,6 +40,7 @@ __all__ = [
     "program_tick_table",
     "prompt_answer_table",
     "prompt_table",
+    "rematch_request_table",
     "room_activity_table",
     "subscriber_table",
 ]
@@ -180,6 +182,12 @@ class Member(SQLModel, table=True):
     created_at: float
     removed_at: float | None = None
     reminded_at: float | None = None  # the one "you have not joined yet" email
+    # Matching (migration 0011, hub.core.matching): `;`-separated, lower case; NULL when not given.
+    languages: str | None = Field(default=None, sa_type=Text)
+    topics: str | None = Field(default=None, sa_type=Text)
+    capacity: int | None = None  # mentors: how many mentees at once; NULL is 1
+    # Matrix ids and emails never to pair with. Private: only the matcher reads it.
+    avoid: str | None = Field(default=None, sa_type=Text)
 
 
 class Pair(SQLModel, table=True):
@@ -383,6 +391,16 @@ class CommandUse(SQLModel, table=True):
     at: float
 
 
+class RematchRequest(SQLModel, table=True):
+    """One `!hub rematch` (migration 0011): counted in `!hub report`, deliberately without the person."""
+
+    __tablename__ = "rematch_request"
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int | None = Field(default=None, foreign_key="cohort.id", index=True)
+    source: str = Field(max_length=16)  # participant | moderator
+    at: float
+
+
 class Prompt(SQLModel, table=True):
     """A sent message that takes answers by reaction (migration 0010, hub.features.prompts)."""
 
@@ -474,3 +492,4 @@ prompt_table: Table = Prompt.__table__  # type: ignore[attr-defined]
 prompt_answer_table: Table = PromptAnswer.__table__  # type: ignore[attr-defined]
 inbound_mail_table: Table = InboundMail.__table__  # type: ignore[attr-defined]
 pair_mail_table: Table = PairMail.__table__  # type: ignore[attr-defined]
+rematch_request_table: Table = RematchRequest.__table__  # type: ignore[attr-defined]

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import FakeClock
 from hub.core.commands import CommandContext, RoomKind
-from hub.errors import CommandError
+from hub.errors import ArgumentError, CommandError
 from hub.features.basics import audit, ping
 from hub.features.email_commands import unsuppress
-from hub.features.person_commands import PersonPorts, Prefs, snooze, support, unsnooze
+from hub.features.person_commands import PersonPorts, Prefs, email, snooze, support, unsnooze
 from hub.features.ports import Store
 from hub.storage.db import open_database
 from hub.storage.models import EmailSuppression, PersonPref
@@ -130,3 +130,14 @@ async def test_unsuppress_lifts_a_suppression_once(fakes: Fakes) -> None:
 async def test_audit_on_a_new_hub(fakes: Fakes) -> None:
     reply = await audit(_ctx(fakes, CONTROL, RoomKind.CONTROL, n=None))
     assert reply.text == "No moderator actions recorded yet."
+
+
+async def test_email_preference_and_an_argument_error_without_a_usage_line(fakes: Fakes) -> None:
+    reply = await email(_ctx(fakes, setting="Weekly", code=None))
+    assert reply.text == "Done: by email you now get only the weekly digest."
+    pref = await fakes.session.get(PersonPref, ADA)
+    assert pref is not None and pref.email_mode == "weekly"
+    # The handler says only what is wrong; the runner adds the declared usage line.
+    with pytest.raises(ArgumentError) as e:
+        await email(_ctx(fakes, setting="on", code="ABCD"))
+    assert str(e.value) == "unexpected `ABCD`"

@@ -1,7 +1,7 @@
 """Replies by email: inbound mail as received, and pair-room messages waiting to be emailed.
 
 Revision ID: 0012
-Revises: 0010 (0011 is the "match" work; this points at it once it is on main)
+Revises: 0011
 
 `inbound_mail` holds every message the hub's SMTP listener accepted, raw, written
 before the listener answers 250 (hub.email.inbound); hub.features.email_replies
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels = None
 depends_on = None
 
