@@ -57,8 +57,9 @@ class Sending(Effects, Timed, Programmed, Protocol):
     """`send`: a calendar item's rows now, queued in the command's transaction."""
 
 
-class Announcing(Effects, Timed, Configured, Protocol):
-    """`announce`: a lounge post and emails (settings say whether email is on)."""
+class Announcing(Effects, Timed, Configured, Programmed, Protocol):
+    """`announce`: a lounge post and emails (settings say whether email is on; the program
+    gives their reply address)."""
 
 
 class ProgramPorts(Scheduling, Sending, Announcing, Protocol):
