@@ -121,6 +121,7 @@ async def through_hub(hub: Hub, people: list[tuple[str, str, str]], per_person: 
     jobs = [(addr, to, i) for i in range(per_person) for addr, to, _ in people]
     chunks = [jobs[k::connections] for k in range(connections)]
     start_count = hub.dispatcher.sent_count
+    retries: list[int] = []
     began = time.perf_counter()
 
     async def connection(chunk: list[tuple[str, str, int]]) -> None:
@@ -128,13 +129,25 @@ async def through_hub(hub: Hub, people: list[tuple[str, str, str]], per_person: 
                                start_tls=False)
         await smtp.connect()
         for addr, to, i in chunk:
-            await smtp.sendmail(addr, [to], reply(to, addr, i).as_bytes())
+            data = reply(to, addr, i).as_bytes()
+            while True:
+                try:
+                    await smtp.sendmail(addr, [to], data)
+                    break
+                except aiosmtplib.SMTPDataError as e:
+                    # 451: the hub could not store it now; an MTA queues it and tries again.
+                    if e.code != 451:
+                        raise
+                    retries.append(1)
+                    await asyncio.sleep(1.0)
         await smtp.quit()
 
     await asyncio.gather(*(connection(c) for c in chunks))
     while hub.dispatcher.sent_count - start_count < len(jobs):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     await hub.dispatcher.flush()
+    if retries:
+        print(f"  ({len(retries)} deliveries answered 451 and retried)")
     return time.perf_counter() - began
 
 
