@@ -499,10 +499,13 @@ class ProgramService:
                 person = content_person(view, member)
                 variables = self._vars(view, week, webinar=self._webinar(item, person.timezone))
                 rendered = self.library.render(chosen, variables)
+                # A webinar invite is about the cohort's lounge: a reply is posted there.
+                reply_to = self.reply_to(member.id, view.lounge.id if view.lounge else None)
                 payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
                                         html=rendered.email_html, to_name=person.name,
-                                        headers=unsubscribe.get(
+                                        headers={**unsubscribe.get(
                                             person_key(member.matrix_id, member.email) or "", headers),
+                                            **reply_to},
                                         attachments=ics)
             except Exception as e:
                 self.leave_out(unsent, item, f"{member_label(member)} <{address}>", e)

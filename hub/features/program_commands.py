@@ -57,8 +57,9 @@ class Sending(Effects, Timed, Programmed, Protocol):
     """`send`: a calendar item's rows now, queued in the command's transaction."""
 
 
-class Announcing(Effects, Timed, Configured, Protocol):
-    """`announce`: a lounge post and emails (settings say whether email is on)."""
+class Announcing(Effects, Timed, Configured, Programmed, Protocol):
+    """`announce`: a lounge post and emails (settings say whether email is on; the program
+    gives their reply address)."""
 
 
 class ProgramPorts(Scheduling, Sending, Announcing, Protocol):
@@ -235,6 +236,8 @@ async def announce(ctx: CommandContext[Announcing]) -> Reply:
                 continue
             headers = unsubscribe.get(person_key(member.matrix_id, member.email) or "",
                                       email_headers(settings, view.cohort))
+            # Answering an announcement posts in the lounge (replies by email).
+            headers = {**headers, **ports.program.reply_to(member.id, view.lounge.id)}
             payload = email_payload(to=address, subject=subject, text=plain, html=page,
                                     headers=headers)
             rows.append({"channel": EMAIL, "kind": "announce", "lane": normalize_address(address),
