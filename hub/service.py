@@ -21,9 +21,11 @@ from hub.activity import ActivityRecorder
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
 from hub.core.commands import CommandRegistry, RoomKind
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.limits import AlertAggregator
 from hub.core.tokens import AddressTokenSigner, bounce_address
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
+from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.inbound import InboundHandler, InboundServer
@@ -49,7 +51,7 @@ from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
-from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
+from hub.matrix.events import IncomingMessage, extract, message_from_event
 from hub.matrix.provision import Provision
 from hub.matrix.rooms import ensure_control_room
 from hub.matrix.sender import MatrixSender
@@ -546,13 +548,9 @@ class Hub:
 
     async def _alert(self, text: str, dedupe_key: str) -> None:
         assert self.outbox is not None and self.db is not None and self.control_room_id
-        payload: dict[str, Any] = {
-            "op": "message", "room_id": self.control_room_id, "type": "m.room.message",
-            "content": notice_content(text),
-        }
+        alert = Outgoing(RoomMessage.notice(text, room_id=self.control_room_id), "alert", dedupe_key)
         async with self.db.transaction() as s:
-            await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
-                                      payload=payload, dedupe_key=dedupe_key)
+            await enqueue(self.outbox, s, alert)
 
     async def _summarise_alerts(self, every: float = 5.0) -> None:
         """When an hour's alert window closes with failures held back, say how many."""
@@ -628,12 +626,7 @@ class Hub:
                     f"(this one was a {event.kind}). Ask the person for a working address; "
                     f"`{prefix} email unsuppress {event.address}` lifts it.")
             key = f"alert:suppressed:{event.txn_id}"
-        await self.outbox.enqueue(
-            session, channel=MATRIX, kind="alert", lane=room,
-            payload={"op": "message", "room_id": room, "type": "m.room.message",
-                     "content": notice_content(text)},
-            dedupe_key=key,
-        )
+        await enqueue(self.outbox, session, Outgoing(RoomMessage.notice(text, room_id=room), "alert", key))
 
 
 async def _start_program(hub: Hub) -> None:

@@ -42,11 +42,10 @@ from hub.core.cohorts import (
 )
 from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
-from hub.core.effects import FixState, Invite, Kick, StateEvent
-from hub.core.markup import markdown_to_matrix
+from hub.core.effects import FixState, Invite, Kick, Outgoing, RoomMessage, StateEvent
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.dispatcher import Claimed
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.outbox import Outbox
 from hub.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.cohort_setup import cohort_rooms
 from hub.features.config_sync import sync_config
@@ -57,6 +56,7 @@ from hub.features.room_queue import (
     Env,
     leave_by_id,
     load_env,
+    queue,
     queue_create,
     queue_email,
     queue_room_message,
@@ -65,7 +65,7 @@ from hub.features.room_queue import (
     users_in,
 )
 from hub.features.room_spec import build_spec, desired_members
-from hub.matrix.events import StateChange, notice_content, state_changes
+from hub.matrix.events import StateChange, state_changes
 from hub.matrix.provision import Provision, RoomSnapshot
 from hub.matrix.sender import MatrixSender
 from hub.storage.db import Database
@@ -490,11 +490,7 @@ class RoomKeeper:
         return True
 
     async def _say(self, s: AsyncSession, env: Env, room_id: str, markdown: str, dedupe: str) -> None:
-        body, html = markdown_to_matrix(markdown)
-        await env.outbox.enqueue(s, channel=MATRIX, kind="room-notice", lane=room_id,
-                                 payload={"op": "message", "room_id": room_id, "type": "m.room.message",
-                                          "content": notice_content(body, html)},
-                                 dedupe_key=dedupe)
+        await queue(s, env, Outgoing(RoomMessage.markdown(markdown, room_id=room_id), "room-notice", dedupe))
 
     async def _dm_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str, state: str) -> None:
         """Someone's membership changed in an adopted direct room (seen by the sync)."""
@@ -535,13 +531,7 @@ class RoomKeeper:
         if not control:
             log.warning("%s", text)
             return
-        body, html = markdown_to_matrix(text)
-        await env.outbox.enqueue(
-            s, channel=MATRIX, kind="alert", lane=control,
-            payload={"op": "message", "room_id": control, "type": "m.room.message",
-                     "content": notice_content(body, html)},
-            dedupe_key=dedupe,
-        )
+        await queue(s, env, Outgoing(RoomMessage.markdown(text, room_id=control), "alert", dedupe))
 
     async def _describe(self, s: AsyncSession, room: HubRoom) -> str:
         if room.kind in ("space", "lounge") and room.cohort_id is not None:
