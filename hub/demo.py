@@ -96,6 +96,8 @@ class DemoPerson:
     timezone: str
     mentor: str | None = None  # a mentee's mentor (localpart)
     on_matrix: bool = True
+    languages: str = ""  # the roster's matching columns (`;`-separated)
+    topics: str = ""
 
     @property
     def email(self) -> str:
@@ -113,11 +115,13 @@ def people() -> list[DemoPerson]:
         DemoPerson("sam", "Sam Osei", "moderator", "Europe/London"),
         DemoPerson("ada", "Ada Okafor", "mentor", "Europe/Berlin"),
         DemoPerson("grace", "Grace Lindqvist", "mentor", "Europe/Stockholm"),
-        DemoPerson("alan", "Alan Ferreira", "mentor", "America/Sao_Paulo"),
+        DemoPerson("alan", "Alan Ferreira", "mentor", "America/Sao_Paulo", languages="en;pt",
+                   topics="data;career change"),
         DemoPerson("kat", "Katherine Ng", "mentor", "Asia/Singapore"),
         DemoPerson("ben", "Ben Adeyemi", "mentee", "Europe/Berlin", mentor="ada"),
         DemoPerson("chloe", "Chloé Martin", "mentee", "Europe/Paris", mentor="grace"),
-        DemoPerson("dev", "Dev Raman", "mentee", "Asia/Kolkata", mentor="alan"),
+        # No mentor in the roster: the moderators' `!hub match` proposes one (Alan).
+        DemoPerson("dev", "Dev Raman", "mentee", "Asia/Kolkata", languages="en;ta", topics="data;product"),
         DemoPerson("eve", "Eve Costa", "mentee", "Europe/Lisbon", mentor="kat", on_matrix=False),
     ]
 
@@ -213,12 +217,12 @@ webinar = {{ at = "{webinar_at}", title = "Kick-off", url = "https://meet.jit.si
 def _roster_text(cast: Sequence[DemoPerson]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["cohort", "role", "name", "email", "matrix_id", "timezone", "mentor"])
+    w.writerow(["cohort", "role", "name", "email", "matrix_id", "timezone", "mentor", "languages", "topics"])
     by_local = {p.localpart: p for p in cast}
     for p in cast:
         mentor = by_local[p.mentor].user_id if p.mentor else ""
         w.writerow([DEMO_COHORT, p.role, p.name, p.email, p.user_id if p.on_matrix else "", p.timezone,
-                    mentor])
+                    mentor, p.languages, p.topics])
     return buf.getvalue()
 
 
@@ -336,7 +340,7 @@ class Demo:
         self._cleanup.append(lambda: synapse.stop())
         # Homeserver, accounts, roster, rooms, about 12 calendar instants and 4 scripted moments,
         # report, summary; made exact once the calendar is known.
-        p.total = 22
+        p.total = 23
         await synapse.start()
         self.synapse = synapse
         p.step("homeserver", f"Synapse on {synapse.url} ({synapse.startup_seconds:.1f}s); mail sink on "
@@ -345,6 +349,7 @@ class Demo:
         await self._configure(sink.port)
         await self._import()
         await self._start_hub()
+        await self._match()
         await self._wait_rooms()
         await self._play()
         await self._report()
@@ -462,6 +467,20 @@ class Demo:
         assert hub.program is not None
         # The demo moves the clock and ticks the program itself, one calendar instant at a time.
         await hub.program.stop()
+
+    async def _match(self) -> None:
+        """Lin lets the hub propose a mentor for the unpaired mentee, and accepts it."""
+        control = self.hub.control_room_id
+        assert control is not None
+        lin = self.sims["lin"]
+        await lin.wait_until(lambda: lin.joined(control), _ROOMS_TIMEOUT)
+        proposal = await self._ask("lin", control, f"!hub match {DEMO_COHORT}")
+        line = next((x for x in proposal.splitlines() if x.startswith("1. ")), None)
+        accepted = await self._ask("lin", control, f"!hub match {DEMO_COHORT} accept")
+        if line is None or "Made 1 pair" not in accepted:
+            raise RuntimeError(f"the match was not proposed and accepted: {proposal} / {accepted}")
+        self.progress.step("matching", f"Lin's `!hub match {DEMO_COHORT}` proposes {line[3:]}; "
+                                       "`accept` makes the pair")
 
     async def _wait_rooms(self) -> None:
         from sqlalchemy import select

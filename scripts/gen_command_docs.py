@@ -4,7 +4,7 @@
 The usage lines, summaries and where each command works come from the
 command registry itself (`hub.service.build_registry`), so the guides cannot
 drift from the code; this file adds one example per command and, for the
-moderators' guide, what participants see. tests/test_command_docs.py fails
+moderators' guide, what participants see. tests/cli/test_command_docs.py fails
 when a guide is out of date or a command has no example here.
 
     python scripts/gen_command_docs.py          # rewrite the guides

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README "Run the tests"; .ci/run runs exactly this).
 # Installs everything it needs into ./.venv and tests/js/node_modules, then runs
-# ruff, mypy and the whole pytest suite (real Synapse, real SMTP, SQLite and
+# ruff, mypy, the import layers and the whole pytest suite (real Synapse, real SMTP, SQLite and
 # PostgreSQL). Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,8 @@ fi
 
 .venv/bin/ruff check hub tests bench
 .venv/bin/mypy
+# The layers (pyproject [tool.importlinter]): core pure, adapters below features, no nio in features.
+.venv/bin/lint-imports
 if [ "$#" -gt 0 ]; then  # a chosen subset: just that
   exec .venv/bin/python -m pytest "$@"
 fi
@@ -44,7 +46,7 @@ fi
 # at its default 0.2/s after a burst of 10) and uses almost no CPU meanwhile. It runs
 # beside the rest of the suite, in a pytest session of its own (it starts its own
 # Synapse anyway), instead of adding those two minutes at the end.
-beside=tests/test_ratelimit_live.py
+beside=tests/live/test_ratelimit_live.py
 beside_log=$(mktemp)
 .venv/bin/python -m pytest -q -p no:cacheprovider "$beside" >"$beside_log" 2>&1 &
 beside_pid=$!

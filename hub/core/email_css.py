@@ -12,7 +12,7 @@ that style beside each `class="..."`, and leaves in the `<style>` block only
 the at-rules (the dark-mode `@media` query), which cannot be inlined. Any other
 selector (a descendant, a type other than `body`, an id) is refused, because
 then one style per (tag, class) would no longer be exact.
-`tests/test_email_css.py` renders pages both ways and compares every
+`tests/core/test_email_css.py` renders pages both ways and compares every
 element's style.
 """
 

@@ -42,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "MAX_CAPACITY",
+    "Costs",
     "MatchInput",
     "Mentee",
     "Mentor",
@@ -50,10 +51,12 @@ __all__ = [
     "Reason",
     "Unmatched",
     "allowed",
+    "cost_matrix",
     "greedy",
     "hours_apart",
     "proposal_lines",
     "propose",
+    "solve",
 ]
 
 MAX_CAPACITY = 20  # the roster's `capacity` limit: a mentor with more mentees at once is a class
@@ -215,40 +218,63 @@ def _proposal(inp: MatchInput, t: _Tables, chosen: dict[int, tuple[int, int]]) -
     return Proposal(tuple(pairs), _reasons(inp, t, set(chosen)), score)
 
 
-def propose(inp: MatchInput) -> Proposal:
-    """The optimal assignment (see the module's docstring)."""
-    if not inp.mentees or not inp.mentors:
-        t = _tables(inp)
-        return Proposal((), _reasons(inp, t, set()), 0)
+@dataclass(frozen=True)
+class Costs:
+    """The assignment problem for `linear_sum_assignment`: mentees who fit someone x mentor seats."""
+
+    tables: _Tables
+    matrix: npt.NDArray[np.float64]  # rows x seats; 0 where the pair is not allowed (= unmatched)
+    rows: npt.NDArray[np.intp]  # mentee index of each row
+    seat_mentor: npt.NDArray[np.intp]  # mentor index of each seat
+    seat_room: _Int  # room left before taking each seat
+    allowed: _Bool  # rows x seats
+
+
+def cost_matrix(inp: MatchInput) -> Costs:
+    """The cost of every (mentee, seat), built with numpy (see the module's docstring)."""
     t = _tables(inp)
     # Only people who fit someone take part; a mentor needs no more seats than mentees who fit.
     rows = np.flatnonzero(t.feasible.any(axis=1))
     fit_counts = t.feasible[rows].sum(axis=0)
-    seats = np.minimum(t.rooms, fit_counts)
+    seats = np.minimum(t.rooms, fit_counts).astype(np.intp)
     cols = np.flatnonzero(seats > 0)
-    if len(rows) == 0 or len(cols) == 0:
-        return Proposal((), _reasons(inp, t, set()), 0)
     seats = seats[cols]
-    seat_mentor = np.repeat(cols, seats)  # mentor index of each seat
+    seat_mentor = np.repeat(cols, seats)
     starts = np.cumsum(seats) - seats
     seat_k = np.arange(len(seat_mentor)) - np.repeat(starts, seats)
-    seat_room = t.rooms[seat_mentor] - seat_k  # room left before taking this seat
-    best_pair = int(t.quality.max()) + t.room_weight
+    seat_room = (t.rooms[seat_mentor] - seat_k).astype(np.int32)
+    best_pair = int(t.quality.max(initial=0)) + t.room_weight
     # Any match outweighs every preference of every other pair: matched count first.
     big = min(len(rows), len(seat_mentor)) * best_pair + 1
     # Per mentor first, then one column per seat (a take, not a Python loop): the seat's own
-    # part is the room left before it.
-    sub_feasible = t.feasible[rows][:, cols]
-    per_mentor = np.where(sub_feasible, -(t.quality[rows][:, cols] + big).astype(np.float64), 0.0)
+    # part is the room left before it. In place where possible: these are 30 MB arrays.
+    everyone = len(rows) == t.feasible.shape[0] and len(cols) == t.feasible.shape[1]
+    sub_feasible = t.feasible if everyone else t.feasible[np.ix_(rows, cols)]
+    per_mentor = (t.quality if everyone else t.quality[np.ix_(rows, cols)]).astype(np.float64)
+    per_mentor += big
+    np.negative(per_mentor, out=per_mentor)
+    per_mentor[~sub_feasible] = 0.0
     seat_of = np.repeat(np.arange(len(cols)), seats)
-    cost = per_mentor.take(seat_of, axis=1)
-    cost -= sub_feasible.take(seat_of, axis=1) * seat_room[None, :].astype(np.float64)
-    r_idx, c_idx = linear_sum_assignment(cost)
+    allowed_seats: _Bool = sub_feasible.take(seat_of, axis=1)
+    matrix = per_mentor.take(seat_of, axis=1)
+    np.subtract(matrix, seat_room.astype(np.float64)[None, :], out=matrix, where=allowed_seats)
+    return Costs(t, matrix, rows, seat_mentor, seat_room, allowed_seats)
+
+
+def solve(inp: MatchInput, costs: Costs) -> Proposal:
+    """Solve the assignment and read the proposal out of it."""
     chosen: dict[int, tuple[int, int]] = {}
-    for r, c in zip(r_idx.tolist(), c_idx.tolist(), strict=True):
-        if sub_feasible[r, seat_of[c]]:
-            chosen[int(rows[r])] = (int(seat_mentor[c]), int(seat_room[c]))
-    return _proposal(inp, t, chosen)
+    if costs.matrix.size:
+        r_idx, c_idx = linear_sum_assignment(costs.matrix)
+        for r, c in zip(r_idx.tolist(), c_idx.tolist(), strict=True):
+            if costs.allowed[r, c]:
+                chosen[int(costs.rows[r])] = (int(costs.seat_mentor[c]), int(costs.seat_room[c]))
+    return _proposal(inp, costs.tables, chosen)
+
+
+def propose(inp: MatchInput) -> Proposal:
+    """The optimal assignment (see the module's docstring)."""
+    return solve(inp, cost_matrix(inp))
 
 
 def greedy(inp: MatchInput) -> Proposal:

@@ -16,6 +16,7 @@ one. Both are counted (without the person) for `!hub report`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from sqlalchemy import select
@@ -85,19 +86,21 @@ def proposal_markdown(cm: CohortMatch, proposal: Proposal, prefix: str, *, shown
     inp = cm.input
     if not inp.mentees:
         return f"Every mentee in `{slug}` has a pair; nothing to propose."
-    lines = proposal_lines(proposal, lambda k: escape_markdown(cm.label(k)), escape_markdown)
-    pairs, unmatched = lines[:len(proposal.pairs)], lines[len(proposal.pairs):]
+    # Only the lines shown are written out: a 2,000-mentee proposal is not all one message.
+    shown_part = replace(proposal, pairs=proposal.pairs[:shown], unmatched=proposal.unmatched[:shown])
+    lines = proposal_lines(shown_part, lambda k: escape_markdown(cm.label(k)), escape_markdown)
+    pairs, unmatched = lines[:len(shown_part.pairs)], lines[len(shown_part.pairs):]
     out = [f"**Proposal for `{slug}`**: {len(proposal.pairs)} of {len(inp.mentees)} unpaired mentees "
            f"matched, {len(proposal.unmatched)} left unmatched."]
-    out += pairs[:shown]
-    if len(pairs) > shown:
-        out.append(f"... and {len(pairs) - shown} more lines (`hub match --cohort {slug} --out FILE.csv` "
-                   "lists them all).")
+    out += pairs
+    if len(proposal.pairs) > shown:
+        out.append(f"... and {len(proposal.pairs) - shown} more lines (`hub match --cohort {slug} --out "
+                   "FILE.csv` lists them all).")
     if unmatched:
         out.append("")
-        out += [f"- {line.removeprefix('unmatched: ')}" for line in unmatched[:shown]]
-        if len(unmatched) > shown:
-            out.append(f"- ... and {len(unmatched) - shown} more unmatched")
+        out += [f"- {line.removeprefix('unmatched: ')}" for line in unmatched]
+        if len(proposal.unmatched) > shown:
+            out.append(f"- ... and {len(proposal.unmatched) - shown} more unmatched")
     if proposal.pairs:
         out += ["", f"Nothing changes until you accept: `{prefix} match {slug} accept` makes every pair, "
                     f"`{prefix} match {slug} accept 1 3` only those lines."]
