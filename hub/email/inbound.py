@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert
@@ -53,6 +54,39 @@ class InboundHandler:
         self.clock = clock
         self.max_bytes = max_bytes
         self.on_stored = on_stored
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def _store(self, values: dict[str, Any]) -> None:
+        """Commit one message's row; returns once it is durable, raises if it is not.
+
+        Group commit: messages arriving while a commit is under way wait for the next one,
+        which writes them all in one transaction. Ten MTA connections at once are then one
+        writer, not ten competing for SQLite's write lock, and each still hears 250 only
+        after its own row is committed.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((values, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="inbound-mail-writer")
+        await future
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.db.transaction() as s:
+                    await s.execute(insert(M), [values for values, _ in batch])
+            except BaseException as e:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e if isinstance(e, Exception) else OSError("stopped"))
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -90,10 +124,9 @@ class InboundHandler:
         message_id = str(headers.get("Message-ID", "") or "").strip()[:400] or None
         mail_from = str(envelope.mail_from or "")[:320]
         try:
-            async with self.db.transaction() as s:
-                await s.execute(insert(M).values(
-                    kind=kind, token=token.lower(), mail_from=mail_from, message_id=message_id,
-                    raw=raw, received_at=self.clock.now().timestamp(), status="new"))
+            await self._store(dict(kind=kind, token=token.lower(), mail_from=mail_from,
+                                   message_id=message_id, raw=raw,
+                                   received_at=self.clock.now().timestamp(), status="new"))
         except (SQLAlchemyError, OSError) as e:
             log.warning("could not store an inbound %s (asked the sender to retry): %s", kind, e)
             return "451 4.3.0 Temporary failure, please try again later"

@@ -23,7 +23,7 @@ from email.message import Message
 from email.parser import BytesParser
 
 from flufl.bounce import all_failures
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
@@ -46,6 +46,7 @@ __all__ = ["ReplyPoster", "reply_headers"]
 
 log = logging.getLogger(__name__)
 _BATCH = 100
+KEEP_RAW_DAYS = 14
 
 
 def reply_headers(signer: AddressTokenSigner | None, inbound: InboundSettings | None,
@@ -76,6 +77,7 @@ class ReplyPoster:
         self.on_suppressed = on_suppressed
         self.every = every
         self._wake = asyncio.Event()
+        self._pruned_at: float | None = None
 
     def poke(self) -> None:
         self._wake.set()
@@ -85,10 +87,26 @@ class ReplyPoster:
             self._wake.clear()
             try:
                 await self.handle_new()
+                await self.prune()
             except Exception:  # the database is away; the rows stay new and are tried again
                 log.exception("handling inbound mail failed; retrying")
             # Through the clock, like every wait: a poke (new mail, a new message) ends it early.
             await self.clock.wait(self._wake, self.every)
+
+    async def prune(self) -> None:
+        """Empty the raw mail of rows handled more than `KEEP_RAW_DAYS` ago.
+
+        The raw message holds what a person wrote; it is kept a while for a moderator or
+        operator looking into a reply that was not posted. The row itself stays: its
+        Message-ID keeps a late second copy from being posted.
+        """
+        if self._pruned_at is not None and self.clock.monotonic() - self._pruned_at < 3600:
+            return  # hourly is plenty for a 14-day horizon
+        self._pruned_at = self.clock.monotonic()
+        before = self.clock.now().timestamp() - KEEP_RAW_DAYS * 86400
+        async with self.db.transaction() as s:
+            await s.execute(update(M).where((M.c.status != "new") & (M.c.handled_at < before)
+                                            & (func.length(M.c.raw) > 0)).values(raw=b""))
 
     async def handle_new(self) -> int:
         """Handle every row still new; how many were handled."""

@@ -146,7 +146,9 @@ class PairMailer:
             if not rows:
                 return 0
             ids = [r.id for r in rows]
-            await s.execute(update(PM).where(PM.c.id.in_(ids)).values(mailed_at=now.timestamp()))
+            # The words leave the database with the email: what a pair says is kept no longer
+            # than it takes to mail it (the rows stay, for "nothing twice").
+            await s.execute(update(PM).where(PM.c.id.in_(ids)).values(mailed_at=now.timestamp(), body=""))
             if member is None or member.status != "active" or not member.email:
                 return 0  # gone meanwhile: the rows are done, nothing is sent
             cohort = await s.get(Cohort, member.cohort_id)

@@ -23,13 +23,13 @@ from hub.core.content_format import email_document, html_to_text, one_line
 from hub.core.converters import to_datetime, to_title, to_url
 from hub.core.effects import Email, Outgoing
 from hub.core.markup import echo, markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
 from hub.features.participants import CohortView, load_cohort_view, program_week_of, room_row
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
 from hub.features.program import ANNOUNCE_DELAY, email_headers, suppressed
 from hub.features.subscribers import list_headers
-from hub.matrix.events import notice_content
 from hub.program import ProgramState
 from hub.program_targets import person_key
 from hub.storage.models import (
@@ -57,8 +57,9 @@ class Sending(Effects, Timed, Programmed, Protocol):
     """`send`: a calendar item's rows now, queued in the command's transaction."""
 
 
-class Announcing(Effects, Timed, Configured, Protocol):
-    """`announce`: a lounge post and emails (settings say whether email is on)."""
+class Announcing(Effects, Timed, Configured, Programmed, Protocol):
+    """`announce`: a lounge post and emails (settings say whether email is on; the program
+    gives their reply address)."""
 
 
 class ProgramPorts(Scheduling, Sending, Announcing, Protocol):
@@ -235,6 +236,8 @@ async def announce(ctx: CommandContext[Announcing]) -> Reply:
                 continue
             headers = unsubscribe.get(person_key(member.matrix_id, member.email) or "",
                                       email_headers(settings, view.cohort))
+            # Answering an announcement posts in the lounge (replies by email).
+            headers = {**headers, **ports.program.reply_to(member.id, view.lounge.id)}
             mail = Email(to=address, subject=subject, text=plain, html=page, headers=headers)
             rows.append(row_spec(Outgoing(mail, "announce", f"announce:{ctx.event_id}:{member.id}")))
             emailed += 1

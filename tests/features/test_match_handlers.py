@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from test_handlers import ADA, CONTROL, DIRECT, Fakes, fakes  # noqa: F401 (fixture)
 
 from hub.core.commands import CommandContext, RoomKind
 from hub.errors import CommandError
 from hub.features.match_commands import MatchPorts, rematch
 from hub.storage.models import RematchRequest
+
+from tests.features.test_handlers import ADA, CONTROL, DIRECT, Fakes, fakes  # noqa: F401 (fixture)
 
 LOUNGE = "!lounge:example.org"
 

@@ -6,6 +6,7 @@ An email-only mentee (Eve) is paired with a Matrix mentor whose E2EE client read
   and the VERP envelope sender `bounce+TOKEN@domain`; Eve's reply appears once in the
   encrypted pair room, without the quoted text or signature, notifying the mentor; the
   same Message-ID again is not posted twice;
+- an announcement's reply address is the lounge's; the digest has none;
 - an auto-reply and a stranger's mail to the same address are accepted (250) and not
   posted; a tampered token is refused with 550 and an oversized mail with 552;
 - three messages of the mentor reach Eve as one email, each with its time, and her reply
@@ -203,6 +204,13 @@ async def test_email_only_mentee_replies_by_email_and_bounces_suppress(
             await asyncio.sleep(2)
             assert len(by_email(mentor, pair)) == 1  # nothing else reached the room
 
+            # -- an announcement's reply address is the lounge's, not the pair room's ------------
+            before = len(to_eve(sink))
+            await mod.ask(control, "!hub announce spring Welcome to week one")
+            announced = (await mails_to(sink, EVE, before + 1))[before]
+            lounge_reply_to = announced.message["Reply-To"]
+            assert lounge_reply_to.startswith("reply+") and lounge_reply_to != reply_to
+
             # -- three messages of the mentor: one email; her reply lands in the room ------------
             hub.pair_mail.window = 4.0
             before = len(to_eve(sink))
@@ -236,7 +244,9 @@ async def test_email_only_mentee_replies_by_email_and_bounces_suppress(
             before = len(to_eve(sink))
             ada_before = len([m for m in sink.messages if m.rcpt_tos == ("ada@example.org",)])
             await mod.ask(control, "!hub digest spring send")
-            await mails_to(sink, "ada@example.org", ada_before + 1)  # Ada's digest
+            digest = (await mails_to(sink, "ada@example.org", ada_before + 1))[ada_before]
+            assert digest.message["Reply-To"] is None  # the digest has no reply address
+            assert digest.mail_from.startswith("bounce+")  # but its bounces come back too
             await asyncio.sleep(3)
             assert len(to_eve(sink)) == before  # the digest skipped her
             report = await mod.ask(control, "!hub report spring")

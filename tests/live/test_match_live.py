@@ -3,6 +3,7 @@ welcomes), and after `!hub rematch` a former pair is never proposed again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ async def test_match_accept_and_rematch_on_a_real_homeserver(
         assert f"1. al@example.org → {ben.user_id} (no shared topics; 9 hours apart)" in closed.splitlines()
         assert ann.user_id not in closed.split("Closed the pair", 1)[1].split("\n", 1)[1]
         await ben.wait_until(lambda: bool(ben.notices(first, "closing this pair")), 30)
+        await asyncio.sleep(2)  # the hub's leave (queued after any goodbye) has had time to arrive
+        assert not ben.notices(first, "This pair has been closed by")  # one goodbye, the kind one
         async with hub.db.session() as s:
             statuses = sorted(p.status for p in (await s.execute(
                 select(Pair).order_by(pair_table.c.id))).scalars())
