@@ -39,9 +39,10 @@ from hub.clock import SystemClock
 from hub.config import settings_from_dict
 from hub.core.matching import Proposal, cost_matrix, greedy, solve
 from hub.delivery.outbox import Outbox
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort
 from hub.features.match_commands import proposal_markdown
 from hub.features.matching_store import load_cohort_match
+from hub.features.room_queue import load_env
 from hub.storage.db import Database, open_database
 from hub.storage.models import Cohort, member_table, pair_table
 
@@ -102,8 +103,8 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 clock = SystemClock()
                 async with db.transaction() as s:
-                    env = await ms.load_env(s, Outbox(db, clock), clock, settings)
-                    cohort = await ms.create_cohort(s, env, slug="bench", name="Bench", timezone="UTC",
+                    env = await load_env(s, Outbox(db, clock), clock, settings)
+                    cohort = await create_cohort(s, env, slug="bench", name="Bench", timezone="UTC",
                                                     start=None, weeks=12, source="command")
                 await populate(db, cohort, args.mentees, args.mentors, rng)
                 now = datetime(2027, 3, 1, 12, tzinfo=UTC)

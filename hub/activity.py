@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from nio import SyncResponse
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -103,7 +102,9 @@ class ActivityRecorder:
         self.display_name = display_name or (lambda _room, user: user)
         self.command_prefix = command_prefix
 
-    async def on_sync(self, resp: SyncResponse) -> None:
+    async def on_sync(self, resp: Any) -> None:
+        """Count one sync's messages (`resp`: a nio SyncResponse, read by duck typing like its
+        events: the features import this module for the counts, and they import no nio)."""
         batches = {room_id: list(info.timeline.events)
                    for room_id, info in resp.rooms.join.items() if info.timeline.events}
         if not batches:

@@ -20,15 +20,16 @@ from hub.clock import Clock
 from hub.config import Settings
 from hub.core.commands import CommandContext, CommandRegistry, CommandSpec, Reply, RoomKind
 from hub.core.content_format import escape_markdown
+from hub.core.homeserver import IncomingMessage
 from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
 from hub.core.markup import echo, markdown_to_matrix
+from hub.core.messages import notice_content, prompt_content
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.errors import ArgumentError, CommandError, PermissionDenied, UsageError
 from hub.features.direct_rooms import describe_room
 from hub.features.people import is_participant
 from hub.features.ports import CommandPorts, Digest, Program
 from hub.features.room_queue import Env, load_env
-from hub.matrix.events import IncomingMessage, notice_content, prompt_content
 from hub.storage.db import Database
 from hub.storage.models import AuditEntry, HandledEvent
 

@@ -20,10 +20,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.activity import ActivityRecorder
 from hub.clock import Clock, SystemClock
 from hub.config import Settings
+from hub.core.cohorts import OWNED_STATE
 from hub.core.commands import CommandRegistry, RoomKind
+from hub.core.effects import (
+    CreateRoom,
+    FixState,
+    Invite,
+    Join,
+    Kick,
+    Leave,
+    LeaveRoom,
+    MatrixEffect,
+    PinPlan,
+)
 from hub.core.limits import AlertAggregator
+from hub.core.membership import Outgoing
 from hub.core.tokens import AddressTokenSigner, bounce_address
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
+from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.inbound import InboundHandler, InboundServer
@@ -49,10 +63,18 @@ from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
-from hub.matrix.events import IncomingMessage, extract, message_from_event, notice_content
+from hub.matrix.events import (
+    IncomingMessage,
+    answer_event,
+    answer_events,
+    extract,
+    message_from_event,
+    notice_content,
+    room_facts,
+)
 from hub.matrix.provision import Provision
 from hub.matrix.rooms import ensure_control_room
-from hub.matrix.sender import MatrixSender
+from hub.matrix.sender import EffectHandler, MatrixSender
 from hub.matrix.session import MatrixSession
 from hub.matrix.sync import SyncLoop
 from hub.storage.db import Database, open_database, private_dir
@@ -114,9 +136,9 @@ class Hub:
         self.control_room_owned = False
         self._parked: dict[str, tuple[str, MegolmEvent]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # Invites being accepted (room id -> the join task): a command from such a room
-        # waits for it, since joining may adopt the room as someone's direct room.
-        self._joining: dict[str, asyncio.Task[None]] = {}
+        # Invites being accepted (room id -> set once its join row is done): a command from
+        # such a room waits for it, since joining may adopt the room as someone's direct room.
+        self._joining: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         self.extra_senders: dict[str, Sender] = {}
         self.smtp_pool: SmtpPool | None = None
@@ -147,19 +169,26 @@ class Hub:
         self.client = await until_reachable(self.session.open, SystemClock())
         await self._cross_sign()
         pause = SharedPause(self.clock, "the homeserver")
-        matrix_sender = MatrixSender(self.client, pause)
-        senders: dict[str, Sender] = {MATRIX: matrix_sender}
+        provision = Provision(self.client, pause)
         self.rooms = RoomKeeper(
-            db=self.db, outbox=self.outbox, clock=self.clock, provision=Provision(self.client, pause),
+            db=self.db, outbox=self.outbox, clock=self.clock, provision=provision,
             settings=lambda: self.settings, control_room=lambda: self.control_room_id,
             on_settings=self._apply_settings, on_config_applied=self._poke_program,
         )
-        self.rooms.install(matrix_sender)
         self.program = ProgramService(db=self.db, outbox=self.outbox, clock=self.clock,
                                       settings=lambda: self.settings,
-                                      control_room=lambda: self.control_room_id)
-        # The op must exist before the dispatcher runs: a pin row may be left from the last run.
-        self.program.install(matrix_sender, self.client)
+                                      control_room=lambda: self.control_room_id, homeserver=provision)
+        # Which handler carries out which room effect: all known before the dispatcher runs,
+        # since rows of every kind may be left from the last run.
+        rooms = self.rooms
+        handlers: dict[type[MatrixEffect], EffectHandler] = {
+            CreateRoom: rooms.create_room, Invite: rooms.invite, Kick: rooms.kick, Leave: rooms.leave,
+            LeaveRoom: rooms.leave_room, FixState: rooms.fix_state, Join: self._join,
+            PinPlan: self.program.pin_plan,
+        }
+        matrix_sender = MatrixSender(self.client, pause, handlers=handlers, resolve_room_key=rooms.resolve,
+                                     load_room=provision.load_room)
+        senders: dict[str, Sender] = {MATRIX: matrix_sender}
         self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)
         self.program.digest = self.digest.rows
         self.activity = ActivityRecorder(self.db, s.matrix.user_id, display_name=self._display_name,
@@ -349,9 +378,10 @@ class Hub:
         facts = extract(resp, self.client.user_id)
         self.creators.update(facts.creators)
         for invite in facts.invites:
-            await self._consider_invite(invite.room_id, invite.inviter, direct=invite.is_direct)
+            await self._consider_invite(invite.room_id, invite.inviter, str(resp.next_batch),
+                                        direct=invite.is_direct)
         if self.rooms is not None:
-            await self.rooms.on_sync(resp, first)
+            await self.rooms.on_sync(room_facts(resp, self.client.user_id, OWNED_STATE, first=first), first)
         if self.activity is not None:
             try:
                 await self.activity.on_sync(resp)
@@ -365,7 +395,7 @@ class Hub:
             await self.runner.handle(msg)
         await self._record_pair_mail(facts.messages)
         if self.answers is not None:
-            await self.answers.on_sync(resp)
+            await self.answers.on_sync(answer_events(resp, self.client.user_id))
         for room_id, event in facts.undecryptable:
             self._park(room_id, event)
         await self._retry_parked()
@@ -413,52 +443,48 @@ class Hub:
             if msg is not None and msg.sender != self.client.user_id:
                 await self.runner.handle(IncomingMessage(**{**msg.__dict__, "encrypted": True}))
                 await self._record_pair_mail([msg])
-            if self.answers is not None:
-                await self.answers.on_event(room_id, decrypted)
+            answer = answer_event(room_id, decrypted)
+            if self.answers is not None and answer is not None:
+                await self.answers.on_event(answer)
 
-    async def _consider_invite(self, room_id: str, inviter: str, *, direct: bool = False) -> None:
-        assert self.client is not None
+    async def _consider_invite(self, room_id: str, inviter: str, batch: str, *, direct: bool = False) -> None:
+        """Accept (a `Join` row) or decline (a `LeaveRoom` row) an invite to the hub.
+
+        Both are Matrix writes, so outbox rows, queued here and sent by the dispatcher (the
+        sync handler does no network work); keyed by the sync batch that showed the invite,
+        so a batch replayed after a crash queues nothing twice.
+        """
+        assert self.outbox is not None and self.db is not None
         if room_id in self._joining:
             return
         if await self.may_invite(inviter):
-            # Joining is network work: never inside the sync handler itself.
-            task = asyncio.create_task(self._join(room_id, inviter, direct=direct))
-            self._joining[room_id] = task
-            task.add_done_callback(lambda t: self._joining.pop(room_id, None))
+            self._joining[room_id] = asyncio.Event()
+            effect: Join | LeaveRoom = Join(room_id, inviter, direct=direct)
+            kind, key = "invite-join", f"join:{room_id}:{batch}"
         else:
             log.info("declining invite to %s from %s (not a moderator or participant)",
                      room_id, inviter)
-            task = asyncio.create_task(self._decline(room_id))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            effect, kind, key = LeaveRoom(room_id), "invite-decline", f"decline:{room_id}:{batch}"
+        async with self.db.transaction() as s:
+            await enqueue(self.outbox, s, Outgoing(effect, kind, key, lane=f"join:{room_id}"))
 
-    async def _join(self, room_id: str, inviter: str, *, direct: bool = False) -> None:
-        assert self.client is not None
-        for attempt in range(6):
-            try:
-                resp = await self.client.join(room_id)
-                if getattr(resp, "room_id", None):
-                    log.info("joined %s on invite from %s", room_id, inviter)
-                    if direct and self.rooms is not None:
-                        await self._adopt(room_id, inviter)
-                    return
-                log.warning("joining %s failed: %s", room_id, resp)
-            except Exception as e:
-                log.warning("joining %s failed: %s", room_id, e)
-            await asyncio.sleep(min(30, 2 ** attempt))
-
-    async def _adopt(self, room_id: str, inviter: str) -> None:
-        """A direct chat a participant or moderator opened: their direct room if it is one."""
+    async def _join(self, row: Claimed, effect: Join) -> str:
+        """The `Join` handler (hub.features.room_joins), telling a command that waits for it."""
         assert self.rooms is not None
         try:
-            await self.rooms.adopt_direct(room_id, inviter)
-        except Exception:
-            # The room stays an ordinary one; the next start's room check does not retry it,
-            # but a new direct chat from the person would be adopted.
-            log.exception("adopting %s as the direct room of %s failed", room_id, inviter)
+            result = await self.rooms.join(row, effect)
+        except TemporaryDeliveryError:
+            raise  # tried again: still joining
+        except BaseException:
+            self._joined(effect.room_id)
+            raise
+        self._joined(effect.room_id)
+        return result
 
-    async def _decline(self, room_id: str) -> None:
-        assert self.client is not None
-        await self.client.room_leave(room_id)
+    def _joined(self, room_id: str) -> None:
+        done = self._joining.pop(room_id, None)
+        if done is not None:
+            done.set()
 
     async def may_invite(self, user_id: str) -> bool:
         """Invites are accepted from moderators and from the cohorts' participants."""
@@ -515,7 +541,7 @@ class Hub:
         if joining is not None:
             # A command sent before the hub had joined (clients let people type at once):
             # its room may be about to become their direct room. Bounded: joining retries.
-            await asyncio.wait({joining}, timeout=10)
+            await self.clock.wait(joining, 10)
         kind = await self.rooms.kind_of(room_id) if self.rooms is not None else None
         return kind or RoomKind.OTHER
 

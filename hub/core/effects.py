@@ -29,6 +29,7 @@ __all__ = [
     "Email",
     "FixState",
     "Invite",
+    "Join",
     "Kick",
     "Leave",
     "LeaveRoom",
@@ -55,6 +56,7 @@ class Op(StrEnum):
     LEAVE_ROOM = "leave_room"  # the hub leaves a room by id (one it no longer records)
     ROOM_FIX = "room_fix"
     PIN_PLAN = "pin_plan"
+    JOIN = "join"  # the hub joins a room: on an invite it accepts, or back into one of its own
 
 
 def _room(room_key: str | None, room_id: str | None) -> dict[str, Any]:
@@ -198,6 +200,29 @@ class LeaveRoom:
 
 
 @dataclass(frozen=True)
+class Join:
+    """The hub joins `room_id`: invited by `inviter` (a direct chat if `direct`), or back into
+    its own room `room_key` after being removed (the room check then looks at it again)."""
+
+    room_id: str
+    inviter: str | None = None
+    direct: bool = False
+    room_key: str | None = None
+
+    op: Literal[Op.JOIN] = field(default=Op.JOIN, init=False, repr=False)
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": str(Op.JOIN), "room_id": self.room_id}
+        if self.inviter is not None:
+            out["inviter"] = self.inviter
+        if self.direct:
+            out["direct"] = True
+        if self.room_key is not None:
+            out["room_key"] = self.room_key
+        return out
+
+
+@dataclass(frozen=True)
 class FixState:
     """Bring the room's state in line with the database at send time (``room_fix``).
 
@@ -262,7 +287,8 @@ class Email:
         return out
 
 
-MatrixEffect = RoomMessage | StateEvent | CreateRoom | Invite | Kick | Leave | LeaveRoom | FixState | PinPlan
+MatrixEffect = (RoomMessage | StateEvent | CreateRoom | Invite | Kick | Leave | LeaveRoom | FixState | PinPlan
+                | Join)
 Effect = MatrixEffect | Email
 
 
@@ -318,6 +344,10 @@ def effect_from_payload(p: Mapping[str, Any], channel: Literal["matrix", "email"
         case Op.ROOM_FIX:
             return FixState(str(_get(p, "room_key", op)), tuple(str(u) for u in p.get("demote", [])),
                             drift=bool(p.get("drift", False)))
+        case Op.JOIN:
+            inviter = p.get("inviter")
+            return Join(str(_get(p, "room_id", op)), None if inviter is None else str(inviter),
+                        direct=bool(p.get("direct", False)), room_key=key)
         case Op.PIN_PLAN:
             mk = p.get("message_key")
             return PinPlan(str(_get(p, "room_id", op)), int(_get(p, "pair_id", op)),

@@ -217,6 +217,24 @@ class Outbox:
                 return
             await self.clock.sleep(poll)
 
+    async def outcome(self, dedupe_key: str, *, within: float,
+                      poll: float = 0.1) -> tuple[str, str | None] | None:
+        """The row's status and result once it is sent or failed; None if not within `within` s.
+
+        For the rare caller that must know how a Matrix write went before going on (the room
+        check's rejoin): the write still goes through the outbox, and is waited for here.
+        """
+        deadline = self.clock.monotonic() + within
+        while True:
+            async with self.db.session() as s:
+                row = (await s.execute(select(T.c.status, T.c.result).where(
+                    T.c.dedupe_key == dedupe_key[:400]))).first()
+            if row is not None and row.status in ("sent", "failed"):
+                return str(row.status), None if row.result is None else str(row.result)
+            if self.clock.monotonic() >= deadline:
+                return None
+            await self.clock.sleep(poll)
+
     async def release_stale_claims(self, *, all_claims: bool) -> int:
         """Put rows left `sending` by a crashed process back in the queue.
 

@@ -38,6 +38,7 @@ from hub.core.calendar import (
     dedupe_key,
 )
 from hub.core.markup import markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.core.tokens import TokenSigner
 from hub.delivery.outbox import EMAIL, MATRIX
 from hub.email.payload import email_payload, normalize_address
@@ -47,7 +48,6 @@ from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
 from hub.features.program_unsent import Unsent, is_transient, person_reason, unsent_alert
 from hub.features.subscribers import handles_for, list_id, signing_secret
-from hub.matrix.events import notice_content
 from hub.program_targets import person_key
 from hub.storage.models import Member, room_member_table
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
-from hub.core.messages import Mention
+from hub.core.messages import Mention, notice_content
 from hub.delivery.outbox import EMAIL, MATRIX
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import ArgumentError, CommandError
@@ -38,7 +38,6 @@ from hub.features.participants import (
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
 from hub.features.program import email_headers, mentions, suppressed
 from hub.features.reactions import answering, remember
-from hub.matrix.events import notice_content
 from hub.storage.models import (
     CheckinAnswer,
     Cohort,

@@ -19,6 +19,7 @@ from hub.core import content as ct
 from hub.core.cohorts import display_name, is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.markup import echo
+from hub.core.messages import notice_content
 from hub.delivery.outbox import MATRIX
 from hub.email.payload import email_payload, enqueue_email, normalize_address
 from hub.errors import ArgumentError, CommandError
@@ -34,7 +35,6 @@ from hub.features.participants import (
 )
 from hub.features.ports import Configured, Effects, Moderators, Programmed, Store, Timed
 from hub.features.reactions import answering, drop_score, remember
-from hub.matrix.events import notice_content
 from hub.storage.models import CommandUse, PrivateCheckin
 from hub.storage.models import command_use_table as U
 

@@ -10,8 +10,10 @@
   outbox rows, with keys derived from `calendar.dedupe_key`; the scheduled
   calendar and `!hub send` both go through it;
 * the `TickScheduler` (started after the first sync, stopped on shutdown);
-* the ``pin_plan`` Matrix op: pins a pair's plan message once it is sent,
-  since its event id only exists then.
+* the handler of the `PinPlan` effect (``pin_plan`` rows): pins a pair's plan
+  message once it is sent, since its event id only exists then, through the
+  homeserver port (`hub.core.homeserver.Homeserver`): its errors are classified
+  and a 429 pauses every send, like any Matrix write.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import icalendar
-from nio import AsyncClient, ErrorResponse, RoomGetStateEventResponse, RoomPutStateResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +44,8 @@ from hub.core.calendar import (
 )
 from hub.core.cohorts import display_name
 from hub.core.content_library import load_library
+from hub.core.effects import PinPlan
+from hub.core.homeserver import Homeserver
 from hub.core.messages import Mention
 from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
@@ -80,9 +83,6 @@ from hub.storage.models import (
     email_suppression_table,
     outbox_table,
 )
-
-if TYPE_CHECKING:
-    from hub.matrix.sender import MatrixSender
 
 __all__ = [
     "ANNOUNCE_DELAY",
@@ -193,8 +193,10 @@ class ProgramService:
         library: ct.Library | None = None,
         digest: DigestHook | None = None,
         control_room: Callable[[], str | None] = lambda: None,
+        homeserver: Homeserver | None = None,
     ) -> None:
         self.db = db
+        self.homeserver = homeserver  # for pinning plans (`pin_plan`); None where nothing is sent
         # Where an item that could not be made for someone is reported (hub.features.program_unsent).
         self.control_room = control_room
         self.outbox = outbox
@@ -210,17 +212,11 @@ class ProgramService:
             catch_up=timedelta(hours=s.hub.catch_up_hours),
         )
         self.scheduler: TickScheduler | None = None
-        self.client: AsyncClient | None = None
         # (member id, hub room id) -> the Reply-To header of an email about that room; set by
         # hub.service when [email.inbound] is configured (hub.features.email_replies).
         self.reply_headers: Callable[[int | None, int | None], dict[str, str]] = lambda member, room: {}
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def install(self, sender: MatrixSender, client: AsyncClient) -> None:
-        """Before the dispatcher starts: rows queued by an earlier run may need the op at once."""
-        self.client = client
-        sender.ops["pin_plan"] = self.op_pin_plan
 
     async def start(self) -> None:
         if self.scheduler is None:
@@ -543,13 +539,13 @@ class ProgramService:
 
     # -- the pinned backup plan -------------------------------------------------------------------
 
-    async def op_pin_plan(self, row: Claimed, p: dict[str, Any]) -> str:
+    async def pin_plan(self, row: Claimed, e: PinPlan) -> str:
         """Pin the pair's plan message (or unpin the old one, for `plan clear`).
 
         Runs after the plan message on the same lane, so its event id is in the
         outbox by now. Other pins in the room (the people's own) are kept.
         """
-        room_id, pair_id, key = str(p["room_id"]), int(p["pair_id"]), p.get("message_key")
+        room_id, pair_id, key = e.room_id, e.pair_id, e.message_key
         async with self.db.session() as s:
             plan = await s.get(PairPlan, pair_id)
             sent = (await s.execute(select(outbox_table.c.status, outbox_table.c.result).where(
@@ -574,23 +570,16 @@ class ProgramService:
         return event_id
 
     async def _pins(self, room_id: str) -> list[str]:
-        assert self.client is not None
-        resp = await self.client.room_get_state_event(room_id, "m.room.pinned_events")
-        if isinstance(resp, RoomGetStateEventResponse):
-            pinned = resp.content.get("pinned", [])
-            return [e for e in pinned if isinstance(e, str)] if isinstance(pinned, list) else []
-        if isinstance(resp, ErrorResponse) and resp.status_code == "M_NOT_FOUND":
-            return []
-        raise TemporaryDeliveryError(f"reading the room's pins failed: {resp}")
+        if self.homeserver is None:
+            raise TemporaryDeliveryError("no homeserver to pin the plan on", retry_after=5.0)
+        content = await self.homeserver.state_content(room_id, "m.room.pinned_events") or {}
+        pinned = content.get("pinned", [])
+        return [e for e in pinned if isinstance(e, str)] if isinstance(pinned, list) else []
 
     async def _put_pins(self, room_id: str, pins: list[str]) -> str:
-        assert self.client is not None
-        resp = await self.client.room_put_state(room_id, "m.room.pinned_events", {"pinned": pins})
-        if isinstance(resp, RoomPutStateResponse):
-            return str(resp.event_id)
-        if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
-            raise PermanentDeliveryError(f"pinning the plan failed: {resp.status_code} {resp.message}")
-        raise TemporaryDeliveryError(f"pinning the plan failed: {resp}")
+        if self.homeserver is None:
+            raise TemporaryDeliveryError("no homeserver to pin the plan on", retry_after=5.0)
+        return await self.homeserver.put_state(room_id, "m.room.pinned_events", "", {"pinned": pins})
 
 
 async def suppressed(s: AsyncSession, addresses: Sequence[str]) -> set[str]:

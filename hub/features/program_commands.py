@@ -22,6 +22,7 @@ from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import email_document, html_to_text, one_line
 from hub.core.converters import to_datetime, to_title, to_url
 from hub.core.markup import echo, markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.delivery.outbox import EMAIL
 from hub.email.payload import email_payload, normalize_address
 from hub.errors import CommandError
@@ -29,7 +30,6 @@ from hub.features.participants import CohortView, load_cohort_view, program_week
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
 from hub.features.program import ANNOUNCE_DELAY, email_headers, suppressed
 from hub.features.subscribers import list_headers
-from hub.matrix.events import notice_content
 from hub.program import ProgramState
 from hub.program_targets import person_key
 from hub.storage.models import (

@@ -21,10 +21,10 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from hub.core.calendar import CalendarItem
 from hub.core.content_format import escape_markdown
 from hub.core.markup import markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.core.names import name_problem, one_line
 from hub.delivery.outbox import MATRIX
 from hub.errors import HubError
-from hub.matrix.events import notice_content
 
 __all__ = ["Unsent", "is_transient", "person_reason", "reason_of", "unsent_alert"]
 

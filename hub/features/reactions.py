@@ -19,17 +19,19 @@ work, and a transaction per answer like a command's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from nio import SyncResponse
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hub.clock import Clock
+from hub.core.homeserver import AnswerEvent, IncomingMessage
 from hub.core.limits import Verdict
 from hub.core.markup import markdown_to_matrix
+from hub.core.messages import notice_content
 from hub.delivery.outbox import MATRIX, Outbox
 from hub.features.prompts import (
     CHECKIN,
@@ -42,7 +44,6 @@ from hub.features.prompts import (
     option_for_text,
 )
 from hub.inbound import CommandRunner
-from hub.matrix.events import AnswerEvent, IncomingMessage, answer_event, answer_events, notice_content
 from hub.storage.db import Database
 from hub.storage.models import (
     CheckinAnswer,
@@ -122,21 +123,21 @@ class Answers:
         self.own_user_id = own_user_id
         self._next_prune = 0.0
 
-    async def on_sync(self, resp: SyncResponse) -> None:
+    async def on_sync(self, events: Iterable[AnswerEvent]) -> None:
+        """One sync's reactions, replies and redactions by others (`hub.matrix.events.answer_events`)."""
         if self.clock.monotonic() >= self._next_prune:
             # Who answered what goes with the prompt once it takes no more answers, even when
             # no later prompt comes (the end of a program) to prune it as it is recorded.
             self._next_prune = self.clock.monotonic() + _PRUNE_EVERY
             async with self.db.transaction() as s:
                 await forget_closed(s, self.clock.now().timestamp() - OPEN_FOR.total_seconds())
-        for event in answer_events(resp, self.own_user_id):
+        for event in events:
             await self.handle(event)
 
-    async def on_event(self, room_id: str, event: Any) -> None:
+    async def on_event(self, event: AnswerEvent) -> None:
         """One event decrypted late (its room key came after it)."""
-        found = answer_event(room_id, event)
-        if found is not None and found.sender != self.own_user_id:
-            await self.handle(found)
+        if event.sender != self.own_user_id:
+            await self.handle(event)
 
     async def handle(self, event: AnswerEvent) -> None:
         try:

@@ -1,9 +1,11 @@
 """Turn nio's sync responses into the plain facts the hub acts on; the message builders.
 
-Only this module and its siblings know nio's event classes; the handlers see
-`IncomingMessage` and `InviteSeen`. `notice_content` and `prompt_content` (what
-every message the hub sends is made with) live in `hub.core.messages`, without
-nio, and are re-exported here.
+Only this module and its siblings know nio's event classes. The facts are plain
+dataclasses: `InviteSeen` and `SyncFacts` here (for the service), and those the
+features see, `IncomingMessage`, `RoomSyncFacts`, `StateChange` and `AnswerEvent`,
+in `hub.core.homeserver` (re-exported here). `notice_content` and `prompt_content`
+(what every message the hub sends is made with) live in `hub.core.messages`,
+without nio, and are re-exported here too.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from nio import (
     MegolmEvent,
     ReactionEvent,
     RoomCreateEvent,
+    RoomMemberEvent,
     RoomMessageNotice,
     RoomMessageText,
     SyncResponse,
 )
 
 from hub.core.cohorts import CREATOR_POWER_VERSIONS
+from hub.core.homeserver import AnswerEvent, IncomingMessage, RoomSyncFacts, StateChange
 from hub.core.messages import Mention, notice_content, prompt_content, user_link
 
 # The message builders live in the core (the digest and the content library use them too).
@@ -31,6 +35,7 @@ __all__ = [
     "IncomingMessage",
     "InviteSeen",
     "Mention",
+    "RoomSyncFacts",
     "StateChange",
     "SyncFacts",
     "answer_event",
@@ -38,24 +43,10 @@ __all__ = [
     "extract",
     "notice_content",
     "prompt_content",
+    "room_facts",
     "state_changes",
     "user_link",
 ]
-
-
-@dataclass(frozen=True)
-class IncomingMessage:
-    room_id: str
-    event_id: str
-    sender: str
-    body: str
-    msgtype: str
-    thread_root: str | None
-    origin_server_ts: int
-    encrypted: bool
-    # Where the hub's reply goes when not under this event: a command that stands for a
-    # reaction (hub.features.reactions) is acknowledged under the prompt it reacted to.
-    reply_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +54,6 @@ class InviteSeen:
     room_id: str
     inviter: str
     is_direct: bool = False  # the inviter marked it a direct chat (`is_direct` in the invite)
-
-
-@dataclass(frozen=True)
-class StateChange:
-    """A state event someone else sent in a room the hub is in."""
-
-    room_id: str
-    event_id: str
-    event_type: str
-    sender: str
 
 
 @dataclass
@@ -164,25 +145,20 @@ def state_changes(resp: SyncResponse, own_user_id: str, types: Collection[str]) 
     return out
 
 
+def room_facts(resp: SyncResponse, own_user_id: str, owned: Collection[str], *, first: bool) -> RoomSyncFacts:
+    """Who joined, left or was invited where, the rooms the hub left, and (after a run's first
+    sync, which shows all state) the changes others made to state of the `owned` types."""
+    memberships: dict[tuple[str, str], str] = {}
+    for room_id, info in resp.rooms.join.items():
+        for ev in [*info.state, *info.timeline.events]:
+            if isinstance(ev, RoomMemberEvent):
+                memberships[(room_id, ev.state_key)] = ev.membership
+    drift = [] if first else state_changes(resp, own_user_id, owned)
+    return RoomSyncFacts(batch=str(resp.next_batch), memberships=memberships,
+                         left=list(resp.rooms.leave.keys()), drift=drift)
+
+
 # -- answers to prompts: reactions, replies, redactions (hub.features.reactions) -----------------
-
-
-@dataclass(frozen=True)
-class AnswerEvent:
-    """Something that may answer a prompt, or take an answer back.
-
-    `kind` is "reaction" (`key` is the reaction's key), "reply" (an `m.text` replying to
-    `target`; `key` is its text without the quoted fallback) or "redaction" (of `target`).
-    """
-
-    room_id: str
-    event_id: str
-    sender: str
-    kind: str
-    target: str
-    key: str
-    origin_server_ts: int
-    encrypted: bool
 
 
 def _in_reply_to(content: dict[str, Any]) -> str | None:

@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from nio import (
@@ -35,6 +34,7 @@ from nio import (
     MatrixRoom,
     RoomCreateResponse,
     RoomEncryptionEvent,
+    RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomInviteResponse,
     RoomKickResponse,
@@ -50,6 +50,7 @@ from hub.core.cohorts import (
     RoomSpec,
     join_rule_content,
 )
+from hub.core.homeserver import RoomSnapshot
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import TemporaryDeliveryError
 from hub.matrix.rooms import default_room_version, power_levels_users
@@ -65,53 +66,14 @@ _ALREADY = ("already in the room", "already joined", "is already invited", "not 
             "not in room", "user is not in the room", "not a member")
 
 
-@dataclass(frozen=True)
-class RoomSnapshot:
-    """A room's current state as the homeserver reports it."""
-
-    room_id: str
-    state: dict[tuple[str, str], dict[str, Any]]
-    members: dict[str, str]  # user id -> membership (invite, join, leave, ban, knock)
-    room_version: str
-    creators: frozenset[str]
-    events: list[dict[str, Any]]  # the raw state events, to teach nio the room
-    created_by: frozenset[str] = frozenset()  # m.room.create's sender and additional creators
-
-    def state_event(self, event_type: str, state_key: str = "") -> dict[str, Any] | None:
-        """The raw current state event (with its sender and id), or None."""
-        for e in self.events:
-            if e.get("type") == event_type and e.get("state_key") == state_key:
-                return e
-        return None
-
-    def owned_by(self, hub: str) -> bool:
-        """The hub made this room, alone: nobody else holds a creator's unremovable power."""
-        return self.created_by == {hub}
-
-    def outranks(self, user: str, hub: str) -> bool:
-        """`user` cannot be kicked by the hub: a creator (v12), or power at least the hub's."""
-        if user in self.creators:
-            return True
-        if self.room_version in CREATOR_POWER_VERSIONS and hub in self.creators:
-            return False  # the hub has unlimited power here
-        power = self.state.get(("m.room.power_levels", ""), {})
-        raw = power.get("users")
-        users: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        default = power.get("users_default", 0)
-
-        def level(u: str) -> int:
-            value = users.get(u, default)
-            return value if isinstance(value, int) else 0
-
-        return level(user) >= level(hub)
-
-
 def _already(resp: ErrorResponse) -> bool:
     message = (resp.message or "").lower()
     return any(phrase in message for phrase in _ALREADY)
 
 
 class Provision:
+    """`hub.core.homeserver.Homeserver` on nio: the room work behind the Matrix sender's effects."""
+
     def __init__(self, client: AsyncClient, pause: SharedPause) -> None:
         self.client = client
         self.pause = pause
@@ -267,6 +229,16 @@ class Provision:
             return str(resp.event_id)
         raise self._error(resp)
 
+    async def state_content(self, room_id: str, event_type: str,
+                            state_key: str = "") -> dict[str, Any] | None:
+        """One state event's content, or None if the room has none of that type."""
+        resp = await self.client.room_get_state_event(room_id, event_type, state_key)
+        if isinstance(resp, RoomGetStateEventResponse):
+            return dict(resp.content)
+        if isinstance(resp, ErrorResponse) and resp.status_code == "M_NOT_FOUND":
+            return None
+        raise self._error(resp)
+
     async def set_direct(self, user_id: str, room_id: str) -> None:
         """Record the room as the hub's direct chat with `user_id` (`m.direct` account data)."""
         path = f"/_matrix/client/v3/user/{self.user_id}/account_data/m.direct"
@@ -307,6 +279,10 @@ class Provision:
             return False
         self.feed(room_id, resp.events)
         return True
+
+    def forget(self, room_id: str) -> None:
+        """Drop nio's view of a room the hub replaced: a later sync teaches it again if need be."""
+        self.client.rooms.pop(room_id, None)
 
     def feed(self, room_id: str, events: list[dict[str, Any]]) -> None:
         if room_id in self.client.rooms:

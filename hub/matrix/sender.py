@@ -1,5 +1,11 @@
 """The outbox's Matrix channel: sends rows with their stable transaction id.
 
+Each row is read back as its effect (`hub.core.effects.effect_from_payload`) and
+dispatched on the effect's type: messages and state events are sent here; the
+room effects (create, invite, kick, leave, fix, join, pin) go to the handler
+`hub.service` gave for that type. The sender imports no feature: what serves
+which effect is decided in the one place that wires the hub.
+
 Because the transaction id is the row's `txn_id` and the hub keeps one device
 (and so one access token), a resend after a crash is the same PUT
 /send/{type}/{txnId}: the homeserver answers with the original event id
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -22,11 +28,12 @@ from nio import (
     RoomSendResponse,
 )
 
+from hub.core.effects import Email, MatrixEffect, RoomMessage, StateEvent, effect_from_payload
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
-__all__ = ["MatrixSender", "OpHandler", "SentHook", "classify_error"]
+__all__ = ["EffectHandler", "MatrixSender", "SentHook", "classify_error"]
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +65,34 @@ def classify_error(resp: ErrorResponse, pause: SharedPause, epoch: int | None = 
     return TemporaryDeliveryError(reason)
 
 
-# A further op (e.g. "create_room", hub.features.rooms): gets the row and its payload.
-OpHandler = Callable[[Claimed, dict[str, Any]], Awaitable[str]]
+# Carries out one kind of room effect (e.g. `CreateRoom`, hub.features.room_ops): gets the
+# row and its effect (of the type it is registered for), returns the row's result.
+EffectHandler = Callable[[Claimed, Any], Awaitable[str]]
 # Told of each message row sent, with its payload (room id resolved) and the new event id.
 SentHook = Callable[[Claimed, dict[str, Any], str], Awaitable[None]]
 
 
 class MatrixSender:
-    def __init__(self, client: AsyncClient, pause: SharedPause, *, max_room_unknown: int = 8) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        pause: SharedPause,
+        *,
+        handlers: Mapping[type[MatrixEffect], EffectHandler] | None = None,
+        resolve_room_key: Callable[[str], Awaitable[str]] | None = None,
+        load_room: Callable[[str], Awaitable[bool]] | None = None,
+        max_room_unknown: int = 8,
+    ) -> None:
         self.client = client
         self.pause = pause
         self.max_room_unknown = max_room_unknown
-        # Extension points for the rooms the hub owns (hub.features.rooms): more ops;
-        # rows naming a room by its stable key, resolved to its id at send time
-        # (the id does not exist yet when such rows are queued); and loading a room
-        # nio has not seen in this run (after a restart nio knows no rooms, nio #279).
-        self.ops: dict[str, OpHandler] = {}
-        self.resolve_room_key: Callable[[str], Awaitable[str]] | None = None
-        self.load_room: Callable[[str], Awaitable[bool]] | None = None
+        # Given by the wiring (hub.service), for the rooms the hub owns: the handler of each
+        # room effect; rows naming a room by its stable key, resolved to its id at send time
+        # (the id does not exist yet when such rows are queued); and loading a room nio has
+        # not seen in this run (after a restart nio knows no rooms, nio #279).
+        self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
+        self.resolve_room_key = resolve_room_key
+        self.load_room = load_room
         # Set after this run's first (full-state) sync: until then nio knows no
         # rooms, and a send would fail for a reason that is not the row's.
         self.ready: asyncio.Event | None = None
@@ -89,21 +106,22 @@ class MatrixSender:
             if not await self.pause.clock.wait(self.ready, self.ready_timeout):
                 raise TemporaryDeliveryError("waiting for the first sync", retry_after=5.0)
         await self.pause.wait()
-        p = row.payload
-        op = p.get("op", "message")
+        effect = effect_from_payload(row.payload, "matrix")  # an unknown op fails the row for good
+        if isinstance(effect, Email):  # not with channel "matrix"; said for the type checker
+            raise PermanentDeliveryError("an email payload in a Matrix row")
         epoch = self.pause.epoch
         try:
-            if p.get("room_key") and op in ("message", "state") and self.resolve_room_key is not None:
-                p = {**p, "room_id": await self.resolve_room_key(str(p["room_key"]))}
-            if op == "message":
-                result = await self._message(row, p, epoch)
-                await self._after_sent(row, p, result)
-            elif op == "state":
-                result = await self._state(p, epoch)
-            elif op in self.ops:
-                result = await self.ops[op](row, p)
+            if isinstance(effect, RoomMessage):
+                room_id = await self._room_id(effect.room_key, effect.room_id)
+                result = await self._message(row, room_id, effect, epoch)
+                await self._after_sent(row, {**row.payload, "room_id": room_id}, result)
+            elif isinstance(effect, StateEvent):
+                room_id = await self._room_id(effect.room_key, effect.room_id)
+                result = await self._state(room_id, effect, epoch)
+            elif (handler := self.handlers.get(type(effect))) is not None:
+                result = await handler(row, effect)
             else:
-                raise PermanentDeliveryError(f"unknown matrix outbox op {op!r}")
+                raise PermanentDeliveryError(f"no handler for matrix outbox op {str(effect.op)!r}")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             reason = f"{e.__class__.__name__}: {e}"
             raise TemporaryDeliveryError(
@@ -112,15 +130,22 @@ class MatrixSender:
         self.pause.success()
         return result
 
-    async def _message(self, row: Claimed, p: dict[str, Any], epoch: int) -> str:
-        room_id = p["room_id"]
+    async def _room_id(self, room_key: str | None, room_id: str | None) -> str:
+        """A row naming a hub room by key goes to the room's id now (it may not have had one)."""
+        if room_key and self.resolve_room_key is not None:
+            return await self.resolve_room_key(room_key)
+        if room_id is None:
+            raise PermanentDeliveryError(f"room {room_key} cannot be looked up here")
+        return room_id
+
+    async def _message(self, row: Claimed, room_id: str, effect: RoomMessage, epoch: int) -> str:
         if room_id not in self.client.rooms and self.load_room is not None:
             await self.load_room(room_id)
         try:
             resp = await self.client.room_send(
                 room_id,
-                p.get("type", "m.room.message"),
-                p["content"],
+                effect.type,
+                effect.content,
                 tx_id=row.txn_id,
                 # Trust comes from cross-signing on the participants' side;
                 # the hub shares keys with every device of a room's members.
@@ -148,10 +173,9 @@ class MatrixSender:
                 raise TemporaryDeliveryError(f"recording the sent message failed: {e}",
                                              retry_after=2.0) from e
 
-    async def _state(self, p: dict[str, Any], epoch: int) -> str:
-        resp = await self.client.room_put_state(
-            p["room_id"], p["type"], p["content"], state_key=p.get("state_key", "")
-        )
+    async def _state(self, room_id: str, effect: StateEvent, epoch: int) -> str:
+        resp = await self.client.room_put_state(room_id, effect.type, effect.content,
+                                                state_key=effect.state_key)
         if isinstance(resp, RoomPutStateResponse):
             return str(resp.event_id)
         assert isinstance(resp, ErrorResponse)

@@ -306,11 +306,11 @@ async def test_the_private_checkin_by_reaction_replaces_and_withdraws_without_th
     await h.event("reaction", direct, MENTEE0, prompts[direct_key], "3️⃣")
     empty = SyncResponse.from_dict({"next_batch": "s1", "rooms": {}})
     assert isinstance(empty, SyncResponse)
-    await h.answers.on_sync(empty)
+    await h.answers.on_sync(answer_events(empty, HUB))
     async with h.w.db.session() as s:
         assert (await s.execute(select(func.count()).select_from(prompt_answer_table))).scalar() == 1
     h.w.clock.advance(15 * 86400)
-    await h.answers.on_sync(empty)
+    await h.answers.on_sync(answer_events(empty, HUB))
     async with h.w.db.session() as s:
         assert (await s.execute(select(func.count()).select_from(prompt_answer_table))).scalar() == 0
         assert (await s.execute(select(func.count()).select_from(prompt_table))).scalar() == 0

@@ -1,0 +1,147 @@
+"""What the room modules share: the database, the homeserver port, lookups, alerts.
+
+`RoomKeeper` (hub.features.rooms) keeps the hub's rooms as the database says; its
+jobs live in one module each, stacked on this base: the effect handlers the Matrix
+sender calls for room rows (`room_ops`), direct chats people open (`room_joins`),
+membership from the sync (`room_sync`), the room check at start (`room_check`), and
+reminders and config watching (`rooms`). None of them imports nio or `hub.matrix`:
+they see the homeserver through `hub.core.homeserver.Homeserver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.clock import Clock
+from hub.config import Settings
+from hub.core.commands import RoomKind
+from hub.core.content_format import escape_markdown
+from hub.core.effects import RoomMessage
+from hub.core.homeserver import Homeserver
+from hub.core.membership import Outgoing
+from hub.core.membership import RoomKind as HubRoomKind
+from hub.delivery.outbox import Outbox
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.features.people import is_participant, member_markdown
+from hub.features.room_queue import Env, load_env, queue
+from hub.storage.db import Database
+from hub.storage.models import Cohort, HubRoom, Member, Pair, hub_room_table
+
+__all__ = ["LIVE", "ReconcileReport", "RoomBase"]
+
+# One logger for all the room modules: they were one module, and log filters name it.
+log = logging.getLogger("hub.features.rooms")
+
+_KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT,
+          HubRoomKind.DM: RoomKind.DIRECT}
+LIVE = ("pending", "creating", "ready", "closing")
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    repaired: list[str] | None = None
+    replaced: list[str] | None = None
+    problems: list[str] | None = None
+
+    def lines(self) -> list[str]:
+        return [*(self.replaced or []), *(self.repaired or []), *(self.problems or [])]
+
+
+class RoomBase:
+    """The state and helpers every room job uses."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        clock: Clock,
+        provision: Homeserver,
+        settings: Callable[[], Settings],
+        control_room: Callable[[], str | None],
+        on_settings: Callable[[Settings], None] | None = None,
+        on_config_applied: Callable[[], None] | None = None,
+        tick_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.clock = clock
+        self.provision = provision
+        self.settings = settings
+        self.control_room = control_room
+        self.on_settings = on_settings
+        self.on_config_applied = on_config_applied
+        self.tick_seconds = tick_seconds
+        self.reconciled = asyncio.Event()
+        self.last_report: ReconcileReport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._config_mtime: float | None = None
+        self._env: Env | None = None
+        self._ticks = 0
+        self._told: set[str] = set()  # state event ids of drift already told to the moderators
+
+    async def env(self, s: AsyncSession) -> Env:
+        settings = self.settings()
+        if self._env is None or self._env.settings is not settings:
+            self._env = await load_env(s, self.outbox, self.clock, settings)
+        return self._env
+
+    # -- looking rooms up ----------------------------------------------------------------------
+
+    async def _by_key(self, s: AsyncSession, key: str) -> HubRoom | None:
+        return (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one_or_none()
+
+    async def resolve(self, key: str) -> str:
+        async with self.db.session() as s:
+            room = await self._by_key(s, key)
+        if room is None:
+            raise PermanentDeliveryError(f"the hub has no room {key}")
+        if room.status == "closed":
+            raise PermanentDeliveryError(f"room {key} is closed")
+        if room.room_id is None:
+            raise TemporaryDeliveryError(f"room {key} is not created yet", retry_after=2.0)
+        return room.room_id
+
+    async def kind_of(self, room_id: str) -> RoomKind | None:
+        async with self.db.session() as s:
+            kind = (await s.execute(select(hub_room_table.c.kind).where(
+                (hub_room_table.c.room_id == room_id) & (hub_room_table.c.status != "closed")
+            ))).scalar_one_or_none()
+        return _KINDS.get(kind, RoomKind.OTHER) if kind else None
+
+    async def is_participant(self, user_id: str) -> bool:
+        async with self.db.session() as s:
+            return await is_participant(s, user_id)
+
+    async def _say(self, s: AsyncSession, env: Env, room_id: str, markdown: str, dedupe: str) -> None:
+        await queue(s, env, Outgoing(RoomMessage.markdown(markdown, room_id=room_id), "room-notice", dedupe))
+
+    # -- alerts ------------------------------------------------------------------------------------
+
+    async def _alert(self, s: AsyncSession, env: Env, text: str, *, dedupe: str) -> None:
+        control = self.control_room()
+        if not control:
+            log.warning("%s", text)
+            return
+        await queue(s, env, Outgoing(RoomMessage.markdown(text, room_id=control), "alert", dedupe))
+
+    async def _describe(self, s: AsyncSession, room: HubRoom) -> str:
+        if room.kind in ("space", "lounge") and room.cohort_id is not None:
+            cohort = await s.get(Cohort, room.cohort_id)
+            return f"the {escape_markdown(cohort.name) if cohort else '?'} {room.kind}"
+        if room.kind == "pair" and room.pair_id is not None:
+            pair = await s.get(Pair, room.pair_id)
+            if pair is not None:
+                a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
+                if a is not None and b is not None:
+                    return f"the pair room of {member_markdown(a)} & {member_markdown(b)}"
+        if room.kind in ("direct", HubRoomKind.DM):
+            return f"the direct room with {escape_markdown(room.user_id or '?')}"
+        return f"room {room.key}"

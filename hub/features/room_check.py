@@ -1,0 +1,252 @@
+"""The room check: every room the hub owns against its spec and its wanted members.
+
+On start (after the first sync) every room is checked; drift is repaired through
+the outbox, and a room that is gone for the hub is replaced (a new generation,
+its members invited again) and reported to the moderators. A room the sync shows
+the hub removed from is checked the same way at once (`_check_later`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.core.cohorts import state_fixes
+from hub.core.content_format import escape_markdown
+from hub.core.effects import FixState, Invite, Join, Kick, StateEvent
+from hub.core.homeserver import RoomSnapshot
+from hub.core.membership import Outgoing
+from hub.core.membership import RoomKind as HubRoomKind
+from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.features.cohort_setup import cohort_rooms
+from hub.features.config_sync import sync_config
+from hub.features.pairs import ensure_pair_room
+from hub.features.room_base import LIVE, ReconcileReport, log
+from hub.features.room_joins import RoomJoins
+from hub.features.room_queue import Env, leave_by_id, queue, queue_create, queue_room_op
+from hub.features.room_spec import build_spec, desired_members
+from hub.storage.models import HubRoom, Pair, RoomMember, hub_room_table, outbox_table, room_member_table
+
+__all__ = ["REJOIN_WAIT", "RoomCheck"]
+
+REJOIN_WAIT = 30.0  # seconds the check waits for its rejoin row to be sent
+
+
+class RoomCheck(RoomJoins):
+    async def reconcile(self) -> ReconcileReport:
+        """Apply the config, then check every room the hub owns and repair what drifted."""
+        report = ReconcileReport(repaired=[], replaced=[], problems=[])
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            for change in await sync_config(s, env):
+                log.info("config: %s", change)
+            rooms = list((await s.execute(select(HubRoom).where(
+                hub_room_table.c.status.in_(LIVE)))).scalars())
+            for room in rooms:
+                if room.room_id is None:
+                    await self._ensure_creation(s, env, room, report)
+        sem = asyncio.Semaphore(8)
+
+        async def one(room: HubRoom) -> None:
+            async with sem:
+                try:
+                    await self.check_room(room, report)
+                except (TemporaryDeliveryError, PermanentDeliveryError) as e:
+                    assert report.problems is not None
+                    report.problems.append(f"could not check {room.key}: {e.reason}")
+
+        await asyncio.gather(*(one(r) for r in rooms if r.room_id is not None and r.status == "ready"))
+        report.checked = sum(1 for r in rooms if r.room_id is not None)
+        self.last_report = report
+        await self._report(report)
+        log.info("reconciled %d rooms: %d repaired, %d replaced, %d problems", report.checked,
+                 len(report.repaired or []), len(report.replaced or []), len(report.problems or []))
+        return report
+
+    async def _ensure_creation(self, s: AsyncSession, env: Env, room: HubRoom,
+                               report: ReconcileReport) -> None:
+        """A room without an id must have a live create row; a failed one is tried again."""
+        row = (await s.execute(select(outbox_table.c.status).where(
+            outbox_table.c.dedupe_key == f"create:{room.key}:{room.generation}"))).scalar_one_or_none()
+        if row == "failed":
+            room.generation += 1
+            room.status = "pending"
+            assert report.problems is not None
+            report.problems.append(f"creating {await self._describe(s, room)} had failed; trying again")
+            await queue_create(s, env, room)
+            if room.kind == "pair" and room.pair_id is not None:
+                pair = await s.get(Pair, room.pair_id)
+                if pair is not None:
+                    await ensure_pair_room(s, env, pair)
+        elif row is None:
+            await queue_create(s, env, room)
+
+    async def check_room(self, room: HubRoom, report: ReconcileReport) -> None:
+        assert room.room_id is not None and report.repaired is not None
+        hub = self.settings().matrix.user_id
+        if room.kind == HubRoomKind.DM:
+            await self._check_dm(room)
+            return
+        snap = await self.provision.snapshot(room.room_id)
+        if snap is None or snap.members.get(hub) != "join":
+            # Invited back, or the join rule lets the hub in: rejoining keeps the room.
+            if await self._rejoin(room):
+                snap = await self.provision.snapshot(room.room_id)
+            if snap is None or snap.members.get(hub) != "join":
+                await self._replace(room, "the hub is no longer in it (deleted, or removed)", report)
+                return
+            report.repaired.append(f"rejoined {room.key}")
+        if not snap.owned_by(hub):
+            # Recorded, but not made by the hub alone (adopted by a tag someone copied, before
+            # tags had to be the hub's own): whoever made it can read everything and cannot be
+            # removed. Nothing more goes there; the room is made again, and the hub leaves it.
+            others = ", ".join(escape_markdown(u) for u in sorted(snap.created_by - {hub})) or "someone else"
+            await self._replace(room, f"it was created by {others}, not by the hub", report)
+            async with self.db.transaction() as s:
+                await leave_by_id(s, await self.env(s), room.room_id, None, key="not-owned")
+            return
+        self.provision.feed(room.room_id, snap.events)
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            fresh = await self._by_key(s, room.key)
+            if fresh is None or fresh.room_id != room.room_id:
+                return
+            spec, children = await build_spec(s, env, fresh)
+            fixes = state_fixes(spec, snap.state, hub=hub, room_version=snap.room_version,
+                                child_rooms=children)
+            if fixes:
+                await queue_room_op(s, env, fresh, FixState(fresh.key), kind="room-fix",
+                                       dedupe_key=f"fix:{fresh.key}:reconcile:{self.clock.now().timestamp()}")
+                report.repaired.append(f"{await self._describe(s, fresh)}: "
+                                       + ", ".join(f.reason for f in fixes))
+            await self._check_members(s, env, fresh, snap, report)
+
+    async def _check_members(self, s: AsyncSession, env: Env, room: HubRoom, snap: RoomSnapshot,
+                             report: ReconcileReport) -> None:
+        assert report.repaired is not None
+        wanted = await desired_members(s, env, room)
+        rows = {r.user_id: r for r in (await s.execute(select(RoomMember).where(
+            room_member_table.c.room_pk == room.id))).scalars()}
+        now = env.now()
+        missing: list[str] = []
+        for user in sorted(wanted):
+            actual = snap.members.get(user)
+            rm = rows.get(user)
+            if rm is None:
+                assert room.id is not None
+                rm = RoomMember(room_pk=room.id, user_id=user, state="pending", updated_at=now)
+                s.add(rm)
+            if actual is None or (actual == "leave" and rm.state in ("pending", "invited")):
+                # Never invited (or the invite was lost): invite. Someone who left on
+                # their own is not pulled back in.
+                if rm.state != "pending" or actual is None:
+                    missing.append(user)
+                rm.state = "pending"
+            else:
+                state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(
+                    actual, rm.state)
+                if state != rm.state:
+                    rm.state = state
+                    if state == "invited" and rm.invited_at is None:
+                        rm.invited_at = now
+                    if state == "joined" and rm.joined_at is None:
+                        rm.joined_at = now
+            rm.updated_at = now
+        if missing:
+            await queue_room_op(s, env, room, Invite(room.key, tuple(missing)), kind="room-invite",
+                                   dedupe_key=f"invite:{room.key}:reconcile:{now}")
+            report.repaired.append(f"{await self._describe(s, room)}: invited {', '.join(missing)}")
+        if room.kind in ("pair", "direct"):
+            hub = env.hub_user
+            extra = [u for u, m in snap.members.items()
+                     if m in ("join", "invite") and u not in wanted and u != hub]
+            # Say only what the hub can do: a kick is queued (a failure is reported on its own);
+            # someone who outranks the hub cannot be removed, and the moderators must know that.
+            stuck = [u for u in extra if snap.outranks(u, hub)]
+            removing = [u for u in extra if u not in stuck]
+            for user in removing:
+                await queue_room_op(s, env, room, Kick(room.key, user, "this room is only for its pair"),
+                                       kind="room-kick", dedupe_key=f"kick:{room.key}:{user}:{now}")
+            what = await self._describe(s, room)
+            if removing:
+                report.repaired.append(f"{what}: removing {', '.join(map(escape_markdown, removing))}")
+            if stuck:
+                assert report.problems is not None
+                report.problems.append(f"{what}: cannot remove {', '.join(map(escape_markdown, stuck))}, "
+                                       "who has as much power "
+                                       "as the hub there (a creator of the room)")
+
+    async def _replace(self, room: HubRoom, reason: str, report: ReconcileReport) -> None:
+        """The room is gone for the hub: make a new one (new generation), invite again, tell moderators."""
+        assert report.replaced is not None
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            fresh = await self._by_key(s, room.key)
+            if fresh is None or fresh.room_id != room.room_id or fresh.status != "ready":
+                return
+            old = fresh.room_id
+            what = await self._describe(s, fresh)
+            if fresh.kind == "pair" and fresh.pair_id is not None:
+                pair = await s.get(Pair, fresh.pair_id)
+                if pair is None or pair.status == "closed":
+                    fresh.status = "closed"
+                    return
+            fresh.generation += 1
+            fresh.room_id, fresh.status, fresh.problem = None, "pending", f"{old}: {reason}"
+            for rm in (await s.execute(select(RoomMember).where(
+                room_member_table.c.room_pk == fresh.id))).scalars():
+                if rm.state != "removed":
+                    rm.state, rm.invited_at, rm.joined_at = "pending", None, None
+            await queue_create(s, env, fresh)
+            if fresh.kind == "pair" and fresh.pair_id is not None:
+                pair = await s.get(Pair, fresh.pair_id)
+                assert pair is not None
+                await ensure_pair_room(s, env, pair)
+            if fresh.kind == "lounge" and fresh.cohort_id is not None:
+                space, _ = await cohort_rooms(s, env, fresh.cohort_id)
+                if space is not None and space.room_id:
+                    await queue_room_op(
+                        s, env, space,
+                        StateEvent("m.space.child", {}, state_key=old or "", room_key=space.key),
+                        kind="room-state", dedupe_key=f"unlink:{space.key}:{old}")
+            line = f"{what} ({old}) was lost: {reason}. A new one is being made and its members invited."
+            report.replaced.append(line)
+        self.provision.forget(room.room_id or "")
+
+    async def _rejoin(self, room: HubRoom) -> bool:
+        """Back into the room if the hub may (invited back, or the join rule lets it in).
+
+        A Matrix write like any other, so an outbox row (its own lane: rows for the room
+        itself would wait behind it); the check waits for its outcome, bounded, and a
+        rejoin that did not happen in time is a problem to report, not a reason to replace.
+        """
+        assert room.room_id is not None
+        key = f"rejoin:{room.key}:{room.generation}:{self.clock.now().timestamp()}"
+        async with self.db.transaction() as s:
+            rejoin = Join(room.room_id, room_key=room.key)
+            await queue(s, await self.env(s), Outgoing(rejoin, "room-join", key, lane=f"join:{room.room_id}"))
+        outcome = await self.outbox.outcome(key, within=REJOIN_WAIT)
+        if outcome is None:
+            raise TemporaryDeliveryError(f"rejoining it took longer than {REJOIN_WAIT:.0f} s")
+        status, result = outcome
+        return status == "sent" and result == "joined"
+
+    async def _report(self, report: ReconcileReport) -> None:
+        lines = report.lines()
+        if not lines:
+            return
+        async with self.db.transaction() as s:
+            env = await self.env(s)
+            shown = lines[:30] + ([f"... and {len(lines) - 30} more"] if len(lines) > 30 else [])
+            text = "Room check: " + ("\n- " if len(shown) > 1 else "") + "\n- ".join(shown)
+            await self._alert(s, env, text, dedupe=f"reconcile:{env.now()}:{id(report)}")
+
+    async def _check_later(self, key: str) -> None:
+        async with self.db.session() as s:
+            room = await self._by_key(s, key)
+        if room is not None:
+            report = ReconcileReport(repaired=[], replaced=[], problems=[])
+            await self.check_room(room, report)
+            await self._report(report)
