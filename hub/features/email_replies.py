@@ -29,9 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.clock import Clock
 from hub.config import InboundSettings
 from hub.core.cohorts import display_name
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.email_reply import kept_out, reply_content, reply_text
 from hub.core.tokens import AddressTokenSigner, reply_address
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.effect_writer import enqueue
+from hub.delivery.outbox import Outbox
 from hub.email.sender import SuppressionHook, suppress_address
 from hub.errors import LinkTokenError, TemporaryDeliveryError
 from hub.program_targets import person_key
@@ -185,10 +187,8 @@ class ReplyPoster:
             return "dropped", "nothing above the quoted text"
         name = display_name(member.name, member.matrix_id, member.email)
         content = reply_content(name, text, mention)
-        queued = await self.outbox.enqueue(
-            s, channel=MATRIX, kind="email-reply", lane=room.room_id, dedupe_key=_dedupe_key(row),
-            payload={"op": "message", "room_id": room.room_id, "type": "m.room.message",
-                     "content": content})
+        queued = await enqueue(self.outbox, s, Outgoing(RoomMessage(content, room_id=room.room_id),
+                                                        "email-reply", _dedupe_key(row)))
         if not queued:
             return "dropped", f"a second copy of {row.message_id}"
         return "posted", f"posted in {room.key}"
