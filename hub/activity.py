@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock, SystemClock
 from hub.core.digest import excerpt
+from hub.core.membership import RoomKind
 from hub.storage.db import Database
 from hub.storage.models import (
     hub_room_table,
@@ -58,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEEP_POSTS = timedelta(days=35)  # excerpts older than this are deleted: the digest looks back 7 days
-_TRACKED = ("lounge", "pair", "direct")
+_TRACKED = (RoomKind.LOUNGE, RoomKind.PAIR, RoomKind.DIRECT)
 # Event types that are "someone said something" (encrypted ones count without being read).
 _MESSAGE_TYPES = ("m.room.message", "m.room.encrypted", "m.sticker")
 _POST_MSGTYPES = ("m.text", "m.emote", "m.image", "m.file", "m.video", "m.audio")
@@ -132,7 +133,7 @@ class ActivityRecorder:
             ts = min(float(getattr(ev, "server_timestamp", 0) or 0) / 1000, seen_at)
             if etype in _MESSAGE_TYPES and ts > (last or 0.0):
                 count, newest = count + 1, max(newest, ts)
-            if kind == "lounge":
+            if kind == RoomKind.LOUNGE:
                 # The only branch that reads content, and only for the lounge.
                 await self._lounge(s, room_id, ev, sender, str(etype), source, ts)
         if count == 0:
@@ -191,7 +192,7 @@ async def pair_last_active(s: AsyncSession, cohort_id: int) -> dict[int, float]:
     R, A = hub_room_table, room_activity_table
     rows = (await s.execute(
         select(R.c.pair_id, A.c.last_active_at).join(A, A.c.room_id == R.c.room_id)
-        .where((R.c.cohort_id == cohort_id) & (R.c.kind == "pair") & R.c.pair_id.is_not(None))
+        .where((R.c.cohort_id == cohort_id) & (R.c.kind == RoomKind.PAIR) & R.c.pair_id.is_not(None))
     )).all()
     return {int(pid): float(at) for pid, at in rows}
 

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from sqlalchemy import func, literal, or_, select
 
+from hub.core.membership import CLOSED_ROOM, MemberStatus, PairStatus, Role, RoomKind, RoomStatus
 from hub.email.payload import normalize_address
 from hub.storage.db import Database
 from hub.storage.models import (
@@ -33,7 +34,7 @@ from hub.storage.models import (
 
 __all__ = ["PARTICIPANT_ROLES", "SqlTargets", "effective_address", "person_key"]
 
-PARTICIPANT_ROLES = ("mentor", "mentee")
+PARTICIPANT_ROLES = (Role.MENTOR, Role.MENTEE)
 C, M, P, R = cohort_table, member_table, pair_table, hub_room_table
 PREF, SUP = person_pref_table, email_suppression_table
 
@@ -63,7 +64,8 @@ class SqlTargets:
         async with self.db.session() as s:
             key = (await s.execute(
                 select(R.c.key).join(C, C.c.id == R.c.cohort_id)
-                .where((C.c.slug == cohort) & (R.c.kind == "lounge") & (R.c.status != "closed"))
+                .where((C.c.slug == cohort) & (R.c.kind == RoomKind.LOUNGE)
+                       & (R.c.status != RoomStatus.CLOSED))
             )).scalar_one_or_none()
         return key
 
@@ -73,8 +75,8 @@ class SqlTargets:
         async with self.db.session() as s:
             rows = (await s.execute(
                 select(R.c.key).join(P, P.c.id == R.c.pair_id).join(C, C.c.id == P.c.cohort_id)
-                .where((C.c.slug == cohort) & (R.c.kind == "pair")
-                       & R.c.status.not_in(("closing", "closed")) & (P.c.status == "active"))
+                .where((C.c.slug == cohort) & (R.c.kind == RoomKind.PAIR)
+                       & R.c.status.not_in(CLOSED_ROOM) & (P.c.status == PairStatus.ACTIVE))
                 .order_by(P.c.id)
             )).scalars().all()
         return list(rows)
@@ -87,14 +89,14 @@ class SqlTargets:
         """
         ts = now.timestamp()
         async with self.db.session() as s:
-            paired = select(P.c.mentor_id.label("mid")).where(P.c.status == "active").union(
-                select(P.c.mentee_id.label("mid")).where(P.c.status == "active")).subquery()
+            paired = select(P.c.mentor_id.label("mid")).where(P.c.status == PairStatus.ACTIVE).union(
+                select(P.c.mentee_id.label("mid")).where(P.c.status == PairStatus.ACTIVE)).subquery()
             rows = (await s.execute(
                 select(M.c.matrix_id).distinct()
                 .join(C, C.c.id == M.c.cohort_id)
                 .join(paired, paired.c.mid == M.c.id)
                 .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
-                .where((C.c.slug == cohort) & (M.c.status == "active") & M.c.matrix_id.is_not(None)
+                .where((C.c.slug == cohort) & (M.c.status == MemberStatus.ACTIVE) & M.c.matrix_id.is_not(None)
                        & M.c.role.in_(PARTICIPANT_ROLES)
                        & or_(PREF.c.snooze_until.is_(None), PREF.c.snooze_until <= ts))
                 .order_by(M.c.matrix_id)
@@ -113,14 +115,14 @@ class SqlTargets:
         ts = now.timestamp()
         async with self.db.session() as s:
             in_room = (select(P.c.mentor_id, P.c.mentee_id).join(R, R.c.pair_id == P.c.id)
-                       .where((R.c.kind == "pair") & R.c.status.not_in(("closing", "closed"))
-                              & (P.c.status == "active")).subquery())
+                       .where((R.c.kind == RoomKind.PAIR) & R.c.status.not_in(CLOSED_ROOM)
+                              & (P.c.status == PairStatus.ACTIVE)).subquery())
             reached = select(in_room.c.mentor_id).union(select(in_room.c.mentee_id))
             rows = (await s.execute(
                 select(M.c.matrix_id).distinct()
                 .join(C, C.c.id == M.c.cohort_id)
                 .outerjoin(PREF, PREF.c.user_id == M.c.matrix_id)
-                .where((C.c.slug == cohort) & (M.c.status == "active") & M.c.matrix_id.is_not(None)
+                .where((C.c.slug == cohort) & (M.c.status == MemberStatus.ACTIVE) & M.c.matrix_id.is_not(None)
                        & M.c.role.in_(PARTICIPANT_ROLES) & M.c.id.not_in(reached)
                        & or_(PREF.c.snooze_until.is_(None), PREF.c.snooze_until <= ts))
                 .order_by(M.c.matrix_id)
@@ -138,7 +140,7 @@ class SqlTargets:
                 .join(C, C.c.id == M.c.cohort_id)
                 .outerjoin(PREF, PREF.c.user_id == func.coalesce(M.c.matrix_id,
                                                                  literal("mailto:").concat(M.c.email)))
-                .where((C.c.slug == cohort) & (M.c.status == "active")
+                .where((C.c.slug == cohort) & (M.c.status == MemberStatus.ACTIVE)
                        & or_(M.c.email.is_not(None), PREF.c.email.is_not(None))
                        & or_(PREF.c.email_mode.is_(None), PREF.c.email_mode != "off"))
                 .order_by(M.c.id)

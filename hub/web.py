@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from hub.delivery.outbox import Outbox
+from hub.delivery.outbox import Outbox, OutboxStatus
 
 __all__ = ["ControlRoomFailures", "HealthSource", "WebServer"]
 
@@ -109,8 +109,8 @@ class WebServer:
             "# HELP hub_outbox_rows Outbox rows by channel and status.",
             "# TYPE hub_outbox_rows gauge",
         ]
-        for status, by_channel in (("queued", stats.queued), ("sending", stats.sending),
-                                   ("sent", stats.sent), ("failed", stats.failed)):
+        for status, by_channel in ((OutboxStatus.QUEUED, stats.queued), (OutboxStatus.SENDING, stats.sending),
+                                   (OutboxStatus.SENT, stats.sent), (OutboxStatus.FAILED, stats.failed)):
             for channel in ("matrix", "email"):
                 lines.append(
                     f'hub_outbox_rows{{channel="{channel}",status="{status}"}} '

@@ -21,6 +21,8 @@ from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoo
 
 __all__ = [
     "CLOSED_ROOM",
+    "LIVE_ROOM",
+    "MATRIX_MEMBERSHIP",
     "OPEN_PAIR",
     "SENT_TO",
     "MemberStatus",
@@ -94,11 +96,19 @@ class PairStatus(StrEnum):
     CLOSED = "closed"
 
 
+# A Matrix `m.room.member` membership as the state the hub stores for it ("knock" has none).
+MATRIX_MEMBERSHIP: dict[str, MembershipState] = {
+    "invite": MembershipState.INVITED, "join": MembershipState.JOINED,
+    "leave": MembershipState.LEFT, "ban": MembershipState.BANNED,
+}
 # A pair that still has its room and its people: active or paused.
 OPEN_PAIR: tuple[PairStatus, ...] = (PairStatus.ACTIVE, PairStatus.PAUSED)
 # Rooms whose messages go by room id (created, not left yet); others wait on their key lane.
 _ID_LANE = (RoomStatus.READY, RoomStatus.CLOSING)
 CLOSED_ROOM: tuple[RoomStatus, ...] = (RoomStatus.CLOSING, RoomStatus.CLOSED)
+# Rooms the hub still has or is making (every state but closed).
+LIVE_ROOM: tuple[RoomStatus, ...] = (RoomStatus.PENDING, RoomStatus.CREATING, RoomStatus.READY,
+                                     RoomStatus.CLOSING)
 # States in which the person has (or is about to get) an invite: a removal kicks them.
 SENT_TO: tuple[MembershipState, ...] = (MembershipState.PENDING, MembershipState.INVITED,
                                         MembershipState.JOINED)

@@ -41,7 +41,7 @@ from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.clock import Clock
-from hub.delivery.outbox import Outbox
+from hub.delivery.outbox import Outbox, OutboxStatus
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.storage.db import Database
 from hub.storage.models import outbox_table as T
@@ -116,7 +116,7 @@ _COLUMNS_O = ", ".join(f"o.{c}" for c in _COLUMNS.split(", "))
 _SENT = (
     update(T)
     .where(T.c.seq == bindparam("k_seq"))
-    .values(status="sent", sent_at=bindparam("k_at"), result=bindparam("k_result"),
+    .values(status=OutboxStatus.SENT, sent_at=bindparam("k_at"), result=bindparam("k_result"),
             attempts=bindparam("k_attempts"), claimed_until=None, claimed_by=None)
 )
 
@@ -211,9 +211,9 @@ class Dispatcher:
         try:
             async with self.db.engine.begin() as conn:
                 result = await conn.execute(
-                    update(T).where((T.c.status == "sending")
+                    update(T).where((T.c.status == OutboxStatus.SENDING)
                                     & (T.c.claimed_until < self.clock.now().timestamp()))
-                    .values(status="queued", claimed_until=None, claimed_by=None)
+                    .values(status=OutboxStatus.QUEUED, claimed_until=None, claimed_by=None)
                 )
         except Exception:
             log.exception("requeueing rows with expired leases failed; will retry")
@@ -244,8 +244,8 @@ class Dispatcher:
                     continue  # alive: its claims are its own
                 try:
                     result = await conn.execute(
-                        update(T).where((T.c.status == "sending") & (T.c.claimed_by == owner))
-                        .values(status="queued", claimed_until=None, claimed_by=None)
+                        update(T).where((T.c.status == OutboxStatus.SENDING) & (T.c.claimed_by == owner))
+                        .values(status=OutboxStatus.QUEUED, claimed_until=None, claimed_by=None)
                     )
                     released += int(getattr(result, "rowcount", 0) or 0)
                 finally:
@@ -340,8 +340,8 @@ class Dispatcher:
         try:
             async with self.db.transaction() as s:
                 await s.execute(
-                    update(T).where(T.c.seq.in_(seqs) & (T.c.status == "sending"))
-                    .values(status="queued", claimed_until=None, claimed_by=None)
+                    update(T).where(T.c.seq.in_(seqs) & (T.c.status == OutboxStatus.SENDING))
+                    .values(status=OutboxStatus.QUEUED, claimed_until=None, claimed_by=None)
                 )
         except Exception:
             log.exception("could not give back %d claimed rows; the next start will", len(seqs))
@@ -440,12 +440,12 @@ class Dispatcher:
         delay = e.retry_after if e.retry_after is not None else backoff_seconds(row.attempts)
         log.info("outbox row %s (%s to %s) will be retried in %.1fs: %s",
                  row.seq, row.kind, row.lane, delay, e.reason)
-        self._record(row.seq, status="queued", attempts=row.attempts + 1, not_before=now + delay,
+        self._record(row.seq, status=OutboxStatus.QUEUED, attempts=row.attempts + 1, not_before=now + delay,
                      last_error=e.reason[:2000], claimed_until=None, claimed_by=None)
 
     async def _fail(self, row: Claimed, reason: str, *, notify: bool = True) -> None:
         log.warning("outbox row %s (%s to %s) failed: %s", row.seq, row.kind, row.lane, reason)
-        self._record(row.seq, status="failed", attempts=row.attempts + 1,
+        self._record(row.seq, status=OutboxStatus.FAILED, attempts=row.attempts + 1,
                      last_error=reason[:2000], claimed_until=None, claimed_by=None)
         if notify and self.on_failed is not None:
             try:

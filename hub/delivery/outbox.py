@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
@@ -24,7 +25,7 @@ from hub.clock import Clock
 from hub.storage.db import Database
 from hub.storage.models import OutboxRow, outbox_table
 
-__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "Outbox", "OutboxStats"]
+__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "UNSENT", "Outbox", "OutboxStats", "OutboxStatus"]
 
 T = outbox_table
 _INSERT_CHUNK = 5000  # rows per executemany in `insert_new`
@@ -34,6 +35,18 @@ _EMPTY_PAYLOAD = "{}"
 MATRIX = "matrix"
 EMAIL = "email"
 
+
+class OutboxStatus(StrEnum):
+    """An outbox row's life (`outbox.status`); each member is the stored string."""
+
+    QUEUED = "queued"  # waiting for its time, its lane, or a retry
+    SENDING = "sending"  # claimed by a dispatcher (`claimed_by` until `claimed_until`)
+    SENT = "sent"
+    FAILED = "failed"  # permanently, or out of attempts; kept with its payload for the operator
+
+
+# Rows still to send: waiting, or claimed and not yet recorded.
+UNSENT: tuple[OutboxStatus, ...] = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
 
 @dataclass(frozen=True)
 class OutboxStats:
@@ -71,7 +84,7 @@ class Outbox:
             kind=kind,
             lane=lane,
             payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
-            status="queued",
+            status=OutboxStatus.QUEUED,
             attempts=0,
             not_before=now if not_before is None else not_before,
             created_at=now,
@@ -138,7 +151,7 @@ class Outbox:
 
     async def stats(self) -> OutboxStats:
         now = self.clock.now().timestamp()
-        counts: dict[str, dict[str, int]] = {s: {} for s in ("queued", "sending", "sent", "failed")}
+        counts: dict[str, dict[str, int]] = {s: {} for s in OutboxStatus}
         async with self.db.session() as s:
             rows = await s.execute(
                 select(T.c.status, T.c.channel, func.count()).group_by(T.c.status, T.c.channel)
@@ -155,16 +168,16 @@ class Outbox:
             oldest = (
                 await s.execute(
                     select(func.min(due_since)).where(
-                        T.c.status.in_(("queued", "sending"))
+                        T.c.status.in_(UNSENT)
                         & ~((T.c.attempts == 0) & (T.c.not_before > now))
                     )
                 )
             ).scalar()
         return OutboxStats(
-            queued=counts["queued"],
-            sending=counts["sending"],
-            sent=counts["sent"],
-            failed=counts["failed"],
+            queued=counts[OutboxStatus.QUEUED],
+            sending=counts[OutboxStatus.SENDING],
+            sent=counts[OutboxStatus.SENT],
+            failed=counts[OutboxStatus.FAILED],
             oldest_queued_age=max(0.0, now - oldest) if oldest is not None else 0.0,
         )
 
@@ -180,7 +193,8 @@ class Outbox:
         cutoff = self.clock.now().timestamp() - keep_days * 86400
         due = (
             select(T.c.seq)
-            .where((T.c.status == "sent") & (T.c.sent_at < cutoff) & (T.c.payload != _EMPTY_PAYLOAD))
+            .where((T.c.status == OutboxStatus.SENT) & (T.c.sent_at < cutoff)
+                   & (T.c.payload != _EMPTY_PAYLOAD))
             .order_by(T.c.seq)
             .limit(batch)
         )
@@ -195,7 +209,7 @@ class Outbox:
 
     async def unsent(self, *, due_only: bool = False) -> int:
         """Rows still to send (queued or being sent); with `due_only`, only those due now."""
-        cond: ColumnElement[bool] = T.c.status.in_(("queued", "sending"))
+        cond: ColumnElement[bool] = T.c.status.in_(UNSENT)
         if due_only:
             cond = cond & (T.c.not_before <= self.clock.now().timestamp())
         async with self.db.session() as s:
@@ -229,7 +243,7 @@ class Outbox:
             async with self.db.session() as s:
                 row = (await s.execute(select(T.c.status, T.c.result).where(
                     T.c.dedupe_key == dedupe_key[:400]))).first()
-            if row is not None and row.status in ("sent", "failed"):
+            if row is not None and row.status in (OutboxStatus.SENT, OutboxStatus.FAILED):
                 return str(row.status), None if row.result is None else str(row.result)
             if self.clock.monotonic() >= deadline:
                 return None
@@ -243,11 +257,11 @@ class Outbox:
         The row keeps its txn_id, so the resend is deduplicated by the homeserver.
         """
         now = self.clock.now().timestamp()
-        cond = T.c.status == "sending"
+        cond = T.c.status == OutboxStatus.SENDING
         if not all_claims:
             cond = cond & (T.c.claimed_until < now)
         async with self.db.transaction() as s:
             result = await s.execute(
-                update(T).where(cond).values(status="queued", claimed_until=None, claimed_by=None)
+                update(T).where(cond).values(status=OutboxStatus.QUEUED, claimed_until=None, claimed_by=None)
             )
         return int(getattr(result, "rowcount", 0) or 0)

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.answers import CHECKIN, MET, Answer, cohort_scope, pair_scope
+from hub.core.membership import OPEN_PAIR, MemberStatus
 from hub.features.pair_commands import record_met
 from hub.features.person_commands import LOW_SCORE, record_private_checkin
 from hub.storage.db import Database
@@ -30,7 +31,6 @@ from hub.web_answer import Recorded
 
 __all__ = ["SqlAnswerStore", "met_thanks"]
 
-_OPEN = ("active", "paused")
 
 
 def met_thanks(how: str) -> str:
@@ -70,8 +70,8 @@ class SqlAnswerStore:
         key = sub.person
         cond = ((member_table.c.email == key.removeprefix("mailto:")) & member_table.c.matrix_id.is_(None)
                 if key.startswith("mailto:") else member_table.c.matrix_id == key)
-        return list((await s.execute(select(Member).where(cond & (member_table.c.status == "active"))))
-                    .scalars().all())
+        active = member_table.c.status == MemberStatus.ACTIVE
+        return list((await s.execute(select(Member).where(cond & active))).scalars().all())
 
     @staticmethod
     async def _met(s: AsyncSession, answer: Answer, members: list[Member], now: float) -> Recorded:
@@ -80,7 +80,7 @@ class SqlAnswerStore:
             return Recorded("gone")
         pairs = (await s.execute(select(Pair).where(
             or_(pair_table.c.mentor_id.in_(ids), pair_table.c.mentee_id.in_(ids))
-            & pair_table.c.status.in_(_OPEN)))).scalars().all()
+            & pair_table.c.status.in_(OPEN_PAIR)))).scalars().all()
         pair = next((p for p in pairs if pair_scope(p.video_name) == answer.scope), None)
         if pair is None:
             return Recorded("gone", "This pair is closed, so nothing was changed.")

@@ -20,7 +20,7 @@ from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import escape_markdown
 from hub.core.converters import to_slug, to_who
 from hub.core.markup import echo
-from hub.core.membership import PairStatus
+from hub.core.membership import MembershipState, MemberStatus, PairStatus, Role, RoomKind, RoomStatus
 from hub.core.names import check_name
 from hub.core.zones import find_zone
 from hub.errors import ArgumentError, CommandError, UsageError
@@ -44,7 +44,7 @@ from hub.storage.models import (
 __all__ = ["add", "cohort_create", "cohort_list", "cohort_show", "pair", "pause", "register_cohorts",
            "remove", "resume", "unpair"]
 
-ROLE = Arg("role", kind="choice", choices=("mentor", "mentee", "moderator"))
+ROLE = Arg("role", kind="choice", choices=tuple(Role))
 
 Ctx = CommandContext[Membership]
 
@@ -103,10 +103,10 @@ async def cohort_list(ctx: CommandContext[Store]) -> Reply:
     if not cohorts:
         return Reply(f"No cohorts yet. `{prefix} cohort create SLUG \"NAME\"` makes one.")
     members: dict[int | None, int] = dict((await s.execute(
-        select(member_table.c.cohort_id, func.count()).where(member_table.c.status == "active")
+        select(member_table.c.cohort_id, func.count()).where(member_table.c.status == MemberStatus.ACTIVE)
         .group_by(member_table.c.cohort_id))).all())
     pairs: dict[int | None, int] = dict((await s.execute(
-        select(pair_table.c.cohort_id, func.count()).where(pair_table.c.status != "closed")
+        select(pair_table.c.cohort_id, func.count()).where(pair_table.c.status != PairStatus.CLOSED)
         .group_by(pair_table.c.cohort_id))).all())
     lines = [f"{len(cohorts)} cohorts:"]
     for c in cohorts:
@@ -121,10 +121,10 @@ async def cohort_show(ctx: Ctx) -> Reply:
     assert cohort.id is not None
     roles: dict[str, int] = dict((await s.execute(
         select(member_table.c.role, func.count())
-        .where((member_table.c.cohort_id == cohort.id) & (member_table.c.status == "active"))
+        .where((member_table.c.cohort_id == cohort.id) & (member_table.c.status == MemberStatus.ACTIVE))
         .group_by(member_table.c.role))).all())
     email_only = await _count(s, select(func.count()).select_from(member_table).where(
-        (member_table.c.cohort_id == cohort.id) & (member_table.c.status == "active")
+        (member_table.c.cohort_id == cohort.id) & (member_table.c.status == MemberStatus.ACTIVE)
         & member_table.c.matrix_id.is_(None)))
     by_status: dict[str, int] = dict((await s.execute(
         select(pair_table.c.status, func.count()).where(pair_table.c.cohort_id == cohort.id)
@@ -134,7 +134,7 @@ async def cohort_show(ctx: Ctx) -> Reply:
     pending = await _count(s, select(func.count()).select_from(room_member_table).join(
         hub_room_table, hub_room_table.c.id == room_member_table.c.room_pk).where(
         (hub_room_table.c.cohort_id == cohort.id)
-        & room_member_table.c.state.in_(("pending", "invited"))))
+        & room_member_table.c.state.in_((MembershipState.PENDING, MembershipState.INVITED))))
 
     def where(kind: str) -> str:
         for r in rooms:
@@ -142,7 +142,8 @@ async def cohort_show(ctx: Ctx) -> Reply:
                 return r.room_id or "being created"
         return "none"
 
-    waiting = sum(1 for r in rooms if r.kind == "pair" and r.room_id is None and r.status != "closed")
+    waiting = sum(1 for r in rooms
+                  if r.kind == RoomKind.PAIR and r.room_id is None and r.status != RoomStatus.CLOSED)
     lines = [
         f"**{escape_markdown(cohort.name)}** (`{cohort.slug}`), from the {cohort.source}",
         f"Starts {cohort.start_date}, {cohort.weeks} weeks, time zone {cohort.timezone}",
@@ -187,7 +188,7 @@ async def add(ctx: Ctx) -> Reply:
         return Reply(f"{label} ({who}) is already a {role} in `{cohort.slug}`; nothing changed.")
     if member.matrix_id:
         how = "invited to the cohort's space and lounge"
-        if role == "moderator":
+        if role == Role.MODERATOR:
             how += " with power level 50"
     else:
         how = ("email-only: gets a welcome email, the digest and announcements"

@@ -38,6 +38,7 @@ from hub.core.calendar import (
     dedupe_key,
 )
 from hub.core.effects import Email, Outgoing, RoomMessage
+from hub.core.membership import MembershipState, PairStatus
 from hub.core.tokens import TokenSigner
 from hub.delivery.effect_writer import row_spec
 from hub.errors import ContentError
@@ -184,7 +185,7 @@ class DigestService:
             return dg.CohortPulse()
         since = now - timedelta(days=PULSE_DAYS)
         joined = int((await s.execute(select(func.count()).select_from(room_member_table).where(
-            (room_member_table.c.room_pk == lounge.id) & (room_member_table.c.state == "joined")
+            (room_member_table.c.room_pk == lounge.id) & (room_member_table.c.state == MembershipState.JOINED)
             & (room_member_table.c.joined_at >= since.timestamp())))).scalar() or 0)
         names = {m.matrix_id: m.name for m in view.members.values() if m.matrix_id}
         posts = tuple(
@@ -232,7 +233,7 @@ class DigestService:
                                        if (pv.pair.id or 0) in last else None),
                     backup_plan_set=bool(pv.plan))
                 for pv in view.pairs.values()
-                if pv.pair.status == "active" and m.id in (pv.mentor.id, pv.mentee.id))
+                if pv.pair.status == PairStatus.ACTIVE and m.id in (pv.mentor.id, pv.mentee.id))
             out.append((m, dg.Recipient(handle=handles[key], name=m.name or "there",
                                         timezone=_zone(m.timezone, view.zone), pairs=pairs,
                                         on_matrix=m.matrix_id is not None)))

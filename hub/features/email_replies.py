@@ -31,6 +31,7 @@ from hub.config import InboundSettings
 from hub.core.cohorts import display_name
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.email_reply import kept_out, reply_content, reply_text
+from hub.core.membership import CLOSED_ROOM, MemberStatus, PairStatus, RoomKind, RoomStatus
 from hub.core.tokens import AddressTokenSigner, reply_address
 from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import Outbox
@@ -156,16 +157,17 @@ class ReplyPoster:
             return "dropped", "the reply address's token no longer verifies"
         member = await s.get(Member, claims.member_id)
         room = await s.get(HubRoom, claims.room_pk)
-        if member is None or member.status != "active":
+        if member is None or member.status != MemberStatus.ACTIVE:
             return "dropped", "the person is no longer in the cohort"
-        if room is None or room.status in ("closing", "closed"):
+        if room is None or room.status in CLOSED_ROOM:
             return "dropped", "the room is closed"
-        if room.room_id is None or room.status != "ready":
+        if room.room_id is None or room.status != RoomStatus.READY:
             raise _Later(f"room {room.key} is not ready")
         mention: str | None = None
-        if room.kind == "pair":
+        if room.kind == RoomKind.PAIR:
             pair = await s.get(Pair, room.pair_id) if room.pair_id is not None else None
-            if pair is None or pair.status == "closed" or member.id not in (pair.mentor_id, pair.mentee_id):
+            if (pair is None or pair.status == PairStatus.CLOSED
+                    or member.id not in (pair.mentor_id, pair.mentee_id)):
                 return "dropped", "the person is not in this pair (any more)"
             partner = await s.get(Member, pair.mentee_id if member.id == pair.mentor_id else pair.mentor_id)
             mention = partner.matrix_id if partner is not None else None

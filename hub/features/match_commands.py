@@ -30,7 +30,7 @@ from hub.core.converters import to_slug
 from hub.core.effects import Email, RoomMessage
 from hub.core.markup import echo
 from hub.core.matching import MatchInput, Proposal, allowed, proposal_lines, propose
-from hub.core.membership import CLOSED_ROOM, OPEN_PAIR, Outgoing
+from hub.core.membership import CLOSED_ROOM, OPEN_PAIR, Outgoing, Role
 from hub.delivery.effect_writer import enqueue
 from hub.errors import ArgumentError, CommandError
 from hub.features.cohort_setup import get_cohort, require_cohort
@@ -199,7 +199,8 @@ async def _ask_for_rematch(ctx: Ctx, text: str) -> Reply:
     if not control:
         raise CommandError("The moderators' room is not ready yet, so nothing was sent. "
                            "Please try again in a few minutes.")
-    mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender) if m.role in ("mentor", "mentee")]
+    mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender)
+            if m.role in (Role.MENTOR, Role.MENTEE)]
     if not mine:
         raise CommandError("You're not a mentor or mentee in a cohort, so there is no pair to change.")
     member, cohort = mine[0]
@@ -242,7 +243,7 @@ async def _close_for_rematch(ctx: Ctx, slug: str, mentee_text: str) -> Reply:
     cohort = await require_cohort(s, env, slug)
     assert cohort.id is not None
     mentee = await find_member(s, env, cohort.id, who)
-    if mentee is None or mentee.role != "mentee":
+    if mentee is None or mentee.role != Role.MENTEE:
         raise CommandError(f"{who} is not a mentee in `{slug}`; nothing was changed.")
     pair = (await s.execute(select(Pair).where(
         (pair_table.c.mentee_id == mentee.id) & pair_table.c.status.in_(OPEN_PAIR)))).scalar_one_or_none()

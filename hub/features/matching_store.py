@@ -24,12 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import Who
 from hub.core.matching import MatchInput, Mentee, Mentor, Proposal
+from hub.core.membership import OPEN_PAIR, MemberStatus, Role
 from hub.core.zones import find_zone
 from hub.storage.models import Cohort, KeyValue, member_table, pair_table
 
 __all__ = ["CohortMatch", "Person", "forget_proposal", "load_cohort_match", "load_proposal", "save_proposal"]
 
-_OPEN = ("active", "paused")
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ async def load_cohort_match(s: AsyncSession, cohort: Cohort, now: datetime) -> C
     rows = (await s.execute(
         select(m.c.id, m.c.role, m.c.name, m.c.email, m.c.matrix_id, m.c.timezone, m.c.languages,
                m.c.topics, m.c.capacity, m.c.avoid)
-        .where((m.c.cohort_id == cohort.id) & (m.c.status == "active")
-               & m.c.role.in_(("mentor", "mentee")))
+        .where((m.c.cohort_id == cohort.id) & (m.c.status == MemberStatus.ACTIVE)
+               & m.c.role.in_((Role.MENTOR, Role.MENTEE)))
         .order_by(m.c.id))).all()
     pairs = (await s.execute(
         select(pair_table.c.mentor_id, pair_table.c.mentee_id, pair_table.c.status)
@@ -90,7 +90,7 @@ async def load_cohort_match(s: AsyncSession, cohort: Cohort, now: datetime) -> C
     open_of: dict[int, int] = {}  # member id -> open pairs
     forbidden: set[tuple[int, int]] = set()
     for mentor_id, mentee_id, status in pairs:
-        if status in _OPEN:
+        if status in OPEN_PAIR:
             open_of[mentor_id] = open_of.get(mentor_id, 0) + 1
             open_of[mentee_id] = open_of.get(mentee_id, 0) + 1
         else:
@@ -108,7 +108,7 @@ async def load_cohort_match(s: AsyncSession, cohort: Cohort, now: datetime) -> C
     for r in rows:
         offset = _offset(r.timezone, cohort.timezone, now, zones)
         langs, topics = _words(r.languages), _words(r.topics)
-        if r.role == "mentee":
+        if r.role == Role.MENTEE:
             if open_of.get(r.id):
                 continue
             mentees.append(Mentee(r.id, langs, topics, offset))
@@ -120,7 +120,7 @@ async def load_cohort_match(s: AsyncSession, cohort: Cohort, now: datetime) -> C
             other = by_ident.get(ident.lower())
             if other is None or roles.get(other) == r.role:
                 continue
-            forbidden.add((r.id, other) if r.role == "mentor" else (other, r.id))
+            forbidden.add((r.id, other) if r.role == Role.MENTOR else (other, r.id))
     inp = MatchInput(tuple(mentees), tuple(mentors), frozenset(forbidden))
     return CohortMatch(cohort, inp, people)
 

@@ -18,6 +18,7 @@ from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.effects import Email, Outgoing, PinPlan, RoomMessage
+from hub.core.membership import RoomKind as HubRoomKind
 from hub.core.messages import Mention
 from hub.delivery.effect_writer import enqueue, row_spec
 from hub.errors import ArgumentError, CommandError
@@ -212,7 +213,7 @@ async def icebreaker(ctx: CommandContext[PairContent]) -> Reply:
         scope, audience, variables = pv.key, ct.Audience.PAIR, _pair_vars(ctx, view, pv)
     else:
         lounge = (await s.execute(select(HubRoom).where(
-            (hub_room_table.c.room_id == ctx.room_id) & (hub_room_table.c.kind == "lounge")
+            (hub_room_table.c.room_id == ctx.room_id) & (hub_room_table.c.kind == HubRoomKind.LOUNGE)
         ))).scalar_one_or_none()
         cohort_view = None
         if lounge is not None and lounge.cohort_id is not None:

@@ -29,6 +29,7 @@ from hub.clock import Clock
 from hub.config import Settings
 from hub.core.cohorts import display_name
 from hub.core.effects import Email, Outgoing
+from hub.core.membership import MemberStatus, PairStatus, RoomKind, RoomStatus
 from hub.core.names import one_line
 from hub.core.tokens import AddressTokenSigner
 from hub.core.zones import find_zone
@@ -86,21 +87,21 @@ class PairMailer:
         now = self.clock.now().timestamp()
         async with self.db.transaction() as s:
             rooms = {r.room_id: r for r in (await s.execute(select(HubRoom).where(
-                R.c.room_id.in_({m.room_id for m in wanted}) & (R.c.kind == "pair")
-                & (R.c.status == "ready")))).scalars().all()}
+                R.c.room_id.in_({m.room_id for m in wanted}) & (R.c.kind == RoomKind.PAIR)
+                & (R.c.status == RoomStatus.READY)))).scalars().all()}
             for m in wanted:
                 room = rooms.get(m.room_id)
                 if room is None or room.pair_id is None:
                     continue  # not a pair room: nothing from any other room is ever mailed
                 pair = await s.get(Pair, room.pair_id)
-                if pair is None or pair.status == "closed":
+                if pair is None or pair.status == PairStatus.CLOSED:
                     continue
                 mentor, mentee = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if mentor is None or mentee is None:
                     continue
                 for writer, reader in ((mentor, mentee), (mentee, mentor)):
                     if (writer.matrix_id == m.sender and not reader.matrix_id and reader.email
-                            and reader.status == "active"):
+                            and reader.status == MemberStatus.ACTIVE):
                         rows.append(dict(
                             room_pk=room.id, member_id=reader.id, event_id=m.event_id,
                             sender_name=one_line(display_name(writer.name, writer.matrix_id, None))[:200],
@@ -149,7 +150,7 @@ class PairMailer:
             # The words leave the database with the email: what a pair says is kept no longer
             # than it takes to mail it (the rows stay, for "nothing twice").
             await s.execute(update(PM).where(PM.c.id.in_(ids)).values(mailed_at=now.timestamp(), body=""))
-            if member is None or member.status != "active" or not member.email:
+            if member is None or member.status != MemberStatus.ACTIVE or not member.email:
                 return 0  # gone meanwhile: the rows are done, nothing is sent
             cohort = await s.get(Cohort, member.cohort_id)
             zone = find_zone(member.timezone or "") or find_zone(cohort.timezone if cohort else "") \

@@ -28,6 +28,7 @@ from hub.core.cohorts import display_name, video_url
 from hub.core.content_format import escape_markdown
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.markup import markdown_to_matrix
+from hub.core.membership import OPEN_PAIR, MemberStatus, Role, RoomKind, RoomStatus
 from hub.core.zones import find_zone
 from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
@@ -129,15 +130,15 @@ async def load_cohort_view(s: AsyncSession, slug: str) -> CohortView | None:
     if cohort is None:
         return None
     rooms = (await s.execute(select(HubRoom).where(
-        (hub_room_table.c.cohort_id == cohort.id) & (hub_room_table.c.status != "closed")
+        (hub_room_table.c.cohort_id == cohort.id) & (hub_room_table.c.status != RoomStatus.CLOSED)
     ))).scalars().all()
-    by_pair = {r.pair_id: r for r in rooms if r.kind == "pair" and r.pair_id is not None}
-    lounge = next((r for r in rooms if r.kind == "lounge"), None)
+    by_pair = {r.pair_id: r for r in rooms if r.kind == RoomKind.PAIR and r.pair_id is not None}
+    lounge = next((r for r in rooms if r.kind == RoomKind.LOUNGE), None)
     members = {m.id: m for m in (await s.execute(select(Member).where(
-        (member_table.c.cohort_id == cohort.id) & (member_table.c.status == "active")
+        (member_table.c.cohort_id == cohort.id) & (member_table.c.status == MemberStatus.ACTIVE)
     ))).scalars().all() if m.id is not None}
     pairs = (await s.execute(select(Pair).where(
-        (pair_table.c.cohort_id == cohort.id) & pair_table.c.status.in_(("active", "paused"))
+        (pair_table.c.cohort_id == cohort.id) & pair_table.c.status.in_(OPEN_PAIR)
     ).order_by(pair_table.c.id))).scalars().all()
     plans = {p.pair_id: p.text for p in (await s.execute(select(PairPlan).where(
         pair_plan_table.c.pair_id.in_([p.id for p in pairs])
@@ -162,7 +163,7 @@ async def load_cohort_view(s: AsyncSession, slug: str) -> CohortView | None:
 async def pair_of_room(s: AsyncSession, room_id: str) -> tuple[CohortView, PairView]:
     """The pair whose room this is (commands in a pair room)."""
     room = (await s.execute(select(HubRoom).where(
-        (hub_room_table.c.room_id == room_id) & (hub_room_table.c.kind == "pair")
+        (hub_room_table.c.room_id == room_id) & (hub_room_table.c.kind == RoomKind.PAIR)
     ))).scalar_one_or_none()
     pair = await s.get(Pair, room.pair_id) if room is not None and room.pair_id is not None else None
     cohort = await s.get(Cohort, pair.cohort_id) if pair is not None else None
@@ -189,7 +190,7 @@ def content_cohort(view: CohortView) -> ct.Cohort:
 
 
 def content_person(view: CohortView, member: Member) -> ct.Person:
-    role = member.role if member.role in ct.ROLES else "mentee"
+    role = member.role if member.role in ct.ROLES else Role.MENTEE
     return ct.Person(display_name(member.name, member.matrix_id, member.email), role,
                      _zone_name(member.timezone, view.cohort.timezone), member.matrix_id is not None)
 
@@ -256,7 +257,7 @@ async def memberships(s: AsyncSession, user_id: str) -> list[tuple[Member, Cohor
     """The person's active memberships, oldest cohort first."""
     rows = (await s.execute(
         select(Member, Cohort).join(Cohort, Cohort.id == Member.cohort_id)  # type: ignore[arg-type]
-        .where((member_table.c.matrix_id == user_id) & (member_table.c.status == "active"))
+        .where((member_table.c.matrix_id == user_id) & (member_table.c.status == MemberStatus.ACTIVE))
         .order_by(member_table.c.cohort_id)
     )).all()
     return [(m, c) for m, c in rows]

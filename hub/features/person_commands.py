@@ -20,6 +20,7 @@ from hub.core.cohorts import display_name, is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
 from hub.core.effects import Email, Outgoing, RoomMessage
 from hub.core.markup import echo
+from hub.core.membership import Role
 from hub.delivery.effect_writer import enqueue
 from hub.email.payload import normalize_address
 from hub.errors import ArgumentError, CommandError
@@ -104,7 +105,8 @@ async def _guide(ctx: CommandContext[Guide]) -> Reply:
     """The private reflection guide, rendered for the person asking."""
     ports = ctx.ports
     program = ports.program
-    mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender) if m.role in ("mentor", "mentee")]
+    mine = [(m, c) for m, c in await memberships(ports.session, ctx.sender)
+            if m.role in (Role.MENTOR, Role.MENTEE)]
     if not mine:
         raise CommandError("You're not a mentor or mentee in a cohort, so there's no reflection guide "
                            "for you here.")
@@ -126,7 +128,7 @@ async def checkin(ctx: CommandContext[Guide]) -> Reply:
     ports = ctx.ports
     now = ports.clock.now()
     mine = await memberships(ports.session, ctx.sender)
-    cohort = next((c for m, c in mine if m.role in ("mentor", "mentee")), None)
+    cohort = next((c for m, c in mine if m.role in (Role.MENTOR, Role.MENTEE)), None)
     week = 0
     if cohort is not None:
         view = await load_cohort_view(ports.session, cohort.slug)

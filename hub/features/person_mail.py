@@ -47,9 +47,10 @@ from hub.core.cohorts import display_name, paired_email, video_url
 from hub.core.content_format import html_to_text, one_line
 from hub.core.content_library import load_library
 from hub.core.markup import markdown_to_matrix
+from hub.core.membership import Role
 from hub.core.person_email import AnswerLink, PersonEmail, PersonEmailBuilder, VideoCall
 from hub.core.tokens import Purpose, TokenSigner, list_unsubscribe_headers
-from hub.delivery.outbox import EMAIL
+from hub.delivery.outbox import EMAIL, OutboxStatus
 from hub.email.payload import email_payload, normalize_address
 from hub.features.subscribers import handles_for, list_id, signing_secret
 from hub.program_targets import person_key
@@ -84,7 +85,7 @@ def _cohort(cohort: Cohort) -> ct.Cohort:
 
 
 def _person(member: Member, zone: str) -> ct.Person:
-    role = member.role if member.role in ct.ROLES else "mentee"
+    role = member.role if member.role in ct.ROLES else Role.MENTEE
     return ct.Person(display_name(member.name, member.matrix_id, member.email), role,
                      member.timezone or zone, member.matrix_id is not None)
 
@@ -166,7 +167,7 @@ async def paired_payload(
 async def replace_queued(s: AsyncSession, dedupe_key: str, payload: dict[str, Any]) -> bool:
     """Give a row queued in this transaction (not sent: it is not committed yet) a new payload."""
     result = await s.execute(update(outbox_table).where(
-        (outbox_table.c.dedupe_key == dedupe_key) & (outbox_table.c.status == "queued")
+        (outbox_table.c.dedupe_key == dedupe_key) & (outbox_table.c.status == OutboxStatus.QUEUED)
     ).values(payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False)))
     return bool(getattr(result, "rowcount", 0))
 

@@ -31,6 +31,7 @@ from hub.clock import Clock
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.homeserver import AnswerEvent, IncomingMessage
 from hub.core.limits import Verdict
+from hub.core.membership import MemberStatus, PairStatus
 from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import Outbox
 from hub.features.prompts import (
@@ -184,10 +185,11 @@ class Answers:
         if prompt.kind == CHECKIN:
             return {prompt.user_id} if prompt.user_id else set()
         pair = await s.get(Pair, prompt.pair_id) if prompt.pair_id is not None else None
-        if pair is None or pair.status == "closed":
+        if pair is None or pair.status == PairStatus.CLOSED:
             return set()
         people = [await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)]
-        return {m.matrix_id for m in people if m is not None and m.matrix_id and m.status == "active"}
+        return {m.matrix_id for m in people
+                if m is not None and m.matrix_id and m.status == MemberStatus.ACTIVE}
 
     # -- a withdrawal ------------------------------------------------------------------------------
 

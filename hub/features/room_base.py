@@ -24,7 +24,7 @@ from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.effects import RoomMessage
 from hub.core.homeserver import Homeserver
-from hub.core.membership import Outgoing
+from hub.core.membership import Outgoing, RoomStatus
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.outbox import Outbox
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
@@ -33,14 +33,13 @@ from hub.features.room_queue import Env, load_env, queue
 from hub.storage.db import Database
 from hub.storage.models import Cohort, HubRoom, Member, Pair, hub_room_table
 
-__all__ = ["LIVE", "ReconcileReport", "RoomBase"]
+__all__ = ["ReconcileReport", "RoomBase"]
 
 # One logger for all the room modules: they were one module, and log filters name it.
 log = logging.getLogger("hub.features.rooms")
 
-_KINDS = {"lounge": RoomKind.LOUNGE, "pair": RoomKind.PAIR, "direct": RoomKind.DIRECT,
-          HubRoomKind.DM: RoomKind.DIRECT}
-LIVE = ("pending", "creating", "ready", "closing")
+_KINDS = {HubRoomKind.LOUNGE: RoomKind.LOUNGE, HubRoomKind.PAIR: RoomKind.PAIR,
+          HubRoomKind.DIRECT: RoomKind.DIRECT, HubRoomKind.DM: RoomKind.DIRECT}
 
 
 @dataclass
@@ -103,7 +102,7 @@ class RoomBase:
             room = await self._by_key(s, key)
         if room is None:
             raise PermanentDeliveryError(f"the hub has no room {key}")
-        if room.status == "closed":
+        if room.status == RoomStatus.CLOSED:
             raise PermanentDeliveryError(f"room {key} is closed")
         if room.room_id is None:
             raise TemporaryDeliveryError(f"room {key} is not created yet", retry_after=2.0)
@@ -112,7 +111,7 @@ class RoomBase:
     async def kind_of(self, room_id: str) -> RoomKind | None:
         async with self.db.session() as s:
             kind = (await s.execute(select(hub_room_table.c.kind).where(
-                (hub_room_table.c.room_id == room_id) & (hub_room_table.c.status != "closed")
+                (hub_room_table.c.room_id == room_id) & (hub_room_table.c.status != RoomStatus.CLOSED)
             ))).scalar_one_or_none()
         return _KINDS.get(kind, RoomKind.OTHER) if kind else None
 
@@ -133,15 +132,15 @@ class RoomBase:
         await queue(s, env, Outgoing(RoomMessage.markdown(text, room_id=control), "alert", dedupe))
 
     async def _describe(self, s: AsyncSession, room: HubRoom) -> str:
-        if room.kind in ("space", "lounge") and room.cohort_id is not None:
+        if room.kind in (HubRoomKind.SPACE, HubRoomKind.LOUNGE) and room.cohort_id is not None:
             cohort = await s.get(Cohort, room.cohort_id)
             return f"the {escape_markdown(cohort.name) if cohort else '?'} {room.kind}"
-        if room.kind == "pair" and room.pair_id is not None:
+        if room.kind == HubRoomKind.PAIR and room.pair_id is not None:
             pair = await s.get(Pair, room.pair_id)
             if pair is not None:
                 a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
                 if a is not None and b is not None:
                     return f"the pair room of {member_markdown(a)} & {member_markdown(b)}"
-        if room.kind in ("direct", HubRoomKind.DM):
+        if room.kind in (HubRoomKind.DIRECT, HubRoomKind.DM):
             return f"the direct room with {escape_markdown(room.user_id or '?')}"
         return f"room {room.key}"

@@ -17,13 +17,21 @@ from hub.core.cohorts import state_fixes
 from hub.core.content_format import escape_markdown
 from hub.core.effects import FixState, Invite, Join, Kick, StateEvent
 from hub.core.homeserver import RoomSnapshot
-from hub.core.membership import Outgoing
+from hub.core.membership import (
+    LIVE_ROOM,
+    MATRIX_MEMBERSHIP,
+    MembershipState,
+    Outgoing,
+    PairStatus,
+    RoomStatus,
+)
 from hub.core.membership import RoomKind as HubRoomKind
+from hub.delivery.outbox import OutboxStatus
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.cohort_setup import cohort_rooms
 from hub.features.config_sync import sync_config
 from hub.features.pairs import ensure_pair_room
-from hub.features.room_base import LIVE, ReconcileReport, log
+from hub.features.room_base import ReconcileReport, log
 from hub.features.room_joins import RoomJoins
 from hub.features.room_queue import Env, leave_by_id, queue, queue_create, queue_room_op
 from hub.features.room_spec import build_spec, desired_members
@@ -43,7 +51,7 @@ class RoomCheck(RoomJoins):
             for change in await sync_config(s, env):
                 log.info("config: %s", change)
             rooms = list((await s.execute(select(HubRoom).where(
-                hub_room_table.c.status.in_(LIVE)))).scalars())
+                hub_room_table.c.status.in_(LIVE_ROOM)))).scalars())
             for room in rooms:
                 if room.room_id is None:
                     await self._ensure_creation(s, env, room, report)
@@ -57,7 +65,8 @@ class RoomCheck(RoomJoins):
                     assert report.problems is not None
                     report.problems.append(f"could not check {room.key}: {e.reason}")
 
-        await asyncio.gather(*(one(r) for r in rooms if r.room_id is not None and r.status == "ready"))
+        await asyncio.gather(*(one(r) for r in rooms
+                               if r.room_id is not None and r.status == RoomStatus.READY))
         report.checked = sum(1 for r in rooms if r.room_id is not None)
         self.last_report = report
         await self._report(report)
@@ -70,13 +79,13 @@ class RoomCheck(RoomJoins):
         """A room without an id must have a live create row; a failed one is tried again."""
         row = (await s.execute(select(outbox_table.c.status).where(
             outbox_table.c.dedupe_key == f"create:{room.key}:{room.generation}"))).scalar_one_or_none()
-        if row == "failed":
+        if row == OutboxStatus.FAILED:
             room.generation += 1
-            room.status = "pending"
+            room.status = RoomStatus.PENDING
             assert report.problems is not None
             report.problems.append(f"creating {await self._describe(s, room)} had failed; trying again")
             await queue_create(s, env, room)
-            if room.kind == "pair" and room.pair_id is not None:
+            if room.kind == HubRoomKind.PAIR and room.pair_id is not None:
                 pair = await s.get(Pair, room.pair_id)
                 if pair is not None:
                     await ensure_pair_room(s, env, pair)
@@ -136,29 +145,29 @@ class RoomCheck(RoomJoins):
             rm = rows.get(user)
             if rm is None:
                 assert room.id is not None
-                rm = RoomMember(room_pk=room.id, user_id=user, state="pending", updated_at=now)
+                rm = RoomMember(room_pk=room.id, user_id=user, state=MembershipState.PENDING, updated_at=now)
                 s.add(rm)
-            if actual is None or (actual == "leave" and rm.state in ("pending", "invited")):
+            waiting = (MembershipState.PENDING, MembershipState.INVITED)
+            if actual is None or (actual == "leave" and rm.state in waiting):
                 # Never invited (or the invite was lost): invite. Someone who left on
                 # their own is not pulled back in.
-                if rm.state != "pending" or actual is None:
+                if rm.state != MembershipState.PENDING or actual is None:
                     missing.append(user)
-                rm.state = "pending"
+                rm.state = MembershipState.PENDING
             else:
-                state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(
-                    actual, rm.state)
+                state = MATRIX_MEMBERSHIP.get(actual, rm.state)
                 if state != rm.state:
                     rm.state = state
-                    if state == "invited" and rm.invited_at is None:
+                    if state == MembershipState.INVITED and rm.invited_at is None:
                         rm.invited_at = now
-                    if state == "joined" and rm.joined_at is None:
+                    if state == MembershipState.JOINED and rm.joined_at is None:
                         rm.joined_at = now
             rm.updated_at = now
         if missing:
             await queue_room_op(s, env, room, Invite(room.key, tuple(missing)), kind="room-invite",
                                    dedupe_key=f"invite:{room.key}:reconcile:{now}")
             report.repaired.append(f"{await self._describe(s, room)}: invited {', '.join(missing)}")
-        if room.kind in ("pair", "direct"):
+        if room.kind in (HubRoomKind.PAIR, HubRoomKind.DIRECT):
             hub = env.hub_user
             extra = [u for u, m in snap.members.items()
                      if m in ("join", "invite") and u not in wanted and u != hub]
@@ -184,27 +193,27 @@ class RoomCheck(RoomJoins):
         async with self.db.transaction() as s:
             env = await self.env(s)
             fresh = await self._by_key(s, room.key)
-            if fresh is None or fresh.room_id != room.room_id or fresh.status != "ready":
+            if fresh is None or fresh.room_id != room.room_id or fresh.status != RoomStatus.READY:
                 return
             old = fresh.room_id
             what = await self._describe(s, fresh)
-            if fresh.kind == "pair" and fresh.pair_id is not None:
+            if fresh.kind == HubRoomKind.PAIR and fresh.pair_id is not None:
                 pair = await s.get(Pair, fresh.pair_id)
-                if pair is None or pair.status == "closed":
-                    fresh.status = "closed"
+                if pair is None or pair.status == PairStatus.CLOSED:
+                    fresh.status = RoomStatus.CLOSED
                     return
             fresh.generation += 1
-            fresh.room_id, fresh.status, fresh.problem = None, "pending", f"{old}: {reason}"
+            fresh.room_id, fresh.status, fresh.problem = None, RoomStatus.PENDING, f"{old}: {reason}"
             for rm in (await s.execute(select(RoomMember).where(
                 room_member_table.c.room_pk == fresh.id))).scalars():
-                if rm.state != "removed":
-                    rm.state, rm.invited_at, rm.joined_at = "pending", None, None
+                if rm.state != MembershipState.REMOVED:
+                    rm.state, rm.invited_at, rm.joined_at = MembershipState.PENDING, None, None
             await queue_create(s, env, fresh)
-            if fresh.kind == "pair" and fresh.pair_id is not None:
+            if fresh.kind == HubRoomKind.PAIR and fresh.pair_id is not None:
                 pair = await s.get(Pair, fresh.pair_id)
                 assert pair is not None
                 await ensure_pair_room(s, env, pair)
-            if fresh.kind == "lounge" and fresh.cohort_id is not None:
+            if fresh.kind == HubRoomKind.LOUNGE and fresh.cohort_id is not None:
                 space, _ = await cohort_rooms(s, env, fresh.cohort_id)
                 if space is not None and space.room_id:
                     await queue_room_op(
@@ -231,7 +240,7 @@ class RoomCheck(RoomJoins):
         if outcome is None:
             raise TemporaryDeliveryError(f"rejoining it took longer than {REJOIN_WAIT:.0f} s")
         status, result = outcome
-        return status == "sent" and result == "joined"
+        return status == OutboxStatus.SENT and result == "joined"
 
     async def _report(self, report: ReconcileReport) -> None:
         lines = report.lines()

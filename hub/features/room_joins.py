@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.effects import Join
 from hub.core.homeserver import RoomSnapshot
+from hub.core.membership import MembershipState, RoomStatus
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.direct_rooms import adopt_direct_room, drop_direct_room
@@ -88,12 +89,12 @@ class RoomJoins(RoomOps):
 
     async def _dm_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str, state: str) -> None:
         """Someone's membership changed in an adopted direct room (seen by the sync)."""
-        if room.status != "ready":
+        if room.status != RoomStatus.READY:
             return
         if user == room.user_id:
-            if state in ("left", "banned"):
+            if state in (MembershipState.LEFT, MembershipState.BANNED):
                 await drop_direct_room(s, env, room, None)  # they left it: nobody to tell
-        elif state in ("invited", "joined"):
+        elif state in (MembershipState.INVITED, MembershipState.JOINED):
             log.info("%s is no longer a direct room: %s %s", room.room_id, user, state)
             await drop_direct_room(s, env, room, _NOT_PRIVATE)
 
@@ -110,11 +111,11 @@ class RoomJoins(RoomOps):
         async with self.db.transaction() as s:
             env = await self.env(s)
             fresh = await self._by_key(s, room.key)
-            if fresh is None or fresh.room_id != room.room_id or fresh.status != "ready":
+            if fresh is None or fresh.room_id != room.room_id or fresh.status != RoomStatus.READY:
                 return
             log.info("giving up %s as a direct room: %s", room.room_id, why or "the hub is not in it")
             if gone:
-                fresh.status = "closed"  # removed from it, or the room is gone: nothing to leave
+                fresh.status = RoomStatus.CLOSED  # removed from it, or the room is gone: nothing to leave
             else:
                 await drop_direct_room(s, env, fresh, _NOT_PRIVATE)
 

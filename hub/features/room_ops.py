@@ -22,6 +22,7 @@ from hub.core.cohorts import MODERATOR_LEVEL, StateFix, state_fixes
 from hub.core.content_format import escape_markdown
 from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoom
 from hub.core.homeserver import RoomSnapshot
+from hub.core.membership import MembershipState, RoomStatus
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
@@ -51,26 +52,26 @@ class RoomOps(RoomBase):
                 raise PermanentDeliveryError(f"the hub has no room {key}")
             if e.generation is not None and room.generation != e.generation:
                 return "superseded"
-            if room.status == "closed" and room.room_id is None:
+            if room.status == RoomStatus.CLOSED and room.room_id is None:
                 return "closed before it was created"
             room_id, version = room.room_id, room.room_version
             if room_id is None:
                 # `closing`: closed while being created; make (or find) it, then the queued
                 # goodbye and leave follow.
-                retry = room.status in ("creating", "closing")
+                retry = room.status in (RoomStatus.CREATING, RoomStatus.CLOSING)
                 spec, _ = await build_spec(s, env, room)
-                if room.kind == "lounge" and spec.parent_space is None:
+                if room.kind == HubRoomKind.LOUNGE and spec.parent_space is None:
                     space, _ = await cohort_rooms(s, env, room.cohort_id or 0)
-                    if space is not None and space.status != "closed":
+                    if space is not None and space.status != RoomStatus.CLOSED:
                         raise TemporaryDeliveryError("waiting for the cohort's space", retry_after=1.0)
                 known: set[str] = set()
                 if retry:
                     known = {r for r in (await s.execute(select(hub_room_table.c.room_id).where(
                         hub_room_table.c.room_id.is_not(None)))).scalars() if r}
-                if room.status == "pending":
-                    room.status = "creating"
+                if room.status == RoomStatus.PENDING:
+                    room.status = RoomStatus.CREATING
             invitees = users_in((await s.execute(select(RoomMember).where(
-                room_member_table.c.room_pk == room.id))).scalars(), "pending")
+                room_member_table.c.room_pk == room.id))).scalars(), MembershipState.PENDING)
         if room_id is None:
             # Committed: a crash from here on finds `creating` and looks before creating.
             version = await self.provision.room_version(spec)
@@ -80,9 +81,9 @@ class RoomOps(RoomBase):
                 await self.provision.load_room(room_id)
             else:
                 room_id = await self.provision.create(spec, version)
-            if room.kind == "direct" and room.user_id:
+            if room.kind == HubRoomKind.DIRECT and room.user_id:
                 await self.provision.set_direct(room.user_id, room_id)
-            if room.kind == "space":
+            if room.kind == HubRoomKind.SPACE:
                 # Recorded before inviting a whole cohort, so the lounge (which names the
                 # space) need not wait for that. Still `creating`: rows queued meanwhile
                 # wait on the key lane. Other rooms record it all at once, below.
@@ -104,8 +105,8 @@ class RoomOps(RoomBase):
                 # used (`adopt_direct`), this one is left.
                 await leave_by_id(s, env, room_id, None, key=f"{key}:superseded")
                 return f"superseded by {room.room_id}"
-            if room.status == "creating":
-                room.status, room.ready_at = "ready", env.now()
+            if room.status == RoomStatus.CREATING:
+                room.status, room.ready_at = RoomStatus.READY, env.now()
             await self._mark_invited(s, env, room, done, failed, row)
             await relane(s, room)
             await self._after_created(s, env, room)
@@ -134,22 +135,22 @@ class RoomOps(RoomBase):
         for rm in (await s.execute(select(RoomMember).where(
             (room_member_table.c.room_pk == room.id) & room_member_table.c.user_id.in_(done)
         ))).scalars():
-            if rm.state == "pending":
-                rm.state, rm.invited_at, rm.updated_at = "invited", now, now
+            if rm.state == MembershipState.PENDING:
+                rm.state, rm.invited_at, rm.updated_at = MembershipState.INVITED, now, now
         if failed:
             await self._alert(s, env, f"Could not invite to {await self._describe(s, room)}: "
                               + "; ".join(failed), dedupe=f"invite-failed:{row.txn_id}")
 
     async def _after_created(self, s: AsyncSession, env: Env, room: HubRoom) -> None:
         assert room.id is not None and room.room_id is not None
-        if room.kind in ("space", "lounge") and room.cohort_id is not None:
+        if room.kind in (HubRoomKind.SPACE, HubRoomKind.LOUNGE) and room.cohort_id is not None:
             space, lounge = await cohort_rooms(s, env, room.cohort_id)
             # The space lists the lounge; a replaced space also needs the lounge's links redone.
             if space is not None and space.room_id and lounge is not None and lounge.room_id:
                 await queue_room_op(s, env, space, FixState(space.key), kind="room-fix",
                                        dedupe_key=f"fix:{space.key}:{space.generation}:"
                                                   f"{lounge.generation}:link")
-                if room.kind == "space":
+                if room.kind == HubRoomKind.SPACE:
                     await queue_room_op(s, env, lounge, FixState(lounge.key), kind="room-fix",
                                            dedupe_key=f"fix:{lounge.key}:{lounge.generation}:"
                                                       f"{space.generation}:parent")
@@ -166,8 +167,9 @@ class RoomOps(RoomBase):
                 room_member_table.c.room_pk == room.id))).scalars()}
         # Only people still waiting for an invite: not those removed since, already
         # invited or in, or who left on their own.
-        users = sorted({u for u in e.users if states.get(u, "pending") == "pending"}
-                       | {u for u, state in states.items() if state == "pending"})
+        pending = MembershipState.PENDING
+        users = sorted({u for u in e.users if states.get(u, pending) == pending}
+                       | {u for u, state in states.items() if state == pending})
         if not users:
             return "nothing to do"
         done, failed = await self._invite_all(room_id, users)
@@ -193,7 +195,7 @@ class RoomOps(RoomBase):
         async with self.db.transaction() as s:
             room = await self._by_key(s, key)
             if room is not None:
-                room.status = "closed"
+                room.status = RoomStatus.CLOSED
         return "left"
 
     async def leave_room(self, row: Claimed, e: LeaveRoom) -> str:

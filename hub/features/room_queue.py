@@ -37,7 +37,7 @@ from hub.core.markup import markdown_to_matrix
 from hub.core.membership import Outgoing, RoomKind, RoomStatus, room_lane
 from hub.core.membership_store import MembershipRow, MembershipStore
 from hub.delivery.effect_writer import EffectWriter
-from hub.delivery.outbox import Outbox
+from hub.delivery.outbox import Outbox, OutboxStatus
 from hub.email.payload import EmailPayload
 from hub.storage.membership_store import SqlMembershipStore
 from hub.storage.models import HubRoom, KeyValue, Member, Pair, RoomMember, hub_room_table, outbox_table
@@ -239,7 +239,7 @@ async def relane(s: AsyncSession, room: HubRoom) -> int:
     assert room.room_id is not None
     result = await s.execute(
         update(outbox_table)
-        .where((outbox_table.c.lane == f"room:{room.key}") & (outbox_table.c.status == "queued"))
+        .where((outbox_table.c.lane == f"room:{room.key}") & (outbox_table.c.status == OutboxStatus.QUEUED))
         .values(lane=room.room_id)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core.cohorts import pair_welcome, video_url
 from hub.core.effects import FixState
 from hub.core.homeserver import RoomSyncFacts, StateChange
+from hub.core.membership import MATRIX_MEMBERSHIP, MembershipState, PairStatus, RoomStatus
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.features.people import member_label
 from hub.features.room_base import log
@@ -50,7 +51,7 @@ class RoomSync(RoomCheck):
                 await self._record(s, env, room, user, membership, welcome=not first)
             for room_id in lost:
                 room = rooms.get(room_id)
-                if room is not None and room.status == "ready":
+                if room is not None and room.status == RoomStatus.READY:
                     # Removed behind the hub's back while running: repair now, not at the next start.
                     task = asyncio.create_task(self._check_later(room.key))
                     self._tasks.append(task)
@@ -66,7 +67,7 @@ class RoomSync(RoomCheck):
         """
         for room_id in dict.fromkeys(c.room_id for c in drift):
             room = rooms.get(room_id)
-            if room is None or room.status != "ready" or room.kind == HubRoomKind.DM:
+            if room is None or room.status != RoomStatus.READY or room.kind == HubRoomKind.DM:
                 continue  # an adopted direct room's state is its maker's, not the hub's
             # Keyed by the batch, not the event: state resolution can bring an event back
             # that was fixed already, and the sync then shows the same event id again.
@@ -79,25 +80,26 @@ class RoomSync(RoomCheck):
             (room_member_table.c.room_pk == room.id) & (room_member_table.c.user_id == user)
         ))).scalar_one_or_none()
         now = env.now()
-        state = {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}.get(membership)
+        state = MATRIX_MEMBERSHIP.get(membership)
         if state is None:
             return
         if room.kind == HubRoomKind.DM:
             await self._dm_member(s, env, room, user, state)
             return
         if rm is None:
-            if room.kind in ("pair", "direct") and state in ("invited", "joined"):
+            hub_only = room.kind in (HubRoomKind.PAIR, HubRoomKind.DIRECT)
+            if hub_only and state in (MembershipState.INVITED, MembershipState.JOINED):
                 log.warning("%s is in %s but was not invited by the hub", user, room.key)
             return  # not someone the hub manages here (e.g. a guest in the lounge)
-        if rm.state == "removed" and state != "joined":
+        if rm.state == MembershipState.REMOVED and state != MembershipState.JOINED:
             return  # a kick the hub asked for: keep the row as removed
         previous = rm.state
         rm.state, rm.updated_at = state, now
-        if state == "invited" and rm.invited_at is None:
+        if state == MembershipState.INVITED and rm.invited_at is None:
             rm.invited_at = now
-        if state == "joined" and previous != "joined":
+        if state == MembershipState.JOINED and previous != MembershipState.JOINED:
             rm.joined_at = now
-            if welcome and room.kind == "pair":
+            if welcome and room.kind == HubRoomKind.PAIR:
                 await self._welcome_member(s, env, room, user)
 
     async def _welcome_member(self, s: AsyncSession, env: Env, room: HubRoom, user: str) -> None:
@@ -105,7 +107,7 @@ class RoomSync(RoomCheck):
         if room.pair_id is None:
             return
         pair = await s.get(Pair, room.pair_id)
-        if pair is None or pair.status == "closed":
+        if pair is None or pair.status == PairStatus.CLOSED:
             return
         a, b = await s.get(Member, pair.mentor_id), await s.get(Member, pair.mentee_id)
         cohort = await s.get(Cohort, pair.cohort_id)

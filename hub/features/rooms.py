@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from hub.config import load_settings
 from hub.core.cohorts import not_joined_reminder
+from hub.core.membership import MembershipState, MemberStatus, RoomStatus
 from hub.errors import ConfigError
 from hub.features.config_sync import sync_config
 from hub.features.people import member_label
@@ -87,8 +88,10 @@ class RoomKeeper(RoomSync):
             cutoff = env.now() - REMINDER_AFTER
             rows = (await s.execute(
                 select(RoomMember, HubRoom).join(HubRoom, hub_room_table.c.id == room_member_table.c.room_pk)
-                .where((room_member_table.c.state == "invited") & (room_member_table.c.invited_at <= cutoff)
-                       & (hub_room_table.c.status == "ready") & hub_room_table.c.cohort_id.is_not(None))
+                .where((room_member_table.c.state == MembershipState.INVITED)
+                       & (room_member_table.c.invited_at <= cutoff)
+                       & (hub_room_table.c.status == RoomStatus.READY)
+                       & hub_room_table.c.cohort_id.is_not(None))
             )).all()
             waiting: dict[tuple[str, int], list[HubRoom]] = {}
             for rm, room in rows:
@@ -98,7 +101,7 @@ class RoomKeeper(RoomSync):
             for (user, cohort_id), rooms in waiting.items():
                 member = (await s.execute(select(Member).where(
                     (member_table.c.cohort_id == cohort_id) & (member_table.c.matrix_id == user)
-                    & (member_table.c.status == "active")
+                    & (member_table.c.status == MemberStatus.ACTIVE)
                 ))).scalar_one_or_none()
                 if member is None or not member.email or member.reminded_at is not None:
                     continue

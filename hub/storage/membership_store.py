@@ -9,8 +9,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import Who
-from hub.core.membership import OPEN_PAIR, MemberStatus
+from hub.core.membership import OPEN_PAIR, MembershipState, MemberStatus
 from hub.core.membership_store import MembershipRow
+from hub.delivery.outbox import OutboxStatus
 from hub.storage.models import (
     HubRoom,
     Member,
@@ -54,7 +55,7 @@ class SqlMembershipStore:
 
     async def add_membership(self, tx: AsyncSession, room: HubRoom, user_id: str, now: float) -> None:
         assert room.id is not None
-        tx.add(RoomMember(room_pk=room.id, user_id=user_id, state="pending", updated_at=now))
+        tx.add(RoomMember(room_pk=room.id, user_id=user_id, state=MembershipState.PENDING, updated_at=now))
 
     async def find_member(self, tx: AsyncSession, cohort_id: int, who: Who, *, active_only: bool,
                           ) -> Member | None:
@@ -102,6 +103,6 @@ class SqlMembershipStore:
 
     async def replace_queued(self, tx: AsyncSession, dedupe_key: str, payload: dict[str, Any]) -> bool:
         result = await tx.execute(update(outbox_table).where(
-            (outbox_table.c.dedupe_key == dedupe_key) & (outbox_table.c.status == "queued")
+            (outbox_table.c.dedupe_key == dedupe_key) & (outbox_table.c.status == OutboxStatus.QUEUED)
         ).values(payload=json.dumps(payload, separators=(",", ":"), ensure_ascii=False)))
         return bool(getattr(result, "rowcount", 0))

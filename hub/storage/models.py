@@ -249,7 +249,7 @@ class HubRoom(SQLModel, table=True):
     __tablename__ = "hub_room"
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True, max_length=200)
-    kind: str = Field(max_length=16)  # space | lounge | pair | direct
+    kind: str = Field(max_length=16)  # space | lounge | pair | direct | dm (theirs, joined)
     generation: int = 1
     room_id: str | None = Field(default=None, unique=True, max_length=255)
     status: str = Field(default="pending", max_length=16)  # pending|creating|ready|closing|closed

@@ -28,6 +28,13 @@ def test_states_are_the_strings_in_the_database() -> None:
     assert "paused" in core.OPEN_PAIR and "closed" not in core.OPEN_PAIR
 
 
+def test_the_state_groups_cover_what_they_say() -> None:
+    assert set(core.LIVE_ROOM) == set(RoomStatus) - {RoomStatus.CLOSED}
+    # Every Matrix membership the hub records maps to a state; "knock" is not one.
+    assert core.MATRIX_MEMBERSHIP == {"invite": "invited", "join": "joined", "leave": "left", "ban": "banned"}
+    assert "knock" not in core.MATRIX_MEMBERSHIP
+
+
 @pytest.mark.parametrize(("status", "room_id", "lane"), [
     ("pending", None, "room:pair:7"),
     ("creating", None, "room:pair:7"),
