@@ -108,10 +108,11 @@ async def raw_import(s: AsyncSession, settings: Settings, cohort: Cohort, rows: 
                                email=f"{role}{i}@example.org", matrix_id=f"@{role}{i}:example.org",
                                timezone=tz, status="active", created_at=now))
     ids = await _insert_returning(s, member_table, member_table.c.email, people)
-    pairs = [dict(cohort_id=cid, mentor_id=ids[f"mentor{i}@example.org"],
-                  mentee_id=ids[f"mentee{i}@example.org"], status="active",
-                  video_name=video_name(secret, secrets.token_hex(16)), created_at=now)
-             for i in range(rows // 2)]
+    pairs: list[dict[str, Any]] = [
+        dict(cohort_id=cid, mentor_id=ids[f"mentor{i}@example.org"],
+             mentee_id=ids[f"mentee{i}@example.org"], status="active",
+             video_name=video_name(secret, secrets.token_hex(16)), created_at=now)
+        for i in range(rows // 2)]
     pair_ids = await _insert_returning(s, pair_table, pair_table.c.mentee_id, pairs)
     keys = [f"pair:{pair_ids[p['mentee_id']]}" for p in pairs]
     room_ids = await _insert_returning(s, hub_room_table, hub_room_table.c.key, [

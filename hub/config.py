@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from hub.core.calendar import CohortProgram, Webinar
 from hub.core.names import name_problem
 from hub.core.schedule import WeeklySlot, parse_weekly_slot
 from hub.email.payload import is_address, split_mailbox
@@ -36,7 +37,6 @@ __all__ = [
     "Settings",
     "VideoSettings",
     "WebSettings",
-    "WebinarSettings",
     "load_settings",
     "read_config",
     "redact_url",
@@ -121,27 +121,16 @@ class ContentSettings:
     path: Path | None = None
 
 
-@dataclass(frozen=True)
-class WebinarSettings:
-    at: datetime  # timezone-aware, in the cohort's zone
-    title: str
-    url: str | None
+@dataclass(frozen=True, kw_only=True)
+class CohortSettings(CohortProgram):
+    """A `[[cohort]]` table: its program (hub.core.calendar, the one definition) and its name."""
 
-
-@dataclass(frozen=True)
-class CohortSettings:
-    slug: str
     name: str
-    timezone: ZoneInfo
-    start: date | None
-    weeks: int
-    digest: WeeklySlot
-    icebreaker: WeeklySlot
-    checkin: WeeklySlot
-    checkin_weeks: tuple[int, ...]
-    reflection: WeeklySlot
-    reflection_weeks: tuple[int, ...]
-    webinar: WebinarSettings | None
+
+    @property
+    def webinar(self) -> Webinar | None:
+        """The table's `webinar`: a cohort's file names at most one (more are scheduled at run time)."""
+        return self.webinars[0] if self.webinars else None
 
 
 @dataclass(frozen=True)
@@ -523,13 +512,13 @@ def _load_cohort(s: _Section, default_tz: ZoneInfo) -> CohortSettings | None:
         checkin_weeks=_weeks(s, "checkin_weeks", [1, 2, 4, 8], weeks),
         reflection=_slot(s, "reflection", "wed 10:00"),
         reflection_weeks=_weeks(s, "reflection_weeks", [3, 6, 9], weeks),
-        webinar=webinar,
+        webinars=(webinar,) if webinar is not None else (),
     )
     s.finish()
     return cohort if slug else None
 
 
-def _load_webinar(parent: _Section, raw: Any, tz: ZoneInfo) -> WebinarSettings | None:
+def _load_webinar(parent: _Section, raw: Any, tz: ZoneInfo) -> Webinar | None:
     if not isinstance(raw, dict):
         parent.check("webinar", False, "must be a table { at = ..., title = ..., url = ... }")
         return None
@@ -550,7 +539,7 @@ def _load_webinar(parent: _Section, raw: Any, tz: ZoneInfo) -> WebinarSettings |
     url = s.get("url", str)
     _url(s, "url", url, ("https", "http"))
     s.finish()
-    return WebinarSettings(at, title, url) if at else None
+    return Webinar(at, title, url) if at else None
 
 
 def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:

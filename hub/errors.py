@@ -6,7 +6,9 @@
     │   └── SchemaTooNewError  the database was migrated by a newer hub
     ├── MatrixError
     │   ├── LoginError         password or token rejected, whoami failed
-    │   └── InvalidTokenError  the homeserver says our access token is gone
+    │   ├── InvalidTokenError  the homeserver says our access token is gone
+    │   └── CrossSigningError  the hub's device could not be cross-signed (HTTP, key file, auth)
+    │       └── ForeignCrossSigningIdentity  the account's identity is another client's (Element's)
     ├── UnreachableError       the homeserver or SMTP server does not answer (`hub run` waits)
     ├── DeliveryError
     │   ├── TemporaryDeliveryError  retry later (429, 5xx, timeouts, SMTP 4xx)
@@ -22,7 +24,7 @@
     ├── RosterError            a roster CSV has problems (carries each as "line N: reason")
     ├── ContentError           the content library is invalid or an item cannot render ("file:line: reason")
     ├── TemplateStyleError     an email template's CSS cannot be inlined once per class (a bug in the hub)
-    └── InvalidToken           a signed web token (unsubscribe link) is forged, damaged or stale
+    └── LinkTokenError         a signed link token (unsubscribe, confirm, answer) is forged, damaged or stale
 
 Callers catch the narrowest class they can act on; `HubError` is what the CLI
 turns into a one-line message and exit status 1.
@@ -30,15 +32,19 @@ turns into a one-line message and exit status 1.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "ArgumentError",
     "CommandError",
     "ConfigError",
     "ContentError",
+    "CrossSigningError",
     "DeliveryError",
+    "ForeignCrossSigningIdentity",
     "HubError",
-    "InvalidToken",
     "InvalidTokenError",
+    "LinkTokenError",
     "LoginError",
     "MatrixError",
     "MessageRejectedError",
@@ -87,6 +93,34 @@ class LoginError(MatrixError):
 
 class InvalidTokenError(MatrixError):
     """The access token was revoked or is unknown (M_UNKNOWN_TOKEN)."""
+
+
+# What ForeignCrossSigningIdentity tells the operator to do.
+_CROSS_SIGNING_RESET_HINT = (
+    "set `reset_cross_signing = true` under [matrix] (it needs `password`) to "
+    "replace it with one the hub owns; other people will then see that the hub's "
+    "identity changed. Remove the setting again once the hub has started"
+)
+
+
+class CrossSigningError(MatrixError):
+    """Cross-signing could not be checked or set up (HTTP, key file, auth)."""
+
+
+class ForeignCrossSigningIdentity(CrossSigningError):
+    """The account's cross-signing identity belongs to someone else's client."""
+
+    def __init__(self, user_id: str, master_key: str, key_file: Path) -> None:
+        self.user_id = user_id
+        self.master_key = master_key
+        self.key_file = key_file
+        super().__init__(
+            f"{user_id} already has a cross-signing identity (master key {master_key}) "
+            f"whose private keys the hub does not hold (they are not in {key_file}), "
+            f"probably set up by logging in with Element. The hub's device cannot be "
+            f"cross-signed, so Element users will not receive or read its encrypted "
+            f"messages. To fix it, {_CROSS_SIGNING_RESET_HINT}."
+        )
 
 
 class UnreachableError(HubError):
@@ -224,11 +258,11 @@ class TemplateStyleError(HubError):
     """
 
 
-class InvalidToken(HubError):
-    """A signed token from a link (unsubscribe, confirm address) did not verify.
+class LinkTokenError(HubError):
+    """A signed token from a link (unsubscribe, confirm address, answer) did not verify.
 
-    Not to be confused with `InvalidTokenError`, the homeserver rejecting the
-    hub's Matrix access token. `reason` is for logs; people only ever see a
+    Not the homeserver rejecting the hub's Matrix access token: that is
+    `InvalidTokenError`. `reason` is for logs; people only ever see a
     generic "this link is not valid" page, so a forger learns nothing.
     """
 

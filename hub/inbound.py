@@ -20,11 +20,13 @@ from hub.clock import Clock
 from hub.config import Settings
 from hub.core.commands import CommandContext, CommandRegistry, CommandSpec, Reply, RoomKind
 from hub.core.content_format import escape_markdown
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.homeserver import IncomingMessage
 from hub.core.limits import MAX_COMMAND_CHARS, CommandRateLimiter, OncePerWindow, Verdict, text_too_long
 from hub.core.markup import echo, markdown_to_matrix
 from hub.core.messages import notice_content, prompt_content
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.effect_writer import enqueue
+from hub.delivery.outbox import Outbox
 from hub.errors import ArgumentError, CommandError, PermissionDenied, UsageError
 from hub.features.direct_rooms import describe_room
 from hub.features.people import is_participant
@@ -168,14 +170,8 @@ class CommandRunner:
                                   thread_root=msg.thread_root) if reply.mentions
                    else notice_content(body, reply.html or html, reply_to=reply_to,
                                        thread_root=msg.thread_root))
-        await self.outbox.enqueue(
-            s,
-            channel=MATRIX,
-            kind="reply",
-            lane=msg.room_id,
-            payload={"op": "message", "room_id": msg.room_id, "type": "m.room.message", "content": content},
-            dedupe_key=f"reply:{msg.event_id}",
-        )
+        await enqueue(self.outbox, s, Outgoing(RoomMessage(content, room_id=msg.room_id), "reply",
+                                               f"reply:{msg.event_id}"))
         return False
 
     async def _answer_among_moderators(self, s: AsyncSession, msg: IncomingMessage, reply: Reply, *,
@@ -197,22 +193,14 @@ class CommandRunner:
         head_body, head_html = markdown_to_matrix(f"{escape_markdown(msg.sender)} asked in {where} "
                                                   f"({msg.room_id}): {echo(asked, limit=300)}{failed}")
         body, html = (reply.text, reply.html) if reply.html else markdown_to_matrix(reply.text)
-        await self.outbox.enqueue(
-            s, channel=MATRIX, kind="reply", lane=control,
-            payload={"op": "message", "room_id": control, "type": "m.room.message",
-                     "content": notice_content(f"{head_body}\n\n{body}", f"{head_html}\n{html}")},
-            dedupe_key=f"answer:{msg.event_id}",
-        )
+        answer = RoomMessage.notice(f"{head_body}\n\n{body}", f"{head_html}\n{html}", room_id=control)
+        await enqueue(self.outbox, s, Outgoing(answer, "reply", f"answer:{msg.event_id}"))
         if not done:
             await self._reply(s, msg, Reply(ANSWERED_ELSEWHERE))
             return
-        await self.outbox.enqueue(
-            s, channel=MATRIX, kind="reply", lane=msg.room_id,
-            payload={"op": "message", "room_id": msg.room_id, "type": "m.reaction",
-                     "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": msg.event_id,
-                                                  "key": DONE}}},
-            dedupe_key=f"reply:{msg.event_id}",
-        )
+        done_mark = RoomMessage({"m.relates_to": {"rel_type": "m.annotation", "event_id": msg.event_id,
+                                                  "key": DONE}}, room_id=msg.room_id, type="m.reaction")
+        await enqueue(self.outbox, s, Outgoing(done_mark, "reply", f"reply:{msg.event_id}"))
 
     def _slow_down(self, sender: str) -> str:
         wait = max(1, round(self.rate_limiter.wait_seconds(sender)))
@@ -310,10 +298,5 @@ class CommandRunner:
         control = self.control_room()
         if notice and control and control != msg.room_id:
             text = f"{msg.sender} ran {echo(command, limit=300)} ({outcome})"
-            body, html = markdown_to_matrix(text)
-            await self.outbox.enqueue(
-                s, channel=MATRIX, kind="audit", lane=control,
-                payload={"op": "message", "room_id": control, "type": "m.room.message",
-                         "content": notice_content(body, html)},
-                dedupe_key=f"audit:{msg.event_id}",
-            )
+            await enqueue(self.outbox, s, Outgoing(RoomMessage.markdown(text, room_id=control), "audit",
+                                                   f"audit:{msg.event_id}"))

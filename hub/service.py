@@ -31,10 +31,11 @@ from hub.core.effects import (
     Leave,
     LeaveRoom,
     MatrixEffect,
+    Outgoing,
     PinPlan,
+    RoomMessage,
 )
 from hub.core.limits import AlertAggregator
-from hub.core.membership import Outgoing
 from hub.core.tokens import AddressTokenSigner, bounce_address
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
 from hub.delivery.effect_writer import enqueue
@@ -69,7 +70,6 @@ from hub.matrix.events import (
     answer_events,
     extract,
     message_from_event,
-    notice_content,
     room_facts,
 )
 from hub.matrix.provision import Provision
@@ -572,13 +572,9 @@ class Hub:
 
     async def _alert(self, text: str, dedupe_key: str) -> None:
         assert self.outbox is not None and self.db is not None and self.control_room_id
-        payload: dict[str, Any] = {
-            "op": "message", "room_id": self.control_room_id, "type": "m.room.message",
-            "content": notice_content(text),
-        }
+        alert = Outgoing(RoomMessage.notice(text, room_id=self.control_room_id), "alert", dedupe_key)
         async with self.db.transaction() as s:
-            await self.outbox.enqueue(s, channel=MATRIX, kind="alert", lane=self.control_room_id,
-                                      payload=payload, dedupe_key=dedupe_key)
+            await enqueue(self.outbox, s, alert)
 
     async def _summarise_alerts(self, every: float = 5.0) -> None:
         """When an hour's alert window closes with failures held back, say how many."""
@@ -654,12 +650,7 @@ class Hub:
                     f"(this one was a {event.kind}). Ask the person for a working address; "
                     f"`{prefix} email unsuppress {event.address}` lifts it.")
             key = f"alert:suppressed:{event.txn_id}"
-        await self.outbox.enqueue(
-            session, channel=MATRIX, kind="alert", lane=room,
-            payload={"op": "message", "room_id": room, "type": "m.room.message",
-                     "content": notice_content(text)},
-            dedupe_key=key,
-        )
+        await enqueue(self.outbox, session, Outgoing(RoomMessage.notice(text, room_id=room), "alert", key))
 
 
 async def _start_program(hub: Hub) -> None:

@@ -24,7 +24,7 @@ from aiohttp import web
 from hub.clock import Clock
 from hub.core.answers import CHECKIN, MET, Answer
 from hub.core.tokens import Purpose, TokenSigner
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 from hub.web_pages import html_page, page_template
 
 __all__ = ["ANSWER_MAX_AGE", "AnswerHandler", "AnswerStore", "Recorded", "routes"]
@@ -82,7 +82,7 @@ class AnswerHandler:
             claims = self.signer.verify(request.match_info["token"], Purpose.ANSWER,
                                         now=self.clock.now(), max_age=ANSWER_MAX_AGE)
             return Answer.parse(claims.handle)
-        except InvalidToken as e:
+        except LinkTokenError as e:
             log.info("answer link rejected: %s", e.reason)
             return None
 

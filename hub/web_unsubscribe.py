@@ -22,7 +22,7 @@ from typing import Protocol
 from aiohttp import web
 
 from hub.core.tokens import Purpose, TokenSigner
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 from hub.web_pages import html_page, page_template
 
 __all__ = ["SubscriptionStore", "UnsubscribeHandler", "routes"]
@@ -75,7 +75,7 @@ class UnsubscribeHandler:
     def _handle(self, request: web.Request) -> str | None:
         try:
             return self.signer.verify(request.match_info["token"], Purpose.UNSUBSCRIBE).handle
-        except InvalidToken as e:
+        except LinkTokenError as e:
             log.info("unsubscribe link rejected: %s", e.reason)
             return None
 

@@ -27,7 +27,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 
 __all__ = [
     "CHECKIN",
@@ -103,17 +103,17 @@ class Answer:
 
     @classmethod
     def parse(cls, handle: str) -> Answer:
-        """The answer a verified token's handle spells; `InvalidToken` if it is not one."""
+        """The answer a verified token's handle spells; `LinkTokenError` if it is not one."""
         parts = handle.split("-", 4)
         if len(parts) != 5:
-            raise InvalidToken("not an answer")
+            raise LinkTokenError("not an answer")
         question, value, week, scope, person = parts
         if not _WEEK.fullmatch(week) or not person:
-            raise InvalidToken("not an answer")
+            raise LinkTokenError("not an answer")
         try:
             return cls(question, value, int(week), scope, person)
         except ValueError:
-            raise InvalidToken("not an answer") from None
+            raise LinkTokenError("not an answer") from None
 
     @property
     def label(self) -> str:

@@ -49,13 +49,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from hub.core.schedule import WeeklySlot
-
-if TYPE_CHECKING:
-    from hub.config import CohortSettings
 
 __all__ = [
     "ANNOUNCE_BEFORE_EARLY_WEBINAR",
@@ -68,6 +64,7 @@ __all__ = [
     "REMINDERS",
     "Audience",
     "CalendarItem",
+    "CohortProgram",
     "DueItems",
     "ItemKind",
     "ProgramCalendar",
@@ -182,12 +179,17 @@ class Webinar:
 
 
 @dataclass(frozen=True)
-class ProgramSpec:
-    """Everything the calendar depends on, for one cohort (hashable, so calendars are cached)."""
+class CohortProgram:
+    """A cohort's program as configured: the one definition of these fields.
+
+    hub.config builds it from a `[[cohort]]` table (`CohortSettings` adds the
+    cohort's name); `ProgramSpec` is the same fields with a start date settled,
+    which is what the calendar is built from.
+    """
 
     slug: str
     timezone: ZoneInfo
-    start: date
+    start: date | None  # None: the cohort starts on the date the hub records for it
     weeks: int
     digest: WeeklySlot
     icebreaker: WeeklySlot
@@ -196,6 +198,13 @@ class ProgramSpec:
     reflection: WeeklySlot
     reflection_weeks: tuple[int, ...]
     webinars: tuple[Webinar, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProgramSpec(CohortProgram):
+    """Everything the calendar depends on, for one cohort (hashable, so calendars are cached)."""
+
+    start: date
 
     def __post_init__(self) -> None:
         if not self.slug:
@@ -214,7 +223,7 @@ class ProgramSpec:
     @classmethod
     def from_settings(
         cls,
-        cohort: CohortSettings,
+        cohort: CohortProgram,
         *,
         start: date | None = None,
         webinars: Iterable[Webinar] = (),
@@ -227,11 +236,6 @@ class ProgramSpec:
         first = start or cohort.start
         if first is None:
             raise ValueError(f"cohort {cohort.slug!r} has no start date")
-        configured = (
-            (Webinar(cohort.webinar.at, cohort.webinar.title, cohort.webinar.url),)
-            if cohort.webinar is not None
-            else ()
-        )
         return cls(
             slug=cohort.slug,
             timezone=cohort.timezone,
@@ -243,7 +247,7 @@ class ProgramSpec:
             checkin_weeks=tuple(cohort.checkin_weeks),
             reflection=cohort.reflection,
             reflection_weeks=tuple(cohort.reflection_weeks),
-            webinars=configured + tuple(webinars),
+            webinars=tuple(cohort.webinars) + tuple(webinars),
         )
 
 

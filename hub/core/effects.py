@@ -35,6 +35,7 @@ __all__ = [
     "LeaveRoom",
     "MatrixEffect",
     "Op",
+    "Outgoing",
     "PinPlan",
     "RoomMessage",
     "StateEvent",
@@ -272,7 +273,7 @@ class Email:
     html: str | None = None
     to_name: str | None = None
     headers: Mapping[str, str] | None = None
-    attachments: Sequence[Mapping[str, str]] | None = None
+    attachments: Sequence[Mapping[str, Any]] | None = None
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"to": self.to, "subject": self.subject, "text": self.text}
@@ -290,6 +291,19 @@ class Email:
 MatrixEffect = (RoomMessage | StateEvent | CreateRoom | Invite | Kick | Leave | LeaveRoom | FixState | PinPlan
                 | Join)
 Effect = MatrixEffect | Email
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An effect with what the outbox needs to queue it: kind (for reports), dedupe key, lane.
+
+    The effect writer (`hub.delivery.effect_writer`) turns it into a row.
+    """
+
+    effect: Effect
+    kind: str
+    dedupe_key: str
+    lane: str | None = None  # None: the writer's default (an email's address, a room id)
 
 
 def _get(p: Mapping[str, Any], key: str, op: str) -> Any:

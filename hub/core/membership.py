@@ -14,11 +14,10 @@ the homeserver or the clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from hub.core.effects import CreateRoom, Effect, FixState, Invite, Kick, Leave, LeaveRoom, RoomMessage
+from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoom, Outgoing, RoomMessage
 
 __all__ = [
     "CLOSED_ROOM",
@@ -119,16 +118,6 @@ class RoomRow(Protocol):
 
     @property
     def generation(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """An effect with what the outbox needs to queue it: kind (for reports), dedupe key, lane."""
-
-    effect: Effect
-    kind: str
-    dedupe_key: str
-    lane: str | None = None  # None: the writer's default (an email's address, a room id)
 
 
 def room_lane(room: RoomRow) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -94,12 +94,12 @@ def _b64encode(data: bytes) -> str:
 
 def _b64decode_strict(text: str) -> bytes:
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise InvalidToken("not URL-safe base64")
+        raise LinkTokenError("not URL-safe base64")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     # Non-canonical encodings (junk in the unused trailing bits) decode to the
     # same bytes; accepting them would make two different strings one token.
     if _b64encode(data) != text:
-        raise InvalidToken("non-canonical base64")
+        raise LinkTokenError("non-canonical base64")
     return data
 
 
@@ -140,36 +140,36 @@ class TokenSigner:
         now: datetime | None = None,
         max_age: timedelta | None = None,
     ) -> TokenClaims:
-        """The claims of a genuine, unexpired token for `purpose`; else raise `InvalidToken`.
+        """The claims of a genuine, unexpired token for `purpose`; else raise `LinkTokenError`.
 
         Unsubscribe links are meant to work for as long as the mail sits in an
         inbox, so `max_age` is optional; address confirmations should pass one.
         """
         if not isinstance(token, str) or not token:
-            raise InvalidToken("empty")
+            raise LinkTokenError("empty")
         if len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("too long")
+            raise LinkTokenError("too long")
         data = _b64decode_strict(token)
         if len(data) < _HEADER.size + 1 + _MAC_LEN:
-            raise InvalidToken("too short")
+            raise LinkTokenError("too short")
         body, mac = data[:-_MAC_LEN], data[-_MAC_LEN:]
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise InvalidToken("bad signature")
+            raise LinkTokenError("bad signature")
         # From here on the bytes are ours; the checks below guard against a
         # future format change, not against forgery.
         version, code, seconds, length = _HEADER.unpack_from(body)
         if version != _VERSION:
-            raise InvalidToken(f"unknown version {version}")
+            raise LinkTokenError(f"unknown version {version}")
         if length != len(body) - _HEADER.size:
-            raise InvalidToken("bad length")
+            raise LinkTokenError("bad length")
         if _PURPOSE_CODE.get(Purpose(purpose)) != code:
-            raise InvalidToken("wrong purpose")
+            raise LinkTokenError("wrong purpose")
         issued = datetime.fromtimestamp(seconds, UTC)
         if max_age is not None:
             if now is None:
                 raise ValueError("max_age needs now")
             if now - issued > max_age:
-                raise InvalidToken("expired")
+                raise LinkTokenError("expired")
         handle = body[_HEADER.size :].decode("ascii")
         return TokenClaims(handle=handle, purpose=Purpose(purpose), issued_at=issued)
 
@@ -233,17 +233,17 @@ class AddressTokenSigner:
     def _unpack(self, token: str, code: int) -> tuple[int, int]:
         token = token.lower() if isinstance(token, str) else ""
         if not _ADDRESS_TOKEN.fullmatch(token):
-            raise InvalidToken("not an address token")
+            raise LinkTokenError("not an address token")
         data = base64.b32decode(token.upper())
         body, mac = data[:_ADDRESS_BODY.size], data[_ADDRESS_BODY.size:]
         expected = hmac.new(self._key, body, hashlib.sha256).digest()[:_ADDRESS_MAC_LEN]
         if not hmac.compare_digest(mac, expected):
-            raise InvalidToken("bad signature")
+            raise LinkTokenError("bad signature")
         version, got, a, b = _ADDRESS_BODY.unpack(body)
         if version != _ADDRESS_VERSION:
-            raise InvalidToken(f"unknown version {version}")
+            raise LinkTokenError(f"unknown version {version}")
         if got != code:
-            raise InvalidToken("wrong purpose")
+            raise LinkTokenError("wrong purpose")
         return a, b
 
     def reply(self, member_id: int, room_pk: int) -> str:

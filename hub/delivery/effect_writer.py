@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.core.effects import Effect, Email, LeaveRoom, PinPlan, RoomMessage, StateEvent
-from hub.core.membership import Outgoing
+from hub.core.effects import Effect, Email, LeaveRoom, Outgoing, PinPlan, RoomMessage, StateEvent
 from hub.core.ports import Queue
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import Attachment, EmailPayload, email_payload, normalize_address

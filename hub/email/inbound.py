@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hub.clock import Clock
 from hub.config import InboundSettings
 from hub.core.tokens import AddressTokenSigner, address_token
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 from hub.storage.db import Database
 from hub.storage.models import inbound_mail_table as M
 
@@ -99,7 +99,7 @@ class InboundHandler:
                 self.signer.verify_reply(token)
             else:
                 self.signer.verify_bounce(token)
-        except InvalidToken:
+        except LinkTokenError:
             # No detail: whoever probes tokens learns nothing from the answer.
             return "550 5.1.1 This reply address is not valid"
         if envelope.rcpt_tos:

@@ -47,8 +47,8 @@ from hub.errors import (
 )
 from hub.waiting import describe_network_error
 
-__all__ = ["MessageRejectedError", "RecipientRejectedError", "SmtpPool", "dot_stuffed",
-           "enhanced_code", "refusal_kind"]
+# The refusals it raises are hub.errors' (RecipientRejectedError, MessageRejectedError, ...).
+__all__ = ["MAILBOX_FULL_RETRY", "SmtpPool", "dot_stuffed", "enhanced_code", "refusal_kind"]
 
 log = logging.getLogger(__name__)
 

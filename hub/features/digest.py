@@ -37,11 +37,9 @@ from hub.core.calendar import (
     build_calendar,
     dedupe_key,
 )
-from hub.core.markup import markdown_to_matrix
-from hub.core.messages import notice_content
+from hub.core.effects import Email, Outgoing, RoomMessage
 from hub.core.tokens import TokenSigner
-from hub.delivery.outbox import EMAIL, MATRIX
-from hub.email.payload import email_payload, normalize_address
+from hub.delivery.effect_writer import row_spec
 from hub.errors import ContentError
 from hub.features.participants import CohortView, content_cohort, load_cohort_view, room_row
 from hub.features.program import ProgramService
@@ -81,16 +79,16 @@ def email_rows(builder: dg.DigestBuilder, issue: dg.DigestIssue,
     for recipient, address, key in mails:
         try:
             mail = render(recipient)
-            payload = email_payload(to=address, subject=mail.subject, text=mail.text, html=mail.html,
-                                    to_name=recipient.name, headers={"List-Id": lid, **mail.headers})
+            row = row_spec(Outgoing(Email(to=address, subject=mail.subject, text=mail.text, html=mail.html,
+                                          to_name=recipient.name, headers={"List-Id": lid, **mail.headers}),
+                                    "digest", key))
         except Exception as e:
             if unsent is None or is_transient(e):
                 raise
             log.warning("%s: no digest email for %s: %r", key, address, e)
             unsent.append(Unsent(f"{recipient.name} <{address}>", person_reason(recipient.name, e)))
             continue
-        out.append({"channel": EMAIL, "kind": "digest", "lane": normalize_address(address),
-                    "payload": dict(payload), "dedupe_key": key})
+        out.append(row)
     return out
 
 
@@ -292,8 +290,5 @@ class DigestService:
         report = await build_report(s, view, self.program.state, now)
         lines = report.lines(view.cohort.slug)
         lines[0] = f"**Weekly report for `{view.cohort.slug}`** (counts only)"
-        body, html = markdown_to_matrix("\n".join(lines))
-        return {"channel": MATRIX, "kind": "digest-report", "lane": room, "dedupe_key": key,
-                "payload": {"op": "message", "room_id": room, "type": "m.room.message",
-                            "content": notice_content(body, html)}}
+        return row_spec(Outgoing(RoomMessage.markdown("\n".join(lines), room_id=room), "digest-report", key))
 

@@ -20,7 +20,9 @@ from hub.config import Settings
 from hub.core.calendar import CalendarItem, ItemKind
 from hub.core.cohorts import is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.markup import echo
+from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox
 from hub.email.payload import normalize_address
 from hub.errors import CommandError, HubError
@@ -56,10 +58,8 @@ async def digest(ctx: Ctx) -> Reply:
         if ctx.room_kind is RoomKind.CONTROL or not ports.control_room:
             return Reply(post.body, post.formatted_body)
         room = ports.control_room
-        await ports.outbox.enqueue(s, channel=MATRIX, kind="digest-preview", lane=room,
-                                   dedupe_key=f"digest-preview:{ctx.event_id}",
-                                   payload={"op": "message", "room_id": room, "type": "m.room.message",
-                                            "content": post.content()})
+        await enqueue(ports.outbox, s, Outgoing(RoomMessage(post.content(), room_id=room), "digest-preview",
+                                                f"digest-preview:{ctx.event_id}"))
         return Reply("The preview is in the moderators' room.")
     if week == 0:
         raise CommandError(f"`{slug}` has not started yet (it starts {view.cohort.start_date}); "

@@ -29,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.clock import Clock
 from hub.config import InboundSettings
 from hub.core.cohorts import display_name
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.email_reply import kept_out, reply_content, reply_text
 from hub.core.tokens import AddressTokenSigner, reply_address
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.effect_writer import enqueue
+from hub.delivery.outbox import Outbox
 from hub.email.sender import SuppressionHook, suppress_address
-from hub.errors import InvalidToken, TemporaryDeliveryError
+from hub.errors import LinkTokenError, TemporaryDeliveryError
 from hub.program_targets import person_key
 from hub.storage.db import Database
 from hub.storage.models import HubRoom, InboundMail, Member, Pair, PersonPref
@@ -150,7 +152,7 @@ class ReplyPoster:
     async def _reply(self, s: AsyncSession, row: InboundMail) -> tuple[str, str]:
         try:
             claims = self.signer.verify_reply(row.token)
-        except InvalidToken:  # checked at RCPT; a changed web.secret since then
+        except LinkTokenError:  # checked at RCPT; a changed web.secret since then
             return "dropped", "the reply address's token no longer verifies"
         member = await s.get(Member, claims.member_id)
         room = await s.get(HubRoom, claims.room_pk)
@@ -185,10 +187,8 @@ class ReplyPoster:
             return "dropped", "nothing above the quoted text"
         name = display_name(member.name, member.matrix_id, member.email)
         content = reply_content(name, text, mention)
-        queued = await self.outbox.enqueue(
-            s, channel=MATRIX, kind="email-reply", lane=room.room_id, dedupe_key=_dedupe_key(row),
-            payload={"op": "message", "room_id": room.room_id, "type": "m.room.message",
-                     "content": content})
+        queued = await enqueue(self.outbox, s, Outgoing(RoomMessage(content, room_id=room.room_id),
+                                                        "email-reply", _dedupe_key(row)))
         if not queued:
             return "dropped", f"a second copy of {row.message_id}"
         return "posted", f"posted in {room.key}"
@@ -207,7 +207,7 @@ class ReplyPoster:
     async def _bounce(self, s: AsyncSession, row: InboundMail) -> tuple[str, str]:
         try:
             seq = self.signer.verify_bounce(row.token)
-        except InvalidToken:
+        except LinkTokenError:
             return "dropped", "the bounce address's token no longer verifies"
         sent = (await s.execute(select(O.c.lane, O.c.kind, O.c.txn_id, O.c.channel)
                                 .where(O.c.seq == seq))).first()

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
-from hub.core.messages import Mention, notice_content
-from hub.delivery.outbox import EMAIL, MATRIX
-from hub.email.payload import email_payload, normalize_address
+from hub.core.effects import Email, Outgoing, PinPlan, RoomMessage
+from hub.core.messages import Mention
+from hub.delivery.effect_writer import enqueue, row_spec
 from hub.errors import ArgumentError, CommandError
 from hub.features.participants import (
     CohortView,
@@ -140,13 +140,10 @@ async def plan_set(ctx: CommandContext[PlanPorts]) -> Reply:
                        f"Saved by {{who}}. `{ctx.prefix} dropped` brings it back, also by email.",
                        plan=text, who=who)
     # The plan message is what gets pinned; the pin row waits for its event id (same lane).
-    await ports.outbox.enqueue(
-        s, channel=MATRIX, kind="plan", lane=ctx.room_id, dedupe_key=key,
-        payload={"op": "message", "room_id": ctx.room_id, "type": "m.room.message",
-                 "content": notice_content(plain, html)})
-    await ports.outbox.enqueue(
-        s, channel=MATRIX, kind="plan-pin", lane=ctx.room_id, dedupe_key=f"pin:{ctx.event_id}",
-        payload={"op": "pin_plan", "room_id": ctx.room_id, "pair_id": pv.pair.id, "message_key": key})
+    plan_message = RoomMessage.notice(plain, html, room_id=ctx.room_id)
+    await enqueue(ports.outbox, s, Outgoing(plan_message, "plan", key))
+    await enqueue(ports.outbox, s, Outgoing(PinPlan(ctx.room_id, pv.pair.id, key), "plan-pin",
+                                            f"pin:{ctx.event_id}"))
     return Reply(f"Saved. Your backup plan is pinned in this room; `{ctx.prefix} plan` shows it and "
                  f"`{ctx.prefix} dropped` brings it back when a call fails.")
 
@@ -159,9 +156,8 @@ async def plan_clear(ctx: CommandContext[PlanPorts]) -> Reply:
     if plan is None or not plan.text:
         return Reply("There is no backup plan to clear; nothing changed.")
     plan.text, plan.message_key, plan.set_at = "", None, ports.clock.now().timestamp()
-    await ports.outbox.enqueue(
-        s, channel=MATRIX, kind="plan-pin", lane=ctx.room_id, dedupe_key=f"pin:{ctx.event_id}",
-        payload={"op": "pin_plan", "room_id": ctx.room_id, "pair_id": pv.pair.id, "message_key": None})
+    await enqueue(ports.outbox, s, Outgoing(PinPlan(ctx.room_id, plan.pair_id, None), "plan-pin",
+                                            f"pin:{ctx.event_id}"))
     return Reply(f"Backup plan cleared and unpinned. Save a new one with `{ctx.prefix} plan set TEXT`.")
 
 
@@ -185,12 +181,10 @@ async def dropped(ctx: CommandContext[PairPorts]) -> Reply:
             continue
         # Answering the plan mail posts in the pair room (replies by email).
         reply_to = program.reply_to(member.id, pv.room.id if pv.room is not None else None)
-        payload = email_payload(
-            to=address, subject=rendered.subject, text=rendered.email_text, html=rendered.email_html,
-            to_name=display_name(member.name, member.matrix_id, member.email),
-            headers={**email_headers(settings, view.cohort), **reply_to})
-        rows.append({"channel": EMAIL, "kind": "plan-dropped", "lane": normalize_address(address),
-                     "payload": dict(payload), "dedupe_key": f"dropped:{ctx.event_id}:{member.id}"})
+        mail = Email(to=address, subject=rendered.subject, text=rendered.email_text, html=rendered.email_html,
+                     to_name=display_name(member.name, member.matrix_id, member.email),
+                     headers={**email_headers(settings, view.cohort), **reply_to})
+        rows.append(row_spec(Outgoing(mail, "plan-dropped", f"dropped:{ctx.event_id}:{member.id}")))
     await ports.outbox.enqueue_many(s, rows)
     if len(rows) == 2:
         note = "_Also emailed to you both, in case the chat is what's down._"

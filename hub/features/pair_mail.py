@@ -28,11 +28,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from hub.clock import Clock
 from hub.config import Settings
 from hub.core.cohorts import display_name
+from hub.core.effects import Email, Outgoing
 from hub.core.names import one_line
 from hub.core.tokens import AddressTokenSigner
 from hub.core.zones import find_zone
+from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import Outbox
-from hub.email.payload import email_payload, enqueue_email
 from hub.features.email_replies import reply_headers
 from hub.storage.db import Database
 from hub.storage.models import Cohort, HubRoom, Member, Pair
@@ -170,9 +171,8 @@ class PairMailer:
             html = "".join(html_parts) + f"<hr><p><small>{escape(footer)}</small></p>"
             settings = self.settings()
             headers = reply_headers(self.signer(), settings.email.inbound, member_id, room_pk)
-            payload = email_payload(to=member.email, subject=subject, text=text, html=html,
-                                    to_name=display_name(member.name, None, member.email),
-                                    headers=headers or None)
-            await enqueue_email(self.outbox, s, payload, kind="pair-mail",
-                                dedupe_key=f"pair-mail:{member_id}:{room_pk}:{ids[-1]}")
+            mail = Email(to=member.email, subject=subject, text=text, html=html,
+                         to_name=display_name(member.name, None, member.email), headers=headers or None)
+            key = f"pair-mail:{member_id}:{room_pk}:{ids[-1]}"
+            await enqueue(self.outbox, s, Outgoing(mail, "pair-mail", key))
         return 1

@@ -26,9 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, video_url
 from hub.core.content_format import escape_markdown
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.markup import markdown_to_matrix
 from hub.core.zones import find_zone
-from hub.delivery.outbox import MATRIX
+from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
 from hub.program_targets import effective_address, person_key
 from hub.storage.models import (
@@ -269,11 +270,8 @@ def room_row(room: HubRoom, content: dict[str, Any], *, kind: str, dedupe_key: s
 
     Before the room exists the row waits on the room's key lane, behind its creation.
     """
-    return {
-        "channel": MATRIX, "kind": kind, "lane": room.room_id or f"room:{room.key}",
-        "payload": {"op": "message", "room_key": room.key, "type": "m.room.message", "content": content},
-        "dedupe_key": dedupe_key,
-    }
+    return row_spec(Outgoing(RoomMessage(content, room_key=room.key), kind, dedupe_key,
+                             room.room_id or f"room:{room.key}"))
 
 
 def program_week_of(view: CohortView, now: datetime) -> int:

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core import content as ct
 from hub.core.cohorts import display_name, is_email
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomKind
+from hub.core.effects import Email, Outgoing, RoomMessage
 from hub.core.markup import echo
-from hub.core.messages import notice_content
-from hub.delivery.outbox import MATRIX
-from hub.email.payload import email_payload, enqueue_email, normalize_address
+from hub.delivery.effect_writer import enqueue
+from hub.email.payload import normalize_address
 from hub.errors import ArgumentError, CommandError
 from hub.features.participants import (
     code_hash,
@@ -164,10 +164,8 @@ async def support(ctx: CommandContext[Support]) -> Reply:
     plain, html = said("🆘 **Support request** from {who} ({sender}, {cohorts}):\n\n{text}\n\n"
                        "Please contact them directly. Their partner has not been told.",
                        who=who, sender=ctx.sender, cohorts=cohorts, text=str(ctx.args["text"]))
-    await ports.outbox.enqueue(
-        ports.session, channel=MATRIX, kind="support", lane=control, dedupe_key=f"support:{ctx.event_id}",
-        payload={"op": "message", "room_id": control, "type": "m.room.message",
-                 "content": notice_content(plain, html)})
+    await enqueue(ports.outbox, ports.session, Outgoing(RoomMessage.notice(plain, html, room_id=control),
+                                                        "support", f"support:{ctx.event_id}"))
     return Reply("Sent to the moderators, just those words. Someone will get in touch with you; "
                  "your partner isn't told.")
 
@@ -223,10 +221,9 @@ async def email(ctx: CommandContext[EmailPrefs]) -> Reply:
             f"If that was you, send this in any chat with the hub (within 48 hours):\n\n"
             f"    {ctx.prefix} email confirm {new_code}\n\n"
             "If it wasn't you, ignore this message: nothing changes.")
-    payload = email_payload(to=address, subject="Confirm your new address for the mentoring hub",
-                            text=text)
-    await enqueue_email(ports.outbox, ports.session, payload,
-                        kind="email-confirm", dedupe_key=f"email-confirm:{ctx.event_id}")
+    mail = Email(to=address, subject="Confirm your new address for the mentoring hub", text=text)
+    await enqueue(ports.outbox, ports.session,
+                  Outgoing(mail, "email-confirm", f"email-confirm:{ctx.event_id}"))
     return Reply(f"Almost done: I've emailed a code to {address}. Send `{ctx.prefix} email confirm CODE` "
                  "here to start using it; until then mail keeps going to your current address. "
                  f"(At most {CONFIRM_PER_DAY} such emails a day per person and per address.)")

@@ -44,13 +44,14 @@ from hub.core.calendar import (
 )
 from hub.core.cohorts import display_name
 from hub.core.content_library import load_library
-from hub.core.effects import PinPlan
+from hub.core.effects import Email, Outgoing, PinPlan
 from hub.core.homeserver import Homeserver
 from hub.core.messages import Mention
 from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
-from hub.delivery.outbox import EMAIL, Outbox
-from hub.email.payload import Attachment, email_payload, normalize_address
+from hub.delivery.effect_writer import row_spec
+from hub.delivery.outbox import Outbox
+from hub.email.payload import Attachment, normalize_address
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import person_mail
 from hub.features.direct_rooms import ensure_direct_room
@@ -501,18 +502,16 @@ class ProgramService:
                 rendered = self.library.render(chosen, variables)
                 # A webinar invite is about the cohort's lounge: a reply is posted there.
                 reply_to = self.reply_to(member.id, view.lounge.id if view.lounge else None)
-                payload = email_payload(to=address, subject=rendered.subject, text=rendered.email_text,
-                                        html=rendered.email_html, to_name=person.name,
-                                        headers={**unsubscribe.get(
-                                            person_key(member.matrix_id, member.email) or "", headers),
-                                            **reply_to},
-                                        attachments=ics)
+                mail = Email(to=address, subject=rendered.subject, text=rendered.email_text,
+                             html=rendered.email_html, to_name=person.name,
+                             headers={**unsubscribe.get(person_key(member.matrix_id, member.email) or "",
+                                                        headers), **reply_to},
+                             attachments=ics)
+                row = row_spec(Outgoing(mail, f"program-{item.kind.value}", keys[t]))
             except Exception as e:
                 self.leave_out(unsent, item, f"{member_label(member)} <{address}>", e)
                 continue
-            out.append({"channel": EMAIL, "kind": f"program-{item.kind.value}",
-                        "lane": normalize_address(address), "payload": dict(payload),
-                        "dedupe_key": keys[t]})
+            out.append(row)
         return out
 
     async def _email_questions(self, s: AsyncSession, view: CohortView, item: CalendarItem, week: int,

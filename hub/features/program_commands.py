@@ -21,10 +21,10 @@ from hub.core.calendar import CalendarItem, ItemKind
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import email_document, html_to_text, one_line
 from hub.core.converters import to_datetime, to_title, to_url
+from hub.core.effects import Email, Outgoing
 from hub.core.markup import echo, markdown_to_matrix
 from hub.core.messages import notice_content
-from hub.delivery.outbox import EMAIL
-from hub.email.payload import email_payload, normalize_address
+from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
 from hub.features.participants import CohortView, load_cohort_view, program_week_of, room_row
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
@@ -238,10 +238,8 @@ async def announce(ctx: CommandContext[Announcing]) -> Reply:
                                       email_headers(settings, view.cohort))
             # Answering an announcement posts in the lounge (replies by email).
             headers = {**headers, **ports.program.reply_to(member.id, view.lounge.id)}
-            payload = email_payload(to=address, subject=subject, text=plain, html=page,
-                                    headers=headers)
-            rows.append({"channel": EMAIL, "kind": "announce", "lane": normalize_address(address),
-                         "payload": dict(payload), "dedupe_key": f"announce:{ctx.event_id}:{member.id}"})
+            mail = Email(to=address, subject=subject, text=plain, html=page, headers=headers)
+            rows.append(row_spec(Outgoing(mail, "announce", f"announce:{ctx.event_id}:{member.id}")))
             emailed += 1
     await ports.outbox.enqueue_many(s, rows)
     return Reply(f"Announced in the `{view.cohort.slug}` lounge and emailed to {emailed} "

@@ -20,10 +20,9 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from hub.core.calendar import CalendarItem
 from hub.core.content_format import escape_markdown
-from hub.core.markup import markdown_to_matrix
-from hub.core.messages import notice_content
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.names import name_problem, one_line
-from hub.delivery.outbox import MATRIX
+from hub.delivery.effect_writer import row_spec
 from hub.errors import HubError
 
 __all__ = ["Unsent", "is_transient", "person_reason", "reason_of", "unsent_alert"]
@@ -89,9 +88,6 @@ def unsent_alert(control_room: str | None, item: CalendarItem, unsent: Sequence[
         lines.append(f"- and {len(unsent) - _LISTED} more (the hub's log lists them)")
     lines.append("Nothing retries it on its own. Fix what is named (a name with a line break: add "
                  "the person again with a new name), then send it again if it still matters.")
-    body, html = markdown_to_matrix("\n".join(lines))
-    return {"channel": MATRIX, "kind": "alert", "lane": control_room,
-            # Once per item, however many ticks or `send` commands meet the same failure.
-            "dedupe_key": f"alert:unsent:{item.key}" + (":all" if everything else ""),
-            "payload": {"op": "message", "room_id": control_room, "type": "m.room.message",
-                        "content": notice_content(body, html)}}
+    # Once per item, however many ticks or `send` commands meet the same failure.
+    return row_spec(Outgoing(RoomMessage.markdown("\n".join(lines), room_id=control_room), "alert",
+                             f"alert:unsent:{item.key}" + (":all" if everything else "")))

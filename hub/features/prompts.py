@@ -24,8 +24,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import Clock
+from hub.core.effects import Outgoing, RoomMessage
 from hub.delivery.dispatcher import Claimed
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.effect_writer import enqueue_all
+from hub.delivery.outbox import Outbox
 from hub.features.participants import CohortView, program_week_of
 from hub.storage.db import Database
 from hub.storage.models import Cohort, HubRoom, Prompt, hub_room_table, outbox_table
@@ -140,11 +142,10 @@ class PromptRecorder:
             # clear even in an encrypted room (nio's room_send, like Element Web): an encrypted
             # event in a two-person room notifies (.m.rule.encrypted_room_one_to_one), five
             # times for the private check-in, and the options say nothing about anyone.
-            await self.outbox.enqueue_many(s, [
-                {"channel": MATRIX, "kind": _OPTION_KIND, "lane": row.lane, "dedupe_key":
-                 f"{_OPTION_KIND}:{event_id}:{i}",
-                 "payload": {"op": "message", "room_id": room_id, "type": "m.reaction", "content": {
-                     "m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": emoji}}}}
+            await enqueue_all(self.outbox, s, [
+                Outgoing(RoomMessage({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id,
+                                                       "key": emoji}}, room_id=room_id, type="m.reaction"),
+                         _OPTION_KIND, f"{_OPTION_KIND}:{event_id}:{i}", row.lane)
                 for i, (emoji, _) in enumerate(OPTIONS[kind])])
             await forget_closed(s, now.timestamp() - OPEN_FOR.total_seconds())
 

@@ -28,11 +28,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hub.clock import Clock
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.homeserver import AnswerEvent, IncomingMessage
 from hub.core.limits import Verdict
-from hub.core.markup import markdown_to_matrix
-from hub.core.messages import notice_content
-from hub.delivery.outbox import MATRIX, Outbox
+from hub.delivery.effect_writer import enqueue
+from hub.delivery.outbox import Outbox
 from hub.features.prompts import (
     CHECKIN,
     COMMANDS,
@@ -212,11 +212,8 @@ class Answers:
                     return
                 text = await _take_back(s, prompt, mine, self.runner.registry.prefix)
                 await s.delete(mine)
-                body, html = markdown_to_matrix(text)
-                await self.outbox.enqueue(
-                    s, channel=MATRIX, kind="reply", lane=ev.room_id, dedupe_key=f"reply:{ev.event_id}",
-                    payload={"op": "message", "room_id": ev.room_id, "type": "m.room.message",
-                             "content": notice_content(body, html, reply_to=prompt.event_id)})
+                reply = RoomMessage.markdown(text, room_id=ev.room_id, reply_to=prompt.event_id)
+                await enqueue(self.outbox, s, Outgoing(reply, "reply", f"reply:{ev.event_id}"))
         except IntegrityError:
             return  # another process handled the same redaction first
 

@@ -54,13 +54,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from hub.errors import InvalidTokenError, MatrixError
+from hub.errors import CrossSigningError, ForeignCrossSigningIdentity, InvalidTokenError, MatrixError
 
 __all__ = [
-    "CrossSigningError",
     "CrossSigningReport",
     "CrossSigningStatus",
-    "ForeignCrossSigningIdentity",
     "canonical_json",
     "check_cross_signing",
     "ensure_cross_signing",
@@ -75,11 +73,6 @@ _SIGNATURES_UPLOAD: Final = "/_matrix/client/v3/keys/signatures/upload"
 _KEYS_QUERY: Final = "/_matrix/client/v3/keys/query"
 # Long enough for a busy homeserver, short enough that `hub check` never hangs.
 _HTTP_TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
-_RESET_HINT: Final = (
-    "set `reset_cross_signing = true` under [matrix] (it needs `password`) to "
-    "replace it with one the hub owns; other people will then see that the hub's "
-    "identity changed. Remove the setting again once the hub has started"
-)
 
 
 class CrossSigningStatus(enum.Enum):
@@ -104,26 +97,6 @@ class CrossSigningReport:
     # "signatures" (our device's signature). Empty means nothing was uploaded,
     # which is what a restart with the same key file and device must look like.
     uploaded: tuple[str, ...] = field(default=())
-
-
-class CrossSigningError(MatrixError):
-    """Cross-signing could not be checked or set up (HTTP, key file, auth)."""
-
-
-class ForeignCrossSigningIdentity(CrossSigningError):
-    """The account's cross-signing identity belongs to someone else's client."""
-
-    def __init__(self, user_id: str, master_key: str, key_file: Path) -> None:
-        self.user_id = user_id
-        self.master_key = master_key
-        self.key_file = key_file
-        super().__init__(
-            f"{user_id} already has a cross-signing identity (master key {master_key}) "
-            f"whose private keys the hub does not hold (they are not in {key_file}), "
-            f"probably set up by logging in with Element. The hub's device cannot be "
-            f"cross-signed, so Element users will not receive or read its encrypted "
-            f"messages. To fix it, {_RESET_HINT}."
-        )
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_pair_welcome_shows_hostile_names_as_typed() -> None:
 
 def test_state_fixes_for_a_correct_room_is_empty() -> None:
     spec = lounge_spec("lounge:1", "W", "!space", {"@mod:x": 50}, TAG, "!hub")
-    state = {
+    state: dict[tuple[str, str], dict[str, Any]] = {
         ("m.room.name", ""): {"name": "W lounge"},
         ("m.room.topic", ""): {"topic": spec.topic},
         ("m.room.join_rules", ""): {"join_rule": "restricted",
@@ -99,9 +100,11 @@ def test_state_fixes_for_a_correct_room_is_empty() -> None:
 
 def test_state_fixes_find_drift_and_respect_room_versions() -> None:
     spec = space_spec("space:1", "W", {"@mod:x": 50}, {"key": "space:1"})
-    state = {("m.room.name", ""): {"name": "renamed by hand"},
-             ("m.room.power_levels", ""): {"users": {HUB: 100, "@other:x": 20}},
-             ("m.space.child", "!old"): {"via": ["x"]}}
+    state: dict[tuple[str, str], dict[str, Any]] = {
+        ("m.room.name", ""): {"name": "renamed by hand"},
+        ("m.room.power_levels", ""): {"users": {HUB: 100, "@other:x": 20}},
+        ("m.space.child", "!old"): {"via": ["x"]},
+    }
     fixes = {f.reason: f for f in state_fixes(spec, state, hub=HUB, room_version="12",
                                               child_rooms={"!lounge": ["example.org"]})}
     assert set(fixes) == {"name", "topic", "join rule", "power levels", "hub tag", "space child"}

@@ -11,7 +11,7 @@ import pytest
 
 from hub.core.email_reply import MAX_REPLY_CHARS, kept_out, reply_content, reply_text
 from hub.core.tokens import AddressTokenSigner, address_token, bounce_address, reply_address
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 
 EVE = "eve@example.org"
 
@@ -72,22 +72,22 @@ def test_bounce_token_names_the_outbox_row() -> None:
 def test_tampered_tokens_are_refused(mutate: object) -> None:
     signer = AddressTokenSigner("s3cret")
     token = signer.reply(1, 2)
-    with pytest.raises(InvalidToken):
+    with pytest.raises(LinkTokenError):
         signer.verify_reply(mutate(token))  # type: ignore[operator]
 
 
 def test_tokens_do_not_cross_purposes_or_secrets() -> None:
     signer = AddressTokenSigner("s3cret")
-    with pytest.raises(InvalidToken, match="wrong purpose"):
+    with pytest.raises(LinkTokenError, match="wrong purpose"):
         signer.verify_bounce(signer.reply(1, 2))
-    with pytest.raises(InvalidToken, match="wrong purpose"):
+    with pytest.raises(LinkTokenError, match="wrong purpose"):
         signer.verify_reply(signer.bounce(5))
-    with pytest.raises(InvalidToken, match="signature"):
+    with pytest.raises(LinkTokenError, match="signature"):
         AddressTokenSigner("other").verify_reply(signer.reply(1, 2))
     # A forged body with a valid-looking MAC length is still a bad signature.
     raw = bytearray(base64.b32decode(signer.reply(1, 2).upper()))
     raw[5] ^= 1
-    with pytest.raises(InvalidToken):
+    with pytest.raises(LinkTokenError):
         signer.verify_reply(base64.b32encode(bytes(raw)).decode().lower())
 
 

@@ -17,7 +17,7 @@ from hub.core.tokens import (
     new_handle,
     unsubscribe_url,
 )
-from hub.errors import HubError, InvalidToken
+from hub.errors import HubError, LinkTokenError
 
 SECRET = "correct horse battery staple"
 NOW = datetime(2027, 1, 25, 8, 0, tzinfo=UTC)
@@ -65,7 +65,7 @@ def test_every_single_character_substitution_is_rejected() -> None:
             if ch == original:
                 continue
             tampered = token[:i] + ch + token[i + 1 :]
-            with pytest.raises(InvalidToken):
+            with pytest.raises(LinkTokenError):
                 signer.verify(tampered, Purpose.UNSUBSCRIBE)
             tried += 1
     # Including the last character, whose low bits are padding: a non-canonical
@@ -80,20 +80,20 @@ def test_every_bit_flip_in_the_decoded_bytes_is_rejected() -> None:
         for bit in range(8):
             flipped = bytearray(raw)
             flipped[i] ^= 1 << bit
-            with pytest.raises(InvalidToken):
+            with pytest.raises(LinkTokenError):
                 signer.verify(_unpadded(bytes(flipped)), Purpose.UNSUBSCRIBE)
 
 
 def test_truncated_and_extended_tokens_are_rejected() -> None:
     token = signer.sign(new_handle(), Purpose.UNSUBSCRIBE, issued_at=NOW)
     for n in range(len(token)):
-        with pytest.raises(InvalidToken):
+        with pytest.raises(LinkTokenError):
             signer.verify(token[:n], Purpose.UNSUBSCRIBE)
     for extra in ("A", "AA", "AAAA", "=", "==", "\n", " "):
-        with pytest.raises(InvalidToken):
+        with pytest.raises(LinkTokenError):
             signer.verify(token + extra, Purpose.UNSUBSCRIBE)
     raw = _decode(token)
-    with pytest.raises(InvalidToken):  # valid base64 of the bytes without the last MAC byte
+    with pytest.raises(LinkTokenError):  # valid base64 of the bytes without the last MAC byte
         signer.verify(_unpadded(raw[:-1]), Purpose.UNSUBSCRIBE)
 
 
@@ -103,7 +103,7 @@ def test_truncated_and_extended_tokens_are_rejected() -> None:
      _unpadded(b"\x01\x01" + b"\x00" * 60)],
 )
 def test_garbage_is_rejected_with_the_specific_exception(garbage: str) -> None:
-    with pytest.raises(InvalidToken) as info:
+    with pytest.raises(LinkTokenError) as info:
         signer.verify(garbage, Purpose.UNSUBSCRIBE)
     assert isinstance(info.value, HubError) and info.value.reason
 
@@ -116,23 +116,23 @@ def test_standard_base64_spelling_is_rejected() -> None:
             break
     std = token.replace("-", "+").replace("_", "/")
     assert std != token
-    with pytest.raises(InvalidToken):
+    with pytest.raises(LinkTokenError):
         signer.verify(std, Purpose.UNSUBSCRIBE)
 
 
 def test_wrong_secret_is_rejected() -> None:
     token = signer.sign("abc", Purpose.UNSUBSCRIBE, issued_at=NOW)
     for other in ("correct horse battery stapl", SECRET + " ", "x"):
-        with pytest.raises(InvalidToken, match="bad signature"):
+        with pytest.raises(LinkTokenError, match="bad signature"):
             TokenSigner(other).verify(token, Purpose.UNSUBSCRIBE)
 
 
 def test_purpose_mismatch_is_rejected_both_ways() -> None:
     unsub = signer.sign("abc", Purpose.UNSUBSCRIBE, issued_at=NOW)
     confirm = signer.sign("abc", Purpose.CONFIRM_ADDRESS, issued_at=NOW)
-    with pytest.raises(InvalidToken, match="wrong purpose"):
+    with pytest.raises(LinkTokenError, match="wrong purpose"):
         signer.verify(unsub, Purpose.CONFIRM_ADDRESS)
-    with pytest.raises(InvalidToken, match="wrong purpose"):
+    with pytest.raises(LinkTokenError, match="wrong purpose"):
         signer.verify(confirm, Purpose.UNSUBSCRIBE)
 
 
@@ -140,7 +140,7 @@ def test_max_age_expires_tokens() -> None:
     token = signer.sign("abc", Purpose.CONFIRM_ADDRESS, issued_at=NOW)
     week = timedelta(days=7)
     assert signer.verify(token, Purpose.CONFIRM_ADDRESS, now=NOW + week, max_age=week).handle == "abc"
-    with pytest.raises(InvalidToken, match="expired"):
+    with pytest.raises(LinkTokenError, match="expired"):
         signer.verify(token, Purpose.CONFIRM_ADDRESS, now=NOW + week + timedelta(seconds=1), max_age=week)
     with pytest.raises(ValueError):
         signer.verify(token, Purpose.CONFIRM_ADDRESS, max_age=week)
@@ -201,5 +201,5 @@ def test_property_any_other_string_is_rejected(handle: str, data: st.DataObject)
     )
     if other == token:
         return
-    with pytest.raises(InvalidToken):
+    with pytest.raises(LinkTokenError):
         signer.verify(other, Purpose.UNSUBSCRIBE)

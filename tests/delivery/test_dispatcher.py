@@ -83,7 +83,9 @@ async def _until(predicate: Any, timeout: float = 20.0) -> None:
 
 
 @BOTH
-async def test_many_lanes_keep_order_with_bounded_concurrency(database_urls, backend) -> None:
+async def test_many_lanes_keep_order_with_bounded_concurrency(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=30, per_lane=10)
     sender = Recorder(delay=0.01)
@@ -108,7 +110,9 @@ async def test_many_lanes_keep_order_with_bounded_concurrency(database_urls, bac
 
 
 @BOTH
-async def test_temporary_error_retries_in_order_and_permanent_is_reported(database_urls, backend) -> None:
+async def test_temporary_error_retries_in_order_and_permanent_is_reported(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=3, per_lane=3)
     sender = Recorder(fail={
@@ -147,7 +151,9 @@ async def test_temporary_error_retries_in_order_and_permanent_is_reported(databa
 
 
 @BOTH
-async def test_stop_gives_back_claimed_rows_and_waits_for_in_flight(database_urls, backend) -> None:
+async def test_stop_gives_back_claimed_rows_and_waits_for_in_flight(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=40, per_lane=1)
     sender = Recorder(delay=0.3)
@@ -167,7 +173,9 @@ async def test_stop_gives_back_claimed_rows_and_waits_for_in_flight(database_url
 
 
 @BOTH
-async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backend) -> None:
+async def test_rows_of_a_dead_dispatcher_are_freed_at_start(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=5, per_lane=1)
     dead = Dispatcher(db, outbox, SystemClock(), {MATRIX: Recorder()})
@@ -196,7 +204,7 @@ async def test_rows_of_a_dead_dispatcher_are_freed_at_start(database_urls, backe
 
 
 @POSTGRESQL
-async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
+async def test_expired_lease_is_claimed_again(database_urls: dict[str, str], backend: str) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=1, per_lane=2)
     d = Dispatcher(db, outbox, SystemClock(), {MATRIX: Recorder()})
@@ -212,7 +220,9 @@ async def test_expired_lease_is_claimed_again(database_urls, backend) -> None:
 
 
 @BOTH
-async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(database_urls, backend) -> None:
+async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     now = SystemClock().now().timestamp()
     async with db.transaction() as s:
@@ -233,7 +243,9 @@ async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(databa
 
 
 @POSTGRESQL
-async def test_two_dispatchers_share_postgresql_without_double_sends(database_urls, backend) -> None:
+async def test_two_dispatchers_share_postgresql_without_double_sends(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db_a, outbox_a = await _db(database_urls, backend)
     db_b, outbox_b = await _db(database_urls, backend)
     await _queue(db_a, outbox_a, lanes=25, per_lane=8)
@@ -261,7 +273,9 @@ async def test_two_dispatchers_share_postgresql_without_double_sends(database_ur
 
 
 @BOTH
-async def test_temporary_failures_give_up_after_24_hours_and_report(database_urls, backend) -> None:
+async def test_temporary_failures_give_up_after_24_hours_and_report(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db, outbox = await _db(database_urls, backend)
     await _queue(db, outbox, lanes=2, per_lane=1)
     now = SystemClock().now().timestamp()

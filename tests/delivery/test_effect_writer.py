@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from hub.clock import FakeClock
-from hub.core.effects import Email, Invite, LeaveRoom, RoomMessage, effect_from_payload
-from hub.core.membership import Outgoing
+from hub.core.effects import Email, Invite, LeaveRoom, Outgoing, RoomMessage, effect_from_payload
 from hub.delivery.effect_writer import EffectWriter, row_spec
 from hub.delivery.outbox import Outbox
 from hub.errors import UnsafeHeaderError

@@ -7,7 +7,7 @@ import email
 import email.policy
 import html as html_module
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 
 import pytest
 
@@ -24,7 +24,7 @@ def _parse(data: bytes) -> EmailMessage:
     return msg
 
 
-def _content(part: EmailMessage | None) -> str:
+def _content(part: MIMEPart | None) -> str:
     assert part is not None
     text = part.get_content()
     assert isinstance(text, str)

@@ -18,15 +18,13 @@ from hub.config import EmailSettings
 from hub.devserver.smtp import SmtpSink
 from hub.email.message import BuiltMessage, build_message
 from hub.email.payload import email_payload
-from hub.email.pool import (
-    MAILBOX_FULL_RETRY,
+from hub.email.pool import MAILBOX_FULL_RETRY, SmtpPool, dot_stuffed, refusal_kind
+from hub.errors import (
     MessageRejectedError,
+    PermanentDeliveryError,
     RecipientRejectedError,
-    SmtpPool,
-    dot_stuffed,
-    refusal_kind,
+    TemporaryDeliveryError,
 )
-from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 
 FROM = "Hub <hub@example.org>"
 

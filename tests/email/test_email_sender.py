@@ -19,7 +19,7 @@ from hub.email.payload import email_payload, enqueue_email
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Rejected, Suppressed, lift_suppression
 from hub.storage.db import Database, open_database
-from hub.storage.models import EmailSuppression
+from hub.storage.models import EmailSuppression, email_suppression_table
 from hub.storage.models import outbox_table as T
 
 from tests.support.databases import backends
@@ -83,7 +83,7 @@ async def _alert_rows(rig: Rig) -> int:
 
 async def _suppressed(rig: Rig) -> list[str]:
     async with rig.db.session() as s:
-        return sorted((await s.execute(select(EmailSuppression.address))).scalars().all())
+        return sorted((await s.execute(select(email_suppression_table.c.address))).scalars().all())
 
 
 async def _row(rig: Rig, key: str) -> tuple[str, int, str | None]:
@@ -124,7 +124,8 @@ async def test_550_suppresses_alerts_once_and_stops_mail(rig: Rig) -> None:
     assert sup is not None and sup.code == 550 and "no such user" in sup.reason
     assert [(a.address, a.code) for a in rig.alerts] == [("gone@example.org", 550)]
     async with rig.db.session() as s:
-        assert (await s.execute(select(EmailSuppression.address))).scalars().all() == ["gone@example.org"]
+        suppressed = (await s.execute(select(email_suppression_table.c.address))).scalars().all()
+        assert suppressed == ["gone@example.org"]
     assert [(r.lane, r.kind) for r in alert_rows] == [("!control", "alert")]
     # Later mail to the address fails at send time, without touching the SMTP server.
     tried = rig.sink.attempts("gone@example.org")

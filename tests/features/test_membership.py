@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from hub.features.pairs import ensure_pair_room, find_open_pair, make_pair, make
 from hub.features.people import is_participant, member_label
 from hub.features.room_queue import Env, load_env, queue_room_message, relane
 from hub.storage.db import Database, open_database
-from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata
+from hub.storage.models import HubRoom, Member, Pair, RoomMember, hub_room_table, metadata, room_member_table
 from hub.storage.models import outbox_table as T
 
 from tests.support.databases import backends
@@ -96,7 +96,7 @@ async def test_cohort_creation_queues_space_then_lounge_with_moderators(world: A
     # so a room made in the same transaction needs no invite rows of its own.
     assert [r for r in rows if r["kind"] == "room-invite"] == []
     async with world.db.session() as s:
-        wanted = (await s.execute(select(RoomMember.user_id, RoomMember.state))).all()
+        wanted = (await s.execute(select(room_member_table.c.user_id, room_member_table.c.state))).all()
     assert sorted(wanted) == [(MOD, "pending"), (MOD, "pending")]
     assert len(cohort.start_date) == 10
 
@@ -392,7 +392,7 @@ async def test_a_batch_writes_what_the_same_calls_write_one_after_another(
         room.room_id, room.status = "!ab:x.org", "ready"
 
     async def story(s: Any, env: Env) -> list[Any]:
-        steps = [
+        steps: list[Callable[[], Awaitable[object]]] = [
             lambda: add_member(s, env, cohort, "mentor", cy, name="Cy"),
             lambda: add_member(s, env, cohort, "mentee", di, name="Di"),
             lambda: make_pair(s, env, cohort, cy, di),

@@ -12,11 +12,20 @@ import os
 import re
 import subprocess
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
+
+
+def _plain(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert isinstance(text, str)
+    return text
 
 
 def test_demo_runs_and_its_emails_parse(tmp_path: Path) -> None:
@@ -58,8 +67,8 @@ def test_demo_runs_and_its_emails_parse(tmp_path: Path) -> None:
         assert digests
         # No pair-room message is sent on a digest's day in the demo's script (issue 16: every
         # digest said "active today", the server's real timestamps being ahead of the demo's clock).
-        said = [re.findall(r"Your pair room was [^.]*\.|No messages in your pair room yet\.",
-                           m.get_body(preferencelist=("plain",)).get_content()) for m in digests]
+        said = [re.findall(r"Your pair room was [^.]*\.|No messages in your pair room yet\.", _plain(m))
+                for m in digests]
         assert any(said) and not any("active today" in s for lines in said for s in lines), said
     assert (out / "config.toml").is_file() and (out / "roster.csv").is_file()
 

@@ -156,6 +156,7 @@ async def test_digest_send_unsubscribe_and_privacy(
 
             await _until(seen, 20, "the hub did not see the lounge, pair and direct activity")
             # Welcomes and the webinar's announcement go first (its reminders wait for January).
+            assert hub.outbox is not None
             await asyncio.wait_for(hub.outbox.wait_until_drained(due_only=True, settle=2), 30)
             before = sink.count
 

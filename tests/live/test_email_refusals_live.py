@@ -19,7 +19,7 @@ from hub.devserver.smtp import SmtpSink
 from hub.devserver.synapse import SynapseServer
 from hub.email.payload import email_payload, enqueue_email
 from hub.service import Hub
-from hub.storage.models import AuditEntry, EmailSuppression
+from hub.storage.models import EmailSuppression, audit_table
 from hub.storage.models import outbox_table as T
 
 from tests.support.live_hub import hub_settings, running_hub, sink_email
@@ -107,6 +107,6 @@ async def test_spam_refusal_alerts_once_and_unsuppress_lets_mail_through(
             mails = await sink.wait_for(1, timeout=30)
             assert [(m.rcpt_tos, m.subject) for m in mails] == [(("gone@example.org",), "Week 2")]
             async with hub.db.session() as s:
-                audited = (await s.execute(select(AuditEntry.command, AuditEntry.outcome)
-                                           .where(AuditEntry.actor == moderator.user_id))).all()
+                audited = (await s.execute(select(audit_table.c.command, audit_table.c.outcome)
+                                           .where(audit_table.c.actor == moderator.user_id))).all()
             assert ("!hub email unsuppress Gone@Example.org", "ok") in [tuple(a) for a in audited]

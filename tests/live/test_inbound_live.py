@@ -34,7 +34,9 @@ async def _hub_and_room(
     return settings, user, bot, ""
 
 
-async def test_ping_gets_notice_reply_within_2s(synapse, register, participant, tmp_path) -> None:
+async def test_ping_gets_notice_reply_within_2s(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
+) -> None:
     settings, user, bot, _ = await _hub_and_room(synapse, register, participant, tmp_path,
                                                  encrypted=False)
     async with running_hub(settings):
@@ -51,7 +53,9 @@ async def test_ping_gets_notice_reply_within_2s(synapse, register, participant, 
     assert latency < 2.0
 
 
-async def test_ping_in_encrypted_room_both_ways(synapse, register, participant, tmp_path) -> None:
+async def test_ping_in_encrypted_room_both_ways(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
+) -> None:
     settings, user, bot, _ = await _hub_and_room(synapse, register, participant, tmp_path,
                                                  encrypted=True)
     async with running_hub(settings):
@@ -68,7 +72,9 @@ async def test_ping_in_encrypted_room_both_ways(synapse, register, participant, 
     print(f"\nping latency (encrypted room): {latency * 1000:.0f} ms")
 
 
-async def test_reply_in_thread_and_help_and_unknown(synapse, register, participant, tmp_path) -> None:
+async def test_reply_in_thread_and_help_and_unknown(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
+) -> None:
     settings, user, bot, _ = await _hub_and_room(synapse, register, participant, tmp_path,
                                                  encrypted=False)
     async with running_hub(settings):
@@ -101,7 +107,7 @@ async def test_reply_in_thread_and_help_and_unknown(synapse, register, participa
 
 
 async def test_non_moderator_is_refused_and_nothing_changes(
-    synapse, register, participant, tmp_path
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
 ) -> None:
     settings, user, bot, _ = await _hub_and_room(synapse, register, participant, tmp_path,
                                                  encrypted=False, moderator=False)

@@ -70,7 +70,7 @@ async def test_30_messages_under_default_rate_limits_arrive_in_order(
         async def done() -> bool:
             assert hub.db is not None
             async with hub.db.session() as s:
-                counts = dict((await s.execute(select(T.c.status, func.count()).where(
+                counts: dict[str, int] = dict((await s.execute(select(T.c.status, func.count()).where(
                     T.c.kind == "burst").group_by(T.c.status))).all())
             assert not counts.get("failed"), counts  # nothing raised to the feature, nothing dropped
             return counts.get("sent") == N

@@ -72,9 +72,9 @@ async def test_a_moderator_opening_the_lounge_is_undone_at_once_and_reported_onc
 
         async def restored() -> bool:
             now = await state()
-            return (now["m.room.join_rules"] == before["m.room.join_rules"]
-                    and now["m.room.guest_access"] == before["m.room.guest_access"]
-                    and now["m.room.topic"]["topic"] == before["m.room.topic"]["topic"])
+            return bool(now["m.room.join_rules"] == before["m.room.join_rules"]
+                        and now["m.room.guest_access"] == before["m.room.guest_access"]
+                        and now["m.room.topic"]["topic"] == before["m.room.topic"]["topic"])
 
         deadline = changed + 15
         while not await restored():

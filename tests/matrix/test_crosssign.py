@@ -36,11 +36,9 @@ from nio import (
 )
 
 from hub.devserver.synapse import SynapseServer
-from hub.errors import InvalidTokenError
+from hub.errors import CrossSigningError, ForeignCrossSigningIdentity, InvalidTokenError
 from hub.matrix.crosssign import (
-    CrossSigningError,
     CrossSigningStatus,
-    ForeignCrossSigningIdentity,
     check_cross_signing,
     ensure_cross_signing,
 )

@@ -72,7 +72,7 @@ def test_creators_have_power_only_in_versions_that_give_it() -> None:
 
 def test_state_fixes_put_back_history_guests_levels_and_encryption() -> None:
     spec = lounge_spec("lounge:1", "W", None, {MOD: 50}, TAG, "!hub")
-    state = {
+    state: dict[tuple[str, str], dict[str, Any]] = {
         ("m.room.name", ""): {"name": "W lounge"},
         ("m.room.topic", ""): {"topic": spec.topic},
         ("m.room.join_rules", ""): {"join_rule": "invite"},
@@ -90,9 +90,11 @@ def test_state_fixes_put_back_history_guests_levels_and_encryption() -> None:
     assert fixes["power levels"].content["invite"] == 50
     # A pair room: anyone allowed to invite, or encryption set to something else, is put back.
     pair = pair_spec("pair:1", "A", "B", "l", encrypted=True, tag=TAG, prefix="!hub")
-    pair_state = {("m.room.encryption", ""): {"algorithm": "m.olm.v1.curve25519-aes-sha2"},
-                  ("m.room.history_visibility", ""): {"history_visibility": "invited"},
-                  ("m.room.power_levels", ""): {"users": {}, "invite": 0}}
+    pair_state: dict[tuple[str, str], dict[str, Any]] = {
+        ("m.room.encryption", ""): {"algorithm": "m.olm.v1.curve25519-aes-sha2"},
+        ("m.room.history_visibility", ""): {"history_visibility": "invited"},
+        ("m.room.power_levels", ""): {"users": {}, "invite": 0},
+    }
     reasons = {f.reason: f for f in state_fixes(pair, pair_state, hub=HUB, room_version="12")}
     assert {"encryption", "power levels"} <= set(reasons)
     assert reasons["power levels"].content["invite"] == 100

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, text
+from sqlalchemy import Connection, event, inspect, text
 
 from hub.config import MatrixSettings
 from hub.errors import SchemaTooNewError
@@ -26,6 +26,10 @@ from tests.support.databases import backends
 HEAD = _script().get_current_head()
 
 
+def _column_names(conn: Connection, table: str) -> set[str]:
+    return {col["name"] for col in inspect(conn).get_columns(table)}
+
+
 @pytest.mark.parametrize("backend", backends())
 async def test_migrations_upgrade_an_empty_database(backend: str, database_urls: dict[str, str]) -> None:
     db = await open_database(database_urls[backend])
@@ -37,9 +41,7 @@ async def test_migrations_upgrade_an_empty_database(backend: str, database_urls:
         assert set(metadata.tables) <= tables
         for name, table in metadata.tables.items():
             async with db.engine.connect() as conn:
-                cols = await conn.run_sync(
-                    lambda c, n=name: {col["name"] for col in inspect(c).get_columns(n)}
-                )
+                cols = await conn.run_sync(_column_names, name)
             assert {c.name for c in table.columns} <= cols, name
         # Opening again is a no-op, not an error.
         await db.close()

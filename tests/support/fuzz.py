@@ -38,7 +38,7 @@ def fuzz(max_examples: int) -> settings:
         max_examples=max_examples * SCALE,
         deadline=None,
         derandomize=IN_CI,
-        database=None if IN_CI else settings.default.database,
+        database=None if IN_CI else settings().database,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
 

@@ -28,7 +28,7 @@ from hub.core.answers import (
 )
 from hub.core.tokens import Purpose, TokenSigner
 from hub.delivery.outbox import Outbox
-from hub.errors import InvalidToken
+from hub.errors import LinkTokenError
 from hub.web import HealthSource, WebServer
 from hub.web_answer import ANSWER_MAX_AGE, Recorded, routes
 from hub.web_pages import SECURITY_HEADERS
@@ -173,7 +173,7 @@ def test_answer_handles_round_trip_and_refuse_anything_else() -> None:
     for bad in ("met-video-3-" + SCOPE, "met-maybe-3-" + SCOPE + "-p", "checkin-6-3-" + SCOPE + "-p",
                 "met-video-0-" + SCOPE + "-p", "met-video-03-" + SCOPE + "-p", "met-video-3-SHORT-p",
                 "met-video-3-" + SCOPE + "-", "vote-video-3-" + SCOPE + "-p"):
-        with pytest.raises(InvalidToken):
+        with pytest.raises(LinkTokenError):
             Answer.parse(bad)
     with pytest.raises(ValueError):
         Answer(MET, "5", 3, SCOPE, PERSON)  # a check-in score is no answer to "did you meet?"

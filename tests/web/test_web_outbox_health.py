@@ -22,7 +22,9 @@ async def _ok() -> bool:
 
 
 @pytest.mark.parametrize("backend", backends())
-async def test_healthz_turns_503_when_the_oldest_row_waits_too_long(database_urls, backend) -> None:
+async def test_healthz_turns_503_when_the_oldest_row_waits_too_long(
+    database_urls: dict[str, str], backend: str
+) -> None:
     db = await open_database(database_urls[backend])
     outbox = Outbox(db, SystemClock())
     smtp = {"up": True}
@@ -62,7 +64,9 @@ async def test_healthz_turns_503_when_the_oldest_row_waits_too_long(database_url
     assert float(oldest.split()[1]) >= 3600
 
 
-async def test_control_room_failures_show_on_healthz_and_metrics_without_a_503(database_urls) -> None:
+async def test_control_room_failures_show_on_healthz_and_metrics_without_a_503(
+    database_urls: dict[str, str],
+) -> None:
     """Nobody in the control room can be told that a message to it failed: /healthz and /metrics say it."""
     db = await open_database(database_urls["sqlite"])
     failures = ControlRoomFailures(recent=86400)
