@@ -612,4 +612,5 @@ async def test_report_gives_each_count_the_moderators_need(world: World) -> None
         "- Email: 1 bounced (suppressed), 1 opted out, 0 without an address",
         "- Scheduled items skipped while the hub was down: digest 1, launch 1, webinar-1h 1, "
         "webinar-announce 1, webinar-followup 1",
+        "- Rematch requests: 0 from participants; 0 pairs closed for a rematch",
     ]
