@@ -35,11 +35,11 @@ from hub.core import content as ct
 from hub.core.answers import CHECKIN, MET
 from hub.core.calendar import (
     DIRECT_FOR_UNPAIRED,
-    Audience,
     CalendarItem,
     ItemKind,
     ProgramSpec,
     Target,
+    TargetKind,
     Webinar,
     dedupe_key,
 )
@@ -236,22 +236,22 @@ class ProgramService:
         out: list[dict[str, Any]] = []
         unsent: list[Unsent] = []
         week = item.week or 0
-        for audience in (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER):
+        for audience in (TargetKind.LOUNGE, TargetKind.PAIR, TargetKind.DIRECT, TargetKind.MEMBER):
             group = [t for t in todo if t.audience is audience]
             if not group:
                 continue
-            if audience is Audience.LOUNGE:
+            if audience is TargetKind.LOUNGE:
                 try:
                     out += await self._lounge(s, view, item, group[0], keys[group[0]], week, source)
                 except Exception as e:
                     self.leave_out(unsent, item, "the lounge", e)
-            elif audience is Audience.PAIR:
+            elif audience is TargetKind.PAIR:
                 out += await self._pairs(s, view, item, group, keys, week, source, unsent)
-            elif audience is Audience.DIRECT:
+            elif audience is TargetKind.DIRECT:
                 out += await self._direct(s, view, item, group, keys, week, unsent)
             else:
                 out += await self._members(s, view, item, group, keys, week, unsent)
-        if any(t.audience is Audience.PAIR for t in todo):
+        if any(t.audience is TargetKind.PAIR for t in todo):
             out += await self._email_questions(s, view, item, week, unsent)
         alert = unsent_alert(self.control_room(), item, unsent)
         return out + ([alert] if alert is not None else [])
@@ -271,10 +271,10 @@ class ProgramService:
     def _vars(self, view: CohortView, week: int, **more: Any) -> ct.Variables:
         return ct.Variables(cohort=content_cohort(view), week=week, **more)
 
-    def _webinar(self, item: CalendarItem, zone: str) -> ct.Webinar:
+    def _webinar(self, item: CalendarItem, zone: str) -> ct.WebinarView:
         w = item.webinar
         assert w is not None
-        return ct.Webinar.in_zone(w.title, w.at, zone, url=w.url, starts_in=STARTS_IN.get(item.kind, ""))
+        return ct.WebinarView.in_zone(w.title, w.at, zone, url=w.url, starts_in=STARTS_IN.get(item.kind, ""))
 
     async def _lounge(self, s: AsyncSession, view: CohortView, item: CalendarItem, target: Target,
                       key: str, week: int, source: str) -> list[dict[str, Any]]:
