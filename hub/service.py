@@ -295,8 +295,9 @@ class Hub:
         # The one Matrix write that does not go through the outbox (issue 15), on purpose:
         # * everything else needs the room id first: the command runner tells moderators'
         #   commands by it, `_alert` addresses alerts to it, and `_report_failure` tells an
-        #   alert's own failure by its lane; a Join/CreateRoom row would only give the id
-        #   once the dispatcher had sent it, with the hub "ready" and taking commands before;
+        #   alert's own failure by its lane; a Join/CreateRoom row only gives the id once
+        #   the dispatcher has sent it, so the start would wait on a row's result anyway,
+        #   and a row being retried (a 429, a server down) would hold it with no error;
         # * its failure must stop the start with what to do ("invite the hub's account to it"):
         #   a row that fails for good is reported to the control room, which is the room
         #   that failed, so the hub would run on with no moderators' room and no one told;
