@@ -41,6 +41,7 @@ from _common import (
 )
 
 from hub.core import digest as dg
+from hub.core.calendar import Webinar
 from hub.core.tokens import TokenSigner, new_handle
 from hub.email.message import build_message
 from hub.email.payload import EmailPayload
@@ -63,9 +64,9 @@ def make_issue(now: datetime) -> dg.DigestIssue:
     prompts = (dg.Prompt("Icebreaker", "Three questions about your first job", summary),
                dg.Prompt("Check-in", "Did you meet this week, and how?", "Video, voice or text all count."),
                dg.Prompt("Reflection", "What surprised you so far", summary))
-    webinars = (dg.Webinar("Midpoint: working across time zones", now + timedelta(days=3, hours=8),
-                           "https://meet.example.org/midpoint"),
-                dg.Webinar("Career paths Q&A", now + timedelta(days=10), "https://meet.example.org/careers"))
+    webinars = (Webinar(now + timedelta(days=3, hours=8), "Midpoint: working across time zones",
+                        "https://meet.example.org/midpoint"),
+                Webinar(now + timedelta(days=10), "Career paths Q&A", "https://meet.example.org/careers"))
     posts = tuple(dg.LoungePost(LOUNGE, f"$post{i}", f"Member {i}",
                                 f"Post {i}: when a call drops, switching to mobile data and rejoining with "
                                 "audio only worked every time for us, and the notes we kept in the pair "

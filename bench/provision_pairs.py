@@ -44,7 +44,10 @@ from sqlalchemy import func, select
 from hub.core.cohorts import Who, pair_welcome
 from hub.core.markup import markdown_to_matrix
 from hub.devserver.synapse import SynapseServer
-from hub.features import membership as ms
+from hub.features.cohort_setup import cohort_rooms, create_cohort, get_cohort
+from hub.features.members import add_member
+from hub.features.pairs import make_pair
+from hub.features.room_queue import load_env, queue_pending_invites
 from hub.matrix.events import notice_content
 from hub.service import Hub
 from hub.storage.models import outbox_table as T
@@ -126,29 +129,29 @@ async def through_hub(
     slug = f"bench-{round_no}"
     # Untimed: the cohort, its space and lounge, and everyone invited there.
     async with hub.db.transaction() as s:
-        env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
+        env = await load_env(s, hub.outbox, hub.clock, hub.settings)
         # Starting in a month: the program's launch-day messages are not part of provisioning.
         start = (datetime.now(UTC) + timedelta(days=30)).date()
-        cohort = await ms.create_cohort(s, env, slug=slug, name=f"Bench {round_no}", timezone="UTC",
+        cohort = await create_cohort(s, env, slug=slug, name=f"Bench {round_no}", timezone="UTC",
                                         start=start, weeks=12, source="command")
         for i, user in enumerate(people):
-            await ms.add_member(s, env, cohort, "mentor" if i % 2 == 0 else "mentee", Who(matrix_id=user),
+            await add_member(s, env, cohort, "mentor" if i % 2 == 0 else "mentee", Who(matrix_id=user),
                                 name=f"{'Mentor' if i % 2 == 0 else 'Mentee'} {i // 2}", queue_invites=False)
-        for room in await ms.cohort_rooms(s, cohort.id or 0):
+        for room in await cohort_rooms(s, env, cohort.id or 0):
             if room is not None:
-                await ms.queue_pending_invites(s, env, room)
+                await queue_pending_invites(s, env, room)
     await quiet(hub)
     assert hub.dispatcher is not None
     sent_before = hub.dispatcher.sent_count
     cpu_synapse, cpu_hub = cpu_seconds(pid), time.process_time()
     began = time.perf_counter()
     async with hub.db.transaction() as s:
-        env = await ms.load_env(s, hub.outbox, hub.clock, hub.settings)
-        cohort2 = await ms.get_cohort(s, slug)
+        env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+        cohort2 = await get_cohort(s, slug)
         assert cohort2 is not None
         for i in range(len(people) // 2):
             mentor, mentee = Who(matrix_id=people[2 * i]), Who(matrix_id=people[2 * i + 1])
-            await ms.make_pair(s, env, cohort2, mentor, mentee)
+            await make_pair(s, env, cohort2, mentor, mentee)
     enqueued = time.perf_counter()
     want = len(people) // 2
     assert hub.dispatcher is not None

@@ -39,7 +39,8 @@ from hub.core.cohorts import pair_welcome, video_name, video_url
 from hub.core.markup import markdown_to_matrix
 from hub.core.roster import parse_roster
 from hub.delivery.outbox import Outbox
-from hub.features import membership as ms
+from hub.features.cohort_setup import create_cohort
+from hub.features.room_queue import load_env
 from hub.features.roster import apply_roster
 from hub.matrix.events import notice_content
 from hub.storage.db import Database, open_database
@@ -71,8 +72,8 @@ async def new_cohort(db: Database, settings: Settings, slug: str) -> Cohort:
     """A cohort with its space and lounge queued, as `cohort create` makes it (not timed)."""
     clock = SystemClock()
     async with db.transaction() as s:
-        env = await ms.load_env(s, Outbox(db, clock), clock, settings)
-        return await ms.create_cohort(s, env, slug=slug, name=f"Bench {slug}", timezone="UTC",
+        env = await load_env(s, Outbox(db, clock), clock, settings)
+        return await create_cohort(s, env, slug=slug, name=f"Bench {slug}", timezone="UTC",
                                       start=None, weeks=12, source="command")
 
 
@@ -186,7 +187,7 @@ async def run(args: argparse.Namespace) -> None:
                 # Raw first: the hub's side then runs on tables that are not smaller than raw's were.
                 raw_cohort = await new_cohort(db, settings, f"raw-{tag}")
                 async with db.transaction() as s:
-                    secret = (await ms.load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)).secret
+                    secret = (await load_env(s, Outbox(db, SystemClock()), SystemClock(), settings)).secret
                 print(f"{load()} before the raw side")
                 markdown_to_matrix("**warm-up**: the first call loads the Markdown extensions")
                 began = time.perf_counter()

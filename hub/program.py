@@ -26,10 +26,10 @@ from typing import Protocol
 from hub.clock import Clock
 from hub.core.calendar import (
     DIRECT_FOR_UNPAIRED,
-    Audience,
     CalendarItem,
     ProgramSpec,
     Target,
+    TargetKind,
     build_calendar,
     due_items,
 )
@@ -176,7 +176,7 @@ class ProgramRunner:
         work = due_items(build_calendar(spec), now, since, self.catch_up)
         # One read per target set per tick (a reflection and a webinar reminder due together
         # have different direct-room audiences, hence the flag in the key).
-        cache: dict[tuple[Audience, bool], list[Target]] = {}
+        cache: dict[tuple[TargetKind, bool], list[Target]] = {}
         sent: list[tuple[CalendarItem, int]] = []
         for item in work.due:
             targets: list[Target] = []
@@ -197,18 +197,18 @@ class ProgramRunner:
         return sent, work.late
 
 
-async def target_set(targets: Targets, cohort: str, item: CalendarItem, audience: Audience,
+async def target_set(targets: Targets, cohort: str, item: CalendarItem, audience: TargetKind,
                      now: datetime) -> list[Target]:
     """Who gets `item` in `audience` right now (the ticks' and `!hub send`'s one reading)."""
     ids: Sequence[str]
-    if audience is Audience.LOUNGE:
+    if audience is TargetKind.LOUNGE:
         lounge = await targets.lounge(cohort)
         ids = [lounge] if lounge else []
-    elif audience is Audience.PAIR:
+    elif audience is TargetKind.PAIR:
         ids = await targets.active_pair_rooms(cohort, now)
-    elif audience is Audience.DIRECT and item.kind in DIRECT_FOR_UNPAIRED:
+    elif audience is TargetKind.DIRECT and item.kind in DIRECT_FOR_UNPAIRED:
         ids = await targets.unpaired_direct_rooms(cohort, now)
-    elif audience is Audience.DIRECT:
+    elif audience is TargetKind.DIRECT:
         ids = await targets.direct_rooms(cohort, now)
     else:
         ids = await targets.members(cohort, now)

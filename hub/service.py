@@ -292,6 +292,21 @@ class Hub:
     async def _after_first_sync(self) -> None:
         assert self.sync is not None and self.client is not None
         await self.sync.first_done.wait()
+        # The one Matrix write that does not go through the outbox (issue 15), on purpose:
+        # * everything else needs the room id first: the command runner tells moderators'
+        #   commands by it, `_alert` addresses alerts to it, and `_report_failure` tells an
+        #   alert's own failure by its lane; a Join/CreateRoom row only gives the id once
+        #   the dispatcher has sent it, so the start would wait on a row's result anyway,
+        #   and a row being retried (a 429, a server down) would hold it with no error;
+        # * its failure must stop the start with what to do ("invite the hub's account to it"):
+        #   a row that fails for good is reported to the control room, which is the room
+        #   that failed, so the hub would run on with no moderators' room and no one told;
+        # * `CreateRoom` carries out a hub room row (`hub_room`, a room key, a generation,
+        #   members from the database); this room is named by the config's alias, has no row
+        #   and is created once, with the configured moderators and an alias, which no hub
+        #   room has.
+        # It runs once per start (a lookup, and a join or create only the first time), so the
+        # outbox's rate-limit pause and retries buy little here.
         self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
         await self._check_control_room_owner()
         if self.rooms is not None:

@@ -62,7 +62,6 @@ __all__ = [
     "LAUNCH_TIME",
     "ON_TIME_GRACE",
     "REMINDERS",
-    "Audience",
     "CalendarItem",
     "CohortProgram",
     "DueItems",
@@ -70,6 +69,7 @@ __all__ = [
     "ProgramCalendar",
     "ProgramSpec",
     "Target",
+    "TargetKind",
     "Webinar",
     "build_calendar",
     "dedupe_key",
@@ -110,8 +110,13 @@ REMINDERS: tuple[tuple[ItemKind, timedelta], ...] = (
 )
 
 
-class Audience(StrEnum):
-    """Who an item goes to; each audience is one kind of target."""
+class TargetKind(StrEnum):
+    """Where a calendar item is delivered: each value is one kind of `Target` (a room or inboxes).
+
+    Not `hub.core.content.Audience`, which says whom a content template is written for
+    (pair, cohort, person): one content audience serves several target kinds (a COHORT
+    template goes to the lounge and to every member's inbox), so the two stay apart.
+    """
 
     LOUNGE = "lounge"  # the cohort's lounge room
     PAIR = "pair"  # each active (not paused, not closed) pair room
@@ -125,16 +130,16 @@ class Audience(StrEnum):
 # icebreaker in the lounge, as `!hub send icebreaker` does; webinar reminders
 # go "by chat and email": the lounge (a notice), each active pair room and the direct room of each
 # participant in none (prompts that notify them), and each member's inbox.
-AUDIENCES: dict[ItemKind, tuple[Audience, ...]] = {
-    ItemKind.LAUNCH: (Audience.LOUNGE, Audience.PAIR),
-    ItemKind.WEBINAR_ANNOUNCE: (Audience.LOUNGE, Audience.MEMBER),
-    ItemKind.DIGEST: (Audience.LOUNGE, Audience.MEMBER),
-    ItemKind.ICEBREAKER: (Audience.PAIR, Audience.LOUNGE),
-    ItemKind.CHECKIN: (Audience.PAIR,),
-    ItemKind.REFLECTION: (Audience.PAIR, Audience.DIRECT),
-    ItemKind.WEBINAR_REMINDER_24H: (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER),
-    ItemKind.WEBINAR_REMINDER_1H: (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER),
-    ItemKind.WEBINAR_FOLLOWUP: (Audience.LOUNGE,),
+AUDIENCES: dict[ItemKind, tuple[TargetKind, ...]] = {
+    ItemKind.LAUNCH: (TargetKind.LOUNGE, TargetKind.PAIR),
+    ItemKind.WEBINAR_ANNOUNCE: (TargetKind.LOUNGE, TargetKind.MEMBER),
+    ItemKind.DIGEST: (TargetKind.LOUNGE, TargetKind.MEMBER),
+    ItemKind.ICEBREAKER: (TargetKind.PAIR, TargetKind.LOUNGE),
+    ItemKind.CHECKIN: (TargetKind.PAIR,),
+    ItemKind.REFLECTION: (TargetKind.PAIR, TargetKind.DIRECT),
+    ItemKind.WEBINAR_REMINDER_24H: (TargetKind.LOUNGE, TargetKind.PAIR, TargetKind.DIRECT, TargetKind.MEMBER),
+    ItemKind.WEBINAR_REMINDER_1H: (TargetKind.LOUNGE, TargetKind.PAIR, TargetKind.DIRECT, TargetKind.MEMBER),
+    ItemKind.WEBINAR_FOLLOWUP: (TargetKind.LOUNGE,),
 }
 
 # Items a person gets in their pair room OR their direct room, never both: their DIRECT audience
@@ -151,7 +156,7 @@ class Target:
     person id) as long as it never changes for that target.
     """
 
-    audience: Audience
+    audience: TargetKind
     id: str
 
     @property
@@ -261,7 +266,7 @@ class CalendarItem:
     webinar: Webinar | None = None
 
     @property
-    def audiences(self) -> tuple[Audience, ...]:
+    def audiences(self) -> tuple[TargetKind, ...]:
         return AUDIENCES[self.kind]
 
 

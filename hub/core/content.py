@@ -29,7 +29,7 @@ person    `Person`     name, role (mentor/mentee/moderator), timezone,
                        on_matrix (False for email-only people)
 partner   `Person`     the person's pair partner, or None (not paired, or a
                        mentor with several mentees)
-webinar   `Webinar`    title, at (aware datetime), url (link or None),
+webinar   `WebinarView` title, at (aware datetime), url (link or None),
                        local_time (text, in the recipient's zone), starts_in
                        ("in 1 hour", "tomorrow", ... or "")
 ========  ===========  =====================================================
@@ -57,7 +57,7 @@ Public API::
         counts() -> Counter[tuple[Kind, Audience, str]]
 
     Variables(cohort, week=0, person=None, partner=None, pair=None, webinar=None)   # frozen, hashable
-    Webinar.in_zone(title, at, zone, *, url=None, starts_in="") -> Webinar          # local_time in `zone`
+    WebinarView.in_zone(title, at, zone, *, url=None, starts_in="") -> WebinarView  # local_time in `zone`
 
     Rendered: item_id, kind, audience, use, subject, summary,
               body, formatted_body (Matrix), email_html, email_text;
@@ -125,7 +125,7 @@ __all__ = [
     "Person",
     "Rendered",
     "Variables",
-    "Webinar",
+    "WebinarView",
     "available_variables",
     "default_use",
     "format_local_time",
@@ -269,8 +269,12 @@ def format_local_time(at: datetime, zone: tzinfo | str) -> str:
     return f"{local:%A} {local.day} {local:%B %Y, %H:%M} {abbr}".rstrip()
 
 
+# Not `hub.core.calendar.Webinar` (the one webinar value: when, what, where, when announced):
+# this is how a template sees one webinar for one reader, with the start already written in
+# the reader's zone (`local_time`) and, for reminders, how soon it is (`starts_in`); its url is
+# checked as a link a template may print. The program builds it from the calendar's webinar.
 @dataclass(frozen=True)
-class Webinar:
+class WebinarView:
     title: str
     at: datetime  # timezone-aware
     url: str | None = None
@@ -287,7 +291,7 @@ class Webinar:
     @classmethod
     def in_zone(
         cls, title: str, at: datetime, zone: tzinfo | str, *, url: str | None = None, starts_in: str = ""
-    ) -> Webinar:
+    ) -> WebinarView:
         """The webinar as seen by someone in `zone` (local_time in their zone)."""
         return cls(title, at, url, format_local_time(at, zone), starts_in)
 
@@ -301,7 +305,7 @@ class Variables:
     person: Person | None = None
     partner: Person | None = None
     pair: Pair | None = None
-    webinar: Webinar | None = None
+    webinar: WebinarView | None = None
 
 
 VARIABLE_TYPES: dict[str, type] = {
@@ -310,7 +314,7 @@ VARIABLE_TYPES: dict[str, type] = {
     "pair": Pair,
     "person": Person,
     "partner": Person,
-    "webinar": Webinar,
+    "webinar": WebinarView,
 }
 
 
@@ -343,20 +347,20 @@ SAMPLES: tuple[tuple[str, Variables], ...] = (
         week=3, person=_ADA, partner=_SAM,
         pair=Pair(_ADA, _SAM, "https://meet.jit.si/hub-3f9c2a7d1b", "If the call drops: switch to phones.",
                   "https://matrix.to/#/!pair:example.org"),
-        webinar=Webinar.in_zone("Kick-off", _WHEN, "America/Toronto",
+        webinar=WebinarView.in_zone("Kick-off", _WHEN, "America/Toronto",
                                 url="https://meet.jit.si/winter-2027-kickoff", starts_in="in 1 hour"),
     )),
     ("optional values missing", Variables(
         cohort=Cohort("Winter 2027", "winter-2027", 12),
         week=0, person=Person("Sam Sample", "mentee", on_matrix=False), partner=None,
         pair=Pair(_ADA, _SAM, "https://meet.jit.si/hub-3f9c2a7d1b"),
-        webinar=Webinar("Kick-off", _WHEN),
+        webinar=WebinarView("Kick-off", _WHEN),
     )),
     ("last week, a moderator", Variables(
         cohort=Cohort("Winter 2027", "winter-2027", 12, date(2027, 1, 11)),
         week=12, person=Person("Mo Derator", "moderator"), partner=None,
         pair=Pair(_ADA, _SAM, "https://meet.jit.si/hub-3f9c2a7d1b", "Phones, then text."),
-        webinar=Webinar.in_zone("Closing circle", _WHEN, "UTC", starts_in="tomorrow"),
+        webinar=WebinarView.in_zone("Closing circle", _WHEN, "UTC", starts_in="tomorrow"),
     )),
 )
 

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select_autoescape
 from markupsafe import Markup
 
+from hub.core.calendar import Webinar
 from hub.core.email_css import preinline, stylesheet
 from hub.core.markup import sanitize_matrix_html
 from hub.core.messages import notice_content
@@ -52,7 +53,6 @@ __all__ = [
     "Prompt",
     "Recipient",
     "Tip",
-    "Webinar",
     "excerpt",
     "format_when",
     "matrix_to",
@@ -85,13 +85,6 @@ class Prompt:
     # What email-only readers see instead, when `summary` names a command they cannot type
     # ("answer with !hub met video"). Empty: `summary` less its paragraphs naming a command.
     by_email: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Webinar:
-    title: str
-    starts_at: datetime  # timezone-aware
-    url: str | None = None  # shown as a link only when http(s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,11 +458,8 @@ class DigestBuilder:
             _PromptView(kind=_line(p.kind), title=_line(p.title), paragraphs=_paragraphs(p.summary))
             for p in issue.prompts
         ]
-        for w in issue.webinars:
-            if w.starts_at.tzinfo is None:
-                raise ValueError(f"webinar {w.title!r} has a naive start time")
         webinars = sorted(
-            (w for w in issue.webinars if w.starts_at >= issue.generated_at), key=lambda w: w.starts_at
+            (w for w in issue.webinars if w.at >= issue.generated_at), key=lambda w: w.at
         )
         tip = None
         if issue.tip is not None:
@@ -502,7 +492,7 @@ class DigestBuilder:
             "plural": plural,
             "command_prefix": self.command_prefix,
             # Titles and links are checked once per digest; the times, once per time zone.
-            "_webinars": [(w.starts_at, _line(w.title), _http_url(w.url)) for w in webinars],
+            "_webinars": [(w.at, _line(w.title), _http_url(w.url)) for w in webinars],
             "_webinars_by_zone": {},
         }
 

@@ -75,7 +75,7 @@ class RoomMessage:
     """An event sent to a room: by its key (a hub room, maybe not created yet) or by its id.
 
     `type` is ``m.room.message`` for notices and prompts, ``m.reaction`` for a prompt's
-    options. `prompt` says what a prompt asks of whom (`hub.features.program.prompt_row`);
+    options. `prompt` says what a prompt asks of whom (`hub.features.program_rows.prompt_row`);
     the sender ignores it, the after-sent hooks read it.
     """
 

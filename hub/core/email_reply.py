@@ -29,8 +29,7 @@ from typing import Any
 from mailparser_reply import EmailReplyParser
 
 from hub.core.content_format import html_to_text
-from hub.core.markup import escape
-from hub.core.messages import HTML_FORMAT
+from hub.core.messages import by_email_content
 
 __all__ = [
     "MAX_REPLY_CHARS",
@@ -174,23 +173,6 @@ def reply_text(msg: Message) -> ReplyText:
     return ReplyText(text, left_out, cut)
 
 
-def _left_out_note(n: int) -> str:
-    return "" if n == 0 else f"({n} attachment{'s' if n != 1 else ''} left out: only the text is posted.)"
-
-
 def reply_content(name: str, reply: ReplyText, mention: str | None) -> dict[str, Any]:
     """The m.text posted for a reply: "**Name** (by email): …", notifying `mention` (the partner)."""
-    note = _left_out_note(reply.left_out)
-    words = reply.text or "(no text)"
-    body = f"**{name}** (by email): {words}"
-    html = f"<strong>{escape(name)}</strong> (by email): {escape(words).replace(chr(10), '<br>')}"
-    if note:
-        body += f"\n\n{note}"
-        html += f"<br><br><em>{escape(note)}</em>"
-    return {
-        "msgtype": "m.text",
-        "body": body,
-        "format": HTML_FORMAT,
-        "formatted_body": html,
-        "m.mentions": {"user_ids": [mention]} if mention else {},
-    }
+    return by_email_content(name, reply.text, reply.left_out, mention)

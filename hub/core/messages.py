@@ -26,7 +26,7 @@ from urllib.parse import quote
 from hub.core.markup import escape, sanitize_matrix_html
 from hub.core.names import one_line
 
-__all__ = ["Mention", "notice_content", "prompt_content", "user_link"]
+__all__ = ["Mention", "by_email_content", "notice_content", "prompt_content", "user_link"]
 
 HTML_FORMAT = "org.matrix.custom.html"
 
@@ -112,3 +112,26 @@ def prompt_content(
     html = f"<p>{pills}: {html[3:]}" if html.startswith("<p>") else f"<p>{pills}:</p>\n{html}"
     return _message("m.text", f"{plain_names}: {body}", html, {"user_ids": list(unique)},
                     reply_to, thread_root)
+
+
+def by_email_content(name: str, words: str, left_out: int, mention: str | None) -> dict[str, Any]:
+    """The m.text the hub posts for someone's email reply: "**Name** (by email): …".
+
+    `m.text`, not a notice, and `m.mentions` naming `mention` (the partner in a pair room): it is
+    a person speaking, and the partner's client should notify as for any message addressed to them.
+    """
+    note = "" if left_out == 0 else (
+        f"({left_out} attachment{'s' if left_out != 1 else ''} left out: only the text is posted.)")
+    words = words or "(no text)"
+    body = f"**{name}** (by email): {words}"
+    html = f"<strong>{escape(name)}</strong> (by email): {escape(words).replace(chr(10), '<br>')}"
+    if note:
+        body += f"\n\n{note}"
+        html += f"<br><br><em>{escape(note)}</em>"
+    return {
+        "msgtype": "m.text",
+        "body": body,
+        "format": HTML_FORMAT,
+        "formatted_body": html,
+        "m.mentions": {"user_ids": [mention]} if mention else {},
+    }

@@ -29,11 +29,11 @@ from hub import activity
 from hub.core import content as ct
 from hub.core import digest as dg
 from hub.core.calendar import (
-    Audience,
     CalendarItem,
     ItemKind,
     ProgramSpec,
     Target,
+    TargetKind,
     build_calendar,
     dedupe_key,
 )
@@ -205,7 +205,7 @@ class DigestService:
         """
         spec = await self._spec(view.cohort.slug)
         week = max(1, min(week, view.cohort.weeks))
-        webinars = tuple(dg.Webinar(w.title, w.at, w.url) for w in (spec.webinars if spec else ()))
+        webinars = spec.webinars if spec else ()
         lounge_id = view.lounge.room_id if view.lounge is not None and view.lounge.room_id else ""
         as_of = max(now, _digest_due(spec, week) or now) if preview else now
         issue = dg.DigestIssue(
@@ -252,14 +252,14 @@ class DigestService:
         await activity.prune(s, now)
         out: list[dict[str, Any]] = []
         unsent: list[Unsent] = []
-        if view.lounge is not None and any(t.audience is Audience.LOUNGE for t in targets):
-            target = next(t for t in targets if t.audience is Audience.LOUNGE)
+        if view.lounge is not None and any(t.audience is TargetKind.LOUNGE for t in targets):
+            target = next(t for t in targets if t.audience is TargetKind.LOUNGE)
             try:
                 out.append(room_row(view.lounge, ed.builder.lounge_post(ed.issue).content(), kind="digest",
                                     dedupe_key=dedupe_key(item, target)))
             except Exception as e:
                 self.program.leave_out(unsent, item, "the lounge", e)
-        out += await self._emails(s, ed, item, [t for t in targets if t.audience is Audience.MEMBER], now,
+        out += await self._emails(s, ed, item, [t for t in targets if t.audience is TargetKind.MEMBER], now,
                                   unsent)
         report = await self.report_row(s, view, now, key=f"{item.key}:report")
         if report is not None:

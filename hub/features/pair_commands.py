@@ -37,7 +37,7 @@ from hub.features.participants import (
     uses_since,
 )
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
-from hub.features.program import email_headers, mentions, suppressed
+from hub.features.program_rows import email_headers, mentions, suppressed
 from hub.features.reactions import answering, remember
 from hub.storage.models import (
     CheckinAnswer,

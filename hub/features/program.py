@@ -14,17 +14,18 @@
   message once it is sent, since its event id only exists then, through the
   homeserver port (`hub.core.homeserver.Homeserver`): its errors are classified
   and a 429 pauses every send, like any Matrix write.
+
+The parts that are not the service (the default spec, `prompt_row`, the .ics,
+the List-Id headers, the suppression check) are in `hub.features.program_rows`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import icalendar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,24 +35,21 @@ from hub.core import content as ct
 from hub.core.answers import CHECKIN, MET
 from hub.core.calendar import (
     DIRECT_FOR_UNPAIRED,
-    Audience,
     CalendarItem,
     ItemKind,
     ProgramSpec,
     Target,
+    TargetKind,
     Webinar,
     dedupe_key,
 )
-from hub.core.cohorts import display_name
 from hub.core.content_library import load_library
 from hub.core.effects import Email, Outgoing, PinPlan
 from hub.core.homeserver import Homeserver
-from hub.core.messages import Mention
-from hub.core.schedule import parse_weekly_slot
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.effect_writer import row_spec
 from hub.delivery.outbox import Outbox
-from hub.email.payload import Attachment, normalize_address
+from hub.email.payload import Attachment
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import person_mail
 from hub.features.direct_rooms import ensure_direct_room
@@ -67,9 +65,20 @@ from hub.features.participants import (
     used_items,
 )
 from hub.features.people import member_label
+from hub.features.program_rows import (
+    ROTATING,
+    STARTS_IN,
+    WEBINAR_USE,
+    DigestHook,
+    default_spec,
+    email_headers,
+    mentions,
+    prompt_row,
+    webinar_ics,
+)
 from hub.features.program_unsent import Unsent, is_transient, reason_of, unsent_alert
 from hub.features.room_queue import load_env
-from hub.features.subscribers import list_headers, list_id
+from hub.features.subscribers import list_headers
 from hub.program import ProgramRunner, target_set
 from hub.program_store import SqlProgramState
 from hub.program_targets import SqlTargets, person_key
@@ -77,110 +86,14 @@ from hub.scheduling import TickScheduler
 from hub.storage.db import Database
 from hub.storage.models import (
     Cohort,
-    HubRoom,
-    Member,
     PairPlan,
     WebinarRow,
-    email_suppression_table,
     outbox_table,
 )
 
-__all__ = [
-    "ANNOUNCE_DELAY",
-    "WEBINAR_LENGTH",
-    "DigestHook",
-    "ProgramService",
-    "default_spec",
-    "email_headers",
-    "mentions",
-    "prompt_row",
-    "webinar_ics",
-]
+__all__ = ["ProgramService"]
 
 log = logging.getLogger(__name__)
-
-# `!hub webinar` announces a little in the future rather than "now": a tick
-# running while the command's transaction commits must not pass the instant
-# before it can see the new row (the calendar only looks forward from the last tick).
-ANNOUNCE_DELAY = timedelta(seconds=10)
-# Webinar length is not configured; the .ics needs an end. One hour is the usual slot.
-WEBINAR_LENGTH = timedelta(hours=1)
-# The config's defaults (hub.config._load_cohort), for cohorts made with `!hub cohort create`.
-_DEFAULT_SLOTS = {"digest": "mon 09:00", "icebreaker": "tue 10:00", "checkin": "fri 15:00",
-                  "reflection": "wed 10:00"}
-_DEFAULT_CHECKIN_WEEKS = (1, 2, 4, 8)
-_DEFAULT_REFLECTION_WEEKS = (3, 6, 9)
-_ROTATING = {ItemKind.ICEBREAKER: ct.Kind.ICEBREAKER, ItemKind.REFLECTION: ct.Kind.REFLECTION}
-_STARTS_IN = {ItemKind.WEBINAR_REMINDER_24H: "in 24 hours", ItemKind.WEBINAR_REMINDER_1H: "in 1 hour"}
-_WEBINAR_USE = {ItemKind.WEBINAR_ANNOUNCE: "announcement", ItemKind.WEBINAR_REMINDER_24H: "reminder",
-                ItemKind.WEBINAR_REMINDER_1H: "reminder", ItemKind.WEBINAR_FOLLOWUP: "follow-up"}
-
-# The digest is another feature's: it gets the due item and its targets and returns outbox rows.
-DigestHook = Callable[[AsyncSession, CalendarItem, Sequence[Target]], Awaitable[list[dict[str, Any]]]]
-
-
-def default_spec(cohort: Cohort, webinars: Sequence[Webinar] = ()) -> ProgramSpec:
-    """A cohort made at run time: the default slots, weeks clipped to its length."""
-    return ProgramSpec(
-        slug=cohort.slug, timezone=ZoneInfo(cohort.timezone), start=date.fromisoformat(cohort.start_date),
-        weeks=cohort.weeks,
-        digest=parse_weekly_slot(_DEFAULT_SLOTS["digest"]),
-        icebreaker=parse_weekly_slot(_DEFAULT_SLOTS["icebreaker"]),
-        checkin=parse_weekly_slot(_DEFAULT_SLOTS["checkin"]),
-        checkin_weeks=tuple(w for w in _DEFAULT_CHECKIN_WEEKS if w <= cohort.weeks),
-        reflection=parse_weekly_slot(_DEFAULT_SLOTS["reflection"]),
-        reflection_weeks=tuple(w for w in _DEFAULT_REFLECTION_WEEKS if w <= cohort.weeks),
-        webinars=tuple(webinars),
-    )
-
-
-def webinar_ics(*, uid: str, title: str, at: datetime, url: str | None, cohort: str,
-                now: datetime) -> str:
-    """A one-event calendar (METHOD:PUBLISH: an announcement, not a meeting request with RSVPs)."""
-    cal = icalendar.Calendar()
-    cal.add("prodid", "-//Cohort Hub//cohort-hub//EN")
-    cal.add("version", "2.0")
-    cal.add("method", "PUBLISH")
-    event = icalendar.Event()
-    event.add("uid", uid)
-    event.add("dtstamp", now.astimezone(UTC))
-    event.add("dtstart", at.astimezone(UTC))
-    event.add("dtend", (at + WEBINAR_LENGTH).astimezone(UTC))
-    event.add("summary", f"{title} ({cohort})")
-    if url:
-        event.add("location", url)
-        event.add("url", url)
-        event.add("description", f"Join: {url}")
-    cal.add_component(event)
-    ics: bytes = cal.to_ical()
-    return ics.decode("utf-8")
-
-
-def mentions(*members: Member) -> list[Mention]:
-    """The people a prompt is for, as `hub.core.messages.prompt_content` names them: those on Matrix."""
-    return [Mention(m.matrix_id, display_name(m.name, m.matrix_id, m.email)) for m in members if m.matrix_id]
-
-
-def prompt_row(room: HubRoom, rendered: ct.Rendered, people: Sequence[Mention], *, kind: str, dedupe_key: str,
-               week: int | None) -> dict[str, Any]:
-    """The outbox row of a prompt: `room_row` with `rendered` as an m.text that notifies `people`.
-
-    Besides ``op``/``room_key``/``type``/``content``, the payload says what the sent event
-    asks and of whom, for whatever handles answers to it (once sent, the row's ``result``
-    is the event id; the sender ignores the extra key):
-
-    ``prompt``: ``{"kind": <the row's kind, e.g. "program-checkin", "program-private-checkin">,
-    "week": <the program week it is for, None before the start>, "for": [<Matrix ids>]}``
-    """
-    row = room_row(room, rendered.matrix_content(people), kind=kind, dedupe_key=dedupe_key)
-    row["payload"]["prompt"] = {"kind": kind, "week": week or None,
-                                "for": list(row["payload"]["content"]["m.mentions"].get("user_ids", []))}
-    return row
-
-
-def email_headers(settings: Settings, cohort: Cohort) -> dict[str, str]:
-    """List-Id only; bulk mail to members takes `subscribers.list_headers` (adds one-click unsubscribe)."""
-    return {"List-Id": list_id(settings, cohort)}
 
 
 class ProgramService:
@@ -323,22 +236,22 @@ class ProgramService:
         out: list[dict[str, Any]] = []
         unsent: list[Unsent] = []
         week = item.week or 0
-        for audience in (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT, Audience.MEMBER):
+        for audience in (TargetKind.LOUNGE, TargetKind.PAIR, TargetKind.DIRECT, TargetKind.MEMBER):
             group = [t for t in todo if t.audience is audience]
             if not group:
                 continue
-            if audience is Audience.LOUNGE:
+            if audience is TargetKind.LOUNGE:
                 try:
                     out += await self._lounge(s, view, item, group[0], keys[group[0]], week, source)
                 except Exception as e:
                     self.leave_out(unsent, item, "the lounge", e)
-            elif audience is Audience.PAIR:
+            elif audience is TargetKind.PAIR:
                 out += await self._pairs(s, view, item, group, keys, week, source, unsent)
-            elif audience is Audience.DIRECT:
+            elif audience is TargetKind.DIRECT:
                 out += await self._direct(s, view, item, group, keys, week, unsent)
             else:
                 out += await self._members(s, view, item, group, keys, week, unsent)
-        if any(t.audience is Audience.PAIR for t in todo):
+        if any(t.audience is TargetKind.PAIR for t in todo):
             out += await self._email_questions(s, view, item, week, unsent)
         alert = unsent_alert(self.control_room(), item, unsent)
         return out + ([alert] if alert is not None else [])
@@ -358,10 +271,10 @@ class ProgramService:
     def _vars(self, view: CohortView, week: int, **more: Any) -> ct.Variables:
         return ct.Variables(cohort=content_cohort(view), week=week, **more)
 
-    def _webinar(self, item: CalendarItem, zone: str) -> ct.Webinar:
+    def _webinar(self, item: CalendarItem, zone: str) -> ct.WebinarView:
         w = item.webinar
         assert w is not None
-        return ct.Webinar.in_zone(w.title, w.at, zone, url=w.url, starts_in=_STARTS_IN.get(item.kind, ""))
+        return ct.WebinarView.in_zone(w.title, w.at, zone, url=w.url, starts_in=STARTS_IN.get(item.kind, ""))
 
     async def _lounge(self, s: AsyncSession, view: CohortView, item: CalendarItem, target: Target,
                       key: str, week: int, source: str) -> list[dict[str, Any]]:
@@ -376,8 +289,8 @@ class ProgramService:
             chosen = lib.next_icebreaker(ct.Audience.COHORT, used.get(view.lounge.key, []),
                                          week=week or None)
             record_use(s, view.lounge.key, ct.Kind.ICEBREAKER.value, chosen.id, source, self.clock.now())
-        elif item.kind in _WEBINAR_USE:
-            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+        elif item.kind in WEBINAR_USE:
+            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=WEBINAR_USE[item.kind])
             variables = self._vars(view, week, webinar=self._webinar(item, view.cohort.timezone))
         else:
             return []
@@ -388,7 +301,7 @@ class ProgramService:
     async def _pairs(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
                      keys: dict[Target, str], week: int, source: str,
                      unsent: list[Unsent]) -> list[dict[str, Any]]:
-        rotating = _ROTATING.get(item.kind)
+        rotating = ROTATING.get(item.kind)
         used = await used_items(s, [t.id for t in group], rotating.value) if rotating is not None else {}
         out: list[dict[str, Any]] = []
         now = self.clock.now()
@@ -422,7 +335,7 @@ class ProgramService:
                 rows.append(prompt_row(pv.room, lib.render(prompt, variables), people,
                                        kind="program-plan-prompt", dedupe_key=f"{key}:plan", week=week))
             return rows
-        rotating = _ROTATING.get(item.kind)
+        rotating = ROTATING.get(item.kind)
         if rotating is not None:
             chosen = lib.pick(rotating, ct.Audience.PAIR, week=week or None, used=used)
         elif item.kind is ItemKind.CHECKIN:
@@ -432,7 +345,7 @@ class ProgramService:
             # when both live in one zone, else the cohort's (as in the lounge).
             zones = {content_person(view, m).timezone for m in (pv.mentor, pv.mentee)}
             zone = zones.pop() if len(zones) == 1 else view.cohort.timezone
-            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+            chosen = lib.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=WEBINAR_USE[item.kind])
             variables = self._vars(view, week, webinar=self._webinar(item, zone))
         else:
             return []
@@ -447,7 +360,7 @@ class ProgramService:
         if item.kind is not ItemKind.REFLECTION and not reminder:
             return []
         env = await load_env(s, self.outbox, self.clock, self.settings())
-        chosen = (self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+        chosen = (self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=WEBINAR_USE[item.kind])
                   if reminder else self.library.pick(ct.Kind.CHECKIN, ct.Audience.PERSON))
         kind = f"program-{item.kind.value}" if reminder else "program-private-checkin"
         out: list[dict[str, Any]] = []
@@ -474,9 +387,9 @@ class ProgramService:
     async def _members(self, s: AsyncSession, view: CohortView, item: CalendarItem, group: list[Target],
                        keys: dict[Target, str], week: int, unsent: list[Unsent]) -> list[dict[str, Any]]:
         settings = self.settings()
-        if not settings.email.enabled or item.kind not in _WEBINAR_USE or item.webinar is None:
+        if not settings.email.enabled or item.kind not in WEBINAR_USE or item.webinar is None:
             return []
-        chosen = self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=_WEBINAR_USE[item.kind])
+        chosen = self.library.pick(ct.Kind.WEBINAR, ct.Audience.COHORT, use=WEBINAR_USE[item.kind])
         headers = email_headers(settings, view.cohort)
         w = item.webinar
         ics: list[Attachment] | None = None
@@ -579,12 +492,3 @@ class ProgramService:
         if self.homeserver is None:
             raise TemporaryDeliveryError("no homeserver to pin the plan on", retry_after=5.0)
         return await self.homeserver.put_state(room_id, "m.room.pinned_events", "", {"pinned": pins})
-
-
-async def suppressed(s: AsyncSession, addresses: Sequence[str]) -> set[str]:
-    """Which of `addresses` bounced for good (no mail goes to them)."""
-    if not addresses:
-        return set()
-    rows = (await s.execute(select(email_suppression_table.c.address).where(
-        email_suppression_table.c.address.in_([normalize_address(a) for a in addresses])))).scalars().all()
-    return set(rows)

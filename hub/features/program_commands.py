@@ -28,7 +28,7 @@ from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
 from hub.features.participants import CohortView, load_cohort_view, program_week_of, room_row
 from hub.features.ports import Configured, Effects, Programmed, Store, Timed
-from hub.features.program import ANNOUNCE_DELAY, email_headers, suppressed
+from hub.features.program_rows import ANNOUNCE_DELAY, email_headers, suppressed
 from hub.features.subscribers import list_headers
 from hub.program import ProgramState
 from hub.program_targets import person_key

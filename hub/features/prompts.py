@@ -97,7 +97,7 @@ def week_in_key(dedupe_key: str | None) -> int | None:
 
 
 def _week_of(payload: dict[str, Any], dedupe_key: str | None) -> int | None:
-    """The week a prompt asks about: its payload says (hub.features.program.prompt_row), or its key."""
+    """The week a prompt asks about: its payload says (hub.features.program_rows.prompt_row), or its key."""
     about = payload.get("prompt")
     week = about.get("week") if isinstance(about, dict) else None
     return week if isinstance(week, int) and week > 0 else week_in_key(dedupe_key)

@@ -47,7 +47,10 @@ def power_levels_users(room_version: str, hub: str, others: dict[str, int]) -> d
 
 
 async def ensure_control_room(client: AsyncClient, settings: MatrixSettings) -> str:
-    """Find (and join) or create the moderators' control room; return its room id."""
+    """Find (and join) or create the moderators' control room; return its room id.
+
+    Direct client calls, not outbox effects: `hub.service.Hub._after_first_sync` says why.
+    """
     ref = settings.control_room
     room_id: str | None = None
     if ref.startswith("!"):

@@ -14,11 +14,11 @@ from hub.config import settings_from_dict
 from hub.core.calendar import (
     AUDIENCES,
     ON_TIME_GRACE,
-    Audience,
     CalendarItem,
     ItemKind,
     ProgramSpec,
     Target,
+    TargetKind,
     Webinar,
     build_calendar,
     dedupe_key,
@@ -143,7 +143,7 @@ def test_example_cohort_order_weeks_and_audiences() -> None:
     reflection = cal.get("reflection:winter-2027:w3")
     assert reflection is not None
     # Pair-room prompt and the private 1-5 check-in in each direct room.
-    assert reflection.audiences == (Audience.PAIR, Audience.DIRECT)
+    assert reflection.audiences == (TargetKind.PAIR, TargetKind.DIRECT)
     assert set(AUDIENCES) == set(ItemKind)
 
 
@@ -160,9 +160,9 @@ def test_keys_are_stable_unique_and_independent_of_slot_times() -> None:
     other = build_calendar(spec("spring-2027"))
     assert not {i.key for i in other.items} & {i.key for i in a.items}
     # Dedupe keys: one per (item, target), target audiences kept apart.
-    targets = [Target(Audience.PAIR, "p1"), Target(Audience.PAIR, "p2"),
-               Target(Audience.DIRECT, "p1"), Target(Audience.MEMBER, "p1"),
-               Target(Audience.LOUNGE, "!lounge")]
+    targets = [Target(TargetKind.PAIR, "p1"), Target(TargetKind.PAIR, "p2"),
+               Target(TargetKind.DIRECT, "p1"), Target(TargetKind.MEMBER, "p1"),
+               Target(TargetKind.LOUNGE, "!lounge")]
     keys = [dedupe_key(i, t) for i in a.items for t in targets]
     assert len(set(keys)) == len(keys)
     assert dedupe_key(a.launch, targets[0]) == "launch:winter-2027:pair:p1"
@@ -324,8 +324,8 @@ def test_webinar_reminders_exactly_24h_and_1h_before_across_dst_in_each_recipien
                              datetime(2027, 3, 29, 2)),
     }
     assert r24.week == 11 and r1.week == 11
-    assert AUDIENCES[ItemKind.WEBINAR_REMINDER_24H] == (Audience.LOUNGE, Audience.PAIR, Audience.DIRECT,
-                                                        Audience.MEMBER)
+    assert AUDIENCES[ItemKind.WEBINAR_REMINDER_24H] == (TargetKind.LOUNGE, TargetKind.PAIR, TargetKind.DIRECT,
+                                                        TargetKind.MEMBER)
 
 
 def test_webinar_scheduled_late_is_announced_then_and_drops_reminders_before_that() -> None:

@@ -26,7 +26,7 @@ from hub.core.content import (
     Pair,
     Person,
     Variables,
-    Webinar,
+    WebinarView,
     format_local_time,
     rotate,
 )
@@ -56,7 +56,7 @@ def _variables(name: str = "Ada", partner: str = "Sam", plan: str = "Phones, the
         person=mentor,
         partner=mentee,
         pair=Pair(mentor, mentee, "https://meet.jit.si/hub-abc_def-123", plan),
-        webinar=Webinar.in_zone("Kick-off", datetime(2027, 1, 11, 17, tzinfo=ZoneInfo("Europe/Berlin")),
+        webinar=WebinarView.in_zone("Kick-off", datetime(2027, 1, 11, 17, tzinfo=ZoneInfo("Europe/Berlin")),
                                 "America/Toronto", url="https://meet.jit.si/kickoff", starts_in="in 1 hour"),
     )
 
@@ -172,7 +172,7 @@ def test_hostile_values_come_out_inert(library: Library, hostile: str) -> None:
     variables = _variables(name=hostile, partner=hostile, plan=hostile)
     variables = Variables(
         cohort=Cohort(hostile, "x"), week=2, person=variables.person, partner=variables.partner,
-        pair=variables.pair, webinar=Webinar(hostile, datetime(2027, 1, 11, 17, tzinfo=ZoneInfo("UTC"))),
+        pair=variables.pair, webinar=WebinarView(hostile, datetime(2027, 1, 11, 17, tzinfo=ZoneInfo("UTC"))),
     )
     for item in library:
         rendered = library.render(item, variables)
@@ -237,7 +237,7 @@ def test_links_must_be_http(library: Library) -> None:
     with pytest.raises(ContentError, match=r"pair\.video_url: 'javascript:alert\(1\)' is not an http"):
         Pair(ada, sam, "javascript:alert(1)")
     with pytest.raises(ContentError, match=r"webinar\.url"):
-        Webinar("W", datetime(2027, 1, 1, tzinfo=ZoneInfo("UTC")), url="ftp://x")
+        WebinarView("W", datetime(2027, 1, 1, tzinfo=ZoneInfo("UTC")), url="ftp://x")
     with pytest.raises(ContentError, match=r"person\.role"):
         Person("Ada", "boss")
     assert Url("https://x.org/a b<c>") == "https://x.org/a%20b%3Cc%3E"
@@ -248,11 +248,11 @@ def test_webinar_time_in_each_recipients_zone() -> None:
     assert format_local_time(at, "Europe/Berlin") == "Monday 29 March 2027, 17:00 CEST"
     assert format_local_time(at, ZoneInfo("America/Toronto")) == "Monday 29 March 2027, 11:00 EDT"
     assert format_local_time(at, "Asia/Dubai") == "Monday 29 March 2027, 19:00 UTC+04"
-    assert Webinar.in_zone("W", at, "UTC").local_time == "Monday 29 March 2027, 15:00 UTC"
+    assert WebinarView.in_zone("W", at, "UTC").local_time == "Monday 29 March 2027, 15:00 UTC"
     with pytest.raises(ContentError, match="not a time zone"):
         format_local_time(at, "Mars/Olympus")
     with pytest.raises(ContentError, match="no time zone"):
-        Webinar("W", datetime(2027, 1, 1))
+        WebinarView("W", datetime(2027, 1, 1))
 
 
 def test_html_to_text_structure() -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from hub.core.calendar import AUDIENCES, Audience, ItemKind
+from hub.core.calendar import AUDIENCES, ItemKind, TargetKind
 from hub.demo import describe, login_lines
 
-WHERE = {Audience.LOUNGE: "lounge", Audience.PAIR: "pair room", Audience.DIRECT: "direct room",
-         Audience.MEMBER: "email"}
+WHERE = {TargetKind.LOUNGE: "lounge", TargetKind.PAIR: "pair room", TargetKind.DIRECT: "direct room",
+         TargetKind.MEMBER: "email"}
 
 
 @pytest.mark.parametrize("kind", list(ItemKind))

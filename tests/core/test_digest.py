@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hub.core.calendar import Webinar
 from hub.core.digest import (
     EXCERPT_LENGTH,
     CohortInfo,
@@ -24,7 +25,6 @@ from hub.core.digest import (
     Prompt,
     Recipient,
     Tip,
-    Webinar,
     excerpt,
     format_when,
     matrix_to,
@@ -62,8 +62,8 @@ def full_issue(**changes: typing.Any) -> DigestIssue:
         generated_at=NOW,
         prompts=PROMPTS,
         webinars=(
-            Webinar("Mid-program check", datetime(2027, 2, 1, 17, 0, tzinfo=UTC), "https://meet.jit.si/mid"),
-            Webinar("Kick-off (past)", datetime(2027, 1, 11, 17, 0, tzinfo=UTC), "https://meet.jit.si/k"),
+            Webinar(datetime(2027, 2, 1, 17, 0, tzinfo=UTC), "Mid-program check", "https://meet.jit.si/mid"),
+            Webinar(datetime(2027, 1, 11, 17, 0, tzinfo=UTC), "Kick-off (past)", "https://meet.jit.si/k"),
         ),
         pulse=CohortPulse(
             new_members=3,
@@ -313,8 +313,8 @@ def hostile_issue() -> DigestIssue:
     return full_issue(
         cohort=cohort('Winter "><script>alert(1)</script>'),
         prompts=(Prompt("<b>kind</b>", "<i>title</i>", "<a href=javascript:alert(1)>x</a>"),),
-        webinars=(Webinar(HOSTILE, NOW + timedelta(days=3), "javascript:alert(1)"),
-                  Webinar("quote\" onmouseover=\"x", NOW + timedelta(days=4), 'https://x.org/"onclick="y')),
+        webinars=(Webinar(NOW + timedelta(days=3), HOSTILE, "javascript:alert(1)"),
+                  Webinar(NOW + timedelta(days=4), "quote\" onmouseover=\"x", 'https://x.org/"onclick="y')),
         pulse=CohortPulse(
             1, 1, (LoungePost(LOUNGE, "$x", HOSTILE, "<script>alert('excerpt')</script> @room", 3),)
         ),
@@ -345,7 +345,7 @@ def test_hostile_input_cannot_fake_plain_text_sections() -> None:
     assert "Unsubscribe: https://evil.example/" not in mail.text.splitlines()
     assert "\r" not in mail.text and "\n" not in mail.subject and "\r" not in mail.subject
     assert mail.subject == "Winter Bcc: x@evil · week 3 of 12 digest"
-    sneaky = Webinar("Live", NOW + timedelta(days=1), "https://x.org/\nUnsubscribe: https://evil.example/")
+    sneaky = Webinar(NOW + timedelta(days=1), "Live", "https://x.org/\nUnsubscribe: https://evil.example/")
     mail = builder.email(full_issue(webinars=(sneaky,)), person())
     assert "evil.example" not in mail.text and "evil.example" not in mail.html
     assert [line for line in mail.text.splitlines() if line.startswith("Unsubscribe:")] == [
@@ -392,7 +392,7 @@ def test_webinar_times_are_in_the_recipients_zone() -> None:
     at = datetime(2027, 1, 11, 17, 0, tzinfo=UTC)
     assert format_when(at, BERLIN) == "Mon 11 Jan, 18:00 CET"
     issue = full_issue(generated_at=at - timedelta(days=1), week=1,
-                       webinars=(Webinar("Kick-off", at, None),))
+                       webinars=(Webinar(at, "Kick-off", None),))
     tokyo = builder.email(issue, person(timezone=ZoneInfo("Asia/Tokyo"))).text
     la = builder.email(issue, person(timezone=ZoneInfo("America/Los_Angeles"))).text
     assert "* Tue 12 Jan, 02:00 JST: Kick-off" in tokyo and "(times in Asia/Tokyo)" in tokyo
@@ -410,7 +410,7 @@ def test_webinar_times_across_daylight_saving_changes() -> None:
     assert format_when(after, BERLIN) == "Mon 29 Mar, 18:00 CEST"
     assert format_when(after, ny) == "Mon 29 Mar, 12:00 EDT"
     issue = full_issue(generated_at=datetime(2027, 3, 15, 8, 0, tzinfo=UTC), week=10,
-                       webinars=(Webinar("Late", after, None), Webinar("Early", before, None)))
+                       webinars=(Webinar(after, "Late", None), Webinar(before, "Early", None)))
     text = builder.email(issue, person(timezone=ny)).text
     assert text.index("* Mon 22 Mar, 13:00 EDT: Early") < text.index("* Mon 29 Mar, 12:00 EDT: Late")
 

@@ -71,7 +71,7 @@ async def test_every_scheduled_prompt_notifies_its_people_and_nothing_else_pings
             prompts[row["kind"]] += 1
             assert content["msgtype"] == "m.text", row["kind"]
             assert set(content["m.mentions"]["user_ids"]) == named
-            # What answers need to know about the sent event (hub.features.program.prompt_row).
+            # What answers need to know about the sent event (hub.features.program_rows.prompt_row).
             assert payload["prompt"]["kind"] == row["kind"]
             assert payload["prompt"]["for"] == content["m.mentions"]["user_ids"]
             assert payload["prompt"]["week"] is None or 1 <= payload["prompt"]["week"] <= 12

@@ -22,7 +22,7 @@ import pytest
 from nio import RoomMessageText
 
 from hub.clock import FakeClock
-from hub.core.calendar import Audience, CalendarItem, ItemKind, Target, build_calendar
+from hub.core.calendar import CalendarItem, ItemKind, Target, TargetKind, build_calendar
 from hub.devserver.synapse import SynapseServer
 from hub.program import ProgramRunner
 from hub.program_store import SqlProgramState
@@ -125,7 +125,7 @@ async def test_icebreakers_reach_each_pair_room_once_without_repeats(
         # -- week 1: one tick at the icebreaker's instant; each pair room gets it once ---------
         report = await runner.tick()
         assert [(i.key, len(t)) for i, t in emitted] == [(week1.key, 3)]  # two pair rooms + the lounge
-        assert sorted(t.id for t in emitted[0][1] if t.audience is Audience.PAIR) == ["pair:1", "pair:2"]
+        assert sorted(t.id for t in emitted[0][1] if t.audience is TargetKind.PAIR) == ["pair:1", "pair:2"]
         for m in mentors:
             await m.wait_until(lambda m=m: bool(_icebreakers(m, rooms[m.user_id])), 30)
         # Ticking again at the same instant and re-emitting the item directly both change nothing.

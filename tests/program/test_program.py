@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from hub.clock import FakeClock
 from hub.core.calendar import (
     DIRECT_FOR_UNPAIRED,
-    Audience,
     CalendarItem,
     ItemKind,
     ProgramSpec,
     Target,
+    TargetKind,
     Webinar,
     build_calendar,
     dedupe_key,
@@ -166,16 +166,16 @@ class World:
 
     def expected(self, spec: ProgramSpec) -> dict[str, CalendarItem]:
         """Every (item, target) of the whole program, with all pairs active and nobody snoozed."""
-        lounge = [Target(Audience.LOUNGE, f"lounge-{spec.slug}")]
+        lounge = [Target(TargetKind.LOUNGE, f"lounge-{spec.slug}")]
         groups = {
-            Audience.LOUNGE: lounge,
-            Audience.PAIR: [Target(Audience.PAIR, p) for p in PAIRS],
-            Audience.DIRECT: [Target(Audience.DIRECT, p) for p in PEOPLE],
-            Audience.MEMBER: [Target(Audience.MEMBER, p) for p in PEOPLE + UNPAIRED],
+            TargetKind.LOUNGE: lounge,
+            TargetKind.PAIR: [Target(TargetKind.PAIR, p) for p in PAIRS],
+            TargetKind.DIRECT: [Target(TargetKind.DIRECT, p) for p in PEOPLE],
+            TargetKind.MEMBER: [Target(TargetKind.MEMBER, p) for p in PEOPLE + UNPAIRED],
         }
-        unpaired = [Target(Audience.DIRECT, p) for p in UNPAIRED]
+        unpaired = [Target(TargetKind.DIRECT, p) for p in UNPAIRED]
         return {dedupe_key(i, t): i for i in build_calendar(spec).items for a in i.audiences
-                for t in (unpaired if a is Audience.DIRECT and i.kind in DIRECT_FOR_UNPAIRED
+                for t in (unpaired if a is TargetKind.DIRECT and i.kind in DIRECT_FOR_UNPAIRED
                           else groups[a])}
 
 
