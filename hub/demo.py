@@ -485,6 +485,7 @@ class Demo:
     async def _wait_rooms(self) -> None:
         from sqlalchemy import select
 
+        from hub.core.membership import RoomStatus
         from hub.storage.models import HubRoom, cohort_table, hub_room_table, member_table, pair_table
 
         db = self.hub.db
@@ -502,7 +503,7 @@ class Demo:
                 rooms = {r.key: r for r in (await s.execute(select(HubRoom).where(
                     hub_room_table.c.cohort_id == cohort_id))).scalars().all()}
             wanted = [f"space:{cohort_id}", f"lounge:{cohort_id}", *(f"pair:{pid}" for pid, _ in pairs)]
-            if all(k in rooms and rooms[k].status == "ready" and rooms[k].room_id for k in wanted):
+            if all(k in rooms and rooms[k].status == RoomStatus.READY and rooms[k].room_id for k in wanted):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("the cohort's rooms were not created in time; see demo.log")
@@ -703,6 +704,7 @@ class Demo:
     async def _reflect(self) -> str:
         from sqlalchemy import select
 
+        from hub.core.membership import RoomKind, RoomStatus
         from hub.storage.models import HubRoom, hub_room_table
 
         db = self.hub.db
@@ -712,10 +714,10 @@ class Demo:
         rooms: dict[str, str] = {}
         while len(rooms) < len(scores) and time.monotonic() < deadline:
             async with db.session() as s:
-                found = (await s.execute(select(HubRoom).where(hub_room_table.c.kind == "direct"))
+                found = (await s.execute(select(HubRoom).where(hub_room_table.c.kind == RoomKind.DIRECT))
                          ).scalars().all()
             rooms = {str(r.user_id).split(":")[0][1:]: str(r.room_id) for r in found
-                     if r.status == "ready" and r.room_id and r.user_id}
+                     if r.status == RoomStatus.READY and r.room_id and r.user_id}
             if len(rooms) < len(scores):
                 await asyncio.sleep(0.3)
         from hub.features.prompts import CHECKIN, OPTIONS
@@ -745,12 +747,14 @@ class Demo:
     async def _summary(self) -> None:
         from sqlalchemy import func, select
 
+        from hub.delivery.outbox import OutboxStatus
         from hub.storage.models import outbox_table as T
 
         db = self.hub.db
         assert db is not None
         async with db.session() as s:
-            rows = (await s.execute(select(T.c.channel, T.c.kind, func.count()).where(T.c.status == "sent")
+            sent = T.c.status == OutboxStatus.SENT
+            rows = (await s.execute(select(T.c.channel, T.c.kind, func.count()).where(sent)
                                     .group_by(T.c.channel, T.c.kind))).all()
         messages = sum(int(n) for ch, kind, n in rows if ch == "matrix" and not str(kind).startswith("room-"))
         mail_dir = self.out / "mail"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.core.content_format import escape_markdown
+from hub.core.membership import RoomKind
 
 __all__ = [
     "CREATOR_POWER_VERSIONS",
@@ -164,7 +165,7 @@ class RoomSpec:
 
 def space_spec(key: str, cohort_name: str, moderators: Mapping[str, int], tag: Mapping[str, Any]) -> RoomSpec:
     return RoomSpec(
-        key=key, kind="space", name=cohort_name,
+        key=key, kind=RoomKind.SPACE, name=cohort_name,
         topic=f"The {cohort_name} mentoring cohort: the lounge and everything shared.",
         encrypted=False, join_rule="invite", moderators=moderators,
         # Only moderators and the hub add people or rooms to the cohort's space.
@@ -177,7 +178,7 @@ def lounge_spec(
     tag: Mapping[str, Any], prefix: str,
 ) -> RoomSpec:
     return RoomSpec(
-        key=key, kind="lounge", name=f"{cohort_name} lounge",
+        key=key, kind=RoomKind.LOUNGE, name=f"{cohort_name} lounge",
         topic=(f"Say hello to the {cohort_name} cohort. Try `{prefix} icebreaker`; "
                f"`{prefix} help` lists what the hub can do."),
         # The lounge is the cohort's commons: readable by members who join later,
@@ -194,7 +195,7 @@ def pair_spec(
     prefix: str,
 ) -> RoomSpec:
     return RoomSpec(
-        key=key, kind="pair", name=pair_room_name(mentor, mentee),
+        key=key, kind=RoomKind.PAIR, name=pair_room_name(mentor, mentee),
         topic=f"Your video call: {link} · `{prefix} call` for the link, `{prefix} plan` for your backup plan",
         encrypted=encrypted, join_rule="invite",
         # Nobody but the hub invites: the members are exactly the pair and the hub.
@@ -204,7 +205,7 @@ def pair_spec(
 
 def direct_spec(key: str, tag: Mapping[str, Any]) -> RoomSpec:
     return RoomSpec(
-        key=key, kind="direct", name=None, topic=None, encrypted=True, join_rule="invite",
+        key=key, kind=RoomKind.DIRECT, name=None, topic=None, encrypted=True, join_rule="invite",
         invite_level=HUB_LEVEL, is_direct=True, history_visibility="invited", tag=tag,
     )
 

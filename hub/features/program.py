@@ -46,9 +46,10 @@ from hub.core.calendar import (
 from hub.core.content_library import load_library
 from hub.core.effects import Email, Outgoing, PinPlan
 from hub.core.homeserver import Homeserver
+from hub.core.membership import PairStatus
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.effect_writer import row_spec
-from hub.delivery.outbox import Outbox
+from hub.delivery.outbox import Outbox, OutboxStatus
 from hub.email.payload import Attachment
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features import person_mail
@@ -438,7 +439,7 @@ class ProgramService:
         if question is None:
             return []
         active = [(pv.pair.id or 0, pv.pair.video_name, pv.mentor, pv.mentee)
-                  for pv in view.pairs.values() if pv.pair.status == "active"]
+                  for pv in view.pairs.values() if pv.pair.status == PairStatus.ACTIVE]
         people = [m for _, _, a, b in active for m in (a, b)]
         rows, left_out = await person_mail.question_rows(
             s, self.settings(), self.library, cohort=view.cohort, pairs=active,
@@ -466,9 +467,9 @@ class ProgramService:
             return "superseded"  # a newer `plan set`/`plan clear` has its own pin row
         new_id: str | None = None
         if key:
-            if sent is None or sent.status == "failed":
+            if sent is None or sent.status == OutboxStatus.FAILED:
                 raise PermanentDeliveryError("the plan message was not sent, so there is nothing to pin")
-            if sent.status != "sent" or not sent.result:
+            if sent.status != OutboxStatus.SENT or not sent.result:
                 raise TemporaryDeliveryError("the plan message is not sent yet", retry_after=1.0)
             new_id = str(sent.result)
         pins = [e for e in await self._pins(room_id) if e not in (plan.event_id, new_id)]

@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.activity import pair_last_active
 from hub.core import content as ct
-from hub.core.calendar import CalendarItem, ItemKind
+from hub.core.calendar import CalendarItem, ItemKind, TargetKind
 from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply
 from hub.core.content_format import email_document, html_to_text, one_line
 from hub.core.converters import to_datetime, to_title, to_url
 from hub.core.effects import Email, Outgoing
 from hub.core.markup import echo, markdown_to_matrix
+from hub.core.membership import MembershipState, PairStatus, RoomStatus
 from hub.core.messages import notice_content
 from hub.delivery.effect_writer import row_spec
 from hub.errors import CommandError
@@ -125,7 +126,7 @@ async def build_report(
         .group_by(content_use_table.c.scope))).all())
     for pv in view.pairs.values():
         r.pairs[pv.pair.status] += 1
-        if pv.pair.status != "active":
+        if pv.pair.status != PairStatus.ACTIVE:
             continue
         signs = [pv.pair.created_at, last_answer.get(pv.pair.id, 0.0), last_command.get(pv.key, 0.0),
                  last_said.get(pv.pair.id or 0, 0.0)]
@@ -137,7 +138,8 @@ async def build_report(
     r.pending_invites = int((await s.execute(
         select(func.count()).select_from(room_member_table)
         .join(hub_room_table, hub_room_table.c.id == room_member_table.c.room_pk)
-        .where((hub_room_table.c.status != "closed") & room_member_table.c.state.in_(("pending", "invited"))
+        .where((hub_room_table.c.status != RoomStatus.CLOSED)
+               & room_member_table.c.state.in_((MembershipState.PENDING, MembershipState.INVITED))
                & (hub_room_table.c.cohort_id == cid)))).scalar() or 0)
     addresses: list[str] = []
     for m in view.members.values():
@@ -201,7 +203,7 @@ async def send(ctx: CommandContext[Sending]) -> Reply:
     rows = await program.rows(s, item, targets, source="send")
     await ports.outbox.enqueue_many(s, rows)
     counts = Counter(str(r["kind"]) for r in rows)
-    pairs = sum(1 for t in targets if t.audience.value == "pair")
+    pairs = sum(1 for t in targets if t.audience is TargetKind.PAIR)
     parts = [f"{pairs} pair room{'s' if pairs != 1 else ''}"]
     if kind is ItemKind.ICEBREAKER:
         parts.append("the lounge" if counts and len(rows) > pairs else "no lounge (not created yet)")
