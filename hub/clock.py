@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "wait_tasks"]
 
 
 class Clock(Protocol):
@@ -90,3 +91,27 @@ class FakeClock:
         if not event.is_set():
             await self.sleep(seconds)
         return event.is_set()
+
+
+async def wait_tasks(
+    clock: Clock, tasks: Collection[asyncio.Future[Any]], seconds: float
+) -> set[asyncio.Future[Any]]:
+    """`asyncio.wait(tasks, timeout=seconds)` on `clock`: wait at most `seconds` of it for all
+    of `tasks`; return those still pending (nothing is cancelled: the caller decides)."""
+    pending = {t for t in tasks if not t.done()}
+    if not pending:
+        return set()
+    all_done = asyncio.Event()
+
+    def finished(task: asyncio.Future[Any]) -> None:
+        if all(t.done() for t in pending):
+            all_done.set()
+
+    for t in pending:
+        t.add_done_callback(finished)
+    try:
+        await clock.wait(all_done, seconds)
+    finally:
+        for t in pending:
+            t.remove_done_callback(finished)
+    return {t for t in pending if not t.done()}

@@ -103,6 +103,10 @@ class TickScheduler:
         try:
             # Waiting for the lock is waiting for the in-flight tick: a tick cut
             # short is harmless (retried, deduplicated) but finishing it is tidier.
+            # Real time on purpose, like the wake-ups (armed on real time, above): the
+            # tick is not cancelled when the grace ends, only no longer waited for, and
+            # on a FakeClock the grace would pass at once, so the hub would close the
+            # database under a tick still running.
             await asyncio.wait_for(self._lock.acquire(), grace)
         except TimeoutError:
             log.warning("a program tick still running after %.0f s; stopping anyway", grace)

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hub.clock import Clock
+from hub.clock import Clock, wait_tasks
 from hub.delivery.outbox import Outbox, OutboxStatus
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.storage.db import Database
@@ -308,7 +308,10 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         if self._in_flight:
-            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
+            # The grace is on the hub's clock, like every other wait of the dispatcher: on a
+            # FakeClock it passes after one turn of the loop (`FakeClock.wait`), so a test of a
+            # send stuck at shutdown does not wait out real seconds.
+            pending = await wait_tasks(self.clock, set(self._in_flight), grace)
             for task in pending:
                 task.cancel()
             if pending:

@@ -161,6 +161,9 @@ class InboundServer:
         if self._server is not None:
             self._server.close()
             try:
+                # Real time on purpose: this bounds how long remote SMTP clients take to hang
+                # up (wait_closed waits for their connections), which no hub clock drives; on a
+                # FakeClock the bound would pass at once and cut a test's own client off.
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             except TimeoutError:
                 pass

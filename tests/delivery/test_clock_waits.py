@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from hub.clock import FakeClock
 from hub.delivery.dispatcher import Claimed, Dispatcher
@@ -19,6 +20,7 @@ from hub.delivery.outbox import MATRIX, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import TemporaryDeliveryError
 from hub.storage.db import Database, open_database
+from hub.storage.models import outbox_table
 
 START = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
 REAL_BOUND = 8.0  # seconds of real time each test may take, far below the 30 s it waits on its clock
@@ -131,4 +133,38 @@ async def test_a_429_pauses_every_lane_on_the_fake_clock_and_then_all_are_sent(
     assert sender.refused_at is not None
     # Every lane waited for the one pause (the refused row's retry too), none sent during it.
     assert all(at >= sender.refused_at + 30.0 for at in sender.sent.values()), sender.sent
+    await db.close()
+
+
+async def test_the_shutdown_grace_passes_on_the_fake_clock_and_the_stuck_send_stays_queued(
+    database_urls: dict[str, str],
+) -> None:
+    clock = FakeClock(START)
+    db, outbox = await _store(database_urls["sqlite"], clock)
+    started = asyncio.Event()
+
+    class Stuck:
+        async def send(self, row: Claimed) -> str:
+            started.set()
+            await asyncio.Event().wait()  # a send that never finishes
+            return "never"
+
+    async with db.transaction() as s:
+        await outbox.enqueue(s, channel=MATRIX, kind="t", lane="!room", payload={"name": "a"},
+                             dedupe_key="stuck")
+    dispatcher = Dispatcher(db, outbox, clock, {MATRIX: Stuck()}, poll_seconds=1.0)
+    await dispatcher.open()
+    task = asyncio.create_task(dispatcher.run())
+    await asyncio.wait_for(started.wait(), REAL_BOUND)
+    began, on_clock = time.monotonic(), clock.monotonic()
+    # 30 s of grace on the clock: a grace on real time outlasts the bound.
+    await asyncio.wait_for(dispatcher.stop(30.0), REAL_BOUND)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert time.monotonic() - began < REAL_BOUND
+    assert clock.monotonic() - on_clock >= 30.0  # the whole grace passed, on the fake clock
+    async with db.session() as s:
+        status = (await s.execute(select(outbox_table.c.status)
+                                  .where(outbox_table.c.dedupe_key == "stuck"))).scalar_one()
+    assert status == "queued"  # cut off at shutdown: queued again, not lost nor stuck `sending`
     await db.close()
