@@ -6,24 +6,12 @@ under "Upcoming webinars" a webinar that is over by the time that week's digest 
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hub.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Any:
-    """main() installs a log handler on the test's captured stderr; don't let it outlive the test."""
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_hub", False):
-            root.removeHandler(h)
 
 
 def test_preview_before_the_rooms_exist_and_of_a_later_week(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,14 +23,6 @@ ROSTER = (
     "winter,mentee,Cy,cy@example.org,,Europe/Berlin,,en,,,@ann:example.org\n"
 )
 
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Any:
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_hub", False):
-            root.removeHandler(h)
 
 
 def test_hub_match_proposes_the_optimum_and_writes_a_roster_that_makes_it(

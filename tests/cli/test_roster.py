@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.parametrize("backend", backends())
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"
 TABLES = ("cohort", "member", "pair", "hub_room", "room_member", "outbox", "kv")
 
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Any:
-    """main() installs a log handler on the test's captured stderr; don't let it outlive the test."""
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_hub", False):
-            root.removeHandler(h)
 
 
 def write_config(tmp_path: Path, url: str) -> Path:

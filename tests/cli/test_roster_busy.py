@@ -10,7 +10,6 @@ import pytest
 from hub.storage import db as storage_db
 
 from tests.cli.test_roster import (
-    _drop_cli_log_handlers,  # noqa: F401  (autouse fixture, needed here too)
     counts,
     roster,
     run,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,6 @@ from tests.support.databases import backends
 pytestmark = pytest.mark.parametrize("backend", backends())
 HEADER = "cohort,role,name,email,matrix_id,timezone,mentor"
 
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Any:
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_hub", False):
-            root.removeHandler(h)
 
 
 GOOD = (
