@@ -154,23 +154,25 @@ class Provision:
         return room_id
 
     def _remember(self, room_id: str, *, encrypted: bool) -> None:
-        if room_id in self.client.rooms:
-            return
-        room = MatrixRoom(room_id, self.user_id, encrypted)
-        room.add_member(self.user_id, None, None)
-        self.client.rooms[room_id] = room
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            room = MatrixRoom(room_id, self.user_id, encrypted)
+            room.add_member(self.user_id, None, None)
+            self.client.rooms[room_id] = room
         self._whole.add(room_id)
         if encrypted:
+            # Even if a sync got there first: one that ran while the room was being made shows
+            # it newly joined with the state so far (perhaps not yet `m.room.encryption`), and
+            # the rest, all the hub's own events, never comes (hub.matrix.sync).
             self._mark_encrypted(room_id)
 
     def _mark_encrypted(self, room_id: str) -> None:
-        """Encrypted for nio now, and in its store for later runs.
-
-        The sync may never show a room's `m.room.encryption`: the hub's own events are not
-        in its timeline (hub.matrix.sync), and a room it created shows up only once someone
-        else does something there, perhaps after a restart. nio then builds the room as
-        encrypted only if its store lists it; a room it thought plain would get plain text.
-        """
+        """Encrypted for nio now, and in its store for later runs: the hub's own
+        `m.room.encryption` is not in its sync, and nio builds a room it meets again in a later
+        run as encrypted only if its store says so (else the hub's messages go in plain text)."""
+        room = self.client.rooms.get(room_id)
+        if room is not None:
+            room.encrypted = True
         self.client.encrypted_rooms.add(room_id)
         if self.client.store is not None:
             self.client.store.save_encrypted_rooms([room_id])
@@ -246,6 +248,8 @@ class Provision:
     async def put_state(self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]) -> str:
         resp = await self.client.room_put_state(room_id, event_type, content, state_key=state_key)
         if isinstance(resp, RoomPutStateResponse):
+            if event_type == "m.room.encryption":
+                self._mark_encrypted(room_id)  # a room fix turned it on: the sync will not say so
             if event_type == ROOM_TAG:
                 # Read again on the next scan: the hub's own tag counts only in a room it created.
                 self._tags.pop(room_id, None)

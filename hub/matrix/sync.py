@@ -68,9 +68,11 @@ def sync_filter(own_user_id: str) -> dict[str, Any]:
     fixes and pins) were sent back to it on the next sync, to be parsed, decrypted and
     ignored: nothing the hub does depends on seeing them (hub.matrix.events drops them by
     sender everywhere). What it must still know arrives another way: a room it joins comes
-    with its state (the `state` section, which `not_senders` does not filter); an invite or
-    a kick it made is applied to nio's room at once (hub.matrix.provision); a room it
-    created is remembered when created, its encryption saved in nio's store.
+    with its state (Synapse sends a newly joined room's state in the `state` section, which
+    `not_senders` does not filter); what it does itself is applied to nio's room at once
+    (hub.matrix.provision): a room it creates or turns encryption on in (marked encrypted
+    in nio's store too: a sync during createRoom shows the room before its encryption
+    event), and its invites and kicks.
     """
     return {
         "presence": {"types": []},
