@@ -26,7 +26,8 @@ from hub.core.ports import Priority
 from hub.storage.db import Database
 from hub.storage.models import OutboxRow, outbox_table
 
-__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "UNSENT", "Outbox", "OutboxStats", "OutboxStatus", "Priority"]
+__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "UNSENT", "Outbox", "OutboxStats", "OutboxStatus",
+           "Priority"]
 
 T = outbox_table
 _INSERT_CHUNK = 5000  # rows per executemany in `insert_new`

@@ -23,6 +23,7 @@ from hub.delivery.outbox import OutboxStatus
 from hub.devserver.synapse import SynapseServer
 from hub.service import Hub
 from hub.storage.models import outbox_table as T
+
 from tests.support.delivery import make_rooms
 from tests.support.live_hub import hub_settings, running_hub
 from tests.support.matrix_user import Participant
@@ -58,7 +59,6 @@ async def test_a_hundred_pings_none_over_300_ms(
         for _ in range(PINGS):
             ping = await lead.send(room, "!hub ping")
             reply = await lead.wait_for_reply(room, ping)
-            await lead.wait_until(lambda: any(ev.event_id == ping for ev in lead.in_room(room)), 10)
             waits.append(int(reply.server_timestamp) - _server_ms(lead, room, ping))
     slow = [w for w in waits if w > LIMIT_MS]
     print(f"\n{PINGS} pings: p50 {statistics.median(waits)} ms, slowest {sorted(waits)[-8:]} ms")
