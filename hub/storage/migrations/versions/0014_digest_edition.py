@@ -1,7 +1,7 @@
 """Digest editions: a week's digest stored once, rendered per person when each email is sent.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 
 `digest_edition` holds what every recipient's digest shares (the week's prompts,
 webinars, lounge pulse, tip, and the builder's public URL and List-Id) as JSON. A
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels = None
 depends_on = None
 
