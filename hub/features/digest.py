@@ -69,14 +69,14 @@ class Edition:
     builder: dg.DigestBuilder
 
 
-def email_refs(ed: Edition, mails: Sequence[tuple[dg.Recipient, str, str]],
-               edition: int) -> list[dict[str, Any]]:
+def email_refs(builder: dg.DigestBuilder, issue: dg.DigestIssue,
+               mails: Sequence[tuple[dg.Recipient, str, str]], edition: int) -> list[dict[str, Any]]:
     """Outbox rows for (recipient, address, dedupe key): each names `edition` and carries the
     person's part and their unsubscribe token, signed here; the email is rendered when it is
     sent (hub.features.digest_mail), by whichever process claims the row."""
-    sign = ed.builder.unsubscribe_token
+    sign = builder.unsubscribe_token
     return [{"channel": EMAIL, "kind": "digest", "lane": normalize_address(address), "dedupe_key": key,
-             "payload": person_payload(edition, address, recipient, sign(ed.issue, recipient))}
+             "payload": person_payload(edition, address, recipient, sign(issue, recipient))}
             for recipient, address, key in mails]
 
 
@@ -271,7 +271,7 @@ class DigestService:
         # The week's shared part once; each person's email is rendered when it is sent, and a
         # person it cannot be made for fails their own row then (reported like any failed row).
         edition = await store_edition(s, ed.builder, ed.issue, lid, now.timestamp())
-        return email_refs(ed, mails, edition)
+        return email_refs(ed.builder, ed.issue, mails, edition)
 
     async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,
                          key: str) -> dict[str, Any] | None:
