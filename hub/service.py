@@ -298,7 +298,7 @@ class Hub:
         await self.sync.first_done.wait()
         # The one Matrix write that does not go through the outbox (issue 15), on purpose:
         # * everything else needs the room id first: the command runner tells moderators'
-        #   commands by it, `_alert` addresses alerts to it, and `_report_failure` tells an
+        #   commands by it, alerts are addressed to it, and `DeliveryAlerts.report_failure` tells an
         #   alert's own failure by its lane; a Join/CreateRoom row only gives the id once
         #   the dispatcher has sent it, so the start would wait on a row's result anyway,
         #   and a row being retried (a 429, a server down) would hold it with no error;

@@ -53,7 +53,7 @@ async def rig(database_urls: dict[str, str], request: pytest.FixtureRequest) -> 
 
     async def alert(session, event: Suppressed | Rejected) -> None:  # type: ignore[no-untyped-def]
         alerts.append(event)
-        # Keyed as the hub keys them (Hub._alert_suppressed): one per message refused.
+        # Keyed as the hub keys them (hub.mailer.DeliveryAlerts.suppressed): one per message refused.
         key = f"alert:rejected:{event.group}" if isinstance(event, Rejected) else f"alert:{event.txn_id}"
         await outbox.enqueue(session, channel=MATRIX, kind="alert", lane="!control",
                              payload={"text": event.reason}, dedupe_key=key)
