@@ -37,7 +37,7 @@ from hub.core.cohorts import Who
 from hub.devserver.client import SimulatedUser
 from hub.devserver.proxy import RecordingProxy
 from hub.devserver.synapse import RegisteredUser
-from hub.features.cohort_setup import create_cohort
+from hub.features.cohort_setup import create_cohort, get_cohort
 from hub.features.members import add_member
 from hub.features.pairs import make_pair
 from hub.features.room_queue import load_env
@@ -107,14 +107,27 @@ async def build(settings: Settings, people: list[str], moderator: SimulatedUser)
             env = await load_env(s, hub.outbox, hub.clock, hub.settings)
             # Starting in a month: no launch-day messages while measuring.
             start = (datetime.now(UTC) + timedelta(days=30)).date()
-            cohort = await create_cohort(s, env, slug="bench", name="Bench", timezone="UTC", start=start,
-                                         weeks=12, source="command")
-            for i, user in enumerate(people):
-                await add_member(s, env, cohort, "mentor" if i % 2 == 0 else "mentee", Who(matrix_id=user),
-                                 name=f"Person {i}")
-            for i in range(0, len(people), 2):
-                await make_pair(s, env, cohort, Who(matrix_id=people[i]), Who(matrix_id=people[i + 1]))
-        await quiet(hub, timeout=3600)
+            await create_cohort(s, env, slug="bench", name="Bench", timezone="UTC", start=start,
+                                weeks=12, source="command")
+        # In batches: one transaction for all would hold SQLite's write lock past the running
+        # hub's busy timeout (its sync handler then fails, and the hub stops).
+        for first in range(0, len(people), 50):
+            async with hub.db.transaction() as s:
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                cohort = await get_cohort(s, "bench")
+                assert cohort is not None
+                batch = people[first:first + 50]
+                for i, user in enumerate(batch, start=first):
+                    await add_member(s, env, cohort, "mentor" if i % 2 == 0 else "mentee",
+                                     Who(matrix_id=user), name=f"Person {i}")
+                for i in range(0, len(batch), 2):
+                    await make_pair(s, env, cohort, Who(matrix_id=batch[i]), Who(matrix_id=batch[i + 1]))
+        done = asyncio.create_task(quiet(hub, timeout=3600))
+        await asyncio.wait({done, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            done.cancel()
+            raise RuntimeError(f"the hub stopped while building: {task.exception()!r}")
+        done.result()
         await moderator.wait_until(lambda: moderator.joined(control), 60)
         return control
     finally:
