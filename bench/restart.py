@@ -109,14 +109,14 @@ async def build(settings: Settings, people: list[str], moderator: SimulatedUser)
             start = (datetime.now(UTC) + timedelta(days=30)).date()
             await create_cohort(s, env, slug="bench", name="Bench", timezone="UTC", start=start,
                                 weeks=12, source="command")
-        # In batches: one transaction for all would hold SQLite's write lock past the running
+        # In small batches: one transaction for all would hold SQLite's write lock past the running
         # hub's busy timeout (its sync handler then fails, and the hub stops).
-        for first in range(0, len(people), 50):
+        for first in range(0, len(people), 10):
             async with hub.db.transaction() as s:
                 env = await load_env(s, hub.outbox, hub.clock, hub.settings)
                 cohort = await get_cohort(s, "bench")
                 assert cohort is not None
-                batch = people[first:first + 50]
+                batch = people[first:first + 10]
                 for i, user in enumerate(batch, start=first):
                     await add_member(s, env, cohort, "mentor" if i % 2 == 0 else "mentee",
                                      Who(matrix_id=user), name=f"Person {i}")
