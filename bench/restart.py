@@ -10,7 +10,7 @@ checkout. For each restart: the bytes of the first sync's answer, the time from 
 the process to the answer of a `!hub ping` the moderator sent at that moment (read by the
 moderator's own E2EE client), the GET /state requests until then, and the time until the
 room check's first pass has ended, with the hub's and Synapse's CPU until then.
-Run: `python bench/restart.py --pairs 300 --before /tmp/before-17`.
+Run: `python bench/restart.py --pairs 300 --before /tmp/before-17 [--database-url URL]`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _common import cpu_seconds, synapse_at
+from _common import backend_name, cpu_seconds, scratch_database, synapse_at
 from provision_pairs import quiet, register_people
 
 from hub.config import Settings, settings_from_dict
@@ -66,22 +66,22 @@ class Restart:
     load: str
 
 
-def settings_for(base: Path, homeserver: str, bot: RegisteredUser, mod: str) -> Settings:
+def settings_for(base: Path, homeserver: str, bot: RegisteredUser, mod: str, database_url: str) -> Settings:
     return settings_from_dict({
         "hub": {"data_dir": str(base / "hub")},
-        "database": {"url": f"sqlite:///{base / 'hub' / 'hub.db'}"},
+        "database": {"url": database_url},
         "matrix": {"homeserver": homeserver, "user_id": bot.user_id, "password": bot.password,
                    "control_room": ALIAS, "moderators": [mod]},
         "web": {"listen": "127.0.0.1:0"},
     }, base=base, env={})
 
 
-def write_config(base: Path, homeserver: str, bot: RegisteredUser, mod: str) -> Path:
+def write_config(base: Path, homeserver: str, bot: RegisteredUser, mod: str, database_url: str) -> Path:
     path = base / "config.toml"
     path.write_text(f"""[hub]
 data_dir = "{base / 'hub'}"
 [database]
-url = "sqlite:///{base / 'hub' / 'hub.db'}"
+url = "{database_url}"
 [matrix]
 homeserver = "{homeserver}"
 user_id = "{bot.user_id}"
@@ -199,17 +199,19 @@ async def run(args: argparse.Namespace) -> None:
     codes = ([args.before] if args.before else []) + [HERE]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        async with synapse_at(base) as synapse, RecordingProxy(synapse.url) as proxy:
+        async with synapse_at(base) as synapse, RecordingProxy(synapse.url) as proxy, \
+                scratch_database(base, args.database_url) as url:
             bot = await synapse.register("benchhub", secrets.token_urlsafe(12))
             mod_user = await synapse.register("benchmod", secrets.token_urlsafe(12))
             moderator = SimulatedUser(synapse.url, mod_user, base / "mod-store", name="moderator")
             await moderator.start()
             began = time.perf_counter()
             people = await register_people(synapse, 2 * args.pairs)
-            control = await build(settings_for(base, synapse.url, bot, mod_user.user_id), people, moderator)
+            control = await build(settings_for(base, synapse.url, bot, mod_user.user_id, url), people,
+                                  moderator)
             print(f"built {args.pairs} pair rooms (+ space, lounge, control room) for {len(people)} "
                   f"people in {time.perf_counter() - began:.0f} s")
-            config = write_config(base, proxy.url, bot, mod_user.user_id)
+            config = write_config(base, proxy.url, bot, mod_user.user_id, url)
             process = getattr(synapse, "_process", None)  # the devserver's child; bench-only peek
             pid = process.pid if process is not None else None
             results: list[Restart] = []
@@ -226,7 +228,8 @@ async def run(args: argparse.Namespace) -> None:
                           f"{x.check_s:6.1f} s ({x.state_reads} GET /state), CPU hub {x.hub_cpu:.1f} s, "
                           f"synapse {x.synapse_cpu:.1f} s, load {x.load}")
             await moderator.stop()
-    print(f"\nrestart of a hub in {args.pairs} pair rooms (+3), SQLite, {args.runs} runs each:")
+    print(f"\nrestart of a hub in {args.pairs} pair rooms (+3), {backend_name(args.database_url)}, "
+          f"{args.runs} runs each:")
     for code in codes:
         mine = [x for x in results if x.code == str(code)]
         name = "before" if code != HERE else "after"
@@ -240,6 +243,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--pairs", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL server for the hub (default: a temporary SQLite file)")
     parser.add_argument("--before", default=None, type=lambda p: Path(p).resolve(),
                         help="a checkout of the hub before issue 17 (its `hub` package is run)")
     logging.basicConfig(level=logging.WARNING)
