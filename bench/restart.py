@@ -59,6 +59,7 @@ class Restart:
     ready_s: float  # spawn to "hub ready" in its log: after the first sync and the control room
     ping_s: float
     state_reads_before_ping: int
+    hub_cpu_at_ping: float  # CPU seconds of the hub process from its start to the answer
     check_s: float
     state_reads: int
     hub_cpu: float
@@ -173,6 +174,7 @@ async def restart(code: Path, config: Path, password: str, proxy: RecordingProxy
         asked = await moderator.send(control, "!hub ping")
         await moderator.wait_until(lambda: moderator.reply_to(control, asked) is not None, 300)
         ping = time.monotonic() - began
+        hub_cpu_at_ping = cpu_seconds(proc.pid)
         deadline = time.monotonic() + 3600
         while not any(word in line and " rooms: " in line for line in log_lines(log) for word in CHECK_DONE):
             if proc.poll() is not None:
@@ -191,6 +193,7 @@ async def restart(code: Path, config: Path, password: str, proxy: RecordingProxy
         code=str(code), first_sync_bytes=syncs[0].size, full_state=syncs[0].query.get("full_state") == "true",
         ready_s=seconds_to(log_lines(log), "hub ready as", wall),
         ping_s=ping, state_reads_before_ping=sum(1 for e in reads if e.began <= began + ping),
+        hub_cpu_at_ping=hub_cpu_at_ping,
         check_s=check, state_reads=len(reads), hub_cpu=hub_cpu, synapse_cpu=synapse_cpu,
         load=f"{load} → {load_average()}")
 
@@ -224,7 +227,8 @@ async def run(args: argparse.Namespace) -> None:
                     x, name = results[-1], "before" if code != HERE else "after "
                     print(f"  {name}: first sync {x.first_sync_bytes:>9,} B (full_state={x.full_state}), "
                           f"ready {x.ready_s:5.2f} s, ping answered {x.ping_s:5.2f} s "
-                          f"({x.state_reads_before_ping} GET /state before), room check done "
+                          f"({x.state_reads_before_ping} GET /state before, "
+                          f"hub CPU {x.hub_cpu_at_ping:.1f} s), room check done "
                           f"{x.check_s:6.1f} s ({x.state_reads} GET /state), CPU hub {x.hub_cpu:.1f} s, "
                           f"synapse {x.synapse_cpu:.1f} s, load {x.load}")
             await moderator.stop()
@@ -235,7 +239,8 @@ async def run(args: argparse.Namespace) -> None:
         name = "before" if code != HERE else "after"
         print(f"  {name:6}: first sync {min(x.first_sync_bytes for x in mine):,}-"
               f"{max(x.first_sync_bytes for x in mine):,} B; ready {[round(x.ready_s, 2) for x in mine]} s; "
-              f"ping {[round(x.ping_s, 2) for x in mine]} s; "
+              f"ping {[round(x.ping_s, 2) for x in mine]} s "
+              f"(hub CPU {[round(x.hub_cpu_at_ping, 1) for x in mine]} s); "
               f"room check done {[round(x.check_s, 1) for x in mine]} s")
 
 
