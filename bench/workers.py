@@ -40,7 +40,7 @@ from _common import (
     stop_sink,
     synapse_at,
 )
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from hub.clock import SystemClock
 from hub.config import Settings, load_settings
@@ -155,6 +155,14 @@ async def sent(db: Database, week: int) -> int:
             & (T.c.channel == "email")))).scalar() or 0)
 
 
+async def pg_backends(db: Database) -> dict[int, float]:
+    """CPU so far of each PostgreSQL backend serving this database (all processes' connections)."""
+    async with db.session() as s:
+        pids = (await s.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+                ).scalars().all()
+    return {int(pid): cpu_seconds(int(pid)) for pid in pids}
+
+
 async def all_sent(db: Database, week: int, n: int) -> None:
     while True:
         if await sent(db, week) >= n:
@@ -209,6 +217,7 @@ async def run(args: argparse.Namespace) -> None:
                     cpu0 = {name: p.cpu() for name, p in procs.items()}
                     cpu0["sink"], cpu0["synapse"] = cpu_seconds(sink.pid), cpu_seconds(synapse_pid)
                     cpu0["bench (fan-out)"] = time.process_time()
+                    pg0 = await pg_backends(db)
                     began = time.perf_counter()
                     queued = await fan_out(db, settings, k + 1)
                     fanned = time.perf_counter() - began
@@ -219,6 +228,9 @@ async def run(args: argparse.Namespace) -> None:
                     cpu["sink"] = cpu_seconds(sink.pid) - cpu0["sink"]
                     cpu["synapse"] = cpu_seconds(synapse_pid) - cpu0["synapse"]
                     cpu["bench (fan-out)"] = time.process_time() - cpu0["bench (fan-out)"]
+                    # Backends that ended during the round are not counted (the pools keep theirs).
+                    pg1 = await pg_backends(db)
+                    cpu["postgresql"] = sum(c - pg0.get(pid, 0.0) for pid, c in pg1.items())
                     rounds.append(Round(k, fanned, total, cpu, os.getloadavg()))
                     print(f"hub + {k} workers: {total:.2f} s ({n / total:.0f}/s), fan-out {fanned:.2f} s; "
                           f"CPU {', '.join(f'{a} {b:.1f} s' for a, b in cpu.items())}; "
@@ -237,11 +249,16 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nworkers: {n}-recipient digest ({kib} per message), "
           f"PostgreSQL outbox, {args.connections} SMTP connections per process, sink in its own process; "
           f"{os.cpu_count()} CPUs")
-    print(f"  raw aiosmtplib, pre-built, {args.connections} connections: {raw[0]:.2f} s  {n / raw[0]:5.0f}/s")
+    print(f"  raw aiosmtplib, pre-built, {args.connections} connections: {raw[0]:.2f} s  "
+          f"{n / raw[0]:5.0f}/s; CPU per email {1000 * raw[1] / n:.2f} ms")
     for r in rounds:
         who = f"hub run + {r.workers} worker{'s' if r.workers != 1 else ''}"
+        senders = sum(c for name, c in r.cpu.items() if name.startswith(("hub", "worker")))
+        ratio = r.total / raw[0]
         print(f"  {who}: {r.total:6.2f} s  {n / r.total:5.0f}/s  "
-              f"(fan-out {r.fan_out:.2f} s; load after {r.load[0]:.2f})  ratio to raw {r.total / raw[0]:.2f}")
+              f"(fan-out {r.fan_out:.2f} s; load after {r.load[0]:.2f})  ratio to raw {ratio:.2f}; "
+              f"CPU per email: senders {1000 * senders / n:.2f} ms, sink {1000 * r.cpu['sink'] / n:.2f} ms, "
+              f"PostgreSQL {1000 * r.cpu['postgresql'] / n:.2f} ms")
     print(f"  sink received {received} (expected {(len(rounds) + 1) * n})")
 
 
