@@ -11,7 +11,7 @@ as sent; each process's CPU is read from /proc over the round. The raw side, in 
 aiosmtplib `sendmail` of the same 20,000 messages (rendered and built beforehand, not timed)
 over the same number of connections as one hub process, from this process.
 
-Run: `python bench/workers.py [--recipients 20000] [--workers 2] [--database-url URL]`.
+Run: `python bench/workers.py [--recipients 20000] [--rounds 0,1,2] [--database-url URL]`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from sqlalchemy import func, insert, select, text
 from hub.clock import SystemClock
 from hub.config import Settings, load_settings
 from hub.core.calendar import CalendarItem, ItemKind
+from hub.core.tokens import new_handle
 from hub.delivery.outbox import Outbox
 from hub.devserver import free_port
 from hub.features.cohort_setup import create_cohort
@@ -53,7 +54,7 @@ from hub.features.digest_mail import DigestMail
 from hub.features.program import ProgramService
 from hub.features.room_queue import load_env
 from hub.storage.db import Database, open_database
-from hub.storage.models import member_table
+from hub.storage.models import member_table, subscriber_table
 from hub.storage.models import outbox_table as T
 
 __all__ = ["main"]
@@ -127,6 +128,12 @@ async def populate(db: Database, settings: Settings, n: int) -> None:
         cohort = await create_cohort(s, env, slug=SLUG, name="Big Cohort", timezone="Europe/Berlin",
                                      start=date.today() + timedelta(days=60), weeks=12, source="command")
         now = clock.now().timestamp()
+        # Their unsubscribe handles too, as after their first digest: every round then fans out
+        # the steady weekly way (the first digest also makes 20,000 handles, timed by no round).
+        for i in range(0, n, 5000):
+            await s.execute(insert(subscriber_table), [
+                {"handle": new_handle(), "person": f"mailto:p{j}@example.org", "created_at": now}
+                for j in range(i, min(n, i + 5000))])
         for i in range(0, n, 5000):
             await s.execute(insert(member_table), [
                 {"cohort_id": cohort.id, "role": "mentee" if j % 2 else "mentor", "name": f"Person {j}",
@@ -208,9 +215,9 @@ async def run(args: argparse.Namespace) -> None:
                 hub = Proc(["run", "-c", str(config)], env, base / "hub.log", "hub ready as")
                 await hub.wait_ready()
                 synapse_pid = synapse.pid
-                for k in range(args.workers + 1):
+                for week, k in enumerate(args.rounds, start=1):
                     workers = [Proc(["worker", "-c", str(config)], {**env, "HUB_MATRIX_PASSWORD": ""},
-                                    base / f"worker{k}-{i}.log", "worker ready") for i in range(k)]
+                                    base / f"worker{week}-{i}.log", "worker ready") for i in range(k)]
                     for w in workers:
                         await w.wait_ready()
                     procs = {"hub run": hub, **{f"worker {i + 1}": w for i, w in enumerate(workers)}}
@@ -219,10 +226,10 @@ async def run(args: argparse.Namespace) -> None:
                     cpu0["bench (fan-out)"] = time.process_time()
                     pg0 = await pg_backends(db)
                     began = time.perf_counter()
-                    queued = await fan_out(db, settings, k + 1)
+                    queued = await fan_out(db, settings, week)
                     fanned = time.perf_counter() - began
                     assert queued == n, queued
-                    await all_sent(db, k + 1, n)
+                    await all_sent(db, week, n)
                     total = time.perf_counter() - began
                     cpu = {name: p.cpu() - cpu0[name] for name, p in procs.items()}
                     cpu["sink"] = cpu_seconds(sink.pid) - cpu0["sink"]
@@ -265,7 +272,8 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--recipients", type=int, default=20000)
-    parser.add_argument("--workers", type=int, default=2, help="rounds with 0..N workers beside hub run")
+    parser.add_argument("--rounds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2],
+                        help="workers beside hub run in each round, in order (default 0,1,2)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--database-url", default=os.environ.get("HUB_TEST_DATABASE_URL"),
                         help="a PostgreSQL server (workers need it); default $HUB_TEST_DATABASE_URL")
