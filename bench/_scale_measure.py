@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,9 @@ async def _all_sent(db: Database, prefix: str, began: float, timeout: float) -> 
 
 
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "50", "--format", "speedscope",
+    # py-spy comes with the venv (pip install py-spy), not necessarily on PATH.
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "50", "--format", "speedscope",
                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
