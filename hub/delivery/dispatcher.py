@@ -65,6 +65,12 @@ class Claimed:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    priority: int = 0  # hub.core.ports.Priority
+
+
+def _claimed(r: Any) -> Claimed:
+    """A claim's row (`_COLUMNS`, in order) as a `Claimed`."""
+    return Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8])
 
 
 class Sender(Protocol):
@@ -83,7 +89,7 @@ def backoff_seconds(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> 
 
 
 # `status = 'queued'` alone (expired leases are requeued separately), so the scan
-# walks the (status, seq) index in seq order instead of the whole table and its
+# walks the (status, priority, seq) index in that order instead of the whole table and its
 # history of sent rows, and stops at the limit; the NOT EXISTS probe is two
 # lookups in (status, lane, seq). `{extra}` is the SQLite claim's exclusion of
 # rows it already holds in memory.
@@ -97,7 +103,7 @@ WHERE o.status = 'queued'
     SELECT 1 FROM outbox p
     WHERE p.lane = o.lane AND p.seq < o.seq AND p.status IN ('queued', 'sending')
   )
-ORDER BY o.seq
+ORDER BY o.priority, o.seq
 LIMIT :limit
 """
 
@@ -110,7 +116,7 @@ LIMIT :limit
 # on a pooled one.
 _PG_PLAN = ("enable_bitmapscan", "enable_sort")
 
-_COLUMNS = "seq, txn_id, channel, kind, lane, payload, attempts, created_at"
+_COLUMNS = "seq, txn_id, channel, kind, lane, payload, attempts, created_at, priority"
 _COLUMNS_O = ", ".join(f"o.{c}" for c in _COLUMNS.split(", "))
 
 _SENT = (
@@ -381,10 +387,8 @@ class Dispatcher:
                 for setting in _PG_PLAN:
                     await s.execute(text(f"SET LOCAL {setting} = off"))
                 rows = list((await s.execute(text(sql), params)).all())
-        rows = sorted(rows, key=lambda r: r[0])
-        return [
-            Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows
-        ]
+        # RETURNING comes in no particular order; the batch is started in the claim's order.
+        return [_claimed(r) for r in sorted(rows, key=lambda r: (r[8], r[0]))]
 
     async def _claim_in_memory(self, names: str, params: dict[str, Any]) -> list[Claimed]:
         """SQLite: one process, so the claim lives in memory and the rows stay `queued`.
@@ -406,7 +410,7 @@ class Dispatcher:
         async with self._commit_lock, self.db.engine.connect() as conn:
             params["claimed"] = json.dumps(sorted(self._claimed))
             rows = (await conn.execute(text(sql), params)).all()
-        out = [Claimed(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+        out = [_claimed(r) for r in rows]
         self._claimed.update(r.seq for r in out)
         return out
 

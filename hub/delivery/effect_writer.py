@@ -95,7 +95,7 @@ class EffectWriter:
     async def write(self, s: AsyncSession, out: Outgoing, *, not_before: float | None = None) -> bool:
         """Queue one effect; False if its dedupe key was queued before."""
         inserted = await self.outbox.insert_new(s, [self.row(out, not_before=not_before)])
-        self.outbox.notify()
+        self.outbox.notify_after_commit(s)
         return bool(inserted)
 
     async def write_all(self, s: AsyncSession, outs: Iterable[Outgoing]) -> int:
@@ -104,12 +104,12 @@ class EffectWriter:
         if not rows:
             return 0
         await self.outbox.insert_new(s, rows)
-        self.outbox.notify()
+        self.outbox.notify_after_commit(s)
         return len(rows)
 
     async def write_email(self, s: AsyncSession, payload: EmailPayload | Mapping[str, Any], *, kind: str,
                           dedupe_key: str, not_before: float | None = None) -> bool:
         inserted = await self.outbox.insert_new(
             s, [self.email_row(payload, kind=kind, dedupe_key=dedupe_key, not_before=not_before)])
-        self.outbox.notify()
+        self.outbox.notify_after_commit(s)
         return bool(inserted)

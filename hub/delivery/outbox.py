@@ -16,22 +16,25 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.clock import Clock
+from hub.core.ports import Priority
 from hub.storage.db import Database
 from hub.storage.models import OutboxRow, outbox_table
 
-__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "UNSENT", "Outbox", "OutboxStats", "OutboxStatus"]
+__all__ = ["EMAIL", "MATRIX", "SENT_PAYLOAD_DAYS", "UNSENT", "Outbox", "OutboxStats", "OutboxStatus",
+           "Priority"]
 
 T = outbox_table
 _INSERT_CHUNK = 5000  # rows per executemany in `insert_new`
 SENT_PAYLOAD_DAYS = 30  # how long a sent row keeps its payload (`Outbox.compact`)
 _COMPACT_BATCH = 500  # rows per transaction in `compact`: SQLite's write lock stays short
 _EMPTY_PAYLOAD = "{}"
+_WAKE_PENDING = "hub.outbox.wake_after_commit"  # Session.info: a commit hook is registered
 MATRIX = "matrix"
 EMAIL = "email"
 
@@ -71,9 +74,32 @@ class Outbox:
         for listener in self._listeners:
             listener()
 
+    def notify_after_commit(self, session: AsyncSession) -> None:
+        """Wake the listeners once `session`'s transaction has committed (not at all on rollback).
+
+        Waking before the commit was the 1 s stall on replies: the dispatcher looked, found
+        nothing (the row was not committed yet), and slept its poll interval. One hook per
+        transaction, however many rows it queues.
+        """
+        sync = session.sync_session
+        if sync.info.get(_WAKE_PENDING):
+            return
+        sync.info[_WAKE_PENDING] = True
+
+        def committed(_session: Any) -> None:
+            sync.info.pop(_WAKE_PENDING, None)
+            self.notify()
+
+        def rolled_back(_session: Any, _previous: Any) -> None:
+            # The hook stays registered for the session's next transaction, if any.
+            sync.info.pop(_WAKE_PENDING, None)
+
+        event.listen(sync, "after_commit", committed, once=True)
+        event.listen(sync, "after_soft_rollback", rolled_back, once=True)
+
     def row(
         self, *, channel: str, kind: str, lane: str, payload: dict[str, Any], dedupe_key: str,
-        not_before: float | None = None,
+        not_before: float | None = None, priority: Priority = Priority.INTERACTIVE,
     ) -> dict[str, Any]:
         """The column values of one new row (a fresh transaction id, queued now)."""
         now = self.clock.now().timestamp()
@@ -88,6 +114,7 @@ class Outbox:
             attempts=0,
             not_before=now if not_before is None else not_before,
             created_at=now,
+            priority=int(priority),
         )
 
     @staticmethod
@@ -117,19 +144,23 @@ class Outbox:
         payload: dict[str, Any],
         dedupe_key: str,
         not_before: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> bool:
         """Queue one row in the caller's transaction; False if `dedupe_key` was queued before."""
         row = self.row(channel=channel, kind=kind, lane=lane, payload=payload, dedupe_key=dedupe_key,
-                       not_before=not_before)
+                       not_before=not_before, priority=priority)
         inserted = await self.insert_new(session, [row])
-        # Wake after commit would be ideal; waking early only makes the dispatcher look once more.
-        self.notify()
+        self.notify_after_commit(session)
         return bool(inserted)
 
     async def enqueue_many(
-        self, session: AsyncSession, rows: list[dict[str, Any]]
+        self, session: AsyncSession, rows: list[dict[str, Any]], *, priority: Priority = Priority.BULK,
     ) -> int:
-        """Bulk enqueue (fan-out); rows whose dedupe_key exists are skipped. Returns how many were new."""
+        """Fan-out enqueue, `priority` BULK unless told; rows whose dedupe_key exists are skipped.
+
+        Returns how many were new. A few rows someone waits for (the backup plan after
+        `!hub dropped`) pass `Priority.INTERACTIVE`.
+        """
         if not rows:
             return 0
         keys = [r["dedupe_key"] for r in rows]
@@ -140,13 +171,13 @@ class Outbox:
         )
         fresh = [
             self.row(channel=r["channel"], kind=r["kind"], lane=r["lane"], payload=r["payload"],
-                     dedupe_key=r["dedupe_key"], not_before=r.get("not_before"))
+                     dedupe_key=r["dedupe_key"], not_before=r.get("not_before"), priority=priority)
             for r in rows
             if r["dedupe_key"] not in existing
         ]
         if fresh:
             await session.execute(insert(OutboxRow), fresh)
-        self.notify()
+            self.notify_after_commit(session)
         return len(fresh)
 
     async def stats(self) -> OutboxStats:

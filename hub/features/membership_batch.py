@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.core.cohorts import Who
 from hub.core.membership import OPEN_PAIR, MembershipState, MemberStatus
 from hub.core.membership_store import MembershipRow
+from hub.core.ports import Priority
 from hub.features.room_queue import Env
 from hub.storage.membership_store import SqlMembershipStore
 from hub.storage.models import (
@@ -221,8 +222,11 @@ class Batch:
         rows, self._outbox = self._outbox, []
         if not rows:
             return 0
+        for row in rows:
+            # A roster's provisioning is a fan-out: replies to commands go ahead of it.
+            row["priority"] = Priority.BULK
         await env.outbox.insert_new(s, rows)
-        env.outbox.notify()
+        env.outbox.notify_after_commit(s)
         return len(rows)
 
 

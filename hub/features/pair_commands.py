@@ -20,6 +20,7 @@ from hub.core.commands import Arg, CommandContext, CommandRegistry, Reply, RoomK
 from hub.core.effects import Email, Outgoing, PinPlan, RoomMessage
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.core.messages import Mention
+from hub.core.ports import Priority
 from hub.delivery.effect_writer import enqueue, row_spec
 from hub.errors import ArgumentError, CommandError
 from hub.features.participants import (
@@ -186,7 +187,8 @@ async def dropped(ctx: CommandContext[PairPorts]) -> Reply:
                      to_name=display_name(member.name, member.matrix_id, member.email),
                      headers={**email_headers(settings, view.cohort), **reply_to})
         rows.append(row_spec(Outgoing(mail, "plan-dropped", f"dropped:{ctx.event_id}:{member.id}")))
-    await ports.outbox.enqueue_many(s, rows)
+    # Two people are waiting for the plan right now: ahead of any fan-out in progress.
+    await ports.outbox.enqueue_many(s, rows, priority=Priority.INTERACTIVE)
     if len(rows) == 2:
         note = "_Also emailed to you both, in case the chat is what's down._"
     elif rows:

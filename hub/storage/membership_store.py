@@ -33,7 +33,7 @@ class RowSink(Protocol):
     @staticmethod
     async def insert_new(session: AsyncSession, rows: list[dict[str, Any]]) -> int: ...
 
-    def notify(self) -> None: ...
+    def notify_after_commit(self, session: AsyncSession) -> None: ...
 
 
 class SqlMembershipStore:
@@ -97,8 +97,7 @@ class SqlMembershipStore:
 
     async def queue(self, tx: AsyncSession, row: dict[str, Any]) -> bool:
         inserted = await self.sink.insert_new(tx, [row])
-        # Wake after commit would be ideal; waking early only makes the dispatcher look once more.
-        self.sink.notify()
+        self.sink.notify_after_commit(tx)
         return bool(inserted)
 
     async def replace_queued(self, tx: AsyncSession, dedupe_key: str, payload: dict[str, Any]) -> bool:

@@ -95,8 +95,9 @@ class OutboxRow(SQLModel, table=True):
     """
 
     __tablename__ = "outbox"
-    # (status, seq), not (status): the claim walks queued rows in seq order (migration 0007).
-    __table_args__ = (Index("ix_outbox_status_seq", "status", "seq"),)
+    # (status, priority, seq), not (status): the claim walks queued rows in priority, then
+    # seq order (migrations 0007, 0013).
+    __table_args__ = (Index("ix_outbox_status_priority_seq", "status", "priority", "seq"),)
     seq: int | None = Field(default=None, primary_key=True)
     txn_id: str = Field(unique=True, max_length=64)
     dedupe_key: str = Field(unique=True, max_length=400)
@@ -115,6 +116,8 @@ class OutboxRow(SQLModel, table=True):
     sent_at: float | None = None
     last_error: str | None = None
     result: str | None = Field(default=None, max_length=255)  # event id, SMTP reply
+    # hub.core.ports.Priority: 0 answers someone waits for, 1 fan-outs (claimed after).
+    priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class AuditEntry(SQLModel, table=True):

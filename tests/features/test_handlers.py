@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.clock import FakeClock
 from hub.core.commands import CommandContext, RoomKind
+from hub.core.ports import Priority
 from hub.errors import ArgumentError, CommandError
 from hub.features.basics import audit, ping
 from hub.features.email_commands import unsuppress
@@ -44,7 +45,8 @@ class RecordingOutbox:
                           "dedupe_key": dedupe_key})
         return True
 
-    async def enqueue_many(self, session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+    async def enqueue_many(self, session: AsyncSession, rows: list[dict[str, Any]], *,
+                           priority: Priority = Priority.BULK) -> int:
         self.rows.extend(rows)
         return len(rows)
 
