@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import cpu_seconds
-from _scale_build import devices, grow, register_accounts, unsent
+from _scale_build import IGNORED, devices, grow, pending_invites, register_accounts, unsent
 from _scale_env import (
     SLUG,
     HubProcess,
@@ -133,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["build"] = build
                 result["e2ee_devices"] = sum(1 for u in state.e2ee.values() if u.get("keys"))
                 await quiet(db)
+                result["invites_pending_start"] = await pending_invites(db)
                 mods_room = await mod.room(MODS)
                 # -- restarts ------------------------------------------------------------
                 result["restarts"] = []
@@ -182,6 +183,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["digest"] = await digest(db, mod, mods_room, SLUG)
                 status_line(f"digest: {result['digest']}")
                 result["hub_hwm_mb"] = round(rss_mb(hub.pid)[1], 1)
+                result["invites_pending_end"] = await pending_invites(db)
             finally:
                 await hub.stop()
                 await db.close()
@@ -202,6 +204,8 @@ def summary(r: dict[str, Any]) -> str:
         f"scale: {r['people']} people, {r['rooms']} pair rooms, {r['e2ee_devices']} with E2EE devices, "
         f"{r['backend']}; commit {r['commit']}",
         f"  build this run: {r.get('build')}",
+        f"  space/lounge invites still pending (sent in the background): {r['invites_pending_start']} at the "
+        f"start of the measurements, {r['invites_pending_end']} at the end",
         f"  restart -> ping answered: {[x['ping_s'] for x in rs]} s (target < 30 s); -> ready "
         f"{[x['ready_s'] for x in rs]} s; -> reconciled {[x['reconciled_s'] for x in rs]} s",
         f"  idle: RSS {r['idle']['rss_mb']} MB (target < 400), hub CPU {r['idle']['hub_cpu_pct']} % "
@@ -236,10 +240,15 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--idle", type=int, default=60, help="seconds of idle CPU measured")
     parser.add_argument("--pings", type=int, default=100, help="pings to each hub")
+    parser.add_argument("--background-invites", action="store_true",
+                        help="do not wait for the space's and lounge's invites of everyone (one slow row "
+                             "each); they go on during the measurements, which say how many were pending")
     parser.add_argument("--profile", action="store_true", help="py-spy the hub during the icebreaker")
     args = parser.parse_args()
     if args.people < 2 * args.rooms:
         parser.error("--people must be at least 2 x --rooms")
+    if args.background_invites:
+        IGNORED.add("room-invite")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result = asyncio.run(run(args))
