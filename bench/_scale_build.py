@@ -79,9 +79,13 @@ IGNORED: set[str] = set()  # outbox kinds not waited for (--background-invites: 
 
 
 async def unsent(db: Database) -> int:
-    cond = outbox_table.c.status.in_(("queued", "sending"))
+    waiting = ("queued", "sending")
+    cond: Any = outbox_table.c.status.in_(waiting)
     if IGNORED:
-        cond = cond & outbox_table.c.kind.not_in(sorted(IGNORED))
+        # Nor the rows queued behind them in their lane (a lounge post waits for the lounge's invites).
+        held = select(outbox_table.c.lane).where(outbox_table.c.kind.in_(sorted(IGNORED))
+                                                 & outbox_table.c.status.in_(waiting))
+        cond = cond & outbox_table.c.kind.not_in(sorted(IGNORED)) & outbox_table.c.lane.not_in(held)
     async with db.session() as s:
         return int((await s.execute(select(func.count()).select_from(outbox_table).where(cond))).scalar_one())
 

@@ -85,18 +85,21 @@ async def pings(mod: Moderator, rooms: dict[str, str], n: int) -> dict[str, dict
             for name, v in trips.items()}
 
 
-async def _rows(db: Database, prefix: str) -> tuple[int, int]:
+async def _rows(db: Database, prefix: str, channel: str | None = None) -> tuple[int, int]:
+    cond: Any = T.c.dedupe_key.like(f"{prefix}%")
+    if channel is not None:
+        cond = cond & (T.c.channel == channel)
     async with db.session() as s:
-        found = (await s.execute(select(T.c.status, func.count()).where(T.c.dedupe_key.like(f"{prefix}%"))
-                                 .group_by(T.c.status))).all()
+        found = (await s.execute(select(T.c.status, func.count()).where(cond).group_by(T.c.status))).all()
     counts = {str(k): int(v) for k, v in found}
     return sum(counts.values()), counts.get("sent", 0)
 
 
-async def _all_sent(db: Database, prefix: str, began: float, timeout: float) -> tuple[float, int]:
+async def _all_sent(db: Database, prefix: str, began: float, timeout: float,
+                    channel: str | None = None) -> tuple[float, int]:
     deadline = time.monotonic() + timeout
     while True:
-        total, sent = await _rows(db, prefix)
+        total, sent = await _rows(db, prefix, channel)
         if total and sent == total:
             return time.monotonic() - began, total
         if time.monotonic() > deadline:
@@ -112,7 +115,7 @@ def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 async def icebreaker(hub: HubProcess, db: Database, mod: Moderator, room: str, slug: str, *,
-                     profile: Path | None) -> dict[str, Any]:
+                     profile: Path | None, pairs_only: bool = False) -> dict[str, Any]:
     """`!hub send icebreaker SLUG`: seconds until every row is sent, the moderator's reply, and a
     `!hub ping` sent one second into the fan-out (does an interactive reply wait behind it?)."""
     spy = _spy(hub.pid, profile) if profile else None
@@ -131,7 +134,8 @@ async def icebreaker(hub: HubProcess, db: Database, mod: Moderator, room: str, s
         return time.monotonic() - sent
 
     replied, pinged = asyncio.create_task(reply()), asyncio.create_task(ping_during())
-    prefix = f"icebreaker:{slug}:send:{event}:"
+    # Pair rooms only, when the lounge's lane is held by its invites (--background-invites).
+    prefix = f"icebreaker:{slug}:send:{event}:" + ("pair:" if pairs_only else "")
     await _all_sent(db, prefix, began, 3600)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
@@ -145,7 +149,7 @@ async def icebreaker(hub: HubProcess, db: Database, mod: Moderator, room: str, s
 
 
 async def raw_icebreaker(homeserver: str, state: State, db: Database, event: str,
-                         concurrency: int = 16) -> dict[str, Any]:
+                         concurrency: int = 16, pairs_only: bool = False) -> dict[str, Any]:
     """The same events to the same rooms with plain nio `room_send`, from the hub's own device (its
     token, device id and crypto store; the hub is stopped meanwhile), 16 in flight as the
     dispatcher. Untimed first: the initial sync and the key query the hub also does at start."""
@@ -153,7 +157,7 @@ async def raw_icebreaker(homeserver: str, state: State, db: Database, event: str
     assert token and device
     async with db.session() as s:
         payloads = [json.loads(p) for p in (await s.execute(select(T.c.payload).where(
-            T.c.dedupe_key.like(f"icebreaker:%:send:{event}:%")))).scalars()]
+            T.c.dedupe_key.like(f"icebreaker:%:send:{event}:{'pair:' if pairs_only else ''}%")))).scalars()]
         ids = dict((await s.execute(select(hub_room_table.c.key, hub_room_table.c.room_id))).all())
     sends = [(p.get("room_id") or ids[p["room_key"]], p["type"], p["content"]) for p in payloads]
     user = state.accounts["bot"]["user_id"]
@@ -218,7 +222,7 @@ async def digest(db: Database, mod: Moderator, room: str, slug: str) -> dict[str
     if week is None or "already" in said:
         return {"reply_s": round(replied, 2), "emails": 0, "reply": said[:200]}
     prefix = f"digest:{slug}:w{week.group(1)}:"
-    await _all_sent(db, prefix, began, 3600)
+    await _all_sent(db, prefix, began, 3600, channel="email")
     asked = _asked_at(mod, room, event)
     emails, queued, sent = await _times(db, prefix, channel="email")
     return {"emails": emails, "queued_s": round(queued - asked, 2), "all_sent_s": round(sent - asked, 2),

@@ -121,6 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await hub.start()
                 result["first_start_ready_s"] = round(await hub.wait_for("hub ready", 1800), 2)
+                await hub.wait_for("reconciled", 1800)  # nothing is measured during the start's room check
                 if args.rooms > state.rooms:
                     build.update(await grow(synapse, state, hub, config, db, args.people, args.rooms))
                     status_line(f"provisioned: {build}")
@@ -167,12 +168,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # -- icebreaker, hub then raw nio -----------------------------------------------
                 result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
                                                         profile=folder / "icebreaker.speedscope.json"
-                                                        if args.profile else None)
+                                                        if args.profile else None,
+                                                        pairs_only=args.background_invites)
                 status_line(f"icebreaker through the hub: {result['icebreaker']}")
                 await quiet(db)
                 await hub.stop()
                 result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db,
-                                                                result["icebreaker"]["event"])
+                                                                result["icebreaker"]["event"],
+                                                                pairs_only=args.background_invites)
                 status_line(f"icebreaker, raw nio: {result['raw_icebreaker']}")
                 result["icebreaker_ratio"] = round(result["icebreaker"]["fanout_s"]
                                                    / result["raw_icebreaker"]["send_s"], 2)
