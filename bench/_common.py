@@ -30,6 +30,8 @@ from hub.email.message import BuiltMessage, build_message
 from hub.email.payload import EmailPayload
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender
+from hub.features.digest_mail import TEMPLATE as DIGEST
+from hub.features.digest_mail import DigestMail
 from hub.service import Hub
 from hub.storage.db import Database, open_database
 from hub.storage.models import outbox_table as T
@@ -131,7 +133,8 @@ async def raw_smtp(port: int, messages: Sequence[BuiltMessage], connections: int
 
 @dataclass
 class EmailRig:
-    """The hub's email path as `hub run` wires it: outbox, dispatcher, `EmailSender`, `SmtpPool`."""
+    """The hub's email path as `hub run` wires it: outbox, dispatcher, `EmailSender` (with the digest's
+    template, rendered when sent), `SmtpPool`."""
 
     db: Database
     outbox: Outbox
@@ -147,7 +150,8 @@ class EmailRig:
         settings = EmailSettings(enabled=True, sender=FROM, smtp_host="127.0.0.1", smtp_port=port,
                                  security="none", connections=connections)
         pool = SmtpPool(settings, clock)
-        dispatcher = Dispatcher(db, outbox, clock, {EMAIL: EmailSender(db, pool, clock, from_header=FROM)})
+        sender = EmailSender(db, pool, clock, from_header=FROM, templates={DIGEST: DigestMail(db)})
+        dispatcher = Dispatcher(db, outbox, clock, {EMAIL: sender})
         await dispatcher.open()
         return cls(db, outbox, pool, dispatcher)
 

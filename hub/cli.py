@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--new-session", action="store_true",
                      help="forget the saved Matrix session and log in again with the password")
 
+    worker = sub.add_parser("worker", help="an extra email worker beside `hub run`, on this machine or "
+                                           "another (PostgreSQL only): renders and sends outbox email")
+    _config_option(worker)
+
     check = sub.add_parser("check", help="validate config and content; test the homeserver and SMTP")
     _config_option(check)
     check.add_argument("--offline", action="store_true", help="do not contact the homeserver or SMTP")
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "worker":
+            return _worker(args)
         if args.command == "check":
             return asyncio.run(_check(args))
         if args.command == "roster" and args.roster_command == "import":
@@ -156,6 +162,33 @@ def _run(args: argparse.Namespace) -> int:
             await MatrixSession(settings.matrix, db, settings.hub.data_dir).forget()
             await db.close()
         await hub.run(stop)
+        log.info("stopped cleanly")
+
+    asyncio.run(go())
+    return 0
+
+
+# A worker never logs in to Matrix: the config `hub run` uses is fine without its Matrix secret.
+_WORKER_NEEDS_NOT = frozenset({"matrix.password", "matrix.access_token"})
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from hub.worker import Worker, check_worker_settings
+
+    path = resolve_config_path(args.config)
+    report = read_config(path)
+    if report.settings is None or not report.bad_keys <= _WORKER_NEEDS_NOT:
+        raise ConfigError(report.problems)
+    settings = report.settings
+    add_secrets(settings.secrets)
+    check_worker_settings(settings)  # before anything is opened: SQLite, email off
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(settings).run(stop)
         log.info("stopped cleanly")
 
     asyncio.run(go())

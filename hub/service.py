@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiosmtplib
 from nio import AsyncClient, MegolmEvent, SyncResponse
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.activity import ActivityRecorder
 from hub.clock import Clock, SystemClock
@@ -33,17 +30,15 @@ from hub.core.effects import (
     MatrixEffect,
     Outgoing,
     PinPlan,
-    RoomMessage,
 )
 from hub.core.limits import AlertAggregator
-from hub.core.tokens import AddressTokenSigner, bounce_address
+from hub.core.tokens import AddressTokenSigner
 from hub.delivery.dispatcher import Claimed, Dispatcher, Sender
 from hub.delivery.effect_writer import enqueue
 from hub.delivery.outbox import EMAIL, MATRIX, SENT_PAYLOAD_DAYS, Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.email.inbound import InboundHandler, InboundServer
 from hub.email.pool import SmtpPool
-from hub.email.sender import EmailSender, Rejected, Suppressed
 from hub.errors import DeliveryError, TemporaryDeliveryError
 from hub.features.answers import SqlAnswerStore
 from hub.features.basics import register_basics
@@ -64,6 +59,7 @@ from hub.features.rooms import RoomKeeper
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
+from hub.mailer import CONTROL_ROOM_KEY, DeliveryAlerts, email_sender, envelope_for, watch_smtp
 from hub.matrix.events import (
     IncomingMessage,
     answer_event,
@@ -143,13 +139,24 @@ class Hub:
         self.extra_senders: dict[str, Sender] = {}
         self.smtp_pool: SmtpPool | None = None
         self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
-        self.alerts = AlertAggregator(self.clock, window=3600.0)  # "failed for good": one an hour
-        self.control_room_failures = ControlRoomFailures()
+        # Failed rows and bounces, told to the moderators (hub.mailer, shared with `hub worker`).
+        self.delivery_alerts = DeliveryAlerts(self.clock, control_room=lambda: self.control_room_id,
+                                              command_prefix=lambda: self.settings.matrix.command_prefix)
+        self.control_room_failures: ControlRoomFailures = self.delivery_alerts.control_room_failures
         # Replies by email ([email.inbound]): the listener, the poster and the pair-room mailer.
         self.address_signer: AddressTokenSigner | None = None
         self.inbound: InboundServer | None = None
         self.reply_poster: ReplyPoster | None = None
         self.pair_mail: PairMailer | None = None
+
+    @property
+    def alerts(self) -> AlertAggregator:
+        """"Failed for good" alerts: one per kind and target an hour (a test shortens the hour)."""
+        return self.delivery_alerts.aggregator
+
+    @alerts.setter
+    def alerts(self, value: AlertAggregator) -> None:
+        self.delivery_alerts.aggregator = value
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class Hub:
         self.instance_lock = InstanceLock(self.db, clock=self.clock)
         await self.instance_lock.acquire()
         self.outbox = Outbox(self.db, self.clock)
+        self.delivery_alerts.outbox = self.outbox
         self.session = MatrixSession(s.matrix, self.db, s.hub.data_dir)
         # A homeserver that is down (or not up yet: one reboot restarting both) is waited
         # for, one log line per try; SIGTERM ends the wait (`run` cancels `start`). Real
@@ -198,14 +206,11 @@ class Hub:
         async with self.db.transaction() as tx:
             secret = await signing_secret(tx, s)
         inbound = s.email.inbound if s.email.enabled else None
-        envelope_for: Callable[[int], str] | None = None
         if inbound is not None:
             signer = self.address_signer = AddressTokenSigner(secret)
-            domain = inbound.domain
-            envelope_for = lambda seq: bounce_address(signer.bounce(seq), domain)  # noqa: E731
             self.program.reply_headers = lambda member, room: reply_headers(signer, inbound, member, room)
             self.reply_poster = ReplyPoster(self.db, self.outbox, self.clock, signer,
-                                            on_suppressed=self._alert_suppressed)
+                                            on_suppressed=self.delivery_alerts.suppressed)
             self.inbound = InboundServer(inbound, InboundHandler(
                 self.db, signer, inbound.domain, self.clock, max_bytes=inbound.max_size_kb * 1024,
                 on_stored=self.reply_poster.poke))
@@ -213,13 +218,11 @@ class Hub:
                                         signer=lambda: self.address_signer, own_user_id=s.matrix.user_id)
         if s.email.enabled:
             self.smtp_pool = SmtpPool(s.email, self.clock)
-            senders[EMAIL] = EmailSender(self.db, self.smtp_pool, self.clock,
-                                         from_header=s.email.sender,
-                                         on_suppressed=self._alert_suppressed,
-                                         envelope_for=envelope_for)
+            senders[EMAIL] = email_sender(s, self.db, self.smtp_pool, self.clock, alerts=self.delivery_alerts,
+                                          envelope=envelope_for(s, secret))
         senders.update(self.extra_senders)
         self.dispatcher = Dispatcher(self.db, self.outbox, self.clock, senders,
-                                     on_failed=self._report_failure)
+                                     on_failed=self.delivery_alerts.report_failure)
         released = await self.dispatcher.open()
         if released:
             log.info("requeued %d rows left in flight by the previous run", released)
@@ -258,12 +261,13 @@ class Hub:
         # The SMTP greeting first: it borrows the pool's connections before the dispatcher
         # can take one, so mail at start waits for its outcome (SmtpPool.greet).
         if self.smtp_pool is not None:
-            self._tasks.append(asyncio.create_task(self._watch_smtp(self.smtp_pool), name="smtp-health"))
+            self._tasks.append(asyncio.create_task(watch_smtp(self.smtp_pool, self.clock),
+                                                   name="smtp-health"))
         self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._after_first_sync(), name="setup"))
         self._tasks.append(asyncio.create_task(self._compact_outbox(), name="outbox-compaction"))
-        self._tasks.append(asyncio.create_task(self._summarise_alerts(), name="alert-summaries"))
+        self._tasks.append(asyncio.create_task(self.delivery_alerts.summarise(), name="alert-summaries"))
         if self.reply_poster is not None:
             self._tasks.append(asyncio.create_task(self.reply_poster.run(), name="email-replies"))
         if self.pair_mail is not None:
@@ -294,7 +298,7 @@ class Hub:
         await self.sync.first_done.wait()
         # The one Matrix write that does not go through the outbox (issue 15), on purpose:
         # * everything else needs the room id first: the command runner tells moderators'
-        #   commands by it, `_alert` addresses alerts to it, and `_report_failure` tells an
+        #   commands by it, alerts are addressed to it, and `DeliveryAlerts.report_failure` tells an
         #   alert's own failure by its lane; a Join/CreateRoom row only gives the id once
         #   the dispatcher has sent it, so the start would wait on a row's result anyway,
         #   and a row being retried (a 429, a server down) would hold it with no error;
@@ -308,6 +312,9 @@ class Hub:
         # It runs once per start (a lookup, and a join or create only the first time), so the
         # outbox's rate-limit pause and retries buy little here.
         self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
+        # For `hub worker`s' alerts: they never look anything up on the homeserver.
+        assert self.db is not None
+        await self.db.set_state(CONTROL_ROOM_KEY, self.control_room_id)
         await self._check_control_room_owner()
         if self.rooms is not None:
             await self.rooms.start()
@@ -528,6 +535,12 @@ class Hub:
             log.warning("could not read the control room's creator: %s", e)
             snapshot = None
         self.control_room_owned = snapshot is not None and snapshot.owned_by(self.rooms.provision.user_id)
+        if snapshot is not None:
+            # The sync resumes without full state (hub.matrix.sync), so it shows the control
+            # room's power levels and creators only when they change: `is_moderator` reads them
+            # from nio's room, taught here from the state just read.
+            self.creators[self.control_room_id] = snapshot.creators
+            self.rooms.provision.feed(self.control_room_id, snapshot.events)
         if not self.control_room_owned:
             log.warning("the control room %s was not created by the hub: only matrix.moderators "
                         "count as moderators, whatever their power there", self.settings.matrix.control_room)
@@ -560,53 +573,6 @@ class Hub:
         kind = await self.rooms.kind_of(room_id) if self.rooms is not None else None
         return kind or RoomKind.OTHER
 
-    async def _report_failure(self, row: Claimed, reason: str) -> None:
-        """Nothing is dropped silently: a row that failed for good is reported to moderators.
-
-        At most one alert per kind and room an hour (`alerts`): a flood of failures
-        to one place is one alert and a count, not a flood in the control room.
-        """
-        if row.kind == "alert" or (self.control_room_id and row.lane == self.control_room_id):
-            # An alert about the control room would fail the same way: the log and
-            # /healthz (control_room) are where this one is seen.
-            self.control_room_failures.record(self.clock.monotonic())
-            log.error("a %s to the control room failed for good and no moderator was told: %s",
-                      row.kind, reason)
-            return
-        if self.outbox is None or self.db is None or not self.control_room_id:
-            return
-        send, held = self.alerts.admit((row.kind, row.lane))
-        if not send:
-            log.warning("delivery failed for good (%s, %s, to %s): %s; reported in the next "
-                        "summary alert", row.channel, row.kind, row.lane, reason)
-            return
-        more = f" (And {held} more like it before this one.)" if held else ""
-        await self._alert(f"Delivery failed for good ({row.channel}, {row.kind}, to {row.lane}): "
-                          f"{reason}. Nothing will retry it; check the target and resend if needed."
-                          f"{more}", f"alert:failed:{row.txn_id}")
-
-    async def _alert(self, text: str, dedupe_key: str) -> None:
-        assert self.outbox is not None and self.db is not None and self.control_room_id
-        alert = Outgoing(RoomMessage.notice(text, room_id=self.control_room_id), "alert", dedupe_key)
-        async with self.db.transaction() as s:
-            await enqueue(self.outbox, s, alert)
-
-    async def _summarise_alerts(self, every: float = 5.0) -> None:
-        """When an hour's alert window closes with failures held back, say how many."""
-        while True:
-            # Often, as it only looks at a small dict, so a test's short window works. On the
-            # hub's clock, like every wait (the demo's ShiftedClock sleeps in real time).
-            await self.clock.sleep(every)
-            for (kind, lane), n in self.alerts.due():
-                try:
-                    await self._alert(f"{n} more deliveries ({kind}, to {lane}) failed for good in "
-                                      "the hour after the last alert about them. Nothing will "
-                                      "retry them; check the target and resend if needed.",
-                                      f"alert:failed-more:{secrets.token_hex(8)}")
-                except (SQLAlchemyError, OSError) as e:
-                    log.error("could not queue the summary of %d failed %s to %s: %s", n, kind, lane, e)
-
-
     async def _compact_outbox(self, every: float = 6 * 3600.0) -> None:
         """Empty the payloads of long-sent outbox rows, at start and every few hours."""
         assert self.outbox is not None
@@ -621,51 +587,6 @@ class Hub:
                              emptied, SENT_PAYLOAD_DAYS)
             await self.clock.sleep(every)
 
-    async def _watch_smtp(self, pool: SmtpPool, every: float = 30.0) -> None:
-        """Greet the SMTP server at start, waiting for it with backoff while it does not answer
-        (mail is held meanwhile; Matrix does not wait for it); then keep /healthz's SMTP check
-        true to life while no mail is flowing."""
-        try:
-            await until_reachable(pool.greet, SystemClock(), on_wait=pool.hold)
-        except aiosmtplib.SMTPException as e:
-            # It answers but refuses the hub (a wrong password, say): the sends' own handling
-            # reports and retries that, so stop holding mail.
-            log.error("the SMTP server at %s refused the hub's session: %s; check the [email] "
-                      "settings. Mail stays queued and is retried.", pool.url, e)
-        except Exception:  # a health check must never stop the hub
-            log.exception("greeting the SMTP server crashed")
-        finally:
-            pool.release()
-        while True:
-            await self.clock.sleep(every)
-            try:
-                await pool.probe()
-            except Exception:  # a health check must never stop the hub
-                log.exception("SMTP health check crashed")
-
-    async def _alert_suppressed(self, session: AsyncSession, event: Suppressed | Rejected) -> None:
-        """Tell moderators an address bounced for good (in the suppression's transaction),
-        or that the server refused a message: once per message, not once per recipient."""
-        room = self.control_room_id
-        if self.outbox is None or not room:
-            # Suppressing without telling anyone would be a silent drop: wait for the room.
-            raise TemporaryDeliveryError("permanent SMTP failure seen; waiting for the control "
-                                         "room to report it", retry_after=5.0)
-        prefix = self.settings.matrix.command_prefix
-        if isinstance(event, Rejected):
-            text = (f"The mail server refused a {event.kind} (\"{event.subject[:120]}\"), first for "
-                    f"{event.address}: {event.reason}. That is about the message or the hub's "
-                    "sender (spam or policy filters, size), not the address, so nothing is "
-                    "suppressed; other recipients it is refused for the same way are not reported "
-                    "again. Check the hub's sending domain (SPF, DKIM) and the message's content.")
-            key = f"alert:rejected:{event.group}"
-        else:
-            text = (f"Email to {event.address} bounced permanently ({event.reason}). "
-                    f"The address is suppressed: the hub sends it no more mail "
-                    f"(this one was a {event.kind}). Ask the person for a working address; "
-                    f"`{prefix} email unsuppress {event.address}` lifts it.")
-            key = f"alert:suppressed:{event.txn_id}"
-        await enqueue(self.outbox, session, Outgoing(RoomMessage.notice(text, room_id=room), "alert", key))
 
 
 async def _start_program(hub: Hub) -> None:

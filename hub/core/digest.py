@@ -387,7 +387,8 @@ class DigestBuilder:
     """Renders digests. One instance per process; it holds compiled templates.
 
     `public_url` is `web.public_url` exactly as configured (links are built on
-    it), `signer` signs the unsubscribe links, and `hub_user_id` (the hub's
+    it), `signer` signs the unsubscribe links (None for a builder that only renders
+    emails whose tokens were signed already: `signed_email_renderer`), and `hub_user_id` (the hub's
     Matrix id) lets Matrix users open a chat with the hub to change preferences;
     `command_prefix` is `matrix.command_prefix`, used in the `!hub email` hints.
     """
@@ -396,7 +397,7 @@ class DigestBuilder:
         self,
         *,
         public_url: str,
-        signer: TokenSigner,
+        signer: TokenSigner | None,
         hub_user_id: str | None = None,
         command_prefix: str = "!hub",
     ) -> None:
@@ -541,6 +542,21 @@ class DigestBuilder:
         shared = self._email_shared(issue)
         return lambda recipient: self._email(issue, shared, recipient)
 
+    def unsubscribe_token(self, issue: DigestIssue, recipient: Recipient) -> str:
+        """The person's signed unsubscribe token, exactly as `email` puts it in their links."""
+        if self.signer is None:
+            raise ValueError("this DigestBuilder has no signer: pass the tokens signed already")
+        return self.signer.sign(recipient.handle, Purpose.UNSUBSCRIBE, issued_at=issue.generated_at)
+
+    def signed_email_renderer(self, issue: DigestIssue) -> Callable[[Recipient, str], DigestEmail]:
+        """`email_renderer` for people whose `unsubscribe_token` was signed before (at fan-out).
+
+        The same output as `email` for the same token; the renderer needs no secret, so a
+        process that only sends (`hub worker`) never holds one. `Recipient.handle` is unused.
+        """
+        shared = self._email_shared(issue)
+        return lambda recipient, token: self._email(issue, shared, recipient, token)
+
     def _email_shared(self, issue: DigestIssue) -> dict[str, Any]:
         shared = self._shared(issue)
         shared["sections_html"] = {
@@ -555,8 +571,9 @@ class DigestBuilder:
         shared["sections_text_email_only"] = render_blocks(self._sections_text, email_only)
         return shared
 
-    def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient) -> DigestEmail:
-        ctx, token = self._email_context(issue, shared, recipient)
+    def _email(self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient,
+               token: str | None = None) -> DigestEmail:
+        ctx, token = self._email_context(issue, shared, recipient, token)
         variant = "" if recipient.on_matrix else "_email_only"
         return DigestEmail(
             subject=ctx["subject"],
@@ -567,7 +584,7 @@ class DigestBuilder:
         )
 
     def _email_context(
-        self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient
+        self, issue: DigestIssue, shared: dict[str, Any], recipient: Recipient, token: str | None = None
     ) -> tuple[dict[str, Any], str]:
         """What the email templates see for one person, and their unsubscribe token."""
         for pair in recipient.pairs:
@@ -578,7 +595,8 @@ class DigestBuilder:
         ctx = dict(shared)
         ctx["webinars"] = self._webinar_views(shared, recipient.timezone)
         ctx["zone_name"] = recipient.timezone.key
-        token = self.signer.sign(recipient.handle, Purpose.UNSUBSCRIBE, issued_at=issue.generated_at)
+        if token is None:
+            token = self.unsubscribe_token(issue, recipient)
         unsubscribe = unsubscribe_url(self.public_url, token)
         subject = self.subject(issue)
         ctx.update(

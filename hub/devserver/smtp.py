@@ -186,6 +186,7 @@ class SmtpSink:
         store: bool = True,
         credentials: tuple[str, str] | None = None,
         on_message: Callable[[ReceivedMail], None] | None = None,
+        on_raw: Callable[[tuple[str, ...], bytes], None] | None = None,
     ) -> None:
         self.hostname = hostname
         self.port = port if port is not None else free_port(hostname)
@@ -200,6 +201,9 @@ class SmtpSink:
         self.credentials = credentials
         self.on_message = on_message
         """Called with each accepted message, in the SMTP server's thread."""
+        self.on_raw = on_raw
+        """Called with each accepted message's recipients and bytes, unparsed (cheap: for a test
+        that counts thousands), in the SMTP server's thread."""
         self._lock = threading.Lock()
         self._messages: list[ReceivedMail] = []
         self._count = 0
@@ -242,6 +246,8 @@ class SmtpSink:
         return hook(address, attempt) if hook is not None else None
 
     def _deliver(self, mail_from: str, rcpt_tos: tuple[str, ...], raw: bytes) -> None:
+        if self.on_raw is not None:
+            self.on_raw(rcpt_tos, raw)
         mail: ReceivedMail | None = None
         on_message = self.on_message
         if self.store or self.out_dir is not None or on_message is not None:

@@ -181,6 +181,11 @@ class SynapseServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The homeserver's process id while it runs (benchmarks read its CPU time)."""
+        return self._process.pid if self.running and self._process is not None else None
+
     # -- config -------------------------------------------------------------------
 
     def _write_signing_key(self) -> None:

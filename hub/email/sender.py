@@ -11,6 +11,12 @@ written in one transaction, and every later row to that address fails at
 send time with the suppression's reason instead of being sent, until a
 moderator lifts it (`lift_suppression`, `!hub email unsuppress ADDRESS`).
 
+A row may hold a reference instead of a whole email: ``{"template": NAME, "to": ...}``.
+The template NAME (given to the sender as `templates`) renders it when it is sent, so
+the work of making each person's email falls to whichever process claims the row
+(`hub run` or a `hub worker`); the weekly digest is one (hub.features.digest_mail).
+Rows with a whole email are sent as they are.
+
 A permanent refusal of the message (5.7.1 spam, 5.3.4 too big) fails that
 row only; the address stays. The moderators are told once per message: every
 recipient of one announcement is usually refused the same way, and eight
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,12 +40,17 @@ from hub.delivery.dispatcher import Claimed
 from hub.email.message import build_message
 from hub.email.payload import EmailPayload, normalize_address
 from hub.email.pool import SmtpPool
-from hub.errors import MessageRejectedError, PermanentDeliveryError, RecipientRejectedError
+from hub.errors import (
+    MessageRejectedError,
+    PermanentDeliveryError,
+    RecipientRejectedError,
+    TemporaryDeliveryError,
+)
 from hub.storage.db import Database
 from hub.storage.models import EmailSuppression
 from hub.storage.models import email_suppression_table as S
 
-__all__ = ["EmailSender", "Rejected", "Suppressed", "SuppressionHook", "lift_suppression",
+__all__ = ["EmailSender", "Rejected", "Suppressed", "SuppressionHook", "Template", "lift_suppression",
            "suppress_address"]
 
 log = logging.getLogger(__name__)
@@ -78,6 +89,11 @@ class Rejected:
         return hashlib.sha256(key).hexdigest()[:24]
 
 
+Template = Callable[[Mapping[str, Any]], Awaitable[EmailPayload]]
+"""Renders a row's reference payload (``{"template": NAME, "to": ...}``) into the email to
+send, when it is sent. Raises PermanentDeliveryError when that person's email cannot be
+made (reported like any failed row), TemporaryDeliveryError to try again later."""
+
 SuppressionHook = Callable[[AsyncSession, "Suppressed | Rejected"], Awaitable[None]]
 """Queues the moderators' alert in the suppression's own transaction (for a `Rejected`
 message, in a transaction of its own). It may raise TemporaryDeliveryError (e.g. the
@@ -107,6 +123,7 @@ class EmailSender:
         on_suppressed: SuppressionHook | None = None,
         refresh_seconds: float = 5.0,
         envelope_for: Callable[[int], str] | None = None,
+        templates: Mapping[str, Template] | None = None,
     ) -> None:
         self.db = db
         self.pool = pool
@@ -117,6 +134,7 @@ class EmailSender:
         # With [email.inbound]: the row's VERP bounce address (hub.core.tokens.bounce_address),
         # so a delivery report reaching the hub later names the row and thus the address.
         self.envelope_for = envelope_for
+        self.templates = dict(templates or {})
         # Addresses known to be suppressed. Only a hint that saves a query per
         # row: a hit is confirmed in the database before a row is failed (the
         # suppression may have been lifted), and rows from other processes'
@@ -136,9 +154,20 @@ class EmailSender:
         async with self.db.session() as s:
             return await s.get(EmailSuppression, normalize_address(address))
 
+    async def render(self, row: Claimed) -> EmailPayload:
+        """The email `row` stands for: its payload, or what its template makes of it."""
+        name = row.payload.get("template")
+        if name is None:
+            return cast(EmailPayload, row.payload)
+        template = self.templates.get(str(name))
+        if template is None:
+            # A process wired without it (an older version beside a newer one): another may have it.
+            raise TemporaryDeliveryError(f"this process cannot render {str(name)[:40]!r} emails",
+                                         retry_after=60.0)
+        return await template(row.payload)
+
     async def send(self, row: Claimed) -> str:
-        payload = cast(EmailPayload, row.payload)
-        address = normalize_address(payload["to"])
+        address = normalize_address(str(row.payload["to"]))
         await self._refresh()
         if address in self._known:
             found = await self.suppression(address)
@@ -148,6 +177,8 @@ class EmailSender:
                     reported=True,  # the moderators were told when it was suppressed
                 )
             self._known.discard(address)
+        # After the suppression check: a suppressed address costs no rendering.
+        payload = await self.render(row)
         message = build_message(payload, txn_id=row.txn_id, from_header=self.from_header,
                                 date=self.clock.now(),
                                 envelope_from=self.envelope_for(row.seq) if self.envelope_for else None)

@@ -37,20 +37,23 @@ from hub.core.calendar import (
     build_calendar,
     dedupe_key,
 )
-from hub.core.effects import Email, Outgoing, RoomMessage
+from hub.core.effects import Outgoing, RoomMessage
 from hub.core.membership import MembershipState, PairStatus
 from hub.core.tokens import TokenSigner
 from hub.delivery.effect_writer import row_spec
+from hub.delivery.outbox import EMAIL
+from hub.email.payload import normalize_address
 from hub.errors import ContentError
+from hub.features.digest_mail import person_payload, store_edition
 from hub.features.participants import CohortView, content_cohort, load_cohort_view, room_row
 from hub.features.program import ProgramService
 from hub.features.program_commands import build_report
-from hub.features.program_unsent import Unsent, is_transient, person_reason, unsent_alert
+from hub.features.program_unsent import Unsent, unsent_alert
 from hub.features.subscribers import handles_for, list_id, signing_secret
 from hub.program_targets import person_key
 from hub.storage.models import Member, room_member_table
 
-__all__ = ["PULSE_DAYS", "DigestService", "Edition", "email_rows"]
+__all__ = ["PULSE_DAYS", "DigestService", "Edition", "email_refs"]
 
 log = logging.getLogger(__name__)
 
@@ -66,31 +69,15 @@ class Edition:
     builder: dg.DigestBuilder
 
 
-def email_rows(builder: dg.DigestBuilder, issue: dg.DigestIssue,
-               mails: Sequence[tuple[dg.Recipient, str, str]], lid: str,
-               unsent: list[Unsent] | None = None) -> list[dict[str, Any]]:
-    """Outbox rows for (recipient, address, dedupe key): each person's digest email, rendered
-    here (about a millisecond each); the cohort-wide part is prepared once for all of them.
-
-    With `unsent`, a person whose email cannot be made (a name with a line break, stored by
-    an older hub, cannot be a `To:` name) is recorded there and left out; the others still go.
-    """
-    render = builder.email_renderer(issue)
-    out: list[dict[str, Any]] = []
-    for recipient, address, key in mails:
-        try:
-            mail = render(recipient)
-            row = row_spec(Outgoing(Email(to=address, subject=mail.subject, text=mail.text, html=mail.html,
-                                          to_name=recipient.name, headers={"List-Id": lid, **mail.headers}),
-                                    "digest", key))
-        except Exception as e:
-            if unsent is None or is_transient(e):
-                raise
-            log.warning("%s: no digest email for %s: %r", key, address, e)
-            unsent.append(Unsent(f"{recipient.name} <{address}>", person_reason(recipient.name, e)))
-            continue
-        out.append(row)
-    return out
+def email_refs(builder: dg.DigestBuilder, issue: dg.DigestIssue,
+               mails: Sequence[tuple[dg.Recipient, str, str]], edition: int) -> list[dict[str, Any]]:
+    """Outbox rows for (recipient, address, dedupe key): each names `edition` and carries the
+    person's part and their unsubscribe token, signed here; the email is rendered when it is
+    sent (hub.features.digest_mail), by whichever process claims the row."""
+    sign = builder.unsubscribe_token
+    return [{"channel": EMAIL, "kind": "digest", "lane": normalize_address(address), "dedupe_key": key,
+             "payload": person_payload(edition, address, recipient, sign(issue, recipient))}
+            for recipient, address, key in mails]
 
 
 def _zone(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -259,8 +246,7 @@ class DigestService:
                                     dedupe_key=dedupe_key(item, target)))
             except Exception as e:
                 self.program.leave_out(unsent, item, "the lounge", e)
-        out += await self._emails(s, ed, item, [t for t in targets if t.audience is TargetKind.MEMBER], now,
-                                  unsent)
+        out += await self._emails(s, ed, item, [t for t in targets if t.audience is TargetKind.MEMBER], now)
         report = await self.report_row(s, view, now, key=f"{item.key}:report")
         if report is not None:
             out.append(report)
@@ -268,7 +254,7 @@ class DigestService:
         return out + ([alert] if alert is not None else [])
 
     async def _emails(self, s: AsyncSession, ed: Edition, item: CalendarItem, targets: Sequence[Target],
-                      now: datetime, unsent: list[Unsent]) -> list[dict[str, Any]]:
+                      now: datetime) -> list[dict[str, Any]]:
         settings = self.program.settings()
         if not settings.email.enabled or not targets:
             return []
@@ -280,7 +266,12 @@ class DigestService:
             address = ed.view.address(member)
             if address is not None:
                 mails.append((recipient, address, dedupe_key(item, wanted[member.id or 0])))
-        return email_rows(ed.builder, ed.issue, mails, lid, unsent)
+        if not mails:
+            return []
+        # The week's shared part once; each person's email is rendered when it is sent, and a
+        # person it cannot be made for fails their own row then (reported like any failed row).
+        edition = await store_edition(s, ed.builder, ed.issue, lid, now.timestamp())
+        return email_refs(ed.builder, ed.issue, mails, edition)
 
     async def report_row(self, s: AsyncSession, view: CohortView, now: datetime, *,
                          key: str) -> dict[str, Any] | None:

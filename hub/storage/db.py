@@ -58,6 +58,19 @@ def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(cfg)
 
 
+def _refuse_newer(current: str | None) -> bool:
+    """Raise SchemaTooNewError if a newer hub migrated the database; True if migrations are pending."""
+    script = _script()
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNewError(
+            f"the database is at schema revision {current}, which this version of the hub "
+            f"does not know (newest known: {script.get_current_head()}); it was upgraded by a "
+            "newer hub. Run that version, or restore a backup taken before the upgrade."
+        )
+    return current != script.get_current_head()
+
+
 def _upgrade(connection: Connection) -> tuple[str | None, str | None]:
     """Apply pending migrations; refuse a database migrated by a newer hub.
 
@@ -67,15 +80,8 @@ def _upgrade(connection: Connection) -> tuple[str | None, str | None]:
     """
     from alembic import command
 
-    script = _script()
-    known = {rev.revision for rev in script.walk_revisions()}
     current = MigrationContext.configure(connection).get_current_revision()
-    if current is not None and current not in known:
-        raise SchemaTooNewError(
-            f"the database is at schema revision {current}, which this version of the hub "
-            f"does not know (newest known: {script.get_current_head()}); it was upgraded by a "
-            "newer hub. Run that version, or restore a backup taken before the upgrade."
-        )
+    _refuse_newer(current)
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -111,6 +117,11 @@ class Database:
             return await conn.run_sync(
                 lambda c: MigrationContext.configure(c).get_current_revision()
             )
+
+    async def pending(self) -> bool:
+        """True while this version's migrations are not all applied (`hub worker`, which never
+        migrates, waits for `hub run` to); SchemaTooNewError if a newer hub migrated it."""
+        return _refuse_newer(await self.revision())
 
     async def ping(self) -> bool:
         try:

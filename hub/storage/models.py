@@ -15,6 +15,7 @@ __all__ = [
     "Cohort",
     "CommandUse",
     "ContentUse",
+    "DigestEdition",
     "EmailSuppression",
     "HandledEvent",
     "HubRoom",
@@ -43,6 +44,7 @@ __all__ = [
     "cohort_table",
     "command_use_table",
     "content_use_table",
+    "digest_edition_table",
     "email_suppression_table",
     "hub_room_table",
     "inbound_mail_table",
@@ -488,6 +490,21 @@ class PairMail(SQLModel, table=True):
     mailed_at: float | None = None
 
 
+class DigestEdition(SQLModel, table=True):
+    """One fan-out of a cohort's weekly digest, shared by its recipients' rows (migration 0014).
+
+    `data` is JSON (hub.features.digest_mail): what every recipient's email has in
+    common. Each digest email row names its edition and is rendered when it is sent.
+    """
+
+    __tablename__ = "digest_edition"
+    id: int | None = Field(default=None, primary_key=True)
+    cohort: str = Field(max_length=63)
+    week: int
+    data: str = Field(sa_type=Text)
+    created_at: float
+
+
 metadata = SQLModel.metadata
 
 # Typed handles on the tables for SQL expressions (SQLModel's class attributes
@@ -518,3 +535,4 @@ prompt_answer_table: Table = PromptAnswer.__table__  # type: ignore[attr-defined
 inbound_mail_table: Table = InboundMail.__table__  # type: ignore[attr-defined]
 pair_mail_table: Table = PairMail.__table__  # type: ignore[attr-defined]
 rematch_request_table: Table = RematchRequest.__table__  # type: ignore[attr-defined]
+digest_edition_table: Table = DigestEdition.__table__  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ def test_every_config_option_has_help() -> None:
     with_config = {words: p for words, p in leaves
                    if any("--config" in a.option_strings for a in p._actions)}
     # Every subcommand that reads a config (all but `demo` and `content copy`, which write their own).
-    assert set(with_config) == {("run",), ("check",), ("roster", "import"), ("content", "check"),
+    assert set(with_config) == {("run",), ("worker",), ("check",), ("roster", "import"), ("content", "check"),
                                 ("digest", "preview"), ("match",)}
     for words, p in with_config.items():
         (option,) = [a for a in p._actions if "--config" in a.option_strings]
@@ -30,7 +30,7 @@ def test_every_config_option_has_help() -> None:
         assert option.help and "$HUB_CONFIG" in option.help and "config.toml" in option.help, words
 
 
-@pytest.mark.parametrize("words", [["run"], ["check"], ["roster", "import"], ["content", "check"],
+@pytest.mark.parametrize("words", [["run"], ["worker"], ["check"], ["roster", "import"], ["content", "check"],
                                    ["digest", "preview"], ["match"]])
 def test_help_shows_what_c_means(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

@@ -18,6 +18,8 @@ from hub.devserver.smtp import SmtpSink
 from hub.email.payload import email_payload, enqueue_email
 from hub.email.pool import SmtpPool
 from hub.email.sender import EmailSender, Rejected, Suppressed, lift_suppression
+from hub.features.digest_mail import TEMPLATE as DIGEST
+from hub.features.digest_mail import DigestMail, person_payload, store_edition
 from hub.storage.db import Database, open_database
 from hub.storage.models import EmailSuppression, email_suppression_table
 from hub.storage.models import outbox_table as T
@@ -51,12 +53,13 @@ async def rig(database_urls: dict[str, str], request: pytest.FixtureRequest) -> 
 
     async def alert(session, event: Suppressed | Rejected) -> None:  # type: ignore[no-untyped-def]
         alerts.append(event)
-        # Keyed as the hub keys them (Hub._alert_suppressed): one per message refused.
+        # Keyed as the hub keys them (hub.mailer.DeliveryAlerts.suppressed): one per message refused.
         key = f"alert:rejected:{event.group}" if isinstance(event, Rejected) else f"alert:{event.txn_id}"
         await outbox.enqueue(session, channel=MATRIX, kind="alert", lane="!control",
                              payload={"text": event.reason}, dedupe_key=key)
 
-    sender = EmailSender(db, pool, SystemClock(), from_header=FROM, on_suppressed=alert)
+    sender = EmailSender(db, pool, SystemClock(), from_header=FROM, on_suppressed=alert,
+                         templates={DIGEST: DigestMail(db)})
     dispatcher = Dispatcher(db, outbox, SystemClock(), {EMAIL: sender}, poll_seconds=0.2)
     await dispatcher.open()
     task = asyncio.create_task(dispatcher.run())
@@ -214,3 +217,41 @@ def test_one_refused_message_is_one_group_per_day() -> None:
     assert same != Rejected.group_of("announcement", "Kick-off", 554, "5.7.1", "2027-03-02")
     assert same != Rejected.group_of("announcement", "Week 2", 554, "5.7.1", "2027-03-01")
     assert same != Rejected.group_of("digest", "Kick-off", 554, "5.7.1", "2027-03-01")
+
+
+async def test_a_digest_row_is_rendered_when_sent_and_one_an_older_hub_queued_whole_goes_as_it_is(
+        rig: Rig) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from hub.core import digest as dg
+    from hub.core.tokens import TokenSigner
+
+    now = datetime.now(UTC)
+    issue = dg.DigestIssue(cohort=dg.CohortInfo("w", "Winter", ZoneInfo("UTC"), ""), week=2, weeks=12,
+                           generated_at=now)
+    builder = dg.DigestBuilder(public_url="https://hub.example.org", signer=TokenSigner("s" * 32))
+    people = {"new@example.org": "New", "bad@example.org": "Line\nBreak"}
+    async with rig.db.transaction() as s:
+        edition = await store_edition(s, builder, issue, "Winter <w.hub.example.org>", now.timestamp())
+        for address, name in people.items():
+            r = dg.Recipient(handle="h1", name=name, timezone=ZoneInfo("Asia/Tokyo"))
+            token = builder.unsubscribe_token(issue, r)
+            await rig.outbox.enqueue(s, channel=EMAIL, kind="digest", lane=address, dedupe_key=address,
+                                     payload=person_payload(edition, address, r, token))
+        # Queued by a hub from before digests were rendered when sent: the whole email is in the row.
+        await enqueue_email(rig.outbox, s, email_payload(
+            to="old@example.org", subject="Winter · week 1 of 12 digest", text="the old digest\n",
+            headers={"List-Id": "Winter <w.hub.example.org>"}), kind="digest", dedupe_key="old")
+    await _until_status(rig, "new@example.org", "sent")
+    await _until_status(rig, "old", "sent")
+    await _until_status(rig, "bad@example.org", "failed")
+    mails = {m.rcpt_tos[0]: m for m in rig.sink.messages}
+    assert sorted(mails) == ["new@example.org", "old@example.org"]
+    assert mails["new@example.org"].subject == "Winter · week 2 of 12 digest"
+    assert "Hi New," in (mails["new@example.org"].text or "")
+    assert mails["new@example.org"].message["List-Id"] == "Winter <w.hub.example.org>"
+    assert mails["new@example.org"].message["List-Unsubscribe"].startswith("<https://hub.example.org/unsubscribe/")
+    assert mails["old@example.org"].text == "the old digest\n"
+    _, _, reason = await _row(rig, "bad@example.org")
+    assert reason is not None and "name contains a line break" in reason

@@ -21,12 +21,15 @@ from sqlalchemy import select, text
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
 from hub.core.tokens import Purpose, TokenSigner
+from hub.delivery.dispatcher import Claimed
+from hub.errors import PermanentDeliveryError
 from hub.features.cohort_setup import get_cohort
 from hub.features.digest import DigestService
 from hub.features.digest_commands import preview
 from hub.features.members import add_member
 from hub.features.room_queue import load_env
 from hub.features.subscribers import SqlSubscriptionStore, signing_secret
+from hub.mailer import DeliveryAlerts
 from hub.storage.models import PersonPref, metadata, room_activity_table, subscriber_table
 
 from tests.features.test_program_wiring import (
@@ -240,38 +243,56 @@ async def test_preview_command_and_cli_change_nothing(world: World, tmp_path: Pa
     assert await _dump_database(world) == before  # no handle, no secret, no row kept
 
 
-async def test_a_name_with_a_line_break_from_an_older_hub_skips_one_mail_and_is_reported_once(
+async def test_a_name_with_a_line_break_from_an_older_hub_fails_one_mail_when_sent_and_is_reported(
         world: World) -> None:
-    """A name the hub now refuses can still be in the database (an older hub took it). Its one
-    email is skipped and reported once; the digest, the icebreakers and the tick go on."""
+    """A name the hub now refuses can still be in the database (an older hub took it). The digest is
+    rendered when each email is sent: that one person's row fails for good then, with the reason, and
+    is reported like any row that failed for good; the digest, the icebreakers and the tick go on."""
     await give_rooms_ids(world)
     async with world.db.transaction() as s:
         await s.execute(text("UPDATE member SET name = :n WHERE matrix_id = :m"),
                         {"n": "Line\nBreak", "m": PEOPLE[1][1]})
     ticks = await run_calendar(world.program, world.clock, datetime(2027, 1, 19, 12, 0, tzinfo=BERLIN))
     assert ticks >= 2
-    rows = await world.rows()
-    emails = sorted(r["lane"] for r in rows if r["kind"] == "digest" and r["channel"] == "email")
+    rows = await world.rows(rendered=False)
+    emails = {r["lane"]: r for r in rows if r["kind"] == "digest" and r["channel"] == "email"}
     everyone = ["eve@example.org"] + [f"{who}{i}@example.org" for i in range(3)
                                       for who in ("mentor", "mentee")]
-    assert emails == sorted(a for a in everyone if a != "mentee1@example.org")
+    assert sorted(emails) == sorted(everyone)  # queued for everyone: nothing is rendered at the slot
     assert len([r for r in rows if r["kind"] == "digest" and r["channel"] == "matrix"]) == 1
     week2 = [r for r in rows if r["kind"] == "program-icebreaker" and ":w2:" in r["key"]]
     assert len(week2) == 3 + 1  # every pair room and the lounge
-    alerts = [r for r in rows if r["kind"] == "alert"]
-    assert len(alerts) == 1 and alerts[0]["lane"] == CONTROL
-    body = alerts[0]["payload"]["content"]["body"]
-    assert "mentee1@example.org" in body and "name contains a line break" in body and "week 2" in body
-    assert "Traceback" not in body and "\n" not in body.split("mentee1@example.org")[0].splitlines()[-1]
+    assert not [r for r in rows if r["kind"] == "alert"]
     async with world.db.session() as s:
         last = (await s.execute(text("SELECT last_tick FROM program_tick WHERE cohort = 'winter'"))).scalar()
     assert last is not None and last >= datetime(2027, 1, 19, 10, 0, tzinfo=BERLIN).timestamp()
 
-    # More ticks and `!hub digest send` for the same week meet the same name: still one alert.
+    # Sending: everyone else's email renders; theirs fails for good with the reason.
+    for address, row in emails.items():
+        if address != "mentee1@example.org":
+            assert "week 2 of 12" in (await world.digest_mail(row["payload"]))["subject"]
+    with pytest.raises(PermanentDeliveryError) as failed:
+        await world.digest_mail(emails["mentee1@example.org"]["payload"])
+    reason = failed.value.reason
+    assert "name contains a line break" in reason and "older version" in reason and "Traceback" not in reason
+    assert not failed.value.reported  # the dispatcher reports it (on_failed), like any failed row
+
+    # As `hub run` and `hub worker` report a row that failed for good: one control-room notice.
+    alerts = DeliveryAlerts(world.clock, control_room=lambda: CONTROL, command_prefix=lambda: "!hub")
+    alerts.outbox = world.outbox
+    claimed = Claimed(1, "txn", "email", "digest", "mentee1@example.org",
+                      emails["mentee1@example.org"]["payload"], 0, 0.0)
+    await alerts.report_failure(claimed, reason)
+    notices = [r for r in await world.rows(rendered=False) if r["kind"] == "alert"]
+    assert len(notices) == 1 and notices[0]["lane"] == CONTROL
+    body = notices[0]["payload"]["content"]["body"]
+    assert "mentee1@example.org" in body and "name contains a line break" in body and "digest" in body
+
+    # More ticks and `!hub digest send` for the same week queue nothing again.
     world.clock.advance(3600)
     await world.program.runner.tick()
     await world.command(MOD, CONTROL, "!hub digest winter send")
-    assert len([r for r in await world.rows() if r["kind"] == "alert"]) == 1
+    assert len([r for r in await world.rows(rendered=False) if r["kind"] == "digest"]) == len(emails) + 1
 
 
 async def test_a_cohort_name_with_a_line_break_from_an_older_hub_still_gets_its_mail(world: World) -> None:

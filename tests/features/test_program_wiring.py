@@ -8,6 +8,7 @@ the outbox rows are the observable output.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import sqlite3
@@ -33,8 +34,11 @@ from hub.core.content import Library
 from hub.core.content_library import load_library
 from hub.core.limits import CommandRateLimiter
 from hub.delivery.outbox import Outbox
+from hub.errors import PermanentDeliveryError
 from hub.features.cohort_setup import get_cohort
 from hub.features.config_sync import sync_config
+from hub.features.digest_mail import TEMPLATE as DIGEST
+from hub.features.digest_mail import DigestMail
 from hub.features.direct_rooms import ensure_direct_room
 from hub.features.members import add_member
 from hub.features.pairs import make_pair
@@ -90,13 +94,25 @@ class World:
     runner: CommandRunner
     seq: itertools.count[int]
 
-    async def rows(self, *, kind_prefix: str = "") -> list[dict[str, Any]]:
+    async def rows(self, *, kind_prefix: str = "", rendered: bool = True) -> list[dict[str, Any]]:
+        """The outbox rows in order. An email rendered when it is sent (the digest's) is shown
+        `rendered` as the email sender renders it; `rendered=False` shows the row as stored."""
         async with self.db.session() as s:
             got = (await s.execute(select(outbox_table.c.kind, outbox_table.c.lane, outbox_table.c.channel,
                                           outbox_table.c.payload, outbox_table.c.dedupe_key,
                                           outbox_table.c.created_at).order_by(outbox_table.c.seq))).all()
-        return [{"kind": k, "lane": lane, "channel": ch, "payload": json.loads(p), "key": key, "at": at}
-                for k, lane, ch, p, key, at in got if k.startswith(kind_prefix)]
+        out = [{"kind": k, "lane": lane, "channel": ch, "payload": json.loads(p), "key": key, "at": at}
+               for k, lane, ch, p, key, at in got if k.startswith(kind_prefix)]
+        if rendered:
+            for row in out:
+                if row["payload"].get("template") == DIGEST:
+                    with contextlib.suppress(PermanentDeliveryError):  # it fails when sent: shown as stored
+                        row["payload"] = dict(await self.digest_mail(row["payload"]))
+        return out
+
+    @functools.cached_property
+    def digest_mail(self) -> DigestMail:
+        return DigestMail(self.db)
 
     async def room(self, key: str) -> HubRoom:
         async with self.db.session() as s:
