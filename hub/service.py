@@ -535,6 +535,12 @@ class Hub:
             log.warning("could not read the control room's creator: %s", e)
             snapshot = None
         self.control_room_owned = snapshot is not None and snapshot.owned_by(self.rooms.provision.user_id)
+        if snapshot is not None:
+            # The sync resumes without full state (hub.matrix.sync), so it shows the control
+            # room's power levels and creators only when they change: `is_moderator` reads them
+            # from nio's room, taught here from the state just read.
+            self.creators[self.control_room_id] = snapshot.creators
+            self.rooms.provision.feed(self.control_room_id, snapshot.events)
         if not self.control_room_owned:
             log.warning("the control room %s was not created by the hub: only matrix.moderators "
                         "count as moderators, whatever their power there", self.settings.matrix.control_room)

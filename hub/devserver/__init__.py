@@ -1,4 +1,5 @@
-"""Real peers for the test-suite and ``hub demo``: a local Synapse and an SMTP sink.
+"""Real peers for the test-suite and ``hub demo``: a local Synapse and an SMTP sink; and a
+recording proxy to put in front of the homeserver (tests and benchmarks count through it).
 
 Nothing here is used by ``hub run``. The submodules need the ``test``/``demo``
 extras (matrix-synapse, aiosmtpd), so they are imported lazily: importing
@@ -13,12 +14,15 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hub.devserver.proxy import Exchange, RecordingProxy
     from hub.devserver.smtp import FaultHook, ReceivedMail, SmtpSink
     from hub.devserver.synapse import RegisteredUser, SynapseError, SynapseServer
 
 __all__ = [
+    "Exchange",
     "FaultHook",
     "ReceivedMail",
+    "RecordingProxy",
     "RegisteredUser",
     "SmtpSink",
     "SynapseError",
@@ -27,6 +31,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Exchange": "hub.devserver.proxy",
+    "RecordingProxy": "hub.devserver.proxy",
     "FaultHook": "hub.devserver.smtp",
     "ReceivedMail": "hub.devserver.smtp",
     "SmtpSink": "hub.devserver.smtp",

@@ -48,6 +48,7 @@ class ReconcileReport:
     repaired: list[str] | None = None
     replaced: list[str] | None = None
     problems: list[str] | None = None
+    told: int = 0  # control-room messages this check has sent so far
 
     def lines(self) -> list[str]:
         return [*(self.replaced or []), *(self.repaired or []), *(self.problems or [])]

@@ -4,8 +4,9 @@
 (hub.features.room_base explains the stack): the handlers of room effects
 (`room_ops`, `room_joins`), the room check (`room_check`) and membership from
 the sync (`room_sync`). This module adds its life: on start (after the first
-sync) it reconciles, then keeps watching: it sends the one 48-hour "you have not
-joined yet" email and picks up config changes and roster imports.
+sync) it starts the room check's passes (a page of rooms at a time), and keeps
+watching: it sends the one 48-hour "you have not joined yet" email and picks up
+config changes and roster imports.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ REMINDER_AFTER = 48 * 3600.0
 
 class RoomKeeper(RoomSync):
     async def start(self) -> None:
-        """After the first sync: apply the config, reconcile in the background, then keep watching."""
+        """After the first sync: apply the config and check the rooms in the background (a page
+        at a time, hub.features.room_check), and keep watching the config and the reminders."""
         path = self.settings().path
         self._config_mtime = _mtime(path)
-        self._tasks.append(asyncio.create_task(self._reconcile_then_watch(), name="rooms"))
+        self._tasks.append(asyncio.create_task(self.check_rooms(), name="room-check"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="rooms"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -53,15 +56,7 @@ class RoomKeeper(RoomSync):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _reconcile_then_watch(self) -> None:
-        try:
-            await self.reconcile()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reconciling rooms failed; will retry on the next start")
-        finally:
-            self.reconciled.set()
+    async def _watch(self) -> None:
         while True:
             await self.clock.sleep(self.tick_seconds)
             try:

@@ -82,6 +82,10 @@ class Provision:
         self._tags: dict[str, dict[str, Any] | None] = {}  # room id -> its tag (None: untagged)
         self._scan_lock = asyncio.Lock()
         self._direct_lock = asyncio.Lock()
+        # Rooms nio knows whole in this run: made here, or fed their state (`feed`). Any other
+        # room nio knows it pieced together from incremental syncs (only what changed since the
+        # saved position, members lazy-loaded), which `load_room` and `feed` complete.
+        self._whole: set[str] = set()
 
     @property
     def user_id(self) -> str:
@@ -150,13 +154,28 @@ class Provision:
         return room_id
 
     def _remember(self, room_id: str, *, encrypted: bool) -> None:
-        if room_id in self.client.rooms:
-            return
-        room = MatrixRoom(room_id, self.user_id, encrypted)
-        room.add_member(self.user_id, None, None)
-        self.client.rooms[room_id] = room
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            room = MatrixRoom(room_id, self.user_id, encrypted)
+            room.add_member(self.user_id, None, None)
+            self.client.rooms[room_id] = room
+        self._whole.add(room_id)
         if encrypted:
-            self.client.encrypted_rooms.add(room_id)
+            # Even if a sync got there first: one that ran while the room was being made shows
+            # it newly joined with the state so far (perhaps not yet `m.room.encryption`), and
+            # the rest, all the hub's own events, never comes (hub.matrix.sync).
+            self._mark_encrypted(room_id)
+
+    def _mark_encrypted(self, room_id: str) -> None:
+        """Encrypted for nio now, and in its store for later runs: the hub's own
+        `m.room.encryption` is not in its sync, and nio builds a room it meets again in a later
+        run as encrypted only if its store says so (else the hub's messages go in plain text)."""
+        room = self.client.rooms.get(room_id)
+        if room is not None:
+            room.encrypted = True
+        self.client.encrypted_rooms.add(room_id)
+        if self.client.store is not None:
+            self.client.store.save_encrypted_rooms([room_id])
 
     async def find_tagged(self, tag: Mapping[str, Any], skip: Collection[str]) -> str | None:
         """A joined room carrying exactly `tag`, looked for among rooms not in `skip` (known ones)."""
@@ -206,13 +225,19 @@ class Provision:
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         resp = await self.client.room_kick(room_id, user_id, reason)
         if isinstance(resp, RoomKickResponse) or (isinstance(resp, ErrorResponse) and _already(resp)):
+            room = self.client.rooms.get(room_id)
+            # The kick is the hub's own event, which its sync no longer shows (hub.matrix.sync):
+            # out of nio's member list now, and a new room key for the next message, so the
+            # kicked person's devices are not sent keys to what follows.
+            if room is not None and room.remove_member(user_id) and room.encrypted:
+                self.client.invalidate_outbound_session(room_id)
             return
         raise self._error(resp)
 
     async def leave(self, room_id: str) -> None:
         resp = await self.client.room_leave(room_id)
         if isinstance(resp, RoomLeaveResponse) or (isinstance(resp, ErrorResponse) and _already(resp)):
-            self.client.rooms.pop(room_id, None)
+            self.forget(room_id)
             return
         raise self._error(resp)
 
@@ -223,6 +248,8 @@ class Provision:
     async def put_state(self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]) -> str:
         resp = await self.client.room_put_state(room_id, event_type, content, state_key=state_key)
         if isinstance(resp, RoomPutStateResponse):
+            if event_type == "m.room.encryption":
+                self._mark_encrypted(room_id)  # a room fix turned it on: the sync will not say so
             if event_type == ROOM_TAG:
                 # Read again on the next scan: the hub's own tag counts only in a room it created.
                 self._tags.pop(room_id, None)
@@ -271,22 +298,32 @@ class Provision:
         raise self._error(resp)
 
     async def load_room(self, room_id: str) -> bool:
-        """Teach nio a room it has not seen in this run, from the room's state (False if none)."""
-        if room_id in self.client.rooms:
+        """Teach nio a room it does not know whole in this run, from the room's state (False if
+        none): before the hub's first send there since start-up. nio alone would ask for the
+        joined members only, and share the room key with nobody who is still invited."""
+        if room_id in self._whole and room_id in self.client.rooms:
             return True
         resp = await self.client.room_get_state(room_id)
         if not isinstance(resp, RoomGetStateResponse):
-            return False
+            return room_id in self.client.rooms
         self.feed(room_id, resp.events)
         return True
 
     def forget(self, room_id: str) -> None:
         """Drop nio's view of a room the hub replaced: a later sync teaches it again if need be."""
         self.client.rooms.pop(room_id, None)
+        self._whole.discard(room_id)
 
     def feed(self, room_id: str, events: list[dict[str, Any]]) -> None:
-        if room_id in self.client.rooms:
-            return  # a sync got there first; its view is newer
+        """Teach nio a room from its whole state (a GET /state answer, just read).
+
+        Replaces what nio pieced together from incremental syncs (the changes since the saved
+        position, lazy-loaded members), which lacks the members who did not speak, the
+        invited, and the power levels; a room nio already knows whole is left as it is (the
+        sync keeps it current).
+        """
+        if room_id in self._whole and room_id in self.client.rooms:
+            return
         encrypted = any(e.get("type") == "m.room.encryption" for e in events)
         room = MatrixRoom(room_id, self.user_id, encrypted)
         for raw in events:
@@ -297,11 +334,21 @@ class Provision:
                 if isinstance(event, RoomEncryptionEvent):
                     encrypted = True
                 room.handle_event(event)
+        room.encrypted = room.encrypted or encrypted or room_id in self.client.encrypted_rooms
+        # `members_synced` stays False although every member is here: on the first send nio
+        # then asks for the joined members and, above all, for the keys of users it has just
+        # begun to track, before it shares the room key (else their devices get none).
+        partial = self.client.rooms.get(room_id)
         self.client.rooms[room_id] = room
-        if encrypted:
-            self.client.encrypted_rooms.add(room_id)
+        self._whole.add(room_id)
+        if room.encrypted:
+            self._mark_encrypted(room_id)
             if self.client.olm is not None:
                 self.client.olm.update_tracked_users(room)
+                if partial is not None and set(partial.users) != set(room.users):
+                    # A room key this run shared with the partial member list misses someone:
+                    # the next message gets a new one, shared with everyone now known.
+                    self.client.invalidate_outbound_session(room_id)
 
 
 def _created_by(create: dict[str, Any]) -> frozenset[str]:

@@ -88,13 +88,14 @@ class MatrixSender:
         self.max_room_unknown = max_room_unknown
         # Given by the wiring (hub.service), for the rooms the hub owns: the handler of each
         # room effect; rows naming a room by its stable key, resolved to its id at send time
-        # (the id does not exist yet when such rows are queued); and loading a room nio has
-        # not seen in this run (after a restart nio knows no rooms, nio #279).
+        # (the id does not exist yet when such rows are queued); and loading a room nio does
+        # not know whole in this run (after a restart nio knows no rooms, nio #279, and the
+        # sync resumes from the saved position without full state, hub.matrix.sync).
         self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
         self.resolve_room_key = resolve_room_key
         self.load_room = load_room
-        # Set after this run's first (full-state) sync: until then nio knows no
-        # rooms, and a send would fail for a reason that is not the row's.
+        # Set after this run's first sync: until then nio has not read the to-device
+        # messages and key changes that came while the hub was down.
         self.ready: asyncio.Event | None = None
         self.ready_timeout = 30.0
         # What must know a message's event id, which exists only once it is sent (the prompts
@@ -139,7 +140,9 @@ class MatrixSender:
         return room_id
 
     async def _message(self, row: Claimed, room_id: str, effect: RoomMessage, epoch: int) -> str:
-        if room_id not in self.client.rooms and self.load_room is not None:
+        if self.load_room is not None:
+            # A room nio does not know whole in this run (unseen since start-up, or seen only
+            # in incremental syncs): its state first, so the room key reaches every member.
             await self.load_room(room_id)
         try:
             resp = await self.client.room_send(

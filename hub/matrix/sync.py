@@ -12,57 +12,86 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nio import AsyncClient, SyncError, SyncResponse, UploadFilterResponse
 
 from hub.clock import Clock
-from hub.core.cohorts import ROOM_TAG
+from hub.core.cohorts import OWNED_STATE, ROOM_TAG
 from hub.errors import InvalidTokenError
 from hub.storage.db import Database
 
-__all__ = ["SYNC_FILTER", "SyncLoop"]
+__all__ = ["STATE_TYPES", "TIMELINE_TYPES", "SyncLoop", "sync_filter"]
 
 log = logging.getLogger(__name__)
 _TOKEN_KEY = "sync.next_batch"
 
-# Only what the hub uses: fewer bytes per sync, and lazy-loaded members so a
-# 5,000-room account does not download every membership on each start.
-SYNC_FILTER = {
-    "presence": {"types": []},
-    "account_data": {"types": []},
-    "room": {
-        "ephemeral": {"types": []},
+# The event types the hub acts on in a room's timeline: messages, answers and the state it
+# watches. Everything else (receipts, typing, other apps' events) is left on the server.
+TIMELINE_TYPES = (
+    "m.room.message",
+    "m.room.encrypted",
+    "m.reaction",
+    # Taking back a reaction (an answer to a prompt, hub.features.reactions).
+    "m.room.redaction",
+    "m.room.member",
+    "m.room.create",
+    "m.room.power_levels",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.topic",
+    # The rest of what the hub owns in its rooms: changed by others, it is
+    # put back at once (hub.features.rooms), so the sync must show it.
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    ROOM_TAG,
+    "m.room.pinned_events",
+    "m.room.tombstone",
+    "m.space.child",
+    "m.space.parent",
+)
+
+# The state the hub reads from a sync's `state` section (a room it newly joined, an initial
+# sync, a change that fell into a gap of a limited timeline): what it owns and puts back
+# (`OWNED_STATE`: drift inside a gap arrives here, hub.matrix.events.state_changes), who is
+# in the room (lazy-loaded), the room's creators (`m.room.create`), and what nio needs to
+# encrypt (`m.room.encryption`, members) and follow an upgrade (`m.room.tombstone`). Without
+# a `types` list every other state event (avatars, aliases, ACLs, widgets...) came too.
+STATE_TYPES = tuple(sorted(OWNED_STATE | {"m.room.member", "m.room.create", "m.room.tombstone"}))
+
+
+def sync_filter(own_user_id: str) -> dict[str, Any]:
+    """The sync filter: only what the hub uses, and none of the hub's own timeline events.
+
+    The hub's own events (its messages, encrypted, in every room; its invites; its state
+    fixes and pins) were sent back to it on the next sync, to be parsed, decrypted and
+    ignored: nothing the hub does depends on seeing them (hub.matrix.events drops them by
+    sender everywhere). What it must still know arrives another way: a room it joins comes
+    with its state (Synapse sends a newly joined room's state in the `state` section, which
+    `not_senders` does not filter); what it does itself is applied to nio's room at once
+    (hub.matrix.provision): a room it creates or turns encryption on in (marked encrypted
+    in nio's store too: a sync during createRoom shows the room before its encryption
+    event), and its invites and kicks.
+    """
+    return {
+        "presence": {"types": []},
         "account_data": {"types": []},
-        "state": {"lazy_load_members": True},
-        "timeline": {
-            "limit": 100,
-            "lazy_load_members": True,
-            "types": [
-                "m.room.message",
-                "m.room.encrypted",
-                "m.reaction",
-                # Taking back a reaction (an answer to a prompt, hub.features.reactions).
-                "m.room.redaction",
-                "m.room.member",
-                "m.room.create",
-                "m.room.power_levels",
-                "m.room.encryption",
-                "m.room.name",
-                "m.room.topic",
-                # The rest of what the hub owns in its rooms: changed by others, it is
-                # put back at once (hub.features.rooms), so the sync must show it.
-                "m.room.join_rules",
-                "m.room.history_visibility",
-                "m.room.guest_access",
-                ROOM_TAG,
-                "m.room.pinned_events",
-                "m.room.tombstone",
-                "m.space.child",
-                "m.space.parent",
-            ],
+        "room": {
+            "ephemeral": {"types": []},
+            "account_data": {"types": []},
+            # Lazy-loaded members, so a 5,000-room account does not download every
+            # membership: only those of the senders in the timeline.
+            "state": {"lazy_load_members": True, "types": list(STATE_TYPES)},
+            "timeline": {
+                "limit": 100,
+                "lazy_load_members": True,
+                "types": list(TIMELINE_TYPES),
+                "not_senders": [own_user_id],
+            },
         },
-    },
-}
+    }
+
 
 SyncHandler = Callable[[SyncResponse, bool], Awaitable[None]]
 
@@ -94,10 +123,9 @@ class SyncLoop:
         self._stop = False
 
     async def _upload_filter(self) -> str | None:
+        wanted = sync_filter(str(self.client.user_id))
         resp = await self.client.upload_filter(
-            presence=SYNC_FILTER["presence"],
-            account_data=SYNC_FILTER["account_data"],
-            room=SYNC_FILTER["room"],
+            presence=wanted["presence"], account_data=wanted["account_data"], room=wanted["room"],
         )
         if isinstance(resp, UploadFilterResponse):
             return str(resp.filter_id)
@@ -120,10 +148,12 @@ class SyncLoop:
                     timeout=self.timeout_ms if self.first_done.is_set() else 0,
                     sync_filter=self._filter_id,
                     since=since,
-                    # Full state on each run's first sync, even when resuming from a
-                    # saved token: nio keeps its room list in memory only, and cannot
-                    # send to (or encrypt for) a room it has not seen since start-up.
-                    full_state=not self.first_done.is_set(),
+                    # Never `full_state`, not even on a run's first sync: resuming from the
+                    # saved token brings only what changed while the hub was down (with
+                    # full state, 6.6 MB at 2,000 rooms on every start). nio learns the rest
+                    # when it is needed: a room before the hub's first send to it
+                    # (`Provision.load_room`), every room from the room check's pages, the
+                    # control room at start; and which rooms are encrypted is in nio's store.
                 )
             except (TimeoutError, OSError) as e:
                 resp, unreachable = SyncError(f"{e.__class__.__name__}: {e}"), True
@@ -139,6 +169,18 @@ class SyncLoop:
                         "it was logged out or revoked. Set a fresh matrix.access_token or run "
                         "`hub run --new-session` to log in again with the password."
                     )
+                if since is not None and _stale_position(resp):
+                    # Only a position the server cannot read (a restored database, a reset
+                    # homeserver) starts over with an initial sync, the one kind that brings
+                    # the whole state. Handled as a first sync: what the hub missed cannot
+                    # be told from history it may already have answered.
+                    log.warning("the homeserver refused the saved sync position (%s); starting "
+                                "over with an initial sync", resp.message)
+                    # nio falls back on the last position it saw when `since` is None.
+                    since, self.client.next_batch = None, ""
+                    continue
+                if _filter_gone(resp):
+                    self._filter_id = None  # uploaded again on the next try
                 failures += 1
                 self.healthy = False
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
@@ -208,3 +250,23 @@ class SyncLoop:
         except Exception as e:
             # Key maintenance is retried on the next sync; never let it stop the loop.
             log.warning("encryption housekeeping failed (%s: %s); will retry", e.__class__.__name__, e)
+
+
+def _http_status(resp: SyncError) -> int | None:
+    status = getattr(getattr(resp, "transport_response", None), "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _filter_gone(resp: SyncError) -> bool:
+    """The server no longer knows the uploaded filter (Synapse: 400 "No such filter")."""
+    return _http_status(resp) == 400 and "filter" in (resp.message or "").lower()
+
+
+def _stale_position(resp: SyncError) -> bool:
+    """The server cannot read the `since` token (Synapse: 400 "Invalid stream token").
+
+    The hub's requests are otherwise the same on every sync, so a 400 that is not about
+    the filter is about the position.
+    """
+    return _http_status(resp) == 400 and not _filter_gone(resp)
+

@@ -29,6 +29,7 @@ from nio import (
     WhoamiResponse,
 )
 
+from hub.devserver.proxy import RecordingProxy
 from hub.devserver.smtp import ReceivedMail, SmtpSink
 from hub.devserver.synapse import RegisteredUser, SynapseError, SynapseServer
 
@@ -122,6 +123,32 @@ async def test_message_round_trip(
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.synapse
+async def test_the_recording_proxy_forwards_and_records_each_request(
+    synapse: SynapseServer, users: tuple[RegisteredUser, RegisteredUser]
+) -> None:
+    alice_user, _ = users
+    async with RecordingProxy(synapse.url) as proxy:
+        alice = AsyncClient(proxy.url, alice_user.user_id, device_id=alice_user.device_id)
+        alice.access_token = alice_user.access_token
+        try:
+            created = await alice.room_create(name="through the proxy")
+            assert isinstance(created, RoomCreateResponse), created
+            # A room id in the path (`!` and `:`, encoded by nio) reaches Synapse as sent.
+            sent = await alice.room_send(created.room_id, "m.room.message",
+                                         {"msgtype": "m.text", "body": "hi"})
+            assert isinstance(sent, RoomSendResponse), sent
+            synced = await alice.sync(timeout=0, full_state=True)
+            assert isinstance(synced, SyncResponse), synced
+        finally:
+            await alice.close()
+    sends = proxy.matching("PUT", rf"/_matrix/client/v3/rooms/{created.room_id}/send/m\.room\.message/.+")
+    assert len(sends) == 1 and sends[0].status == 200
+    (sync,) = proxy.matching("GET", "/_matrix/client/v3/sync")
+    assert sync.query["full_state"] == "true" and sync.size > 1000 and sync.ended >= sync.began
+    assert [e.method for e in proxy.exchanges] == ["POST", "PUT", "GET"]
 
 
 @pytest.mark.synapse
