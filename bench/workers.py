@@ -155,18 +155,6 @@ async def fan_out(db: Database, settings: Settings, week: int) -> int:
     return sum(1 for r in rows if r["channel"] == "email")
 
 
-async def analyze(db: Database) -> None:
-    """Fresh planner statistics for the outbox, as autovacuum keeps them on a long-lived install.
-
-    Without them a round can meet the table just after the last one added 20,000 rows and
-    before autovacuum re-analyzed it: the fan-out's dedupe look-ups (`ProgramService.rows`,
-    `Outbox.enqueue_many`: `dedupe_key IN (...)`) then ran as sequential scans, 58 s instead of
-    0.5 s in one run here. That is a finding about the fan-out, not about the workers.
-    """
-    async with db.engine.begin() as conn:
-        await conn.execute(text("ANALYZE outbox"))
-
-
 async def last_seq(db: Database) -> int:
     async with db.session() as s:
         return int((await s.execute(select(func.max(T.c.seq)))).scalar() or 0)
@@ -251,7 +239,6 @@ async def run(args: argparse.Namespace) -> None:
                     cpu0["bench (fan-out)"] = time.process_time()
                     pg0 = await pg_backends(db)
                     after = await last_seq(db)
-                    await analyze(db)
                     began = time.perf_counter()
                     queued = await fan_out(db, settings, week)
                     fanned = time.perf_counter() - began
