@@ -232,7 +232,11 @@ class RoomOps(RoomBase):
                     users.pop(u)
             fixes = [f for f in fixes if f.event_type != "m.room.power_levels"]
             await self.provision.put_state(room_id, "m.room.power_levels", "", {**power, "users": users})
-        if fixes and e.drift:
+        if fixes:
+            # Any fix, not only one queued for drift the sync showed: a change made while the
+            # hub was down can be put back first by another fix of the room (the space's link
+            # to a recreated lounge), before the paged room check reaches it; the moderators
+            # are told either way. Changes the hub made itself are not told (`_tell_drift`).
             await self._tell_drift(row, key, snap, fixes, env.hub_user)
         for fix in fixes:
             await self.provision.put_state(room_id, fix.event_type, fix.state_key, fix.content)

@@ -277,6 +277,15 @@ def _private_sqlite(path: Path) -> None:
         _tighten(path.with_name(path.name + suffix), 0o600)
 
 
+# PostgreSQL: every statement planned for its own parameters. The driver prepares each statement,
+# and after five runs PostgreSQL may keep one generic plan for it, made with the statistics of
+# the moment. A fan-out queues 20,000 rows faster than autovacuum re-analyzes the outbox, so a
+# generic plan made while the table looked small (a fresh install, the first big digest) stays
+# in use over a large one: with `hub run` alone, PostgreSQL spent 5.7-6.5 ms of CPU per email
+# (the claim most of it) instead of 0.3 (bench/workers.py, bench/README.md "Email workers").
+# Planning each run costs well under a millisecond.
+
+
 async def open_database(url: str, *, migrate: bool = True) -> Database:
     """Open (creating the SQLite file 0600, in a new folder 0700, if needed) and migrate."""
     sqlite_path = _sqlite_file(url)
@@ -289,7 +298,8 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True,
+                      connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
     engine = create_async_engine(async_url(url), **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -219,6 +219,49 @@ async def test_expired_lease_is_claimed_again(database_urls: dict[str, str], bac
     await db.close()
 
 
+@POSTGRESQL
+async def test_a_send_longer_than_its_lease_is_not_claimed_again_while_its_owner_lives(
+        database_urls: dict[str, str], backend: str) -> None:
+    """One row inviting a whole cohort can take minutes: its living owner keeps the lease."""
+    db_a, outbox_a = await _db(database_urls, backend)
+    db_b, outbox_b = await _db(database_urls, backend)
+    await _queue(db_a, outbox_a, lanes=1, per_lane=1)
+    slow = Recorder(delay=0)
+    calls: list[str] = []
+
+    class Slow:
+        async def send(self, row: Claimed) -> str:
+            calls.append(row.txn_id)
+            await asyncio.sleep(3.0)  # six leases of 0.5 s
+            return await slow.send(row)
+
+    # Both check leases every lease/4 = 0.125 s; b would take a's row as soon as it looked expired.
+    a = Dispatcher(db_a, outbox_a, SystemClock(), {MATRIX: Slow()}, lease_seconds=0.5, poll_seconds=0.05)
+    await a.open()
+    task_a = asyncio.create_task(a.run())
+    await _until(lambda: _started(calls), timeout=10)
+    b = Dispatcher(db_b, outbox_b, SystemClock(), {MATRIX: Slow()}, lease_seconds=0.5, poll_seconds=0.05)
+    await b.open()
+    task_b = asyncio.create_task(b.run())
+
+    async def sent() -> bool:
+        return (await _status_counts(db_a)).get("sent", 0) == 1
+
+    await _until(sent, timeout=20)
+    for d in (a, b):
+        await d.stop()
+    for t in (task_a, task_b):
+        t.cancel()
+    await asyncio.gather(task_a, task_b, return_exceptions=True)
+    assert len(calls) == 1, calls  # one attempt, not one per expired lease
+    await db_a.close()
+    await db_b.close()
+
+
+async def _started(calls: list[str]) -> bool:
+    return bool(calls)
+
+
 @BOTH
 async def test_oldest_queued_age_ignores_future_rows_but_not_failing_ones(
     database_urls: dict[str, str], backend: str
