@@ -136,6 +136,9 @@ class Hub:
         # such a room waits for it, since joining may adopt the room as someone's direct room.
         self._joining: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
+        # Set once the control room's id is known (after the first sync): Matrix rows wait for
+        # it, since what they carry out may alert the moderators there (`RoomBase._alert`).
+        self.control_known = asyncio.Event()
         self.extra_senders: dict[str, Sender] = {}
         self.smtp_pool: SmtpPool | None = None
         self.after_start: list[Callable[[Hub], Awaitable[None]]] = []
@@ -240,7 +243,10 @@ class Hub:
         # Prompts are recorded, and their options queued, once sent: only then is their id known.
         matrix_sender.after_sent.append(PromptRecorder(self.db, self.outbox, self.clock).sent)
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
-        matrix_sender.ready = self.sync.first_done
+        # Not before the control room is known: a room fix queued by the first sync (drift made
+        # while the hub was down) tells the moderators, and with no control room id yet that
+        # alert would only reach the log.
+        matrix_sender.ready = self.control_known
         self.web = WebServer(
             s.web.host, s.web.port,
             HealthSource(
@@ -312,6 +318,7 @@ class Hub:
         # It runs once per start (a lookup, and a join or create only the first time), so the
         # outbox's rate-limit pause and retries buy little here.
         self.control_room_id = await ensure_control_room(self.client, self.settings.matrix)
+        self.control_known.set()
         # For `hub worker`s' alerts: they never look anything up on the homeserver.
         assert self.db is not None
         await self.db.set_state(CONTROL_ROOM_KEY, self.control_room_id)

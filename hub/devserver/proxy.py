@@ -10,6 +10,7 @@ status, headers and body.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Mapping
@@ -52,6 +53,9 @@ class RecordingProxy:
         self.host = host
         self.port = port or free_port(host)
         self.exchanges: list[Exchange] = []
+        # (method, whole-path regular expression, seconds): requests held that long before they
+        # are forwarded, to play a slow homeserver for one kind of request.
+        self.delays: list[tuple[str, re.Pattern[str], float]] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -61,6 +65,10 @@ class RecordingProxy:
 
     def clear(self) -> None:
         self.exchanges.clear()
+
+    def delay(self, method: str, path: str, seconds: float) -> None:
+        """Hold requests with this method and (decoded) path `seconds` before forwarding them."""
+        self.delays.append((method, re.compile(path), seconds))
 
     def matching(self, method: str, path: str) -> list[Exchange]:
         """The exchanges with this method whose whole path matches the regular expression."""
@@ -99,6 +107,9 @@ class RecordingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         began = time.monotonic()
+        for method, pattern, seconds in self.delays:
+            if request.method == method and pattern.fullmatch(request.path):
+                await asyncio.sleep(seconds)
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         # The raw path, as the client encoded it: room ids carry `!` and `:`.

@@ -94,8 +94,9 @@ class MatrixSender:
         self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
         self.resolve_room_key = resolve_room_key
         self.load_room = load_room
-        # Set after this run's first sync: until then nio has not read the to-device
-        # messages and key changes that came while the hub was down.
+        # Set after this run's first sync (and, as the service wires it, once the control room
+        # is known): until then nio has not read the to-device messages and key changes that
+        # came while the hub was down.
         self.ready: asyncio.Event | None = None
         self.ready_timeout = 30.0
         # What must know a message's event id, which exists only once it is sent (the prompts
@@ -105,7 +106,8 @@ class MatrixSender:
     async def send(self, row: Claimed) -> str:
         if self.ready is not None and not self.ready.is_set():
             if not await self.pause.clock.wait(self.ready, self.ready_timeout):
-                raise TemporaryDeliveryError("waiting for the first sync", retry_after=5.0)
+                raise TemporaryDeliveryError("waiting for the first sync and the control room",
+                                             retry_after=5.0)
         await self.pause.wait()
         effect = effect_from_payload(row.payload, "matrix")  # an unknown op fails the row for good
         if isinstance(effect, Email):  # not with channel "matrix"; said for the type checker

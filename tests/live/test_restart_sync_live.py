@@ -6,6 +6,9 @@ and the hub missed it), so only the room check can find it. The hub restarts thr
 recording proxy in front of Synapse: its first sync resumes from the saved position and
 asks for no full state, a `!hub ping` is answered, the room check reads the rooms a page
 at a time (counted at the proxy, against the real server) and puts the name back.
+
+And drift the first sync does show is told to the moderators even when the control room
+is found late (its alias held at the proxy): Matrix rows wait for the control room's id.
 """
 
 from __future__ import annotations
@@ -142,3 +145,35 @@ async def test_a_restart_resumes_without_full_state_answers_and_checks_the_rooms
     assert set().union(*bursts) == rooms
     assert all(len(b) <= PAGE for b in bursts), bursts
     assert len(bursts) >= -(-len(rooms) // PAGE), bursts
+
+
+async def test_drift_the_first_sync_shows_is_told_though_the_control_room_is_found_late(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path,
+) -> None:
+    # The first sync after a restart brings drift made while the hub was down, and its fix
+    # tells the moderators; the control room's id is only known once its alias is resolved
+    # (held 3 s here), so the fix must wait for it, or its alert reaches the log alone.
+    bot = await register("hub")
+    mod = await participant("lead")
+    async with RecordingProxy(synapse.url) as proxy:
+        settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
+                                moderators=[mod.user_id])
+        async with running_hub(settings) as hub:
+            assert hub.db is not None and hub.outbox is not None
+            async with hub.db.transaction() as s:
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                await create_cohort(s, env, slug="late", name="Late", timezone="UTC", start=None,
+                                    weeks=12, source="command")
+            space = await room_of(hub, "space:1")
+            control = hub.control_room_id
+            assert control is not None
+            await mod.wait_joined(space, mod.user_id, timeout=30)
+            await mod.wait_joined(control, mod.user_id, timeout=30)
+            await quiet(hub)
+        renamed = await mod.client.room_put_state(space, "m.room.name", {"name": "Renamed while down"})
+        assert isinstance(renamed, RoomPutStateResponse), renamed
+        proxy.delay("GET", r"/_matrix/client/v3/directory/room/.+", 3.0)
+        async with running_hub(settings):
+            await mod.wait_until(lambda: any(
+                isinstance(e, RoomMessageNotice) and f"{mod.user_id} changed the Late space: name" in e.body
+                for e in mod.in_room(control)), 30)
