@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
-from email.utils import encode_rfc2231, format_datetime, formataddr, getaddresses
+from email.utils import encode_rfc2231, format_datetime, getaddresses
 from functools import lru_cache
 
 from hub.email.payload import (
@@ -202,6 +202,11 @@ def _one_header(name: str, line: bytes) -> bytes:
     return line
 
 
+# RFC 5322 specials in a display name make it a quoted string; inside it, \\ and " are escaped.
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+_QUOTED = re.compile(r'[\\"]')
+
+
 def _display_name(name: str) -> str:
     """A display name as a phrase that can only be read back as that name.
 
@@ -229,7 +234,11 @@ def _mailbox(name: str, address: str) -> str:
     if not name:
         return address
     if name.isascii():
-        return formataddr((name, address))
+        # formataddr's quoting, written here: formataddr itself refuses a non-ASCII address
+        # (UnicodeEncodeError), which an SMTPUTF8 recipient may have (found by the property test).
+        if _SPECIALS.search(name):
+            name = '"' + _QUOTED.sub(r"\\\g<0>", name) + '"'
+        return f"{name} <{address}>"
     return f"{_display_name(name)} <{address}>"
 
 

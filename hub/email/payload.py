@@ -97,7 +97,11 @@ ALLOWED_HEADERS = frozenset(
     {"list-id", "list-unsubscribe", "list-unsubscribe-post", "list-help", "list-archive",
      "reply-to", "in-reply-to", "references", "precedence"}
 )
-_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+\.[^@\s<>(),;:\"\[\]\\]+$")
+# Dot-separated atoms either side of the @ (RFC 5322 dot-atom): no leading, trailing or
+# doubled dot. "victim@example.org." passed a looser pattern, and a reader's parser makes
+# nothing of it, so a Reply-To of it named no one the hub meant (the header property test).
+_ATOM = r"[^@\s<>(),;:\"\[\]\\.]+"
+_ADDRESS = re.compile(rf"^{_ATOM}(\.{_ATOM})*@{_ATOM}(\.{_ATOM})+$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+(\s*;\s*[a-z0-9_.-]+=[^;\r\n]+)*$", re.I)
 
 

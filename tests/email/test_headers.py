@@ -110,6 +110,13 @@ def _check(payload: EmailPayload, *, from_header: str = FROM, txn_id: str = "t1"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Found by this test: a trailing dot passed the address pattern, and the reader's parser
+# then found no address in the Reply-To the hub wrote.
+@example(subject="s", to_name="", list_name="", reply_to="Bcc: victim@example.org.", in_reply_to="",
+         references="", x_value="")
+# And: an ASCII name beside a non-ASCII address, which formataddr refuses with a traceback.
+@example(subject="s", to_name="", list_name="", reply_to="Bcc: victim@example.org\u00a1(0",
+         in_reply_to="", references="", x_value="")
 @given(subject=hostile, to_name=hostile, list_name=hostile, reply_to=hostile, in_reply_to=hostile,
        references=hostile, x_value=hostile)
 def test_no_field_adds_a_header_or_a_recipient(
