@@ -153,15 +153,23 @@ class CreateRoom:
 
 @dataclass(frozen=True)
 class Invite:
-    """Invite `users` (and everyone else still pending there) to the hub room `room_key`."""
+    """Invite `users` (and everyone else still pending there) to the hub room `room_key`.
+
+    `after`: a continuation (`hub.features.room_ops`): only the pending people whose ids
+    sort after it, the ones an earlier row of the same run left for later.
+    """
 
     room_key: str
     users: tuple[str, ...]
+    after: str | None = None
 
     op: Literal[Op.INVITE] = field(default=Op.INVITE, init=False, repr=False)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"op": str(Op.INVITE), "room_key": self.room_key, "users": list(self.users)}
+        out: dict[str, Any] = {"op": str(Op.INVITE), "room_key": self.room_key, "users": list(self.users)}
+        if self.after is not None:
+            out["after"] = self.after
+        return out
 
 
 @dataclass(frozen=True)
@@ -348,7 +356,8 @@ def effect_from_payload(p: Mapping[str, Any], channel: Literal["matrix", "email"
             gen = p.get("generation")
             return CreateRoom(str(_get(p, "room_key", op)), None if gen is None else int(gen))
         case Op.INVITE:
-            return Invite(str(_get(p, "room_key", op)), tuple(str(u) for u in p.get("users", [])))
+            return Invite(str(_get(p, "room_key", op)), tuple(str(u) for u in p.get("users", [])),
+                          _opt_str(p, "after"))
         case Op.KICK:
             return Kick(str(_get(p, "room_key", op)), str(_get(p, "user", op)), str(p.get("reason", "")))
         case Op.LEAVE:

@@ -34,9 +34,10 @@ from hub.core.membership import (
     Outgoing,
     PairStatus,
     RoomStatus,
+    room_lane,
 )
 from hub.core.membership import RoomKind as HubRoomKind
-from hub.delivery.outbox import OutboxStatus
+from hub.delivery.outbox import UNSENT, OutboxStatus
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.cohort_setup import cohort_rooms
 from hub.features.config_sync import sync_config
@@ -211,6 +212,12 @@ class RoomCheck(RoomJoins):
                                        + ", ".join(f.reason for f in fixes))
             await self._check_members(s, env, fresh, snap, report)
 
+    async def _invite_queued(self, s: AsyncSession, room: HubRoom) -> bool:
+        """Whether an invite row for the room is still to run (queued, or being sent)."""
+        return (await s.execute(select(outbox_table.c.seq).where(
+            (outbox_table.c.lane == room_lane(room)) & (outbox_table.c.kind == "room-invite")
+            & outbox_table.c.status.in_(UNSENT)).limit(1))).first() is not None
+
     async def _check_members(self, s: AsyncSession, env: Env, room: HubRoom, snap: RoomSnapshot,
                              report: ReconcileReport) -> None:
         assert report.repaired is not None
@@ -219,18 +226,24 @@ class RoomCheck(RoomJoins):
             room_member_table.c.room_pk == room.id))).scalars()}
         now = env.now()
         missing: list[str] = []
+        # An invite row still to run invites everyone pending when it does: their invites
+        # are on the way, not lost (a cohort of thousands takes a while). Re-queued and
+        # reported as repaired, each start's check added another row of the same people.
+        queued = await self._invite_queued(s, room)
         for user in sorted(wanted):
             actual = snap.members.get(user)
             rm = rows.get(user)
+            on_the_way = queued
             if rm is None:
                 assert room.id is not None
                 rm = RoomMember(room_pk=room.id, user_id=user, state=MembershipState.PENDING, updated_at=now)
                 s.add(rm)
+                on_the_way = False  # new to the room here: no row of before names them
             waiting = (MembershipState.PENDING, MembershipState.INVITED)
             if actual is None or (actual == "leave" and rm.state in waiting):
                 # Never invited (or the invite was lost): invite. Someone who left on
                 # their own is not pulled back in.
-                if rm.state != MembershipState.PENDING or actual is None:
+                if rm.state != MembershipState.PENDING or (actual is None and not on_the_way):
                     missing.append(user)
                 rm.state = MembershipState.PENDING
             else:

@@ -32,9 +32,13 @@ from hub.features.room_queue import Env, leave_by_id, queue_room_op, relane, use
 from hub.features.room_spec import build_spec
 from hub.storage.models import HubRoom, RoomMember, hub_room_table, room_member_table
 
-__all__ = ["RoomOps"]
+__all__ = ["INVITE_CHUNK", "RoomOps"]
 
 _DRIFT_RECHECKS = 5  # a drift fix looks again this many times for a change that came back
+# People one row invites (8 at a time); the rest go on in a new row at the end of the room's
+# lane (`RoomOps._continue`). At the 2-10 invites/s a homeserver manages into a room of
+# thousands, a chunk holds the lane for seconds, not the hour a whole cohort took.
+INVITE_CHUNK = 50
 
 
 class RoomOps(RoomBase):
@@ -92,7 +96,10 @@ class RoomOps(RoomBase):
                     assert recorded is not None
                     recorded.room_id, recorded.room_version = room_id, version
         # Invited before anything is posted, so the first (encrypted) message is
-        # shared with the invitees' devices too.
+        # shared with the invitees' devices too. A chunk at most (a space made for a cohort
+        # of thousands): the rest follow in a continuation row, queued below.
+        invitees = sorted(invitees)
+        invitees, rest = invitees[:INVITE_CHUNK], len(invitees) - INVITE_CHUNK
         done, failed = await self._invite_all(room_id, invitees)
         async with self.db.transaction() as s:
             env = await self.env(s)
@@ -109,6 +116,8 @@ class RoomOps(RoomBase):
                 room.status, room.ready_at = RoomStatus.READY, env.now()
             await self._mark_invited(s, env, room, done, failed, row)
             await relane(s, room)
+            if rest > 0:  # after relane: on the room's id lane, behind what waited for the room
+                await self._continue(s, env, room, invitees[-1], row)
             await self._after_created(s, env, room)
         return room_id
 
@@ -157,7 +166,8 @@ class RoomOps(RoomBase):
 
     async def invite(self, row: Claimed, e: Invite) -> str:
         """Invite the row's users, and everyone else still pending in the room: one row
-        carries the invites of many (a roster import queues one per person)."""
+        carries the invites of many (a roster import queues one per person). At most
+        `INVITE_CHUNK` of them; the rest go on in a continuation row (`_continue`)."""
         key = e.room_key
         room_id = await self.resolve(key)
         async with self.db.session() as s:
@@ -168,17 +178,38 @@ class RoomOps(RoomBase):
         # Only people still waiting for an invite: not those removed since, already
         # invited or in, or who left on their own.
         pending = MembershipState.PENDING
-        users = sorted({u for u in e.users if states.get(u, pending) == pending}
-                       | {u for u, state in states.items() if state == pending})
+        users = sorted(u for u in {u for u in e.users if states.get(u, pending) == pending}
+                       | {u for u, state in states.items() if state == pending}
+                       if e.after is None or u > e.after)
         if not users:
             return "nothing to do"
+        users, rest = users[:INVITE_CHUNK], len(users) - INVITE_CHUNK
         done, failed = await self._invite_all(room_id, users)
         async with self.db.transaction() as s:
             env = await self.env(s)
             room = await self._by_key(s, key)
             assert room is not None
             await self._mark_invited(s, env, room, done, failed, row)
-        return f"invited {len(done)}" + (f", {len(failed)} failed" if failed else "")
+            if rest > 0:
+                await self._continue(s, env, room, users[-1], row)
+        return (f"invited {len(done)}" + (f", {len(failed)} failed" if failed else "")
+                + (f"; {rest} more in a new row" if rest > 0 else ""))
+
+    async def _continue(self, s: AsyncSession, env: Env, room: HubRoom, last: str, row: Claimed) -> None:
+        """Queue the rest of a room's invites behind whatever its lane holds now.
+
+        One row inviting a whole cohort (10,000 people into the space and the lounge) would
+        hold the room's lane for an hour on a loaded homeserver, and a lounge post (an
+        announcement, the digest's pointer) queued meanwhile would wait for all of it. In
+        chunks, a post waits for one chunk. Safe for the order that matters: the space and
+        the lounge are unencrypted with shared history, so someone invited after a post
+        still reads it; the encrypted rooms (pair and direct rooms, whose first message must
+        follow the invites so their keys reach the invitees) never have a chunk's worth of
+        people. The cursor (`after`) always moves on, so people whose invite failed for good
+        are not tried again and again; the dedupe key makes a retried row queue it once.
+        """
+        await queue_room_op(s, env, room, Invite(room.key, (), after=last), kind="room-invite",
+                            dedupe_key=f"invite:{room.key}:after:{row.txn_id}")
 
     async def kick(self, row: Claimed, e: Kick) -> str:
         room_id = await self.resolve(e.room_key)

@@ -30,6 +30,8 @@ CASES: list[tuple[Any, dict[str, Any]]] = [
     (CreateRoom("pair:3", 2), {"op": "create_room", "room_key": "pair:3", "generation": 2}),
     (Invite("lounge:1", ("@a:x", "@b:x")),
      {"op": "invite", "room_key": "lounge:1", "users": ["@a:x", "@b:x"]}),
+    (Invite("lounge:1", (), after="@m:x"),
+     {"op": "invite", "room_key": "lounge:1", "users": [], "after": "@m:x"}),
     (Kick("lounge:1", "@a:x", "removed from C"),
      {"op": "kick", "room_key": "lounge:1", "user": "@a:x", "reason": "removed from C"}),
     (Leave("pair:3"), {"op": "leave", "room_key": "pair:3"}),
