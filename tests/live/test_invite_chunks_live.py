@@ -28,7 +28,7 @@ from hub.features import room_ops
 from hub.features.cohort_setup import create_cohort
 from hub.features.room_queue import load_env
 from hub.features.roster import import_file
-from hub.storage.models import HubRoom, RoomMember, hub_room_table, outbox_table, room_member_table
+from hub.storage.models import hub_room_table, outbox_table, room_member_table
 
 from tests.support.cohorts import quiet, room_of
 from tests.support.live_hub import hub_settings, running_hub
@@ -87,10 +87,11 @@ async def test_a_lounge_post_waits_for_one_chunk_of_a_cohorts_invites_and_nobody
             await quiet(hub, timeout=120)
 
             async with hub.db.session() as s:
-                lounge_pk = (await s.execute(select(HubRoom.id).where(
+                lounge_pk = (await s.execute(select(hub_room_table.c.id).where(
                     hub_room_table.c.key == "lounge:1"))).scalar_one()
-                states = dict((await s.execute(select(RoomMember.user_id, RoomMember.state).where(
-                    room_member_table.c.room_pk == lounge_pk))).all())
+                m = room_member_table.c
+                states = dict((await s.execute(select(m.user_id, m.state).where(
+                    m.room_pk == lounge_pk))).all())
                 invite_rows = (await s.execute(select(func.count()).where(
                     (outbox_table.c.lane == lounge) & (outbox_table.c.kind == "room-invite")))).scalar_one()
             token = await hub.db.get_state("matrix.access_token")
