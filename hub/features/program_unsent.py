@@ -16,14 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-
 from hub.core.calendar import CalendarItem
 from hub.core.content_format import escape_markdown
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.names import name_problem, one_line
 from hub.delivery.effect_writer import row_spec
 from hub.errors import HubError
+from hub.storage.db import is_transient as db_transient
 
 __all__ = ["Unsent", "is_transient", "person_reason", "reason_of", "unsent_alert"]
 
@@ -41,7 +40,7 @@ class Unsent:
 
 def is_transient(e: BaseException) -> bool:
     """The database or the network was away: retrying the tick can cure it, skipping would lose mail."""
-    return isinstance(e, (OperationalError, InterfaceError, DisconnectionError, OSError))
+    return db_transient(e) or isinstance(e, OSError)
 
 
 def reason_of(e: Exception) -> str:

@@ -18,8 +18,9 @@ from nio import AsyncClient, SyncError, SyncResponse, UploadFilterResponse
 
 from hub.clock import Clock
 from hub.core.cohorts import OWNED_STATE, ROOM_TAG
+from hub.core.names import one_line
 from hub.errors import InvalidTokenError
-from hub.storage.db import Database
+from hub.storage.db import Database, is_transient
 
 __all__ = ["STATE_TYPES", "TIMELINE_TYPES", "SyncLoop", "sync_filter"]
 
@@ -191,8 +192,8 @@ class SyncLoop:
             first = since is None
             await self._housekeeping()
             # Handle first, then persist the position (see module docstring).
-            await self.handler(resp, first)
-            await self.db.set_state(_TOKEN_KEY, resp.next_batch)
+            if not await self._handle(resp, first):
+                return  # stopped while the database was away: the batch is handled next run
             since = resp.next_batch
             failures = 0
             self.healthy = True
@@ -200,6 +201,38 @@ class SyncLoop:
             self.first_done.set()
             self.synced.set()
             self.synced.clear()
+
+    async def _handle(self, resp: SyncResponse, first: bool) -> bool:
+        """Handle a batch and save the position after it; False if stopped before that.
+
+        When the database is away (SQLite locked past the busy timeout by another writer, a
+        lost PostgreSQL connection), the same batch is handled again after a backoff, until
+        it goes through: stopping the hub for it lost every command until someone restarted
+        it. The very same response, not a new sync from the old position: nio has already
+        taken it in (room keys, decrypted messages), and a second sync of it fails to
+        decrypt what the first did. Handling is replay-safe (as after a crash), so the part
+        of a batch that went through before the failure is not done twice.
+        """
+        failures = 0
+        while True:
+            try:
+                await self.handler(resp, first)
+                await self.db.set_state(_TOKEN_KEY, resp.next_batch)
+                return True
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                failures += 1
+                self.healthy = False
+                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
+                delay = random.uniform(delay / 2, delay)
+                # The driver's own message only: the wrapper's text carries the statement's
+                # parameters, which may be a token being saved.
+                log.warning("handling a sync failed (database: %s); handling it again in %.1fs",
+                            one_line(str(getattr(e, "orig", None) or e))[:200], delay)
+                await self.clock.sleep(delay)
+                if self._stop:
+                    return False
 
     async def _back_off(self, delay: float, *, unreachable: bool) -> None:
         """Wait `delay` before syncing again, or less once a homeserver that was down answers.

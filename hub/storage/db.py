@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import (
 from hub.errors import SchemaTooNewError, StorageError
 from hub.storage.models import KeyValue
 
-__all__ = ["SQLITE_BUSY_MS", "Database", "async_url", "open_database", "private_dir", "private_file"]
+__all__ = ["SQLITE_BUSY_MS", "Database", "async_url", "is_transient", "open_database", "private_dir",
+           "private_file"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -169,6 +170,12 @@ async def _put(session: AsyncSession, key: str, value: str) -> None:
         session.add(KeyValue(key=key, value=value))
     else:
         row.value = value
+
+
+def is_transient(e: BaseException) -> bool:
+    """A database error that waiting can cure: SQLite's "database is locked" (another writer
+    held the lock past the busy timeout), a PostgreSQL connection lost or refused."""
+    return isinstance(e, (OperationalError, InterfaceError, DisconnectionError))
 
 
 # How long a SQLite writer waits for another's write lock before "database is locked".
