@@ -51,7 +51,12 @@ beside_log=$(mktemp)
 .venv/bin/python -m pytest -q -p no:cacheprovider "$beside" >"$beside_log" 2>&1 &
 beside_pid=$!
 status=0
-.venv/bin/python -m pytest --ignore="$beside" || status=$?
+# Two workers (pytest-xdist), a test file each at a time: each worker starts its own Synapse
+# once (the session fixture) and the files' module fixtures stay on one worker. Tests that
+# bound a time on this machine (marked `serial`) run afterwards, alone.
+workers=${HUB_TEST_WORKERS:-2}
+.venv/bin/python -m pytest -n "$workers" --dist loadfile -m "not serial" --ignore="$beside" || status=$?
+.venv/bin/python -m pytest -m serial --ignore="$beside" || status=$?
 beside_status=0
 wait "$beside_pid" || beside_status=$?
 echo "--- $beside (run beside the suite) ---"

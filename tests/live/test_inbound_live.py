@@ -34,6 +34,7 @@ async def _hub_and_room(
     return settings, user, bot, ""
 
 
+@pytest.mark.serial  # times the answer: alone, not beside another worker
 async def test_ping_gets_notice_reply_within_2s(
     synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path
 ) -> None:

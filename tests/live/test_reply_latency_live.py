@@ -28,7 +28,8 @@ from tests.support.delivery import make_rooms
 from tests.support.live_hub import hub_settings, running_hub
 from tests.support.matrix_user import Participant
 
-pytestmark = pytest.mark.synapse
+# Times replies against a bound: alone, not beside another worker (pyproject "serial").
+pytestmark = [pytest.mark.synapse, pytest.mark.serial]
 
 PINGS = 100
 LIMIT_MS = 300  # the bound on this machine; a healthy reply takes 20-100 ms

@@ -183,6 +183,7 @@ START = datetime(2027, 1, 10, 12, 0, tzinfo=BERLIN)  # the day before launch
 END = datetime(2027, 4, 6, 0, 0, tzinfo=BERLIN)  # after week 12
 
 
+@pytest.mark.serial  # times a CPU-bound run: alone, not beside another worker
 async def test_whole_12_week_program_tick_by_tick_on_time_once_per_target() -> None:
     world = World(example(), example("fall-ny", NEW_YORK), start=START)
     began = wall.perf_counter()
