@@ -239,6 +239,7 @@ def test_online_check_blames_the_data_dir_not_the_homeserver(tmp_path: Path) -> 
 # --- online: one line per unreachable server, no leaks, alembic quiet ------------------------------
 
 
+@pytest.mark.serial  # times the check (a subprocess): alone, not beside another worker
 def test_unreachable_servers_are_one_line_each(tmp_path: Path) -> None:
     hs_port, smtp_port = _closed_port(), _closed_port()
     config = _config(tmp_path, f"http://127.0.0.1:{hs_port}", more=f"""[email]
