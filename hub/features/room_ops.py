@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.core.cohorts import MODERATOR_LEVEL, StateFix, state_fixes
 from hub.core.content_format import escape_markdown
-from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoom
+from hub.core.effects import CreateRoom, FixState, Invite, Kick, Leave, LeaveRoom, Outgoing
 from hub.core.homeserver import RoomSnapshot
-from hub.core.membership import MembershipState, RoomStatus
+from hub.core.membership import MembershipState, RoomStatus, room_lane
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
@@ -208,8 +208,10 @@ class RoomOps(RoomBase):
         people. The cursor (`after`) always moves on, so people whose invite failed for good
         are not tried again and again; the dedupe key makes a retried row queue it once.
         """
-        await queue_room_op(s, env, room, Invite(room.key, (), after=last), kind="room-invite",
-                            dedupe_key=f"invite:{room.key}:after:{row.txn_id}")
+        out = Outgoing(Invite(room.key, (), after=last), "room-invite",
+                       f"invite:{room.key}:after:{row.txn_id}", room_lane(room))
+        # As the row it continues: a roster import's invites stay bulk, behind people's replies.
+        await env.store.queue(s, {**env.writer.row(out), "priority": row.priority})
 
     async def kick(self, row: Claimed, e: Kick) -> str:
         room_id = await self.resolve(e.room_key)
