@@ -39,6 +39,7 @@ from hub.core.calendar import (
 )
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.membership import MembershipState, PairStatus
+from hub.core.ports import Priority
 from hub.core.tokens import TokenSigner
 from hub.delivery.effect_writer import row_spec
 from hub.delivery.outbox import EMAIL
@@ -288,5 +289,8 @@ class DigestService:
         report = await build_report(s, view, self.program.state, now)
         lines = report.lines(view.cohort.slug)
         lines[0] = f"**Weekly report for `{view.cohort.slug}`** (counts only)"
-        return row_spec(Outgoing(RoomMessage.markdown("\n".join(lines), room_id=room), "digest-report", key))
+        # Interactive: a moderator's reply to `!hub digest send` queues behind it in the control
+        # room's lane, and as bulk it waited for all 10,000 emails of the fan-out it reports.
+        notice = Outgoing(RoomMessage.markdown("\n".join(lines), room_id=room), "digest-report", key)
+        return {**row_spec(notice), "priority": Priority.INTERACTIVE}
 
