@@ -145,6 +145,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await quiet(db)
                 result["invites_pending_start"] = await pending_invites(db)
                 mods_room = await mod.room(MODS)
+                if args.digest_only:
+                    result["digest"] = await digest(db, mod, mods_room, SLUG)
+                    status_line(f"digest: {result['digest']}")
+                    result["hub_hwm_mb"] = round(rss_mb(hub.pid)[1], 1)
+                    return result
                 # -- restarts ------------------------------------------------------------
                 result["restarts"] = []
                 for i in range(args.restarts):
@@ -265,6 +270,8 @@ def main() -> None:
                              "8+ min at 2,000 rooms); measure beside it and read the last restart's end "
                              "of the check from the log before the hub stops for the raw side")
     parser.add_argument("--profile", action="store_true", help="py-spy the hub during the icebreaker")
+    parser.add_argument("--digest-only", action="store_true",
+                        help="with --reuse: only the weekly digest after the start (to re-measure it)")
     args = parser.parse_args()
     if args.people < 2 * args.rooms:
         parser.error("--people must be at least 2 x --rooms")
@@ -273,7 +280,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result = asyncio.run(run(args))
-    print(summary(result))
+    print(summary(result) if not args.digest_only else f"  digest: {result['digest']}")
     out = Path(result["folder"] if (args.keep or args.reuse) else ".") / f"scale-{int(time.time())}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"  figures: {out}")

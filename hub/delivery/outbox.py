@@ -159,7 +159,8 @@ class Outbox:
         """Fan-out enqueue, `priority` BULK unless told; rows whose dedupe_key exists are skipped.
 
         Returns how many were new. A few rows someone waits for (the backup plan after
-        `!hub dropped`) pass `Priority.INTERACTIVE`.
+        `!hub dropped`) pass `Priority.INTERACTIVE`; a row with its own "priority" keeps it
+        (a fan-out's notice to the moderators, which their replies queue behind).
         """
         if not rows:
             return 0
@@ -171,7 +172,8 @@ class Outbox:
         )
         fresh = [
             self.row(channel=r["channel"], kind=r["kind"], lane=r["lane"], payload=r["payload"],
-                     dedupe_key=r["dedupe_key"], not_before=r.get("not_before"), priority=priority)
+                     dedupe_key=r["dedupe_key"], not_before=r.get("not_before"),
+                     priority=r.get("priority", priority))
             for r in rows
             if r["dedupe_key"] not in existing
         ]

@@ -20,6 +20,7 @@ from hub.core.calendar import CalendarItem
 from hub.core.content_format import escape_markdown
 from hub.core.effects import Outgoing, RoomMessage
 from hub.core.names import name_problem, one_line
+from hub.core.ports import Priority
 from hub.delivery.effect_writer import row_spec
 from hub.errors import HubError
 from hub.storage.db import is_transient as db_transient
@@ -88,5 +89,7 @@ def unsent_alert(control_room: str | None, item: CalendarItem, unsent: Sequence[
     lines.append("Nothing retries it on its own. Fix what is named (a name with a line break: add "
                  "the person again with a new name), then send it again if it still matters.")
     # Once per item, however many ticks or `send` commands meet the same failure.
-    return row_spec(Outgoing(RoomMessage.markdown("\n".join(lines), room_id=control_room), "alert",
-                             f"alert:unsent:{item.key}" + (":all" if everything else "")))
+    # Interactive, like the digest's report: a fan-out's own notice must not wait for the fan-out.
+    return {**row_spec(Outgoing(RoomMessage.markdown("\n".join(lines), room_id=control_room), "alert",
+                                f"alert:unsent:{item.key}" + (":all" if everything else ""))),
+            "priority": Priority.INTERACTIVE}

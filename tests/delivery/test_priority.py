@@ -56,6 +56,24 @@ async def test_an_answer_queued_after_a_fan_out_is_claimed_first(
 
 
 @BOTH
+async def test_a_fan_outs_own_notice_to_the_moderators_keeps_its_priority(
+        database_urls: dict[str, str], backend: str) -> None:
+    """The digest's report rides in its fan-out (`enqueue_many`) but is claimed ahead of it:
+    as bulk it waited for 10,000 emails, and the moderator's reply behind it in its lane too."""
+    db, outbox, dispatcher = await _open(database_urls, backend)
+    try:
+        async with db.transaction() as s:
+            await outbox.enqueue_many(s, [*(_row(i, f"!room{i}") for i in range(300)),
+                                          {**_row(0, "!control"), "priority": Priority.INTERACTIVE}])
+        claimed = await dispatcher.claim(2)
+        assert [(c.lane, c.priority) for c in claimed] == [("!control", Priority.INTERACTIVE),
+                                                           ("!room0", Priority.BULK)]
+    finally:
+        await dispatcher.stop()
+        await db.close()
+
+
+@BOTH
 async def test_an_answer_never_overtakes_an_earlier_row_to_the_same_room(
         database_urls: dict[str, str], backend: str) -> None:
     db, outbox, dispatcher = await _open(database_urls, backend)

@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 
 from hub.activity import ActivityRecorder
 from hub.core.cohorts import Who
+from hub.core.ports import Priority
 from hub.core.tokens import Purpose, TokenSigner
 from hub.delivery.dispatcher import Claimed
 from hub.errors import PermanentDeliveryError
@@ -160,6 +161,9 @@ async def test_digest_slot_sends_lounge_once_emails_once_and_the_report(world: W
         assert headers["List-Id"] == "Winter 2027 <winter.hub.example.org>"
     report = [r for r in rows if r["kind"] == "digest-report"]
     assert len(report) == 1 and report[0]["lane"] == CONTROL
+    # The report is interactive (a moderator's reply queues behind it); the fan-out is bulk.
+    assert report[0]["priority"] == Priority.INTERACTIVE
+    assert {r["priority"] for r in digest} == {Priority.BULK}
     assert "Weekly report for `winter`" in report[0]["payload"]["content"]["body"]
 
     # Privacy over everything queued: private words nowhere, the most-reacted lounge post present.

@@ -100,9 +100,10 @@ class World:
         async with self.db.session() as s:
             got = (await s.execute(select(outbox_table.c.kind, outbox_table.c.lane, outbox_table.c.channel,
                                           outbox_table.c.payload, outbox_table.c.dedupe_key,
-                                          outbox_table.c.created_at).order_by(outbox_table.c.seq))).all()
-        out = [{"kind": k, "lane": lane, "channel": ch, "payload": json.loads(p), "key": key, "at": at}
-               for k, lane, ch, p, key, at in got if k.startswith(kind_prefix)]
+                                          outbox_table.c.created_at, outbox_table.c.priority)
+                                   .order_by(outbox_table.c.seq))).all()
+        out = [{"kind": k, "lane": lane, "channel": ch, "payload": json.loads(p), "key": key, "at": at,
+                "priority": prio} for k, lane, ch, p, key, at, prio in got if k.startswith(kind_prefix)]
         if rendered:
             for row in out:
                 if row["payload"].get("template") == DIGEST:
