@@ -38,6 +38,7 @@ from _scale_env import (
     SLUG,
     HubProcess,
     State,
+    analyze_databases,
     drop_databases,
     hub_config,
     load,
@@ -159,6 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["build"] = build
                 result["e2ee_devices"] = sum(1 for u in state.e2ee.values() if u.get("keys"))
                 await quiet(db)
+                result["analyzed"] = await analyze_databases(state)
                 result["invites_pending_start"] = await pending_invites(db)
                 mods_room = await mod.room(MODS)
                 if args.digest_only:
