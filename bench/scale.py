@@ -106,12 +106,16 @@ HOLD_SECONDS = 10**7  # --hold-invites: the queued invite rows' not_before moved
 
 
 async def hold_invites(db: Any, seconds: float) -> None:
-    """Move the queued invite rows' time ahead (or back): a cohort's invites of thousands take
-    hours on this machine, and held they leave the hub and Synapse to the measurements."""
+    """Move the unsent invite rows' time ahead (or back), with the hub stopped: a cohort's
+    invites of thousands take hours on this machine, and held they leave the hub and Synapse
+    to the measurements. A row a stopped hub left claimed (`sending`) is queued again first:
+    otherwise the next start takes it over as an orphan and it goes on inviting."""
+    t = outbox_table.c
     async with db.transaction() as s:
-        await s.execute(update(outbox_table).where(
-            (outbox_table.c.kind == "room-invite") & (outbox_table.c.status == "queued")).values(
-            not_before=outbox_table.c.not_before + seconds))
+        await s.execute(update(outbox_table).where((t.kind == "room-invite") & (t.status == "sending"))
+                        .values(status="queued", claimed_by=None, claimed_until=None))
+        await s.execute(update(outbox_table).where((t.kind == "room-invite") & (t.status == "queued"))
+                        .values(not_before=t.not_before + seconds))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
