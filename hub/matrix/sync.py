@@ -184,8 +184,7 @@ class SyncLoop:
                     self._filter_id = None  # uploaded again on the next try
                 failures += 1
                 self.healthy = False
-                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
-                delay = random.uniform(delay / 2, delay)
+                delay = self._backoff(failures)
                 log.warning("sync failed (%s); retrying in %.1fs", resp.message, delay)
                 await self._back_off(delay, unreachable=unreachable)
                 continue
@@ -224,8 +223,7 @@ class SyncLoop:
                     raise
                 failures += 1
                 self.healthy = False
-                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
-                delay = random.uniform(delay / 2, delay)
+                delay = self._backoff(failures)
                 # The driver's own message only: the wrapper's text carries the statement's
                 # parameters, which may be a token being saved.
                 log.warning("handling a sync failed (database: %s); handling it again in %.1fs",
@@ -233,6 +231,12 @@ class SyncLoop:
                 await self.clock.sleep(delay)
                 if self._stop:
                     return False
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` in a row: doubling from 0.5 s up to `max_backoff`,
+        with jitter so many hubs on one homeserver do not retry in step."""
+        delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
+        return random.uniform(delay / 2, delay)
 
     async def _back_off(self, delay: float, *, unreachable: bool) -> None:
         """Wait `delay` before syncing again, or less once a homeserver that was down answers.

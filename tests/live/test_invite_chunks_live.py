@@ -26,12 +26,10 @@ from hub.core.ports import Priority
 from hub.devserver.proxy import RecordingProxy
 from hub.devserver.synapse import SynapseServer
 from hub.features import room_ops
-from hub.features.cohort_setup import create_cohort
-from hub.features.room_queue import load_env
 from hub.features.roster import import_file
 from hub.storage.models import hub_room_table, outbox_table, room_member_table
 
-from tests.support.cohorts import quiet, room_of
+from tests.support.cohorts import new_cohort, quiet, room_of
 from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -65,10 +63,7 @@ async def test_a_lounge_post_waits_for_one_chunk_of_a_cohorts_invites_and_nobody
             assert hub.db is not None and hub.outbox is not None and hub.rooms is not None
             control = hub.control_room_id
             assert control is not None
-            async with hub.db.transaction() as s:
-                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-                await create_cohort(s, env, slug="big", name="Big", timezone="UTC", start=None,
-                                    weeks=12, source="command")
+            await new_cohort(hub, "big", "Big")
             lounge = await room_of(hub, "lounge:1")
             await mod.wait_joined(lounge, mod.user_id, timeout=30)
             await quiet(hub)

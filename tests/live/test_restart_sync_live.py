@@ -34,7 +34,7 @@ from hub.features.room_queue import load_env
 from hub.storage.db import open_database
 from hub.storage.models import HubRoom
 
-from tests.support.cohorts import quiet, room_of
+from tests.support.cohorts import new_cohort, quiet, room_of
 from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -159,11 +159,7 @@ async def test_drift_the_first_sync_shows_is_told_though_the_control_room_is_fou
         settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
                                 moderators=[mod.user_id])
         async with running_hub(settings) as hub:
-            assert hub.db is not None and hub.outbox is not None
-            async with hub.db.transaction() as s:
-                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-                await create_cohort(s, env, slug="late", name="Late", timezone="UTC", start=None,
-                                    weeks=12, source="command")
+            await new_cohort(hub, "late", "Late")
             space = await room_of(hub, "space:1")
             control = hub.control_room_id
             assert control is not None

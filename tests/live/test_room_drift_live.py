@@ -17,10 +17,8 @@ import pytest
 from nio import RoomGetStateResponse, RoomMessageNotice, RoomPutStateError, RoomPutStateResponse
 
 from hub.devserver.synapse import SynapseServer
-from hub.features.cohort_setup import create_cohort
-from hub.features.room_queue import load_env
 
-from tests.support.cohorts import quiet, room_of
+from tests.support.cohorts import new_cohort, quiet, room_of
 from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -34,11 +32,7 @@ async def test_a_moderator_opening_the_lounge_is_undone_at_once_and_reported_onc
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
                             moderators=[mod.user_id])
     async with running_hub(settings) as hub:
-        assert hub.db is not None and hub.outbox is not None
-        async with hub.db.transaction() as s:
-            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-            await create_cohort(s, env, slug="open", name="Open", timezone="UTC", start=None,
-                                   weeks=12, source="command")
+        await new_cohort(hub, "open", "Open")
         lounge = await room_of(hub, "lounge:1")
         control = hub.control_room_id
         assert control is not None

@@ -8,10 +8,21 @@ from typing import Any
 
 from sqlalchemy import select
 
+from hub.features.cohort_setup import create_cohort
+from hub.features.room_queue import load_env
 from hub.service import Hub
-from hub.storage.models import HubRoom, hub_room_table
+from hub.storage.models import Cohort, HubRoom, hub_room_table
 
-__all__ = ["pair_in_new_cohort", "quiet", "room_of"]
+__all__ = ["new_cohort", "pair_in_new_cohort", "quiet", "room_of"]
+
+
+async def new_cohort(hub: Hub, slug: str, name: str) -> Cohort:
+    """A cohort made in the running hub's own database, as `!hub cohort create` makes it."""
+    assert hub.db is not None and hub.outbox is not None
+    async with hub.db.transaction() as s:
+        env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+        return await create_cohort(s, env, slug=slug, name=name, timezone="UTC", start=None, weeks=12,
+                                   source="command")
 
 
 async def room_of(hub: Hub, key: str, timeout: float = 60) -> str:
