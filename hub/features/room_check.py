@@ -245,16 +245,18 @@ class RoomCheck(RoomJoins):
                 # their own is not pulled back in.
                 if rm.state != MembershipState.PENDING or (actual is None and not on_the_way):
                     missing.append(user)
-                rm.state = MembershipState.PENDING
+                if rm.state != MembershipState.PENDING:
+                    rm.state, rm.updated_at = MembershipState.PENDING, now
             else:
                 state = MATRIX_MEMBERSHIP.get(actual, rm.state)
                 if state != rm.state:
-                    rm.state = state
+                    rm.state, rm.updated_at = state, now
                     if state == MembershipState.INVITED and rm.invited_at is None:
                         rm.invited_at = now
                     if state == MembershipState.JOINED and rm.joined_at is None:
                         rm.joined_at = now
-            rm.updated_at = now
+            # Only a change is written: a space or lounge of 10,000 people took as many UPDATEs
+            # on every pass, for nothing.
         if missing:
             await queue_room_op(s, env, room, Invite(room.key, tuple(missing)), kind="room-invite",
                                    dedupe_key=f"invite:{room.key}:reconcile:{now}")

@@ -28,18 +28,16 @@ from typing import Any
 from nio import (
     AsyncClient,
     ErrorResponse,
-    Event,
     JoinedRoomsResponse,
     JoinResponse,
+    KeysQueryResponse,
     MatrixRoom,
     RoomCreateResponse,
-    RoomEncryptionEvent,
     RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomInviteResponse,
     RoomKickResponse,
     RoomLeaveResponse,
-    RoomMemberEvent,
     RoomPutStateResponse,
 )
 
@@ -53,6 +51,7 @@ from hub.core.cohorts import (
 from hub.core.homeserver import RoomSnapshot
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import TemporaryDeliveryError
+from hub.matrix.room_view import get_json, members_path, room_from_state, state_events, state_path
 from hub.matrix.rooms import default_room_version, power_levels_users
 from hub.matrix.sender import classify_error
 
@@ -86,6 +85,9 @@ class Provision:
         # room nio knows it pieced together from incremental syncs (only what changed since the
         # saved position, members lazy-loaded), which `load_room` and `feed` complete.
         self._whole: set[str] = set()
+        # Rooms whose members alone nio was taught in this run (`load_room`, encrypted rooms).
+        self._members: set[str] = set()
+        self._keys_lock = asyncio.Lock()
 
     @property
     def user_id(self) -> str:
@@ -290,29 +292,74 @@ class Provision:
 
     async def snapshot(self, room_id: str) -> RoomSnapshot | None:
         """The room's full state, or None when the hub cannot see it (not in it, or it is gone)."""
-        resp = await self.client.room_get_state(room_id)
-        if isinstance(resp, RoomGetStateResponse):
-            return snapshot_from_events(room_id, resp.events)
-        if isinstance(resp, ErrorResponse) and resp.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
-            return None
-        raise self._error(resp)
+        data = await get_json(self.client, state_path(room_id))
+        if isinstance(data, ErrorResponse):
+            if data.status_code in ("M_FORBIDDEN", "M_NOT_FOUND"):
+                return None
+            raise self._error(data)
+        return snapshot_from_events(room_id, state_events(data))
 
     async def load_room(self, room_id: str) -> bool:
-        """Teach nio a room it does not know whole in this run, from the room's state (False if
-        none): before the hub's first send there since start-up. nio alone would ask for the
-        joined members only, and share the room key with nobody who is still invited."""
-        if room_id in self._whole and room_id in self.client.rooms:
-            return True
-        resp = await self.client.room_get_state(room_id)
-        if not isinstance(resp, RoomGetStateResponse):
-            return room_id in self.client.rooms
-        self.feed(room_id, resp.events)
+        """Make nio ready to send in a room it does not know whole in this run (False if the hub
+        cannot read it): before the hub's first send there since start-up.
+
+        A room nio's store knows as encrypted needs its members alone: one GET /members (the
+        joined and the invited) where nio would ask for the joined members only, and share the
+        room key with nobody who is still invited. Any other room is read whole (GET /state),
+        which also says whether it is encrypted."""
+        room = self.client.rooms.get(room_id)
+        if room is None or (room_id not in self._whole and room_id not in self._members):
+            encrypted = room_id in self.client.encrypted_rooms
+            data = await get_json(self.client, members_path(room_id) if encrypted else state_path(room_id))
+            if isinstance(data, ErrorResponse):
+                return room_id in self.client.rooms
+            if encrypted:
+                self._learn_members(room_id, state_events(data))
+            else:
+                self.feed(room_id, state_events(data))
+            room = self.client.rooms[room_id]
+        if room.encrypted and self.client.olm is not None:
+            await self._query_keys(room)
         return True
+
+    def _learn_members(self, room_id: str, events: list[dict[str, Any]]) -> None:
+        partial = self.client.rooms.get(room_id)
+        before = set(partial.users) if partial is not None else set()
+        room = room_from_state(room_id, self.user_id, events, encrypted=True, room=partial)
+        listed = {e.get("state_key") for e in events if e.get("type") == "m.room.member"
+                  and isinstance(e.get("content"), dict)
+                  and e["content"].get("membership") in ("join", "invite")}
+        for user in set(room.users) - listed:  # left while nio was not looking
+            room.remove_member(user)
+        self.client.rooms[room_id] = room
+        self._members.add(room_id)
+        self._mark_encrypted(room_id)
+        if partial is not None and before != set(room.users):
+            self.client.invalidate_outbound_session(room_id)
+
+    async def _query_keys(self, room: MatrixRoom) -> None:
+        """What nio's `room_send` does for a room whose members it has not synced, without its
+        joined-members request: track the members' devices and fetch the keys of those new to
+        it (or changed), so the room key reaches every device. Before every send, not only the
+        first: someone invited since is tracked (`invite`) but has no keys yet. One key query
+        at a time: the dispatcher's lanes ask at once after a start, and each would ask nio
+        for the same users."""
+        assert self.client.olm is not None
+        if not room.members_synced:
+            self.client.olm.update_tracked_users(room)
+        if self.client.should_query_keys:
+            async with self._keys_lock:
+                if self.client.should_query_keys:
+                    resp = await self.client.keys_query()
+                    if not isinstance(resp, KeysQueryResponse):
+                        raise self._error(resp)
+        room.members_synced = True
 
     def forget(self, room_id: str) -> None:
         """Drop nio's view of a room the hub replaced: a later sync teaches it again if need be."""
         self.client.rooms.pop(room_id, None)
         self._whole.discard(room_id)
+        self._members.discard(room_id)
 
     def feed(self, room_id: str, events: list[dict[str, Any]]) -> None:
         """Teach nio a room from its whole state (a GET /state answer, just read).
@@ -324,20 +371,11 @@ class Provision:
         """
         if room_id in self._whole and room_id in self.client.rooms:
             return
-        encrypted = any(e.get("type") == "m.room.encryption" for e in events)
-        room = MatrixRoom(room_id, self.user_id, encrypted)
-        for raw in events:
-            event = Event.parse_event(raw)
-            if isinstance(event, RoomMemberEvent):
-                room.handle_membership(event)
-            elif isinstance(event, Event):
-                if isinstance(event, RoomEncryptionEvent):
-                    encrypted = True
-                room.handle_event(event)
-        room.encrypted = room.encrypted or encrypted or room_id in self.client.encrypted_rooms
-        # `members_synced` stays False although every member is here: on the first send nio
-        # then asks for the joined members and, above all, for the keys of users it has just
-        # begun to track, before it shares the room key (else their devices get none).
+        encrypted = room_id in self.client.encrypted_rooms
+        room = room_from_state(room_id, self.user_id, events, encrypted=encrypted)
+        # `members_synced` stays False although every member is here: before the first send
+        # `load_room` asks for the keys of users nio has just begun to track (else their
+        # devices get no room key), and then marks it.
         partial = self.client.rooms.get(room_id)
         self.client.rooms[room_id] = room
         self._whole.add(room_id)

@@ -1,0 +1,74 @@
+"""Issue 17: the hub's first message in an encrypted room after a restart costs one request.
+
+After a restart nio knows no rooms, and the sync resumes without full state. Before its first
+send in a pair room the hub used to read the room's whole state (GET /state) and nio then
+asked for its joined members (GET /joined_members): two requests per room, 5,000 of each in
+the first icebreaker of a 5,000-room programme. Now one GET /members (joined and invited) is
+all it asks, and the room key still reaches everyone: the mentor who joined reads the
+message, and the mentee who was only invited joins afterwards and reads it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import RoomMessageNotice
+from sqlalchemy import select
+
+from hub.devserver.proxy import RecordingProxy
+from hub.devserver.synapse import SynapseServer
+from hub.features.room_check import RoomCheck
+from hub.features.room_queue import load_env, queue_room_message
+from hub.storage.models import HubRoom, hub_room_table
+
+from tests.support.cohorts import pair_in_new_cohort, quiet
+from tests.support.live_hub import hub_settings, running_hub
+
+pytestmark = pytest.mark.synapse
+
+TEXT = "A first question for the two of you"
+
+
+async def test_the_first_send_after_a_restart_reads_the_members_once_and_reaches_the_invited(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bot = await register("hub")
+    mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
+    mentee.auto_join = False  # invited, not joined, when the message is sent
+    async with RecordingProxy(synapse.url) as proxy:
+        settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
+                                moderators=[mod.user_id])
+        async with running_hub(settings) as hub:
+            pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
+            await mentor.wait_joined(pair, mentor.user_id, timeout=30)
+            await quiet(hub)
+
+        # The room check's first page (one room) at start, the next one after the test: the
+        # pair room is first read by the send itself.
+        monkeypatch.setattr(RoomCheck, "check_page", 1)
+        monkeypatch.setattr(RoomCheck, "check_pause", 300.0)
+        proxy.clear()
+        async with running_hub(settings) as hub:
+            assert hub.db is not None and hub.outbox is not None and hub.control_room_id
+            assert await mod.ask(hub.control_room_id, "!hub ping") == "pong"
+            async with hub.db.transaction() as s:
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
+                assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="first-send")
+            await mentor.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                                for e in mentor.in_room(pair)), 30)
+            mentee.auto_join = True
+            await mentee.client.join(pair)
+            await mentee.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                                for e in mentee.in_room(pair)), 30)
+
+    base = f"/_matrix/client/v3/rooms/{pair}"
+    sent = proxy.matching("PUT", f"{base}/send/.*")
+    assert sent, "the message was not sent through the proxy"
+    before = [e for e in proxy.exchanges if e.path.startswith(base) and e.began < sent[0].began]
+    assert [(e.method, e.path.removeprefix(base), dict(e.query)) for e in before] == [
+        ("GET", "/members", {"not_membership": "leave"})]
