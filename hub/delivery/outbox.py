@@ -240,11 +240,14 @@ class Outbox:
             if done < batch:
                 return total
 
-    async def unsent(self, *, due_only: bool = False) -> int:
-        """Rows still to send (queued or being sent); with `due_only`, only those due now."""
+    async def unsent(self, *, due_only: bool = False, channel: str | None = None) -> int:
+        """Rows still to send (queued or being sent); with `due_only`, only those due now;
+        with `channel`, only that channel's."""
         cond: ColumnElement[bool] = T.c.status.in_(UNSENT)
         if due_only:
             cond = cond & (T.c.not_before <= self.clock.now().timestamp())
+        if channel is not None:
+            cond = cond & (T.c.channel == channel)
         async with self.db.session() as s:
             return int((await s.execute(select(func.count()).select_from(T).where(cond))).scalar() or 0)
 

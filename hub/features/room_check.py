@@ -37,7 +37,7 @@ from hub.core.membership import (
     room_lane,
 )
 from hub.core.membership import RoomKind as HubRoomKind
-from hub.delivery.outbox import UNSENT, OutboxStatus
+from hub.delivery.outbox import MATRIX, UNSENT, OutboxStatus
 from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.cohort_setup import cohort_rooms
 from hub.features.config_sync import sync_config
@@ -48,7 +48,8 @@ from hub.features.room_queue import Env, leave_by_id, queue, queue_create, queue
 from hub.features.room_spec import build_spec, desired_members
 from hub.storage.models import HubRoom, Pair, RoomMember, hub_room_table, outbox_table, room_member_table
 
-__all__ = ["CHECK_EVERY", "CHECK_PAGE", "CHECK_PAUSE", "REJOIN_WAIT", "REPORT_EVERY", "RoomCheck"]
+__all__ = ["CHECK_BUSY_ROWS", "CHECK_EVERY", "CHECK_PAGE", "CHECK_PAUSE", "CHECK_YIELD_MAX", "REJOIN_WAIT",
+           "REPORT_EVERY", "RoomCheck"]
 
 REJOIN_WAIT = 30.0  # seconds the check waits for its rejoin row to be sent
 # Rooms checked per page: 20 GET /state (8 at a time) take the homeserver a few tenths of
@@ -59,6 +60,11 @@ CHECK_PAUSE = 5.0  # seconds between pages
 # A new pass this long after the last one began. The sync shows changes as they happen;
 # the passes find what it cannot show (see the module docstring), so a few a day do.
 CHECK_EVERY = 6 * 3600.0
+# A pass waits between pages while more than this many Matrix rows are due (a fan-out being
+# sent), for `CHECK_YIELD_MAX` seconds in all at most: a cohort's invites, thousands of people
+# in rows of 50 that take hours, must not hold a pass back for as long.
+CHECK_BUSY_ROWS = 100
+CHECK_YIELD_MAX = 900.0
 # What a pass finds is told in one control-room message per minute at most (and at its end),
 # not one per page: a pass over many drifted rooms is a few messages, not hundreds.
 REPORT_EVERY = 60.0
@@ -80,6 +86,7 @@ class RoomCheck(RoomJoins):
     check_page = CHECK_PAGE
     check_pause = CHECK_PAUSE
     check_every = CHECK_EVERY
+    check_yield_max = CHECK_YIELD_MAX
 
     async def check_rooms(self) -> None:
         """The room check's own task: a pass after start (config applied first), then one
@@ -117,9 +124,11 @@ class RoomCheck(RoomJoins):
                    if r.id is not None and r.room_id is not None and r.status == RoomStatus.READY]
         report.checked = sum(1 for r in rooms if r.room_id is not None)
         untold, told_at = report.lines(), self.clock.monotonic()
+        yielded = 0.0
         for start in range(0, len(pending), max(1, self.check_page)):
             if start:
                 await self.clock.sleep(self.check_pause)
+                yielded += await self._behind_fanout(self.check_yield_max - yielded)
             page = await self._check_page(pending[start:start + self.check_page])
             for mine, theirs in ((report.repaired, page.repaired), (report.replaced, page.replaced),
                                  (report.problems, page.problems)):
@@ -134,6 +143,18 @@ class RoomCheck(RoomJoins):
         log.info("checked %d rooms: %d repaired, %d replaced, %d problems", report.checked,
                  len(report.repaired or []), len(report.replaced or []), len(report.problems or []))
         return report
+
+    async def _behind_fanout(self, budget: float) -> float:
+        """Wait (a pause at a time, `budget` seconds at most) while a fan-out is being sent:
+        more than `CHECK_BUSY_ROWS` Matrix rows due. An icebreaker to 5,000 pair rooms is what
+        people wait for; a page of the check takes the homeserver's time from it (each read of
+        a room's state costs it more than a send), and drift found a few minutes later is
+        repaired all the same. Returns the seconds waited."""
+        waited = 0.0
+        while waited < budget and await self.outbox.unsent(due_only=True, channel=MATRIX) > CHECK_BUSY_ROWS:
+            await self.clock.sleep(self.check_pause)
+            waited += self.check_pause
+        return waited
 
     async def _check_page(self, ids: list[int]) -> ReconcileReport:
         report = ReconcileReport(repaired=[], replaced=[], problems=[])
