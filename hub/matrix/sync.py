@@ -189,10 +189,15 @@ class SyncLoop:
                 await self._back_off(delay, unreachable=unreachable)
                 continue
             first = since is None
-            await self._housekeeping()
             # Handle first, then persist the position (see module docstring).
             if not await self._handle(resp, first):
                 return  # stopped while the database was away: the batch is handled next run
+            # Key upkeep after the batch, as nio's own sync_forever orders it: before, every
+            # command waited for a key query whenever the room check had just taught nio new
+            # members (a page every few seconds at 5,000 rooms), which is what the hub added to
+            # a `!hub ping` at p95. A send needs no upkeep first: the sender queries the keys
+            # of anyone new before each encrypted send (`Provision.load_room`).
+            await self._housekeeping()
             since = resp.next_batch
             failures = 0
             self.healthy = True

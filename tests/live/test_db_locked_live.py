@@ -44,8 +44,10 @@ async def test_a_command_that_meets_a_locked_database_is_answered_once_the_lock_
         assert await mod.ask(control, "!hub ping") == "pong"
 
         other = sqlite3.connect(settings.database.url.removeprefix("sqlite:///"), timeout=30,
-                                isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # the write lock, as a writer in another process holds it
+                                isolation_level=None, check_same_thread=False)
+        # The write lock, as a writer in another process holds it; taken from a thread, so the
+        # hub can end a transaction it is in (taken on the loop, it waited 30 s and failed).
+        await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
         try:
             sent = await mod.send(control, "!hub ping")
             await asyncio.sleep(HELD)
