@@ -23,6 +23,7 @@ from _scale_env import HubProcess, State
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    RoomMessageText,
     RoomResolveAliasResponse,
     RoomSendResponse,
     SyncResponse,
@@ -157,10 +158,16 @@ async def icebreaker(hub: HubProcess, db: Database, mod: Moderator, room: str, s
 
 
 async def raw_icebreaker(homeserver: str, state: State, db: Database, event: str,
-                         concurrency: int = 16, pairs_only: bool = False) -> dict[str, Any]:
+                         concurrency: int = 16, pairs_only: bool = False,
+                         ping: tuple[Moderator, str, int] | None = None) -> dict[str, Any]:
     """The same events to the same rooms with plain nio `room_send`, from the hub's own device (its
     token, device id and crypto store; the hub is stopped meanwhile), 16 in flight as the
-    dispatcher. Untimed first: the initial sync and the key query the hub also does at start."""
+    dispatcher. Untimed first: the initial sync and the key query the hub also does at start.
+
+    With `ping` (the moderator, the control room, n): then n `!hub ping` answered by that raw
+    client, syncing with the hub's filter and replying "pong" as soon as it sees the command: the
+    same account in the same rooms, so Synapse's cost of a sync for an account in 5,000 rooms is
+    in it as it is in the hub's, and the difference from the hub's pings is the hub's own."""
     token, device = await db.get_state("matrix.access_token"), await db.get_state("matrix.device_id")
     assert token and device
     async with db.session() as s:
@@ -201,10 +208,38 @@ async def raw_icebreaker(homeserver: str, state: State, db: Database, event: str
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
+        answered: dict[str, dict[str, float]] = {}
+        if ping is not None:
+            mod, room, n = ping
+            responder = asyncio.create_task(_answer_pings(client, uploaded.filter_id, room, mod.user_id))
+            try:
+                answered = await pings(mod, {"raw": room}, n)
+            finally:
+                responder.cancel()
+                await asyncio.gather(responder, return_exceptions=True)
     finally:
         await client.close()
     return {"rows": len(sends), "send_s": round(elapsed, 2), "per_s": round(len(sends) / elapsed, 1),
-            "untimed_sync_and_keys_s": round(prepare, 1)}
+            "untimed_sync_and_keys_s": round(prepare, 1), **({"pings": answered["raw"]} if answered else {})}
+
+
+async def _answer_pings(client: AsyncClient, filter_id: str, room: str, moderator: str) -> None:
+    """A bot in plain nio: long-poll with the hub's filter, answer each `!hub ping` with a "pong"
+    notice in reply, as the hub does (what the hub also does, recording the event and queueing
+    the reply through its outbox, is the difference measured)."""
+    while True:
+        resp = await client.sync(timeout=30_000, sync_filter=filter_id)
+        if not isinstance(resp, SyncResponse):
+            await asyncio.sleep(0.5)
+            continue
+        joined = resp.rooms.join.get(room)
+        for ev in joined.timeline.events if joined is not None else []:
+            if isinstance(ev, RoomMessageText) and ev.sender == moderator and ev.body == "!hub ping":
+                sent = await client.room_send(room, "m.room.message", {
+                    "msgtype": "m.notice", "body": "pong",
+                    "m.relates_to": {"m.in_reply_to": {"event_id": ev.event_id}}},
+                    ignore_unverified_devices=True)
+                assert isinstance(sent, RoomSendResponse), sent
 
 
 def _asked_at(mod: Moderator, room: str, event: str) -> float:

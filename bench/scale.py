@@ -11,10 +11,12 @@ every benchmark here.
 Measured, with the hub in its own process and the moderator a real nio client in the control room:
 restart to the first answered `!hub ping` (sent while the hub is down) and to the end of the
 reconcile (3 runs); RSS idle; hub and Synapse CPU while idle for 60 s; `!hub ping` p50/p95 against
-a second hub in no rooms, interleaved in the same run; `!hub send icebreaker` to every pair room
-and the lounge against raw nio sends of the same events from the hub's own device (store and
-keys), with a ping sent during the fan-out; `!hub digest SLUG send` for everyone (time to queue,
-time until every email is recorded as sent through the SMTP sink in its own process).
+a second hub in no rooms, interleaved in the same run, and against a bot in plain nio answering
+from the hub's own account (same rooms; after the raw icebreaker, the hub stopped); `!hub send
+icebreaker` to every pair room and the lounge against raw nio sends of the same events from the
+hub's own device (store and keys), with a ping sent during the fan-out; `!hub digest SLUG send`
+for everyone (time to queue, time until every email is recorded as sent through the SMTP sink in
+its own process). `--icebreaker-only --proxy` lists the hub's requests during its fan-out by kind.
 Run: `python bench/scale.py --people 400 --rooms 200 --keep /tmp/scale-200`.
 """
 
@@ -25,7 +27,9 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -52,6 +56,7 @@ from _scale_env import (
 from _scale_measure import Moderator, digest, icebreaker, pings, raw_icebreaker
 from sqlalchemy import update
 
+from hub.devserver.proxy import RecordingProxy
 from hub.storage.db import open_database
 from hub.storage.models import outbox_table
 
@@ -141,8 +146,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 status_line(f"registered in {build['register_s']} s")
             mod = Moderator(synapse.url, state.user("lead"), folder / "lead-store")
             await mod.start()
-            config = hub_config(state, name="bot", homeserver=synapse.url, smtp_port=port,
-                                control_room=MODS, with_cohort=True)
+            proxy = RecordingProxy(synapse.url) if args.proxy else None
+            if proxy is not None:
+                await proxy.start()
+            config = hub_config(state, name="bot", homeserver=proxy.url if proxy else synapse.url,
+                                smtp_port=port, control_room=MODS, with_cohort=True)
             hub = HubProcess(config, folder / "hub.log")
             db = await open_database(state.hub_db)
             if args.hold_invites:
@@ -171,6 +179,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     result["digest"] = await digest(db, mod, mods_room, SLUG)
                     status_line(f"digest: {result['digest']}")
                     result["hub_hwm_mb"] = round(rss_mb(hub.pid)[1], 1)
+                    return result
+                if args.icebreaker_only:
+                    if proxy is not None:
+                        proxy.clear()
+                    result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG, profile=None,
+                                                            pairs_only=args.background_invites)
+                    status_line(f"icebreaker through the hub: {result['icebreaker']}")
+                    if proxy is not None:
+                        result["requests"] = request_stats(proxy)
+                        for line in result["requests"]:
+                            status_line(f"  {line}")
                     return result
                 # -- restarts ------------------------------------------------------------
                 result["restarts"] = []
@@ -216,7 +235,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await hub.stop()
                 result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db,
                                                                 result["icebreaker"]["event"],
-                                                                pairs_only=args.background_invites)
+                                                                pairs_only=args.background_invites,
+                                                                ping=(mod, mods_room, args.pings))
                 status_line(f"icebreaker, raw nio: {result['raw_icebreaker']}")
                 result["icebreaker_ratio"] = round(result["icebreaker"]["fanout_s"]
                                                    / result["raw_icebreaker"]["send_s"], 2)
@@ -230,6 +250,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["invites_pending_end"] = await pending_invites(db)
             finally:
                 await hub.stop()
+                if proxy is not None:
+                    await proxy.stop()
                 if args.hold_invites:
                     await hold_invites(db, -HOLD_SECONDS)
                 await db.close()
@@ -242,6 +264,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await drop_databases(state)
         shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def request_stats(proxy: RecordingProxy) -> list[str]:
+    """The proxy's requests by kind (room ids and transaction ids folded): count, p50, mean, total."""
+    kinds: dict[str, list[float]] = {}
+    for e in proxy.exchanges:
+        kind = re.sub(r"/rooms/[^/]+", "/rooms/R", e.path)
+        kind = re.sub(r"/(send|sendToDevice)/([^/]+)/[^/]+$", r"/\1/\2/T", kind)
+        kind = re.sub(r"/(state)/([^/]+)/.*$", r"/\1/\2/K", kind)
+        kinds.setdefault(f"{e.method} {kind}", []).append(1000 * (e.ended - e.began))
+    lines = []
+    for kind, ms in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
+        ms.sort()
+        lines.append(f"{kind}: {len(ms)}, p50 {ms[len(ms) // 2]:.0f} ms, mean {statistics.fmean(ms):.0f} ms, "
+                     f"total {sum(ms) / 1000:.0f} s")
+    return lines
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -263,8 +301,14 @@ def summary(r: dict[str, Any]) -> str:
                      f"{p[name]['max_ms']} ms (server timestamps: p50 {p[name]['ts_p50_ms']}, "
                      f"p95 {p[name]['ts_p95_ms']})")
     added = round(p["hub"]["p95_ms"] - p["empty"]["p95_ms"], 1)
-    lines.append(f"  the hub adds at p95: {added} ms (target <= 10)")
+    lines.append(f"  the hub adds at p95 over a hub in no rooms: {added} ms (target <= 10)")
     ice, raw = r["icebreaker"], r["raw_icebreaker"]
+    if "pings" in raw:
+        q = raw["pings"]
+        lines.append(f"  ping raw nio bot, same account and rooms (after the icebreaker, hub stopped): p50 "
+                     f"{q['p50_ms']} ms, p95 {q['p95_ms']} ms, max {q['max_ms']} ms (server timestamps: p50 "
+                     f"{q['ts_p50_ms']}, p95 {q['ts_p95_ms']}); the hub adds at p95: "
+                     f"{round(p['hub']['p95_ms'] - q['p95_ms'], 1)} ms")
     lines += [
         f"  icebreaker via hub: {ice['rows']} rows in {ice['fanout_s']} s ({ice['per_s']}/s); moderator's "
         f"reply after {ice['reply_s']} s; a ping sent 1 s in answered after {ice['ping_during_s']} s",
@@ -297,6 +341,11 @@ def main() -> None:
     parser.add_argument("--hold-invites", action="store_true",
                         help="with --reuse: hold the queued space and lounge invites for the run (their "
                              "time moved ahead, then back), so the hub and Synapse are measured without them")
+    parser.add_argument("--icebreaker-only", action="store_true",
+                        help="with --reuse: only the icebreaker through the hub after the start")
+    parser.add_argument("--proxy", action="store_true",
+                        help="the hub talks to Synapse through a recording proxy; with --icebreaker-only, "
+                             "its requests during the fan-out are listed by kind (count, p50, mean)")
     parser.add_argument("--digest-only", action="store_true",
                         help="with --reuse: only the weekly digest after the start (to re-measure it)")
     args = parser.parse_args()
@@ -307,7 +356,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result = asyncio.run(run(args))
-    print(summary(result) if not args.digest_only else f"  digest: {result['digest']}")
+    print(summary(result) if not (args.digest_only or args.icebreaker_only)
+          else f"  {result.get('digest') or result.get('icebreaker')}")
     out = Path(result["folder"] if (args.keep or args.reuse) else ".") / f"scale-{int(time.time())}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"  figures: {out}")

@@ -242,7 +242,9 @@ class Hub:
         self.answers = Answers(self.db, self.outbox, self.clock, self.runner, s.matrix.user_id)
         # Prompts are recorded, and their options queued, once sent: only then is their id known.
         matrix_sender.after_sent.append(PromptRecorder(self.db, self.outbox, self.clock).sent)
-        self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync)
+        dispatcher = self.dispatcher
+        self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync,
+                             busy=lambda: dispatcher.sending(MATRIX) >= dispatcher.concurrency // 2)
         # Not before the control room is known: a room fix queued by the first sync (drift made
         # while the hub was down) tells the moderators, and with no control room id yet that
         # alert would only reach the log.

@@ -32,7 +32,7 @@ import json
 import logging
 import random
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -168,6 +168,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._sending: Counter[str] = Counter()  # channel -> sends in flight (`sending`)
         self._buffer: deque[Claimed] = deque()
         # Group commit: outcomes wait here for the writer's next transaction.
         self._sent: list[dict[str, Any]] = []
@@ -440,8 +441,13 @@ class Dispatcher:
 
     # -- one row ----------------------------------------------------------------------
 
+    def sending(self, channel: str) -> int:
+        """Sends of `channel` in flight now: at `concurrency`, a fan-out is going out."""
+        return self._sending[channel]
+
     async def _deliver(self, row: Claimed) -> None:
         sender = self.senders[row.channel]
+        self._sending[row.channel] += 1
         try:
             result = await sender.send(row)
         except TemporaryDeliveryError as e:
@@ -458,6 +464,8 @@ class Dispatcher:
             log.exception("unexpected error sending outbox row %s", row.seq)
             await self._retry(row, TemporaryDeliveryError(f"{e.__class__.__name__}: {e}"))
             return
+        finally:
+            self._sending[row.channel] -= 1
         self._sent.append({"k_seq": row.seq, "k_at": self.clock.now().timestamp(),
                            "k_result": result[:255], "k_attempts": row.attempts + 1})
         self._pending.set()

@@ -22,10 +22,13 @@ from hub.core.names import one_line
 from hub.errors import InvalidTokenError
 from hub.storage.db import Database, is_transient
 
-__all__ = ["STATE_TYPES", "TIMELINE_TYPES", "SyncLoop", "sync_filter"]
+__all__ = ["BUSY_POLL", "STATE_TYPES", "TIMELINE_TYPES", "SyncLoop", "sync_filter"]
 
 log = logging.getLogger(__name__)
 _TOKEN_KEY = "sync.next_batch"
+# Seconds between syncs while the hub sends a fan-out (`SyncLoop.busy`): what a command sent
+# meanwhile may wait at most before the hub sees it.
+BUSY_POLL = 0.3
 
 # The event types the hub acts on in a room's timeline: messages, answers and the state it
 # watches. Everything else (receipts, typing, other apps' events) is left on the server.
@@ -108,8 +111,16 @@ class SyncLoop:
         timeout_ms: int = 30_000,
         max_backoff: float = 60.0,
         probe_seconds: float = 2.0,
+        busy: Callable[[], bool] | None = None,
+        busy_poll: float = BUSY_POLL,
     ) -> None:
         self.client = client
+        # While `busy` (the hub is sending a fan-out), poll every `busy_poll` seconds instead of
+        # holding a long poll open: Synapse computes an open long poll's answer again for every
+        # new event in any of the account's rooms, the hub's own included, until one is not
+        # empty; at 5,000 rooms that was a sync computed for every icebreaker sent.
+        self.busy = busy
+        self.busy_poll = busy_poll
         self.db = db
         self.clock = clock
         self.handler = handler
@@ -143,10 +154,14 @@ class SyncLoop:
             try:
                 if self._filter_id is None:
                     self._filter_id = await self._upload_filter()
+                timeout = self.timeout_ms if self.first_done.is_set() else 0
+                if timeout and self.busy is not None and self.busy():
+                    await self.clock.sleep(self.busy_poll)
+                    timeout = 0
                 resp = await self.client.sync(
                     # The first sync of a run returns at once, so start-up
                     # does not wait a whole long-poll for a quiet account.
-                    timeout=self.timeout_ms if self.first_done.is_set() else 0,
+                    timeout=timeout,
                     sync_filter=self._filter_id,
                     since=since,
                     # Never `full_state`, not even on a run's first sync: resuming from the

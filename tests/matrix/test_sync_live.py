@@ -5,6 +5,7 @@ hub's own events and without full state."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -252,3 +253,61 @@ async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
             await db.close()
     query = proxy.matching("POST", "/_matrix/client/v3/keys/query")[0]
     assert handled[said.event_id] < query.ended - 2.0  # handled, then the held query ended
+
+
+async def test_while_a_fan_out_is_sent_the_loop_polls_instead_of_holding_a_long_poll(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path
+) -> None:
+    # An open long poll is computed again by Synapse for every event in any of the account's
+    # rooms, the hub's own sends included: one sync per icebreaker in a 5,000-room fan-out.
+    # While busy, a poll every `busy_poll` seconds instead, and messages are still all handled.
+    hub_user, guest_user = await register("hub"), await register("guest")
+    db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
+    guest = plain_client(synapse.url, guest_user)
+    busy = False
+    async with RecordingProxy(synapse.url) as proxy:
+        hub = plain_client(proxy.url, hub_user)
+        handled: list[str] = []
+
+        async def handler(resp: SyncResponse, first: bool) -> None:
+            handled.extend(e.event_id for room in resp.rooms.join.values() for e in room.timeline.events)
+
+        loop = SyncLoop(hub, db, SystemClock(), handler, timeout_ms=30_000, probe_seconds=0.5,
+                        busy=lambda: busy, busy_poll=0.3)
+        task = asyncio.create_task(loop.run())
+        try:
+            await asyncio.wait_for(loop.first_done.wait(), 15)
+            made = await guest.room_create(invite=[hub_user.user_id])
+            assert isinstance(made, RoomCreateResponse), made
+            await until(lambda: made.room_id in hub.invited_rooms)
+            assert isinstance(await hub.join(made.room_id), JoinResponse)
+            await until(lambda: made.room_id in hub.rooms)
+            busy = True
+            proxy.clear()
+            said = []
+            for i in range(10):
+                sent = await guest.room_send(made.room_id, "m.room.message",
+                                             {"msgtype": "m.text", "body": f"{i}"})
+                assert isinstance(sent, RoomSendResponse), sent
+                said.append(sent.event_id)
+                await asyncio.sleep(0.2)
+            await until(lambda: set(said) <= set(handled))
+            busy_syncs = proxy.matching("GET", "/_matrix/client/v3/sync")
+            busy = False
+            await asyncio.sleep(2)
+        finally:
+            loop.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await hub.close()
+            await guest.close()
+            await db.close()
+    # The long poll open when the fan-out began, then polls of timeout 0, 0.3 s or more apart.
+    # (nio leaves a timeout of 0 out of the query: the server's default, no wait.)
+    polls = sorted((e for e in busy_syncs if e.query.get("timeout", "0") == "0"), key=lambda e: e.began)
+    assert len(polls) >= 3 and all(e.query.get("timeout", "0") in ("0", "30000") for e in busy_syncs)
+    assert sum(1 for e in busy_syncs if e.query.get("timeout") == "30000") <= 1
+    assert all(b.began - a.ended >= 0.25 for a, b in itertools.pairwise(polls))
+    # Not busy: back to a long poll, still open 2 s later (polls would have ended six times).
+    after = [e for e in proxy.matching("GET", "/_matrix/client/v3/sync") if e not in busy_syncs]
+    assert len(after) <= 1, [dict(e.query) for e in after]
