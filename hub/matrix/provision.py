@@ -87,7 +87,6 @@ class Provision:
         self._whole: set[str] = set()
         # Rooms whose members alone nio was taught in this run (`load_room`, encrypted rooms).
         self._members: set[str] = set()
-        self._keys_lock = asyncio.Lock()
 
     @property
     def user_id(self) -> str:
@@ -346,18 +345,16 @@ class Provision:
         """What nio's `room_send` does for a room whose members it has not synced, without its
         joined-members request: track the members' devices and fetch the keys of those new to
         it (or changed), so the room key reaches every device. Before every send, not only the
-        first: someone invited since is tracked (`invite`) but has no keys yet. One key query
-        at a time: the dispatcher's lanes ask at once after a start, and each would ask nio
-        for the same users."""
+        first: someone invited since is tracked (`invite`) but has no keys yet. Lanes query at
+        once, as nio's own `room_send` would: one query at a time (a lock) held the 16 lanes of
+        a 5,000-room fan-out behind each other for 60 % of it."""
         assert self.client.olm is not None
         if not room.members_synced:
             self.client.olm.update_tracked_users(room)
-        if self.client.should_query_keys:
-            async with self._keys_lock:
-                if self.client.should_query_keys:
-                    resp = await self.client.keys_query()
-                    if not isinstance(resp, KeysQueryResponse):
-                        raise self._error(resp)
+        if self.client.should_query_keys:  # no await between: nio refuses a query of nobody
+            resp = await self.client.keys_query()
+            if not isinstance(resp, KeysQueryResponse):
+                raise self._error(resp)
         room.members_synced = True
 
     def forget(self, room_id: str) -> None:
