@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+import pytest
 from sqlalchemy import update
 
 from hub.clock import FakeClock
 from hub.config import Settings
 from hub.core.homeserver import Homeserver
 from hub.delivery.outbox import EMAIL, MATRIX, Outbox, OutboxStatus
-from hub.features.room_check import CHECK_BUSY_ROWS, RoomCheck, _some
+from hub.features.room_check import CHECK_BUSY_ROWS, CHECK_PAUSE_MAX, RoomCheck, _some, page_pause
 from hub.storage.db import open_database
 from hub.storage.models import outbox_table
 
@@ -64,3 +65,10 @@ async def test_a_pass_waits_behind_a_fan_out_and_not_longer_than_its_budget(tmp_
         assert await check._behind_fanout(600) == 0  # nothing left: no wait
     finally:
         await db.close()
+
+
+def test_a_page_is_followed_by_a_pause_that_keeps_the_check_to_its_share_of_a_core() -> None:
+    assert page_pause(0.010, 5.0, 0.01) == 5.0  # a cheap page: the usual pace
+    assert page_pause(0.130, 5.0, 0.01) == pytest.approx(13.0)  # 20 rooms of 5,000: 1 % of a core
+    assert page_pause(5.0, 5.0, 0.01) == CHECK_PAUSE_MAX  # a lounge of 10,000: not an hour's pause
+    assert page_pause(0.5, 5.0, 0.0) == 5.0
