@@ -119,7 +119,8 @@ async def _all_sent(db: Database, prefix: str, began: float, timeout: float,
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     # py-spy comes with the venv (pip install py-spy), not necessarily on PATH.
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "50", "--format", "speedscope",
+    fmt = "raw" if out.suffix == ".txt" else "speedscope"  # raw: collapsed stacks, for grep and sums
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "50", "--format", fmt,
                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

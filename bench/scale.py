@@ -183,7 +183,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.icebreaker_only:
                     if proxy is not None:
                         proxy.clear()
-                    result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG, profile=None,
+                    result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
+                                                            profile=folder / "icebreaker-profile.txt"
+                                                            if args.profile else None,
                                                             pairs_only=args.background_invites)
                     status_line(f"icebreaker through the hub: {result['icebreaker']}")
                     if proxy is not None:

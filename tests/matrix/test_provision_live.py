@@ -206,8 +206,12 @@ async def test_an_encrypted_room_is_saved_to_nios_store_once(
         assert client.store is not None and room in client.store.load_encrypted_rooms()
         saves: list[list[str]] = []
         save = client.store.save_encrypted_rooms
-        monkeypatch.setattr(client.store, "save_encrypted_rooms", lambda rooms: (saves.append(list(rooms)),
-                                                                                save(rooms))[1])
+
+        def counted(rooms: list[str]) -> None:
+            saves.append(list(rooms))
+            save(rooms)
+
+        monkeypatch.setattr(client.store, "save_encrypted_rooms", counted)
         snap = await provision.snapshot(room)
         assert snap is not None
         for _ in range(3):
