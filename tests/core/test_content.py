@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hub.core.content as content_module
 from hub.core.content import (
     SAMPLES,
     Audience,
@@ -211,6 +212,28 @@ def test_rendering_is_cached_per_item_and_variables(library: Library) -> None:
     first = library.render(item, _variables())
     assert library.render(item.id, _variables()) is first
     assert library.render(item, _variables(name="Bea")) is not first
+
+
+def test_markdown_is_rendered_once_for_pairs_whose_message_comes_out_the_same(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `!hub send icebreaker` renders for each of 5,000 pairs: different Variables (names, links),
+    # but an icebreaker that names nobody is the same Markdown for all of them.
+    calls: list[str] = []
+
+    def counted(source: str) -> tuple[str, str]:
+        calls.append(source)
+        return markdown_to_matrix(source)
+
+    monkeypatch.setattr(content_module, "markdown_to_matrix", counted)
+    content_module._markup.cache_clear()
+    plain = next(i for i in library.select(Kind.ICEBREAKER, Audience.PAIR) if "{{" not in i.body)
+    named = next(i for i in library.select(Kind.ICEBREAKER, Audience.PAIR) if "pair." in i.body)
+    names = [f"Person {n}" for n in range(20)]
+    plain_out = {library.render(plain, _variables(name=n)).formatted_body for n in names}
+    assert len(plain_out) == 1 and len(calls) == 1
+    named_out = {library.render(named, _variables(name="Ada", partner=n)).formatted_body for n in names}
+    assert len(named_out) == len(names) and len(calls) == 1 + len(names)  # each pair its own
 
 
 def test_command_prefix_follows_the_config(tmp_path: Path) -> None:
