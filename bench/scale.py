@@ -225,16 +225,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # -- icebreaker, hub then raw nio (or raw first) ----------------------------------
                 # Whichever goes second finds Synapse's caches warm for the 5,000 rooms (the raw
                 # side went second until --raw-first: 110-136 s against 180 s when first).
-                if args.raw_first:
+                async def raw_side(event: str, label: str) -> None:
+                    # The hub stopped (one writer per device), the raw client on its device, then
+                    # the hub started again.
                     await hub.stop()
-                    result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db,
-                                                                    await last_icebreaker(db),
+                    result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db, event,
                                                                     pairs_only=args.background_invites,
                                                                     ping=(mod, mods_room, args.pings))
-                    status_line(f"icebreaker, raw nio (first): {result['raw_icebreaker']}")
+                    status_line(f"icebreaker, raw nio ({label}): {result['raw_icebreaker']}")
                     await hub.start()
                     await hub.wait_for("hub ready", 900)
                     await quiet(db)
+
+                if args.raw_first:
+                    await raw_side(await last_icebreaker(db), "first")
                 result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
                                                         profile=folder / "icebreaker.speedscope.json"
                                                         if args.profile else None,
@@ -247,15 +251,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     result["restarts"][-1]["reconciled_s"] = round(done, 2) if done is not None else None
                     status_line(f"the last restart's room check ended after {done} s")
                 if not args.raw_first:
-                    await hub.stop()
-                    result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db,
-                                                                    result["icebreaker"]["event"],
-                                                                    pairs_only=args.background_invites,
-                                                                    ping=(mod, mods_room, args.pings))
-                    status_line(f"icebreaker, raw nio: {result['raw_icebreaker']}")
-                    await hub.start()
-                    await hub.wait_for("hub ready", 900)
-                    await quiet(db)
+                    await raw_side(result["icebreaker"]["event"], "after the hub's")
                 result["icebreaker_ratio"] = round(result["icebreaker"]["fanout_s"]
                                                    / result["raw_icebreaker"]["send_s"], 2)
                 # -- digest ---------------------------------------------------------------------

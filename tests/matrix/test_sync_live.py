@@ -205,6 +205,17 @@ async def test_what_the_hub_does_itself_reaches_nio_at_once_though_its_sync_neve
         await db.close()
 
 
+async def shared_room(guest: AsyncClient, hub: AsyncClient) -> str:
+    """A room the guest made and the hub (its sync loop running) joined, known to the hub's nio."""
+    made = await guest.room_create(invite=[str(hub.user_id)])
+    assert isinstance(made, RoomCreateResponse), made
+    await until(lambda: made.room_id in hub.invited_rooms)
+    joined = await hub.join(made.room_id)
+    assert isinstance(joined, JoinResponse), joined
+    await until(lambda: made.room_id in hub.rooms)
+    return str(made.room_id)
+
+
 async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
     synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -228,20 +239,16 @@ async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
         task = asyncio.create_task(loop.run())
         try:
             await asyncio.wait_for(loop.first_done.wait(), 15)
-            made = await guest.room_create(invite=[hub_user.user_id])
-            assert isinstance(made, RoomCreateResponse), made
-            await until(lambda: made.room_id in hub.invited_rooms)
-            joined = await hub.join(made.room_id)
-            assert isinstance(joined, JoinResponse), joined
-            await until(lambda: made.room_id in hub.rooms and not hub.should_query_keys)
+            made = await shared_room(guest, hub)
+            await until(lambda: not hub.should_query_keys)
             await asyncio.sleep(1)  # the batch with the join handled: the loop is in a long poll
             proxy.delay("POST", "/_matrix/client/v3/keys/query", 3.0)
-            room = MatrixRoom(made.room_id, hub_user.user_id, True)
+            room = MatrixRoom(made, hub_user.user_id, True)
             room.add_member(guest_user.user_id, None, None)
             assert hub.olm is not None
             hub.olm.update_tracked_users(room)  # as a fed room does: nio wants the guest's keys
             assert hub.should_query_keys
-            said = await guest.room_send(made.room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"})
+            said = await guest.room_send(made, "m.room.message", {"msgtype": "m.text", "body": "hi"})
             assert isinstance(said, RoomSendResponse), said
             await until(lambda: said.event_id in handled and bool(proxy.matching("POST", ".*/keys/query")))
         finally:
@@ -277,16 +284,12 @@ async def test_while_a_fan_out_is_sent_the_loop_polls_instead_of_holding_a_long_
         task = asyncio.create_task(loop.run())
         try:
             await asyncio.wait_for(loop.first_done.wait(), 15)
-            made = await guest.room_create(invite=[hub_user.user_id])
-            assert isinstance(made, RoomCreateResponse), made
-            await until(lambda: made.room_id in hub.invited_rooms)
-            assert isinstance(await hub.join(made.room_id), JoinResponse)
-            await until(lambda: made.room_id in hub.rooms)
+            made = await shared_room(guest, hub)
             busy = True
             proxy.clear()
             said = []
             for i in range(10):
-                sent = await guest.room_send(made.room_id, "m.room.message",
+                sent = await guest.room_send(made, "m.room.message",
                                              {"msgtype": "m.text", "body": f"{i}"})
                 assert isinstance(sent, RoomSendResponse), sent
                 said.append(sent.event_id)
