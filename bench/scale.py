@@ -325,7 +325,7 @@ def summary(r: dict[str, Any]) -> str:
     ice, raw = r["icebreaker"], r["raw_icebreaker"]
     if "pings" in raw:
         q = raw["pings"]
-        lines.append(f"  ping raw nio bot, same account and rooms (after the icebreaker, hub stopped): p50 "
+        lines.append(f"  ping raw nio bot, same account and rooms (hub stopped, by the raw icebreaker): p50 "
                      f"{q['p50_ms']} ms, p95 {q['p95_ms']} ms, max {q['max_ms']} ms (server timestamps: p50 "
                      f"{q['ts_p50_ms']}, p95 {q['ts_p95_ms']}); the hub adds at p95: "
                      f"{round(p['hub']['p95_ms'] - q['p95_ms'], 1)} ms")
