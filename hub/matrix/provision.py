@@ -102,11 +102,7 @@ class Provision:
         if self._version is None:
             self._version = await default_room_version(self.client)
             try:
-                resp = await self.client.send(
-                    "GET", "/_matrix/client/v3/capabilities",
-                    headers={"Authorization": f"Bearer {self.client.access_token}"},
-                )
-                data = await resp.json()
+                data = await get_json(self.client, "/_matrix/client/v3/capabilities")
                 self._versions = set(data["capabilities"]["m.room_versions"]["available"])
             except Exception:  # an old server without capabilities: keep the default
                 self._versions = {self._version}
@@ -327,19 +323,24 @@ class Provision:
         return True
 
     def _learn_members(self, room_id: str, events: list[dict[str, Any]]) -> None:
-        partial = self.client.rooms.get(room_id)
-        before = set(partial.users) if partial is not None else set()
-        room = room_from_state(room_id, self.user_id, events, encrypted=True, room=partial)
-        listed = {e.get("state_key") for e in events if e.get("type") == "m.room.member"
-                  and isinstance(e.get("content"), dict)
-                  and e["content"].get("membership") in ("join", "invite")}
-        for user in set(room.users) - listed:  # left while nio was not looking
-            room.remove_member(user)
-        self.client.rooms[room_id] = room
+        # A new room from the members alone: what nio pieced together from incremental syncs
+        # is replaced, as `feed` replaces it (the members answer lists everyone still in).
+        self._install(room_id, room_from_state(room_id, self.user_id, events, encrypted=True))
         self._members.add(room_id)
-        self._mark_encrypted(room_id)
-        if partial is not None and before != set(room.users):
-            self.client.invalidate_outbound_session(room_id)
+
+    def _install(self, room_id: str, room: MatrixRoom) -> None:
+        """Put `room` in nio's place for `room_id`; an encrypted room is marked so (in nio's
+        store too) and its members' devices tracked."""
+        partial = self.client.rooms.get(room_id)
+        self.client.rooms[room_id] = room
+        if room.encrypted:
+            self._mark_encrypted(room_id)
+            if self.client.olm is not None:
+                self.client.olm.update_tracked_users(room)
+                if partial is not None and set(partial.users) != set(room.users):
+                    # A room key this run shared with the partial member list misses someone:
+                    # the next message gets a new one, shared with everyone now known.
+                    self.client.invalidate_outbound_session(room_id)
 
     async def _query_keys(self, room: MatrixRoom) -> None:
         """What nio's `room_send` does for a room whose members it has not synced, without its
@@ -378,17 +379,8 @@ class Provision:
         # `members_synced` stays False although every member is here: before the first send
         # `load_room` asks for the keys of users nio has just begun to track (else their
         # devices get no room key), and then marks it.
-        partial = self.client.rooms.get(room_id)
-        self.client.rooms[room_id] = room
+        self._install(room_id, room)
         self._whole.add(room_id)
-        if room.encrypted:
-            self._mark_encrypted(room_id)
-            if self.client.olm is not None:
-                self.client.olm.update_tracked_users(room)
-                if partial is not None and set(partial.users) != set(room.users):
-                    # A room key this run shared with the partial member list misses someone:
-                    # the next message gets a new one, shared with everyone now known.
-                    self.client.invalidate_outbound_session(room_id)
 
 
 def _created_by(create: dict[str, Any]) -> frozenset[str]:

@@ -216,41 +216,23 @@ async def shared_room(guest: AsyncClient, hub: AsyncClient) -> str:
     return str(made.room_id)
 
 
-async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
-    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path
-) -> None:
-    # The room check teaches nio new members every few seconds, and nio then wants their keys:
-    # a key query before the batch was handled held every command in it (the hub's `!hub ping`
-    # p95 at 5,000 rooms). Held 3 s at the proxy here: the message is handled first.
+@asynccontextmanager
+async def hub_beside_guest(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path, handler: Any, *,
+    crypto: bool, **options: Any,
+) -> AsyncIterator[tuple[AsyncClient, AsyncClient, str, RecordingProxy]]:
+    """A hub's `SyncLoop` (30 s long polls, `options` added) through a recording proxy, synced
+    once, and a room it shares with a guest: (hub, guest, room id, proxy)."""
     hub_user, guest_user = await register("hub"), await register("guest")
     db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
     guest = plain_client(synapse.url, guest_user)
     async with RecordingProxy(synapse.url) as proxy:
-        hub = plain_client(proxy.url, hub_user, tmp_path / "crypto")
-        handled: dict[str, float] = {}
-
-        async def handler(resp: SyncResponse, first: bool) -> None:
-            for room in resp.rooms.join.values():
-                for e in room.timeline.events:
-                    handled.setdefault(e.event_id, time.monotonic())
-
-        # Long polls of 30 s: the one open when nio starts wanting keys returns with the message.
-        loop = SyncLoop(hub, db, SystemClock(), handler, timeout_ms=30_000, probe_seconds=0.5)
+        hub = plain_client(proxy.url, hub_user, tmp_path / "crypto" if crypto else None)
+        loop = SyncLoop(hub, db, SystemClock(), handler, timeout_ms=30_000, probe_seconds=0.5, **options)
         task = asyncio.create_task(loop.run())
         try:
             await asyncio.wait_for(loop.first_done.wait(), 15)
-            made = await shared_room(guest, hub)
-            await until(lambda: not hub.should_query_keys)
-            await asyncio.sleep(1)  # the batch with the join handled: the loop is in a long poll
-            proxy.delay("POST", "/_matrix/client/v3/keys/query", 3.0)
-            room = MatrixRoom(made, hub_user.user_id, True)
-            room.add_member(guest_user.user_id, None, None)
-            assert hub.olm is not None
-            hub.olm.update_tracked_users(room)  # as a fed room does: nio wants the guest's keys
-            assert hub.should_query_keys
-            said = await guest.room_send(made, "m.room.message", {"msgtype": "m.text", "body": "hi"})
-            assert isinstance(said, RoomSendResponse), said
-            await until(lambda: said.event_id in handled and bool(proxy.matching("POST", ".*/keys/query")))
+            yield hub, guest, await shared_room(guest, hub), proxy
         finally:
             loop.stop()
             task.cancel()
@@ -258,6 +240,35 @@ async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
             await hub.close()
             await guest.close()
             await db.close()
+
+
+async def test_a_batch_is_handled_before_the_key_query_it_calls_for(
+    synapse: SynapseServer, register: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The room check teaches nio new members every few seconds, and nio then wants their keys:
+    # a key query before the batch was handled held every command in it (the hub's `!hub ping`
+    # p95 at 5,000 rooms). Held 3 s at the proxy here: the message is handled first.
+    handled: dict[str, float] = {}
+
+    async def handler(resp: SyncResponse, first: bool) -> None:
+        for room in resp.rooms.join.values():
+            for e in room.timeline.events:
+                handled.setdefault(e.event_id, time.monotonic())
+
+    # Long polls of 30 s: the one open when nio starts wanting keys returns with the message.
+    async with hub_beside_guest(synapse, register, tmp_path, handler,
+                                crypto=True) as (hub, guest, made, proxy):
+        await until(lambda: not hub.should_query_keys)
+        await asyncio.sleep(1)  # the batch with the join handled: the loop is in a long poll
+        proxy.delay("POST", "/_matrix/client/v3/keys/query", 3.0)
+        room = MatrixRoom(made, str(hub.user_id), True)
+        room.add_member(str(guest.user_id), None, None)
+        assert hub.olm is not None
+        hub.olm.update_tracked_users(room)  # as a fed room does: nio wants the guest's keys
+        assert hub.should_query_keys
+        said = await guest.room_send(made, "m.room.message", {"msgtype": "m.text", "body": "hi"})
+        assert isinstance(said, RoomSendResponse), said
+        await until(lambda: said.event_id in handled and bool(proxy.matching("POST", ".*/keys/query")))
     query = proxy.matching("POST", "/_matrix/client/v3/keys/query")[0]
     assert handled[said.event_id] < query.ended - 2.0  # handled, then the held query ended
 
@@ -268,43 +279,26 @@ async def test_while_a_fan_out_is_sent_the_loop_polls_instead_of_holding_a_long_
     # An open long poll is computed again by Synapse for every event in any of the account's
     # rooms, the hub's own sends included: one sync per icebreaker in a 5,000-room fan-out.
     # While busy, a poll every `busy_poll` seconds instead, and messages are still all handled.
-    hub_user, guest_user = await register("hub"), await register("guest")
-    db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
-    guest = plain_client(synapse.url, guest_user)
     busy = False
-    async with RecordingProxy(synapse.url) as proxy:
-        hub = plain_client(proxy.url, hub_user)
-        handled: list[str] = []
+    handled: list[str] = []
 
-        async def handler(resp: SyncResponse, first: bool) -> None:
-            handled.extend(e.event_id for room in resp.rooms.join.values() for e in room.timeline.events)
+    async def handler(resp: SyncResponse, first: bool) -> None:
+        handled.extend(e.event_id for room in resp.rooms.join.values() for e in room.timeline.events)
 
-        loop = SyncLoop(hub, db, SystemClock(), handler, timeout_ms=30_000, probe_seconds=0.5,
-                        busy=lambda: busy, busy_poll=0.3)
-        task = asyncio.create_task(loop.run())
-        try:
-            await asyncio.wait_for(loop.first_done.wait(), 15)
-            made = await shared_room(guest, hub)
-            busy = True
-            proxy.clear()
-            said = []
-            for i in range(10):
-                sent = await guest.room_send(made, "m.room.message",
-                                             {"msgtype": "m.text", "body": f"{i}"})
-                assert isinstance(sent, RoomSendResponse), sent
-                said.append(sent.event_id)
-                await asyncio.sleep(0.2)
-            await until(lambda: set(said) <= set(handled))
-            busy_syncs = proxy.matching("GET", "/_matrix/client/v3/sync")
-            busy = False
-            await asyncio.sleep(2)
-        finally:
-            loop.stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await hub.close()
-            await guest.close()
-            await db.close()
+    async with hub_beside_guest(synapse, register, tmp_path, handler, crypto=False,
+                                busy=lambda: busy, busy_poll=0.3) as (_, guest, made, proxy):
+        busy = True
+        proxy.clear()
+        said = []
+        for i in range(10):
+            sent = await guest.room_send(made, "m.room.message", {"msgtype": "m.text", "body": f"{i}"})
+            assert isinstance(sent, RoomSendResponse), sent
+            said.append(sent.event_id)
+            await asyncio.sleep(0.2)
+        await until(lambda: set(said) <= set(handled))
+        busy_syncs = proxy.matching("GET", "/_matrix/client/v3/sync")
+        busy = False
+        await asyncio.sleep(2)
     # The long poll open when the fan-out began, then polls of timeout 0, 0.3 s or more apart.
     # (nio leaves a timeout of 0 out of the query: the server's default, no wait.)
     polls = sorted((e for e in busy_syncs if e.query.get("timeout", "0") == "0"), key=lambda e: e.began)
