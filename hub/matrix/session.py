@@ -25,6 +25,7 @@ from nio import (
 from hub.config import MatrixSettings
 from hub.errors import InvalidTokenError, LoginError, UnreachableError
 from hub.logs import add_secrets
+from hub.matrix.crypto_store import HubCryptoStore
 from hub.storage.db import Database, private_dir
 from hub.waiting import describe_network_error
 
@@ -48,6 +49,7 @@ def make_client(settings: MatrixSettings, store_dir: Path, device_id: str | None
         request_timeout=60,
         encryption_enabled=True,
         store_sync_tokens=False,  # the sync token lives in our database, saved after handling
+        store=HubCryptoStore,  # without the hub's own room keys (hub.matrix.crypto_store)
     )
     return AsyncClient(
         settings.homeserver,

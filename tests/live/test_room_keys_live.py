@@ -1,0 +1,79 @@
+"""Issue 17: the hub keeps no copy of its own room keys, and encryption works as before.
+
+nio stored a copy of every room key the hub's device made and loaded them all at each start;
+a new key per room after each restart made that grow without end at 5,000 rooms
+(`hub.matrix.crypto_store`). Judged as a pair meets it, across a restart: the hub still reads
+what the mentor writes with the key the mentor's client already gave it (no new key), the
+mentor still reads what the hub posts after the restart, and the hub's store on disk holds the
+mentor's key and none of its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import RoomMessageNotice
+from sqlalchemy import select
+
+from hub.devserver.synapse import SynapseServer
+from hub.features.room_queue import load_env, queue_room_message
+from hub.storage.models import HubRoom, hub_room_table
+
+from tests.support.cohorts import pair_in_new_cohort, quiet
+from tests.support.live_hub import hub_settings, running_hub
+
+pytestmark = pytest.mark.synapse
+
+TEXT = "This week's question, after the restart"
+
+
+def _stored_senders(store: Path) -> list[str]:
+    (db,) = store.glob("*.db")
+    with sqlite3.connect(db) as conn:
+        return [k for (k,) in conn.execute("SELECT sender_key FROM megolminboundsessions")]
+
+
+async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub_keeps_only_theirs(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path,
+) -> None:
+    bot = await register("hub")
+    mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[mod.user_id])
+    async with running_hub(settings) as hub:
+        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
+        await mentor.wait_joined(pair, mentor.user_id, timeout=30)
+        assert await mentor.ask(pair, "!hub ping") == "pong"  # the hub got and used the mentor's key
+        await quiet(hub)
+        assert hub.client is not None
+        hub_key = hub.client.olm.account.identity_keys["curve25519"]
+    mentor_session = mentor.client.olm.outbound_group_sessions[pair].id
+    mentor_key = mentor.client.olm.account.identity_keys["curve25519"]
+    store = tmp_path / "hub" / "crypto"
+    # The hub posted its welcome encrypted (a key of its own) and read the mentor's: only
+    # the mentor's is on disk.
+    assert mentor_key in _stored_senders(store)
+    assert hub_key not in _stored_senders(store)
+
+    async with running_hub(settings) as hub:
+        assert hub.db is not None and hub.outbox is not None
+        # The mentor's client still uses the key it gave the hub before the restart ...
+        assert await mentor.ask(pair, "!hub ping") == "pong"
+        assert mentor.client.olm.outbound_group_sessions[pair].id == mentor_session
+        # ... and the hub's first message after the restart, under a new key, reaches the pair.
+        async with hub.db.transaction() as s:
+            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+            room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
+            assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="after-restart")
+        for person in (mentor, mentee):
+            await person.wait_until(lambda p=person: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                                         for e in p.in_room(pair)), 30)
+        assert hub.client is not None
+        assert hub.client.olm.outbound_group_sessions[pair].id  # a key of its own, in memory only
+        await quiet(hub)
+    assert hub_key not in _stored_senders(store)
+    assert mentor_key in _stored_senders(store)
