@@ -198,7 +198,7 @@ class Hub:
             PinPlan: self.program.pin_plan,
         }
         matrix_sender = MatrixSender(self.client, pause, handlers=handlers, resolve_room_key=rooms.resolve,
-                                     load_room=provision.load_room)
+                                     resolve_room_keys=rooms.resolve_many, load_room=provision.load_room)
         senders: dict[str, Sender] = {MATRIX: matrix_sender}
         self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)
         self.program.digest = self.digest.rows

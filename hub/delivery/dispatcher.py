@@ -33,9 +33,9 @@ import logging
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,7 +46,7 @@ from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.storage.db import Database
 from hub.storage.models import outbox_table as T
 
-__all__ = ["Claimed", "Dispatcher", "Sender", "backoff_seconds"]
+__all__ = ["Claimed", "Dispatcher", "Preparing", "Sender", "backoff_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,17 @@ class Sender(Protocol):
         Raise TemporaryDeliveryError to retry later, PermanentDeliveryError to give up.
         """
         ...
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A sender that can look up what a claimed batch needs in one go, before its sends start.
+
+    Optional: `MatrixSender` resolves the batch's room keys in one query instead of one per
+    row. What it finds must still be checked by `send`, which may run seconds later.
+    """
+
+    async def prepare(self, rows: Sequence[Claimed]) -> None: ...
 
 
 def backoff_seconds(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -308,11 +319,13 @@ class Dispatcher:
                     try:
                         # A batch of up to twice the free slots: the next sends are
                         # ready when slots free up, without a claim per row.
-                        self._buffer.extend(await self.claim(2 * self.concurrency - len(self._in_flight)))
+                        claimed = await self.claim(2 * self.concurrency - len(self._in_flight))
                     except Exception:
                         log.exception("outbox claim failed; retrying")
                         await self.clock.sleep(self.poll_seconds)
                         continue
+                    await self._prepare(claimed)
+                    self._buffer.extend(claimed)
                 started = False
                 while self._buffer and len(self._in_flight) < self.concurrency and not self._stopping:
                     task = asyncio.create_task(self._deliver(self._buffer.popleft()))
@@ -329,6 +342,20 @@ class Dispatcher:
             if self._buffer:
                 await self._unclaim([r.seq for r in self._buffer])
                 self._buffer.clear()
+
+    async def _prepare(self, rows: list[Claimed]) -> None:
+        """Let each channel's sender look up what the batch needs at once (`Preparing`)."""
+        by_channel: dict[str, list[Claimed]] = {}
+        for row in rows:
+            by_channel.setdefault(row.channel, []).append(row)
+        for channel, batch in by_channel.items():
+            sender = self.senders.get(channel)
+            if isinstance(sender, Preparing):
+                try:
+                    await sender.prepare(batch)
+                except Exception as e:  # each send then looks up what it needs itself
+                    log.warning("preparing %d %s rows failed (%s); they are sent one lookup each",
+                                len(batch), channel, e)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -31,7 +31,7 @@ from nio import (
 from hub.core.effects import Email, MatrixEffect, RoomMessage, StateEvent, effect_from_payload
 from hub.delivery.dispatcher import Claimed
 from hub.delivery.ratelimit import SharedPause
-from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
+from hub.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 
 __all__ = ["EffectHandler", "MatrixSender", "SentHook", "classify_error"]
 
@@ -65,6 +65,11 @@ def classify_error(resp: ErrorResponse, pause: SharedPause, epoch: int | None = 
     return TemporaryDeliveryError(reason)
 
 
+# Room keys -> each room's id now, or the error its rows get (`RoomBase.resolve_many`).
+RoomKeysLookup = Callable[[Collection[str]], Awaitable[Mapping[str, "str | DeliveryError"]]]
+# How long a room id looked up with a claimed batch is used instead of a lookup of its own.
+RESOLVED_FOR = 10.0
+
 # Carries out one kind of room effect (e.g. `CreateRoom`, hub.features.room_ops): gets the
 # row and its effect (of the type it is registered for), returns the row's result.
 EffectHandler = Callable[[Claimed, Any], Awaitable[str]]
@@ -80,6 +85,7 @@ class MatrixSender:
         *,
         handlers: Mapping[type[MatrixEffect], EffectHandler] | None = None,
         resolve_room_key: Callable[[str], Awaitable[str]] | None = None,
+        resolve_room_keys: RoomKeysLookup | None = None,
         load_room: Callable[[str], Awaitable[bool]] | None = None,
         max_room_unknown: int = 8,
     ) -> None:
@@ -93,6 +99,10 @@ class MatrixSender:
         # sync resumes from the saved position without full state, hub.matrix.sync).
         self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
         self.resolve_room_key = resolve_room_key
+        # The same for a whole claimed batch in one lookup (`prepare`); each row's answer is
+        # kept here until its send takes it, so it is at most a claim's age (seconds) old.
+        self.resolve_room_keys = resolve_room_keys
+        self._resolved: dict[int, tuple[float, str | DeliveryError]] = {}  # seq -> (when, answer)
         self.load_room = load_room
         # Set after this run's first sync (and, as the service wires it, once the control room
         # is known): until then nio has not read the to-device messages and key changes that
@@ -103,7 +113,20 @@ class MatrixSender:
         # that take answers by reaction, hub.features.prompts).
         self.after_sent: list[SentHook] = []
 
+    async def prepare(self, rows: Sequence[Claimed]) -> None:
+        """Look up the rooms a claimed batch names by key, in one query (`Dispatcher` calls it)."""
+        if self.resolve_room_keys is None:
+            return
+        keys = {seq: key for seq, key in ((r.seq, r.payload.get("room_key")) for r in rows)
+                if isinstance(key, str) and key}
+        if not keys:
+            return
+        found = await self.resolve_room_keys(set(keys.values()))
+        now = self.pause.clock.monotonic()
+        self._resolved.update((seq, (now, found[key])) for seq, key in keys.items() if key in found)
+
     async def send(self, row: Claimed) -> str:
+        prepared = self._resolved.pop(row.seq, None)  # taken whatever happens to this attempt
         if self.ready is not None and not self.ready.is_set():
             if not await self.pause.clock.wait(self.ready, self.ready_timeout):
                 raise TemporaryDeliveryError("waiting for the first sync and the control room",
@@ -113,13 +136,16 @@ class MatrixSender:
         if isinstance(effect, Email):  # not with channel "matrix"; said for the type checker
             raise PermanentDeliveryError("an email payload in a Matrix row")
         epoch = self.pause.epoch
+        # The batch's answer, unless the waits above made it old (a closed room is not sent to).
+        fresh = prepared is not None and self.pause.clock.monotonic() - prepared[0] < RESOLVED_FOR
+        resolved = prepared[1] if prepared is not None and fresh else None
         try:
             if isinstance(effect, RoomMessage):
-                room_id = await self._room_id(effect.room_key, effect.room_id)
+                room_id = await self._room_id(effect.room_key, effect.room_id, resolved)
                 result = await self._message(row, room_id, effect, epoch)
                 await self._after_sent(row, {**row.payload, "room_id": room_id}, result)
             elif isinstance(effect, StateEvent):
-                room_id = await self._room_id(effect.room_key, effect.room_id)
+                room_id = await self._room_id(effect.room_key, effect.room_id, resolved)
                 result = await self._state(room_id, effect, epoch)
             elif (handler := self.handlers.get(type(effect))) is not None:
                 result = await handler(row, effect)
@@ -133,8 +159,13 @@ class MatrixSender:
         self.pause.success()
         return result
 
-    async def _room_id(self, room_key: str | None, room_id: str | None) -> str:
+    async def _room_id(self, room_key: str | None, room_id: str | None,
+                       resolved: str | DeliveryError | None = None) -> str:
         """A row naming a hub room by key goes to the room's id now (it may not have had one)."""
+        if room_key and resolved is not None:  # looked up with its batch (`prepare`)
+            if isinstance(resolved, DeliveryError):
+                raise resolved
+            return resolved
         if room_key and self.resolve_room_key is not None:
             return await self.resolve_room_key(room_key)
         if room_id is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -343,3 +344,50 @@ async def test_temporary_failures_give_up_after_24_hours_and_report(
     assert reason is not None and "gave up after 1 attempts" in reason and "451" in reason
     assert reported == ["!lane0"]
     await db.close()
+
+
+class PreparingRecorder(Recorder):
+    """A `Preparing` sender: records each claimed batch it is shown before the batch's sends."""
+
+    def __init__(self, *, fail_prepare: bool = False) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+        self.prepared_before_send: list[bool] = []
+        self.fail_prepare = fail_prepare
+
+    async def prepare(self, rows: Sequence[Claimed]) -> None:
+        self.batches.append([r.seq for r in rows])
+        if self.fail_prepare:
+            raise RuntimeError("the lookup's database went away")
+
+    async def send(self, row: Claimed) -> str:
+        self.prepared_before_send.append(any(row.seq in b for b in self.batches))
+        return await super().send(row)
+
+
+@BOTH
+@pytest.mark.parametrize("fail_prepare", [False, True])
+async def test_a_preparing_sender_sees_each_claimed_batch_before_its_sends(
+    database_urls: dict[str, str], backend: str, fail_prepare: bool
+) -> None:
+    """`MatrixSender` looks a batch's rooms up in one query this way; a failed look-up sends anyway."""
+    db, outbox = await _db(database_urls, backend)
+    await _queue(db, outbox, lanes=40, per_lane=2)
+    sender = PreparingRecorder(fail_prepare=fail_prepare)
+    d = Dispatcher(db, outbox, SystemClock(), {MATRIX: sender}, concurrency=8)
+    await d.open()
+    task = asyncio.create_task(d.run())
+
+    async def done() -> bool:
+        return (await _status_counts(db)).get("sent", 0) == 80
+
+    await _until(done)
+    await d.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await db.close()
+    assert all(sender.sent[f"!lane{i}"] == [0, 1] for i in range(40))
+    assert len(sender.prepared_before_send) == 80 and all(sender.prepared_before_send)
+    # Batches, not rows: at most twice the concurrency each, and far fewer than the rows.
+    assert all(1 <= len(b) <= 16 for b in sender.batches)
+    assert len(sender.batches) <= 80 // 4
