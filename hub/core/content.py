@@ -475,6 +475,7 @@ class Library:
         self._compiled: dict[str, _Compiled] = {}
         self._cache: OrderedDict[tuple[str, Variables], Rendered] = OrderedDict()
         self._cache_size = cache_size
+        self._pools: dict[tuple[Kind, Audience, str, int | None], tuple[str, ...]] = {}  # `pick`
 
     def __len__(self) -> int:
         return len(self.items)
@@ -521,11 +522,16 @@ class Library:
         """
         k, a = _as_kind(kind), _as_audience(audience)
         use = use or default_use(k, a)
-        pool = [i for i in self.select(k, a, use=use, week=week) if week is not None or i.week is None]
+        # The candidates are the same for every pair of a fan-out: scanning the library for each
+        # of 5,000 was a quarter of `!hub send icebreaker`'s time (py-spy). Items never change.
+        pool = self._pools.get((k, a, use, week))
+        if pool is None:
+            pool = self._pools[(k, a, use, week)] = tuple(
+                i.id for i in self.select(k, a, use=use, week=week) if week is not None or i.week is None)
         if not pool:
             when = f" in week {week}" if week is not None else ""
             raise ContentError(f"the content library has no {k} item for audience {a} (use {use}){when}")
-        return self._by_id[rotate([i.id for i in pool], used)]
+        return self._by_id[rotate(pool, used)]
 
     def next_icebreaker(
         self, audience: Audience | str, used: Iterable[str], *, week: int | None = None
