@@ -37,7 +37,7 @@ from hub.matrix.sync import sync_filter
 from hub.storage.db import Database
 from hub.storage.models import hub_room_table, outbox_table
 
-__all__ = ["Moderator", "digest", "icebreaker", "pings", "raw_icebreaker"]
+__all__ = ["Moderator", "digest", "icebreaker", "pings", "raw_icebreaker", "settle"]
 
 T = outbox_table
 
@@ -92,6 +92,19 @@ async def pings(mod: Moderator, rooms: dict[str, str], n: int) -> dict[str, dict
                    "mean_ms": round(statistics.fmean(v), 1), "ts_p50_ms": _pct(stamps[name], 0.5),
                    "ts_p95_ms": _pct(stamps[name], 0.95), "over_300_ms": sum(1 for x in v if x > 300)}
             for name, v in trips.items()}
+
+
+async def settle(mod: Moderator, room: str, *, within: float = 0.5, limit: float = 120.0) -> float:
+    """Seconds until a `!hub ping` is answered within `within` s: a hub just started after the
+    raw client sent thousands of events from its account spends its first syncs on them."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit:
+        sent = time.perf_counter()
+        await mod.reply(room, await mod.send(room, "!hub ping"), limit)
+        if time.perf_counter() - sent < within:
+            break
+        await asyncio.sleep(1)
+    return round(time.perf_counter() - began, 1)
 
 
 async def _rows(db: Database, prefix: str, channel: str | None = None) -> tuple[int, int]:
