@@ -100,7 +100,7 @@ class MatrixSender:
         self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
         self.resolve_room_key = resolve_room_key
         # The same for a whole claimed batch in one lookup (`prepare`); each row's answer is
-        # kept here until its send takes it, so it is at most a claim's age (seconds) old.
+        # kept here until its send takes it, and used only while younger than RESOLVED_FOR.
         self.resolve_room_keys = resolve_room_keys
         self._resolved: dict[int, tuple[float, str | DeliveryError]] = {}  # seq -> (when, answer)
         self.load_room = load_room
@@ -123,6 +123,8 @@ class MatrixSender:
             return
         found = await self.resolve_room_keys(set(keys.values()))
         now = self.pause.clock.monotonic()
+        # Answers no send took (rows given back at a stop) would be stale by now: dropped.
+        self._resolved = {seq: kept for seq, kept in self._resolved.items() if now - kept[0] < RESOLVED_FOR}
         self._resolved.update((seq, (now, found[key])) for seq, key in keys.items() if key in found)
 
     async def send(self, row: Claimed) -> str:
