@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _TOKEN_KEY = "sync.next_batch"
 # Seconds between syncs while the hub sends a fan-out (`SyncLoop.busy`): what a command sent
 # meanwhile may wait at most before the hub sees it.
-BUSY_POLL = 1.0
+BUSY_POLL = 0.3
 
 # The event types the hub acts on in a room's timeline: messages, answers and the state it
 # watches. Everything else (receipts, typing, other apps' events) is left on the server.
