@@ -229,10 +229,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     # The hub stopped (one writer per device), the raw client on its device, then
                     # the hub started again.
                     await hub.stop()
-                    result["raw_icebreaker"] = await raw_icebreaker(synapse.url, state, db, event,
+                    if proxy is not None:  # the raw side's requests too, to compare kind by kind
+                        proxy.clear()
+                    result["raw_icebreaker"] = await raw_icebreaker(proxy.url if proxy else synapse.url,
+                                                                    state, db, event,
                                                                     pairs_only=args.background_invites,
                                                                     ping=(mod, mods_room, args.pings))
                     status_line(f"icebreaker, raw nio ({label}): {result['raw_icebreaker']}")
+                    if proxy is not None:
+                        result["raw_requests"] = request_stats(proxy)
+                        for line in result["raw_requests"]:
+                            status_line(f"  raw: {line}")
                     await hub.start()
                     await hub.wait_for("hub ready", 900)
                     await quiet(db)
@@ -242,11 +249,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 if args.raw_first:
                     await raw_side(await last_icebreaker(db), "first")
+                if proxy is not None:
+                    proxy.clear()
                 result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
                                                         profile=folder / "icebreaker.speedscope.json"
                                                         if args.profile else None,
                                                         pairs_only=args.background_invites)
                 status_line(f"icebreaker through the hub: {result['icebreaker']}")
+                if proxy is not None:
+                    result["requests"] = request_stats(proxy)
+                    for line in result["requests"]:
+                        status_line(f"  hub: {line}")
                 await quiet(db)
                 if args.during_check and result["restarts"] and not args.raw_first:
                     # The last restart's room check ran beside the measurements: its end from the log.
@@ -369,8 +382,8 @@ def main() -> None:
     parser.add_argument("--icebreaker-only", action="store_true",
                         help="with --reuse: only the icebreaker through the hub after the start")
     parser.add_argument("--proxy", action="store_true",
-                        help="the hub talks to Synapse through a recording proxy; with --icebreaker-only, "
-                             "its requests during the fan-out are listed by kind (count, p50, mean)")
+                        help="the hub and the raw side talk to Synapse through a recording proxy; each "
+                             "side's requests during its icebreaker are listed by kind (count, p50, mean)")
     parser.add_argument("--digest-only", action="store_true",
                         help="with --reuse: only the weekly digest after the start (to re-measure it)")
     args = parser.parse_args()
