@@ -7,6 +7,7 @@ which concrete adapters run and in which order they start and stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,6 +61,7 @@ from hub.features.subscribers import SqlSubscriptionStore, signing_secret
 from hub.inbound import CommandRunner, Services
 from hub.logs import add_secrets
 from hub.mailer import CONTROL_ROOM_KEY, DeliveryAlerts, email_sender, envelope_for, watch_smtp
+from hub.matrix.device_tracking import DeviceTracking
 from hub.matrix.events import (
     IncomingMessage,
     answer_event,
@@ -244,7 +246,8 @@ class Hub:
         matrix_sender.after_sent.append(PromptRecorder(self.db, self.outbox, self.clock).sent)
         dispatcher = self.dispatcher
         self.sync = SyncLoop(self.client, self.db, self.clock, self._on_sync,
-                             busy=lambda: dispatcher.sending(MATRIX) >= dispatcher.concurrency // 2)
+                             busy=lambda: dispatcher.sending(MATRIX) >= dispatcher.concurrency // 2,
+                             tracking=DeviceTracking(self.client, self.db, self.clock))
         # Not before the control room is known: a room fix queued by the first sync (drift made
         # while the hub was down) tells the moderators, and with no control room id yet that
         # alert would only reach the log.
@@ -386,6 +389,9 @@ class Hub:
         await asyncio.gather(*others, return_exceptions=True)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.shutdown_grace)
+        if self.sync is not None and self.sync.tracking is not None:
+            with contextlib.suppress(Exception):  # not saved: the next run queries more keys
+                await self.sync.tracking.save_if_due(force=True)
         if self.smtp_pool is not None:
             await self.smtp_pool.close()
         for task in self._tasks:

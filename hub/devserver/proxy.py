@@ -43,6 +43,7 @@ class Exchange:
     size: int  # bytes of the answer's body
     began: float  # time.monotonic() when the request arrived
     ended: float
+    body: bytes = b""  # the request's
 
 
 class RecordingProxy:
@@ -123,5 +124,5 @@ class RecordingProxy:
         except (aiohttp.ClientError, OSError) as e:
             data, status, answer_headers = str(e).encode(), 502, {}
         self.exchanges.append(Exchange(request.method, request.path, dict(request.query), status,
-                                       len(data), began, time.monotonic()))
+                                       len(data), began, time.monotonic(), body))
         return web.Response(status=status, body=data, headers=answer_headers)

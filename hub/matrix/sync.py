@@ -20,6 +20,7 @@ from hub.clock import Clock
 from hub.core.cohorts import OWNED_STATE, ROOM_TAG
 from hub.core.names import one_line
 from hub.errors import InvalidTokenError
+from hub.matrix.device_tracking import DeviceTracking
 from hub.storage.db import Database, is_transient
 
 __all__ = ["BUSY_POLL", "STATE_TYPES", "TIMELINE_TYPES", "SyncLoop", "sync_filter"]
@@ -113,8 +114,11 @@ class SyncLoop:
         probe_seconds: float = 2.0,
         busy: Callable[[], bool] | None = None,
         busy_poll: float = BUSY_POLL,
+        tracking: DeviceTracking | None = None,
     ) -> None:
         self.client = client
+        # Whose device lists nio follows, saved and restored around runs (hub.matrix.device_tracking).
+        self.tracking = tracking
         # While `busy` (the hub is sending a fan-out), poll every `busy_poll` seconds instead of
         # holding a long poll open: Synapse computes an open long poll's answer again for every
         # new event in any of the account's rooms, the hub's own included, until one is not
@@ -149,6 +153,9 @@ class SyncLoop:
 
     async def run(self) -> None:
         since = await self.db.get_state(_TOKEN_KEY) or None
+        if self.tracking is not None and since is not None:  # an initial sync tracks afresh
+            restored = await self.tracking.restore()
+            log.info("following the device lists of %d users, as the last run did", restored)
         failures = 0
         while not self._stop:
             try:
@@ -204,6 +211,8 @@ class SyncLoop:
                 await self._back_off(delay, unreachable=unreachable)
                 continue
             first = since is None
+            if self.tracking is not None:
+                self.tracking.note_changes(resp.device_list.changed, resp.device_list.left)
             # Handle first, then persist the position (see module docstring).
             if not await self._handle(resp, first):
                 return  # stopped while the database was away: the batch is handled next run
@@ -213,6 +222,8 @@ class SyncLoop:
             # a `!hub ping` at p95. A send needs no upkeep first: the sender queries the keys
             # of anyone new before each encrypted send (`Provision.load_room`).
             await self._housekeeping()
+            if self.tracking is not None:
+                await self._save_tracking()
             since = resp.next_batch
             failures = 0
             self.healthy = True
@@ -236,7 +247,10 @@ class SyncLoop:
         while True:
             try:
                 await self.handler(resp, first)
-                await self.db.set_state(_TOKEN_KEY, resp.next_batch)
+                async with self.db.transaction() as session:
+                    await self.db.set_state(_TOKEN_KEY, resp.next_batch, session)
+                    if self.tracking is not None:
+                        await self.tracking.with_position(session)
                 return True
             except Exception as e:
                 if not is_transient(e):
@@ -292,6 +306,13 @@ class SyncLoop:
             return bool(resp.status == 200)
         finally:
             resp.release()
+
+    async def _save_tracking(self) -> None:
+        assert self.tracking is not None
+        try:
+            await self.tracking.save_if_due(force=self._stop)
+        except Exception as e:  # saved next time; meanwhile a restart queries more keys, no harm
+            log.warning("could not save whose device lists the hub follows (%s)", e.__class__.__name__)
 
     async def _housekeeping(self) -> None:
         """Keep end-to-end encryption working: what nio's sync_forever would do for us."""

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nio import RoomMessageNotice
+from nio import AsyncClient, LoginResponse, RoomMessageNotice
 from sqlalchemy import select
 
-from hub.devserver.synapse import SynapseServer
+from hub.devserver.synapse import RegisteredUser, SynapseServer
 from hub.features.room_queue import load_env, queue_room_message
 from hub.storage.models import HubRoom, hub_room_table
 
 from tests.support.cohorts import pair_in_new_cohort, quiet
 from tests.support.live_hub import hub_settings, running_hub
+from tests.support.matrix_user import Participant
 
 pytestmark = pytest.mark.synapse
 
@@ -77,3 +78,40 @@ async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub
         await quiet(hub)
     assert hub_key not in _stored_senders(store)
     assert mentor_key in _stored_senders(store)
+
+
+async def test_a_device_added_while_the_hub_was_down_gets_the_room_key_of_its_next_message(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path,
+) -> None:
+    """The hub keeps following the mentor's device list across the restart (no new key query of
+    its own), and still learns of the phone the mentor logged in meanwhile, from the resumed
+    sync's `device_lists.changed`: the new device reads the hub's next message."""
+    bot = await register("hub")
+    mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
+    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[mod.user_id])
+    async with running_hub(settings) as hub:
+        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
+        await mentor.wait_joined(pair, mentor.user_id, timeout=30)
+        assert await mentor.ask(pair, "!hub ping") == "pong"
+        await quiet(hub)
+
+    login = AsyncClient(synapse.url, mentor.user_id)
+    resp = await login.login(mentor.user.password, device_name="Ada's phone")
+    await login.close()
+    assert isinstance(resp, LoginResponse), resp
+    phone = Participant(synapse.url, RegisteredUser(mentor.user_id, mentor.user.password, resp.access_token,
+                                                    resp.device_id), tmp_path / "store-phone")
+    await phone.start()  # uploads the phone's keys
+    try:
+        async with running_hub(settings) as hub:
+            assert hub.db is not None and hub.outbox is not None and hub.client is not None
+            assert mentor.user_id in hub.client.olm.tracked_users  # followed from the last run
+            async with hub.db.transaction() as s:
+                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+                room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
+                assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="to-the-phone")
+            await phone.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                               for e in phone.in_room(pair)), 30)
+    finally:
+        await phone.stop()
