@@ -18,15 +18,12 @@ from typing import Any
 
 import pytest
 from nio import RoomMessageNotice
-from sqlalchemy import select
 
 from hub.devserver.proxy import RecordingProxy
 from hub.devserver.synapse import SynapseServer
 from hub.features.room_check import RoomCheck
-from hub.features.room_queue import load_env, queue_room_message
-from hub.storage.models import HubRoom, hub_room_table
 
-from tests.support.cohorts import pair_in_new_cohort, quiet
+from tests.support.cohorts import pair_in_new_cohort, post_in_pair_room, quiet
 from tests.support.live_hub import hub_settings, running_hub
 
 pytestmark = pytest.mark.synapse
@@ -57,10 +54,7 @@ async def test_the_first_send_after_a_restart_reads_the_members_once_and_reaches
         async with running_hub(settings) as hub:
             assert hub.db is not None and hub.outbox is not None and hub.control_room_id
             assert await mod.ask(hub.control_room_id, "!hub ping") == "pong"
-            async with hub.db.transaction() as s:
-                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-                room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
-                assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="first-send")
+            await post_in_pair_room(hub, TEXT, "first-send")
             await mentor.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
                                                 for e in mentor.in_room(pair)), 30)
             mentee.auto_join = True

@@ -17,13 +17,11 @@ from typing import Any
 
 import pytest
 from nio import AsyncClient, LoginResponse, RoomMessageNotice
-from sqlalchemy import select
 
+from hub.config import Settings
 from hub.devserver.synapse import RegisteredUser, SynapseServer
-from hub.features.room_queue import load_env, queue_room_message
-from hub.storage.models import HubRoom, hub_room_table
 
-from tests.support.cohorts import pair_in_new_cohort, quiet
+from tests.support.cohorts import pair_in_new_cohort, post_in_pair_room, quiet
 from tests.support.live_hub import hub_settings, running_hub
 from tests.support.matrix_user import Participant
 
@@ -38,9 +36,10 @@ def _stored_senders(store: Path) -> list[str]:
         return [k for (k,) in conn.execute("SELECT sender_key FROM megolminboundsessions")]
 
 
-async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub_keeps_only_theirs(
-    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path,
-) -> None:
+async def _pair_asked(synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any],
+                      tmp_path: Path) -> tuple[Settings, Any, Any, str, str]:
+    """A first run: the pair made, the mentor's `!hub ping` answered in the pair room (the hub
+    got and used the mentor's room key); the hub's identity key."""
     bot = await register("hub")
     mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
     settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
@@ -48,10 +47,16 @@ async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub
     async with running_hub(settings) as hub:
         pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
         await mentor.wait_joined(pair, mentor.user_id, timeout=30)
-        assert await mentor.ask(pair, "!hub ping") == "pong"  # the hub got and used the mentor's key
+        assert await mentor.ask(pair, "!hub ping") == "pong"
         await quiet(hub)
         assert hub.client is not None
-        hub_key = hub.client.olm.account.identity_keys["curve25519"]
+        return settings, mentor, mentee, pair, str(hub.client.olm.account.identity_keys["curve25519"])
+
+
+async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub_keeps_only_theirs(
+    synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any], tmp_path: Path,
+) -> None:
+    settings, mentor, mentee, pair, hub_key = await _pair_asked(synapse, register, participant, tmp_path)
     mentor_session = mentor.client.olm.outbound_group_sessions[pair].id
     mentor_key = mentor.client.olm.account.identity_keys["curve25519"]
     store = tmp_path / "hub" / "crypto"
@@ -66,10 +71,7 @@ async def test_across_a_restart_the_pair_and_the_hub_read_each_other_and_the_hub
         assert await mentor.ask(pair, "!hub ping") == "pong"
         assert mentor.client.olm.outbound_group_sessions[pair].id == mentor_session
         # ... and the hub's first message after the restart, under a new key, reaches the pair.
-        async with hub.db.transaction() as s:
-            env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-            room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
-            assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="after-restart")
+        await post_in_pair_room(hub, TEXT, "after-restart")
         for person in (mentor, mentee):
             await person.wait_until(lambda p=person: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
                                                          for e in p.in_room(pair)), 30)
@@ -86,15 +88,7 @@ async def test_a_device_added_while_the_hub_was_down_gets_the_room_key_of_its_ne
     """The hub keeps following the mentor's device list across the restart (no new key query of
     its own), and still learns of the phone the mentor logged in meanwhile, from the resumed
     sync's `device_lists.changed`: the new device reads the hub's next message."""
-    bot = await register("hub")
-    mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
-    settings = hub_settings(homeserver=synapse.url, bot=bot, data_dir=tmp_path / "hub",
-                            moderators=[mod.user_id])
-    async with running_hub(settings) as hub:
-        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
-        await mentor.wait_joined(pair, mentor.user_id, timeout=30)
-        assert await mentor.ask(pair, "!hub ping") == "pong"
-        await quiet(hub)
+    settings, mentor, _, pair, _ = await _pair_asked(synapse, register, participant, tmp_path)
 
     login = AsyncClient(synapse.url, mentor.user_id)
     resp = await login.login(mentor.user.password, device_name="Ada's phone")
@@ -107,10 +101,7 @@ async def test_a_device_added_while_the_hub_was_down_gets_the_room_key_of_its_ne
         async with running_hub(settings) as hub:
             assert hub.db is not None and hub.outbox is not None and hub.client is not None
             assert mentor.user_id in hub.client.olm.tracked_users  # followed from the last run
-            async with hub.db.transaction() as s:
-                env = await load_env(s, hub.outbox, hub.clock, hub.settings)
-                room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == "pair:1"))).scalar_one()
-                assert await queue_room_message(s, env, room, TEXT, kind="test", dedupe_key="to-the-phone")
+            await post_in_pair_room(hub, TEXT, "to-the-phone")
             await phone.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
                                                for e in phone.in_room(pair)), 30)
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from hub.features.cohort_setup import create_cohort
-from hub.features.room_queue import load_env
+from hub.features.room_queue import load_env, queue_room_message
 from hub.service import Hub
 from hub.storage.models import Cohort, HubRoom, hub_room_table
 
@@ -70,3 +70,12 @@ async def pair_in_new_cohort(hub: Hub, mod: Any, mentor: Any, mentee: Any, *, em
                     f"!hub pair spring {mentor.user_id} {mentee.user_id}"]:
         await mod.ask(control, command)
     return await room_of(hub, "pair:1")
+
+
+async def post_in_pair_room(hub: Hub, text: str, dedupe_key: str, key: str = "pair:1") -> None:
+    """Queue a notice for a pair room by its key, as the hub's features do (sent by its dispatcher)."""
+    assert hub.db is not None and hub.outbox is not None
+    async with hub.db.transaction() as s:
+        env = await load_env(s, hub.outbox, hub.clock, hub.settings)
+        room = (await s.execute(select(HubRoom).where(hub_room_table.c.key == key))).scalar_one()
+        assert await queue_room_message(s, env, room, text, kind="test", dedupe_key=dedupe_key)
