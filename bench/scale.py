@@ -180,18 +180,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     status_line(f"digest: {result['digest']}")
                     result["hub_hwm_mb"] = round(rss_mb(hub.pid)[1], 1)
                     return result
-                if args.icebreaker_only:
+
+                async def hub_side(profile: Path) -> None:
+                    """The icebreaker through the hub; behind the proxy, its requests by kind."""
                     if proxy is not None:
                         proxy.clear()
                     result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
-                                                            profile=folder / "icebreaker-profile.txt"
-                                                            if args.profile else None,
+                                                            profile=profile if args.profile else None,
                                                             pairs_only=args.background_invites)
                     status_line(f"icebreaker through the hub: {result['icebreaker']}")
                     if proxy is not None:
                         result["requests"] = request_stats(proxy)
                         for line in result["requests"]:
-                            status_line(f"  {line}")
+                            status_line(f"  hub: {line}")
+
+                if args.icebreaker_only:
+                    await hub_side(folder / "icebreaker-profile.txt")
                     return result
                 # -- restarts ------------------------------------------------------------
                 result["restarts"] = []
@@ -249,17 +253,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 if args.raw_first:
                     await raw_side(await last_icebreaker(db), "first")
-                if proxy is not None:
-                    proxy.clear()
-                result["icebreaker"] = await icebreaker(hub, db, mod, mods_room, SLUG,
-                                                        profile=folder / "icebreaker.speedscope.json"
-                                                        if args.profile else None,
-                                                        pairs_only=args.background_invites)
-                status_line(f"icebreaker through the hub: {result['icebreaker']}")
-                if proxy is not None:
-                    result["requests"] = request_stats(proxy)
-                    for line in result["requests"]:
-                        status_line(f"  hub: {line}")
+                await hub_side(folder / "icebreaker.speedscope.json")
                 await quiet(db)
                 if args.during_check and result["restarts"] and not args.raw_first:
                     # The last restart's room check ran beside the measurements: its end from the log.

@@ -6,6 +6,8 @@ whom nio will query (`users_for_key_query`) and whom it counts as current (`trac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +34,15 @@ def _client(tmp_path: Path, name: str) -> Any:
     return SimpleNamespace(olm=olm)  # DeviceTracking reads the client's `olm` only
 
 
+@contextlib.asynccontextmanager
+async def _database(url: str) -> AsyncIterator[tuple[Database, FakeClock]]:
+    db = await open_database(url)
+    try:
+        yield db, FakeClock(datetime(2027, 3, 1, tzinfo=UTC))
+    finally:
+        await db.close()
+
+
 def _tracking(client: Any, db: Database, clock: FakeClock) -> DeviceTracking:
     return DeviceTracking(cast(AsyncClient, client), db, clock, save_every=60.0)
 
@@ -40,9 +51,7 @@ def _tracking(client: Any, db: Database, clock: FakeClock) -> DeviceTracking:
 async def test_a_run_follows_whom_the_last_one_followed_and_queries_who_was_waiting(
     database_urls: dict[str, str], backend: str, tmp_path: Path,
 ) -> None:
-    db = await open_database(database_urls[backend])
-    clock = FakeClock(datetime(2027, 3, 1, tzinfo=UTC))
-    try:
+    async with _database(database_urls[backend]) as (db, clock):
         first = _client(tmp_path, "first")
         tracking = _tracking(first, db, clock)
         first.olm.tracked_users.update({ADA, BO, CY})
@@ -59,17 +68,13 @@ async def test_a_run_follows_whom_the_last_one_followed_and_queries_who_was_wait
         assert restored == 2
         assert second.olm.tracked_users == {ADA, BO}  # their keys are current: no query
         assert second.olm.users_for_key_query == {CY}  # the change seen before the stop
-    finally:
-        await db.close()
 
 
 @BOTH
 async def test_waiting_users_are_saved_only_with_the_position_and_the_set_now_and_then(
     database_urls: dict[str, str], backend: str, tmp_path: Path,
 ) -> None:
-    db = await open_database(database_urls[backend])
-    clock = FakeClock(datetime(2027, 3, 1, tzinfo=UTC))
-    try:
+    async with _database(database_urls[backend]) as (db, clock):
         client = _client(tmp_path, "hub")
         tracking = _tracking(client, db, clock)
         client.olm.users_for_key_query.add(ADA)
@@ -87,33 +92,25 @@ async def test_waiting_users_are_saved_only_with_the_position_and_the_set_now_an
         clock.advance(61)
         await tracking.save_if_due()
         assert await db.get_state(TRACKED_KEY) == '["@bo:x"]'  # ADA waits for a query: not current
-    finally:
-        await db.close()
 
 
 async def test_device_list_changes_queue_followed_users_and_left_users_are_no_longer_followed(
     tmp_path: Path,
 ) -> None:
     """nio itself takes a change only for members of rooms it has loaded in this run."""
-    db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
-    try:
+    async with _database(f"sqlite:///{tmp_path / 'hub.db'}") as (db, clock):
         client = _client(tmp_path, "hub")
         client.olm.tracked_users.update({ADA, BO})
-        tracking = _tracking(client, db, FakeClock(datetime(2027, 3, 1, tzinfo=UTC)))
+        tracking = _tracking(client, db, clock)
         tracking.note_changes(changed=[ADA, DEE], left=[BO])
         assert client.olm.users_for_key_query == {ADA}  # DEE is nobody the hub follows
         assert client.olm.tracked_users == {ADA}
-    finally:
-        await db.close()
 
 
 async def test_a_mangled_saved_list_means_querying_everyone_again(tmp_path: Path) -> None:
-    db = await open_database(f"sqlite:///{tmp_path / 'hub.db'}")
-    try:
+    async with _database(f"sqlite:///{tmp_path / 'hub.db'}") as (db, clock):
         await db.set_state(TRACKED_KEY, "[not json")
         await db.set_state(PENDING_KEY, '{"@ada:x": 1}')
         client = _client(tmp_path, "hub")
-        assert await _tracking(client, db, FakeClock(datetime(2027, 3, 1, tzinfo=UTC))).restore() == 0
+        assert await _tracking(client, db, clock).restore() == 0
         assert client.olm.tracked_users == set() and client.olm.users_for_key_query == set()
-    finally:
-        await db.close()
