@@ -188,6 +188,7 @@ class Hub:
             settings=lambda: self.settings, control_room=lambda: self.control_room_id,
             on_settings=self._apply_settings, on_config_applied=self._poke_program,
         )
+        provision.invitees = self.rooms.invitees  # who the room key goes to besides the joined
         self.program = ProgramService(db=self.db, outbox=self.outbox, clock=self.clock,
                                       settings=lambda: self.settings,
                                       control_room=lambda: self.control_room_id, homeserver=provision)

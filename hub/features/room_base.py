@@ -24,14 +24,14 @@ from hub.core.commands import RoomKind
 from hub.core.content_format import escape_markdown
 from hub.core.effects import RoomMessage
 from hub.core.homeserver import Homeserver
-from hub.core.membership import Outgoing, RoomStatus
+from hub.core.membership import MembershipState, Outgoing, RoomStatus
 from hub.core.membership import RoomKind as HubRoomKind
 from hub.delivery.outbox import Outbox
 from hub.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.people import is_participant, member_markdown
 from hub.features.room_queue import Env, load_env, queue
 from hub.storage.db import Database
-from hub.storage.models import Cohort, HubRoom, Member, Pair, hub_room_table
+from hub.storage.models import Cohort, HubRoom, Member, Pair, hub_room_table, room_member_table
 
 __all__ = ["ReconcileReport", "RoomBase"]
 
@@ -130,6 +130,18 @@ class RoomBase:
                                           .where(hub_room_table.c.key.in_(wanted[i:i + 500])))
                 found.update((k, (status, room_id)) for k, status, room_id in rows.all())
         return {key: _room_id_or_error(key, *found.get(key, (None, None))) for key in wanted}
+
+    async def invitees(self, room_id: str) -> set[str]:
+        """Who the hub invited to `room_id` (or is about to) and has not joined, declined or
+        left: with the joined from the homeserver, whom a room key goes to before the hub's
+        first send there in a run (`hub.matrix.provision.Provision.load_room`)."""
+        rm = room_member_table
+        async with self.db.engine.connect() as conn:  # Core: one per room in a fan-out
+            rows = await conn.execute(
+                select(rm.c.user_id).select_from(rm.join(hub_room_table, rm.c.room_pk == hub_room_table.c.id))
+                .where((hub_room_table.c.room_id == room_id) & (hub_room_table.c.status != RoomStatus.CLOSED)
+                       & rm.c.state.in_([MembershipState.PENDING, MembershipState.INVITED])))
+            return set(rows.scalars())
 
     async def kind_of(self, room_id: str) -> RoomKind | None:
         async with self.db.session() as s:

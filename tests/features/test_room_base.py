@@ -23,7 +23,7 @@ from hub.errors import PermanentDeliveryError, TemporaryDeliveryError
 from hub.features.room_base import RoomBase
 from hub.matrix.sender import RESOLVED_FOR, MatrixSender
 from hub.storage.db import Database, open_database
-from hub.storage.models import HubRoom
+from hub.storage.models import HubRoom, RoomMember, hub_room_table
 
 from tests.support.databases import backends
 
@@ -106,5 +106,28 @@ async def test_the_sender_uses_its_batchs_answers_while_fresh_and_looks_up_again
         with pytest.raises(TemporaryDeliveryError):
             await sender.send(_row(2, "pair:new"))
         assert single == ["pair:gone", "pair:new"]
+    finally:
+        await db.close()
+
+
+@BOTH
+async def test_the_invitees_of_a_room_are_those_the_hub_invited_or_is_inviting_who_have_not_answered(
+    database_urls: dict[str, str], backend: str,
+) -> None:
+    db, base, _ = await _rooms(database_urls[backend])
+    try:
+        async with db.transaction() as s:
+            wanted = hub_room_table.c.key.in_(["pair:0", "pair:1", "pair:gone"])
+            rooms = {r.key: r.id for r in (await s.execute(hub_room_table.select().where(wanted))).all()}
+            states = {"@pending:x": "pending", "@invited:x": "invited", "@joined:x": "joined",
+                      "@left:x": "left", "@banned:x": "banned", "@removed:x": "removed"}
+            s.add_all([RoomMember(room_pk=rooms["pair:0"], user_id=u, state=st, updated_at=0.0)
+                       for u, st in states.items()])
+            s.add_all([RoomMember(room_pk=rooms[key], user_id=user, state="invited", updated_at=0.0)
+                       for key, user in (("pair:1", "@other:x"), ("pair:gone", "@closed:x"))])
+        assert await base.invitees("!p0:x") == {"@pending:x", "@invited:x"}
+        assert await base.invitees("!p1:x") == {"@other:x"}
+        assert await base.invitees("!gone:x") == set()  # a closed room gets no more messages
+        assert await base.invitees("!unknown:x") == set()
     finally:
         await db.close()

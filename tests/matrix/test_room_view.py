@@ -6,7 +6,7 @@ from typing import Any
 
 from nio import MatrixRoom
 
-from hub.matrix.room_view import room_from_state, state_events
+from hub.matrix.room_view import joined_events, room_from_state, state_events
 
 HUB = "@hub:example.org"
 
@@ -70,3 +70,26 @@ def test_state_events_keeps_the_objects_of_either_answer() -> None:
     assert state_events([{"type": "a"}, "junk", 3]) == [{"type": "a"}]
     assert state_events({"chunk": [{"type": "b"}, None]}) == [{"type": "b"}]
     assert state_events({"errcode": "M_FORBIDDEN"}) == [] and state_events(None) == []
+
+
+def test_the_joined_from_joined_members_and_the_invited_from_the_hubs_records() -> None:
+    answer = {"joined": {HUB: {"display_name": "Hub"}, "@ada:x": {"display_name": "Ada", "avatar_url": "mxc://x/a"},
+                         "@bo:x": {}}}
+    # Bo is in the hub's records as invited but has joined since: a member, not an invitee.
+    room = room_from_state("!r:x", HUB, joined_events(answer, {"@bo:x", "@cy:x"}), encrypted=True)
+    assert set(room.users) == {HUB, "@ada:x", "@bo:x", "@cy:x"}
+    assert set(room.invited_users) == {"@cy:x"}
+    assert room.user_name("@ada:x") == "Ada" and room.users["@ada:x"].avatar_url == "mxc://x/a"
+    assert room.encrypted
+
+
+def test_a_joined_members_answer_of_the_wrong_shape_teaches_only_what_is_well_formed() -> None:
+    answers: list[Any] = [None, [], {"joined": []}, {"joined": "x"}]
+    for answer in answers:
+        room = room_from_state("!r:x", HUB, joined_events(answer, {"@cy:x"}), encrypted=True)
+        assert set(room.users) == {"@cy:x"}, answer
+    room = room_from_state("!r:x", HUB, joined_events(
+        {"joined": {"@ada:x": {"display_name": 7, "avatar_url": ["x"]}, "@bo:x": "not an object"}}, ()),
+        encrypted=True)
+    assert set(room.users) == {"@ada:x", "@bo:x"}
+    assert room.user_name("@ada:x") == "@ada:x" and room.users["@ada:x"].avatar_url is None
