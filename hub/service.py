@@ -200,7 +200,7 @@ class Hub:
             LeaveRoom: rooms.leave_room, FixState: rooms.fix_state, Join: self._join,
             PinPlan: self.program.pin_plan,
         }
-        matrix_sender = MatrixSender(self.client, pause, handlers=handlers, resolve_room_key=rooms.resolve,
+        matrix_sender = MatrixSender(self.client, pause, handlers=handlers,
                                      resolve_room_keys=rooms.resolve_many, load_room=provision.load_room)
         senders: dict[str, Sender] = {MATRIX: matrix_sender}
         self.digest = DigestService(self.program, control_room=lambda: self.control_room_id)

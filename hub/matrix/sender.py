@@ -84,7 +84,6 @@ class MatrixSender:
         pause: SharedPause,
         *,
         handlers: Mapping[type[MatrixEffect], EffectHandler] | None = None,
-        resolve_room_key: Callable[[str], Awaitable[str]] | None = None,
         resolve_room_keys: RoomKeysLookup | None = None,
         load_room: Callable[[str], Awaitable[bool]] | None = None,
         max_room_unknown: int = 8,
@@ -98,9 +97,9 @@ class MatrixSender:
         # not know whole in this run (after a restart nio knows no rooms, nio #279, and the
         # sync resumes from the saved position without full state, hub.matrix.sync).
         self.handlers: dict[type[MatrixEffect], EffectHandler] = dict(handlers or {})
-        self.resolve_room_key = resolve_room_key
-        # The same for a whole claimed batch in one lookup (`prepare`); each row's answer is
-        # kept here until its send takes it, and used only while younger than RESOLVED_FOR.
+        # Room keys are looked up for a whole claimed batch at once (`prepare`); each row's
+        # answer is kept here until its send takes it, and used only while younger than
+        # RESOLVED_FOR. A row without a fresh answer is looked up alone, the same way.
         self.resolve_room_keys = resolve_room_keys
         self._resolved: dict[int, tuple[float, str | DeliveryError]] = {}  # seq -> (when, answer)
         self.load_room = load_room
@@ -168,8 +167,13 @@ class MatrixSender:
             if isinstance(resolved, DeliveryError):
                 raise resolved
             return resolved
-        if room_key and self.resolve_room_key is not None:
-            return await self.resolve_room_key(room_key)
+        if room_key and self.resolve_room_keys is not None:
+            alone = (await self.resolve_room_keys([room_key])).get(room_key)
+            if alone is None:
+                raise PermanentDeliveryError(f"room {room_key} cannot be looked up")
+            if isinstance(alone, DeliveryError):
+                raise alone
+            return alone
         if room_id is None:
             raise PermanentDeliveryError(f"room {room_key} cannot be looked up here")
         return room_id
