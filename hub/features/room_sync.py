@@ -56,6 +56,8 @@ class RoomSync(RoomCheck):
                     task = asyncio.create_task(self._check_later(room.key))
                     self._tasks.append(task)
             await self._queue_drift_fixes(s, env, rooms, drift, facts.batch)
+        # After the commit: a batch's lookup made from here on reads the change.
+        self.membership_changed({r for r, _ in changes})
 
     async def _queue_drift_fixes(self, s: AsyncSession, env: Env, rooms: dict[str | None, HubRoom],
                                  drift: list[StateChange], batch: str) -> None:

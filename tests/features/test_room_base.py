@@ -21,10 +21,10 @@ from hub.delivery.dispatcher import Claimed
 from hub.delivery.outbox import Outbox
 from hub.delivery.ratelimit import SharedPause
 from hub.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
-from hub.features.room_base import RoomBase
+from hub.features.room_base import INVITEES_FOR, RoomBase
 from hub.matrix.sender import RESOLVED_FOR, MatrixSender
 from hub.storage.db import Database, open_database
-from hub.storage.models import HubRoom, RoomMember, hub_room_table
+from hub.storage.models import HubRoom, RoomMember, hub_room_table, room_member_table
 
 from tests.support.databases import backends
 
@@ -115,7 +115,7 @@ async def test_the_sender_uses_its_batchs_answers_while_fresh_and_looks_up_again
 async def test_the_invitees_of_a_room_are_those_the_hub_invited_or_is_inviting_who_have_not_answered(
     database_urls: dict[str, str], backend: str,
 ) -> None:
-    db, base, _ = await _rooms(database_urls[backend])
+    db, base, clock = await _rooms(database_urls[backend])
     try:
         async with db.transaction() as s:
             wanted = hub_room_table.c.key.in_(["pair:0", "pair:1", "pair:gone"])
@@ -130,5 +130,39 @@ async def test_the_invitees_of_a_room_are_those_the_hub_invited_or_is_inviting_w
         assert await base.invitees("!p1:x") == {"@other:x"}
         assert await base.invitees("!gone:x") == set()  # a closed room gets no more messages
         assert await base.invitees("!unknown:x") == set()
+
+        # Read with a claimed batch's room lookup: the first send in each room asks nothing more.
+        await base.resolve_many([f"pair:{i}" for i in range(ROOMS)])
+        queries = _counting(db)
+        try:
+            assert await base.invitees("!p0:x") == {"@pending:x", "@invited:x"}
+            assert await base.invitees("!p5:x") == set()
+            assert queries == []
+            # Used once: a second ask reads the database again.
+            assert await base.invitees("!p0:x") == {"@pending:x", "@invited:x"}
+            assert len(queries) == 1
+            # The sync recorded a change in pair:1's room: what the batch read is dropped.
+            async with db.transaction() as s:
+                await s.execute(room_member_table.update().values(state="left")
+                                .where(room_member_table.c.user_id == "@other:x"))
+            base.membership_changed({"!p1:x"})
+            assert await base.invitees("!p1:x") == set()
+            # Older than INVITEES_FOR (the row waited): read again.
+            clock.advance(INVITEES_FOR + 1)
+            assert await base.invitees("!p2:x") == set() and len(queries) == 3
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", queries.record)
     finally:
         await db.close()
+
+
+class _Queries(list[str]):
+    def record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM room_member" in statement:
+            self.append(statement)
+
+
+def _counting(db: Database) -> _Queries:
+    queries = _Queries()
+    event.listen(db.engine.sync_engine, "before_cursor_execute", queries.record)
+    return queries
