@@ -358,6 +358,12 @@ class Provision:
         """Put `room` in nio's place for `room_id`; an encrypted room is marked so (in nio's
         store too) and its members' devices tracked."""
         partial = self.client.rooms.get(room_id)
+        if partial is not None and partial.members_synced and set(partial.users) == set(room.users):
+            # The same members, whose keys this run has asked for already: a send on its way
+            # (it checked the room it saw, then awaited) must not find this one unready. The
+            # control room is fed at start while the first reply may be sending, and nio
+            # refused it ("members aren't fully synced"): a second's retry on the first ping.
+            room.members_synced = True
         self.client.rooms[room_id] = room
         if room.encrypted:
             self._mark_encrypted(room_id)
