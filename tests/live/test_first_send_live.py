@@ -13,7 +13,7 @@ who declined while the hub was down gets no room key.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,34 @@ pytestmark = pytest.mark.synapse
 TEXT = "A first question for the two of you"
 
 
+async def _posted_after_restart(proxy: RecordingProxy, bot: Any, mod: Any, mentor: Any, mentee: Any,
+                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                                while_down: Callable[[str], Awaitable[Any]] | None = None) -> str:
+    """A pair made by a first run (the mentor joined, the mentee only invited), then a second
+    run's first post in the pair room, read by the mentor; the proxy records only the second
+    run. `while_down` acts on the pair room between the runs. Returns the pair room's id."""
+    settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
+                            moderators=[mod.user_id])
+    async with running_hub(settings) as hub:
+        pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
+        await mentor.wait_joined(pair, mentor.user_id, timeout=30)
+        await quiet(hub)
+    if while_down is not None:
+        await while_down(pair)
+    # The room check's first page (one room) at start, the next one after the test: the
+    # pair room is first read by the send itself.
+    monkeypatch.setattr(RoomCheck, "check_page", 1)
+    monkeypatch.setattr(RoomCheck, "check_pause", 300.0)
+    proxy.clear()
+    async with running_hub(settings) as hub:
+        assert hub.control_room_id
+        assert await mod.ask(hub.control_room_id, "!hub ping") == "pong"
+        await post_in_pair_room(hub, TEXT, "first-send")
+        await mentor.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                            for e in mentor.in_room(pair)), 30)
+    return str(pair)
+
+
 async def test_the_first_send_after_a_restart_reads_the_members_once_and_reaches_the_invited(
     synapse: SynapseServer, register: Callable[..., Any], participant: Callable[..., Any],
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -40,28 +68,11 @@ async def test_the_first_send_after_a_restart_reads_the_members_once_and_reaches
     mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
     mentee.auto_join = False  # invited, not joined, when the message is sent
     async with RecordingProxy(synapse.url) as proxy:
-        settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
-                                moderators=[mod.user_id])
-        async with running_hub(settings) as hub:
-            pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
-            await mentor.wait_joined(pair, mentor.user_id, timeout=30)
-            await quiet(hub)
-
-        # The room check's first page (one room) at start, the next one after the test: the
-        # pair room is first read by the send itself.
-        monkeypatch.setattr(RoomCheck, "check_page", 1)
-        monkeypatch.setattr(RoomCheck, "check_pause", 300.0)
-        proxy.clear()
-        async with running_hub(settings) as hub:
-            assert hub.db is not None and hub.outbox is not None and hub.control_room_id
-            assert await mod.ask(hub.control_room_id, "!hub ping") == "pong"
-            await post_in_pair_room(hub, TEXT, "first-send")
-            await mentor.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
-                                                for e in mentor.in_room(pair)), 30)
-            mentee.auto_join = True
-            await mentee.client.join(pair)
-            await mentee.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
-                                                for e in mentee.in_room(pair)), 30)
+        pair = await _posted_after_restart(proxy, bot, mod, mentor, mentee, tmp_path, monkeypatch)
+        mentee.auto_join = True
+        await mentee.client.join(pair)
+        await mentee.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
+                                            for e in mentee.in_room(pair)), 30)
 
     base = f"/_matrix/client/v3/rooms/{pair}"
     sent = proxy.matching("PUT", f"{base}/send/.*")
@@ -92,23 +103,9 @@ async def test_a_mentee_who_declined_while_the_hub_was_down_gets_no_room_key(
     mod, mentor, mentee = await participant("lead"), await participant("mentor"), await participant("mentee")
     mentee.auto_join = False
     async with RecordingProxy(synapse.url) as proxy:
-        settings = hub_settings(homeserver=proxy.url, bot=bot, data_dir=tmp_path / "hub",
-                                moderators=[mod.user_id])
-        async with running_hub(settings) as hub:
-            pair = await pair_in_new_cohort(hub, mod, mentor, mentee)
-            await mentor.wait_joined(pair, mentor.user_id, timeout=30)
-            await quiet(hub)
-        await mentee.client.room_leave(pair)  # the invite declined while the hub is down
-
-        monkeypatch.setattr(RoomCheck, "check_page", 1)
-        monkeypatch.setattr(RoomCheck, "check_pause", 300.0)
-        proxy.clear()
-        async with running_hub(settings) as hub:
-            assert hub.control_room_id
-            assert await mod.ask(hub.control_room_id, "!hub ping") == "pong"
-            await post_in_pair_room(hub, TEXT, "first-send")
-            await mentor.wait_until(lambda: any(isinstance(e, RoomMessageNotice) and e.body == TEXT
-                                                for e in mentor.in_room(pair)), 30)
+        # The invite declined while the hub is down.
+        pair = await _posted_after_restart(proxy, bot, mod, mentor, mentee, tmp_path, monkeypatch,
+                                           while_down=mentee.client.room_leave)
 
     assert proxy.matching("GET", f"/_matrix/client/v3/rooms/{pair}/joined_members")
     recipients = _key_recipients(proxy)
