@@ -329,20 +329,17 @@ class Provision:
         room = self.client.rooms.get(room_id)
         if room is None or (room_id not in self._whole and room_id not in self._members):
             encrypted = room_id in self.client.encrypted_rooms
-            if encrypted and self.invitees is not None:
-                data = await get_json(self.client, joined_path(room_id))
-                events = [] if isinstance(data, ErrorResponse) else joined_events(
-                    data, await self.invitees(room_id))
-            else:
-                path = members_path(room_id) if encrypted else state_path(room_id)
-                data = await get_json(self.client, path)
-                events = [] if isinstance(data, ErrorResponse) else state_events(data)
+            joined_only = encrypted and self.invitees is not None
+            path = joined_path if joined_only else members_path if encrypted else state_path
+            data = await get_json(self.client, path(room_id))
             if isinstance(data, ErrorResponse):
                 return room_id in self.client.rooms
-            if encrypted:
-                self._learn_members(room_id, events)
+            if not encrypted:
+                self.feed(room_id, state_events(data))
+            elif self.invitees is not None:
+                self._learn_members(room_id, joined_events(data, await self.invitees(room_id)))
             else:
-                self.feed(room_id, events)
+                self._learn_members(room_id, state_events(data))
             room = self.client.rooms[room_id]
         if room.encrypted and self.client.olm is not None:
             await self._query_keys(room)
